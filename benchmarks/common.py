@@ -1,0 +1,62 @@
+"""Shared helpers of the benchmark scripts: timing, machine description, tables.
+
+Every ratio is measured in the same run against the PyTorch baseline printed
+beside it. ``--write`` appends the table to docs/benchmarks.md with the machine
+and the date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+from pathlib import Path
+
+import torch
+import torch.utils.benchmark as tbench
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    p.add_argument("--write", action="store_true", help="append the table to docs/benchmarks.md")
+    p.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timing per measurement")
+    p.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test of the script itself)")
+    return p
+
+
+def time_ms(fn, min_run_time: float = 0.5) -> float:
+    """Median wall time of fn() in milliseconds (CUDA-synchronised by torch.utils.benchmark)."""
+    fn()  # warm-up: builds, caches, autotuning
+    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def machine(device: str) -> str:
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (torch {torch.__version__})"
+
+
+class Table:
+    def __init__(self, title: str, columns: list[str]):
+        self.title, self.columns, self.rows = title, columns, []
+
+    def add(self, *row) -> None:
+        self.rows.append([f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+
+    def markdown(self) -> str:
+        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+        return "\n".join(lines)
+
+    def emit(self, device: str, write: bool, notes: str = "") -> None:
+        stamp = datetime.date.today().isoformat()
+        block = f"### {self.title}\n\n{machine(device)}, {stamp}.{(' ' + notes) if notes else ''}\n\n{self.markdown()}\n"
+        print(block)
+        if write:
+            with DOCS.open("a") as f:
+                f.write("\n" + block)

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The GPU check: on a CUDA machine with only this checkout (no install needed),
+# build the kernels, run the CUDA tests and the GPU benchmarks, print a short table.
+#   bash benchmarks/gpu_check.sh            (logs also go to $OUT when it is set)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export SNNSPX_CACHE_DIR="${SNNSPX_CACHE_DIR:-/tmp/snnspx-cache}"
+export MAX_JOBS="${MAX_JOBS:-16}"
+log="${OUT:-/tmp}/gpu_check.log"
+status=0
+step() { echo; echo "=== $* ($(date +%T))"; }
+
+{
+step "machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+
+step "build"
+python3 - <<'PY' || status=1
+import time
+from snnspx import _build
+for kind in ("cpu", "cuda"):
+    t = time.perf_counter()
+    _build.load_library(kind)
+    print(f"{kind} library: {time.perf_counter() - t:.1f} s")
+PY
+
+step "CUDA tests"
+python3 -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | tail -n 40 || status=1
+
+step "benchmarks"
+for b in benchmarks/bench_*.py; do
+  timeout 240 python3 "$b" --device cuda ${BENCH_ARGS:-} || status=1
+done
+step "done, status $status"
+} 2>&1 | tee "$log"
+exit $status

@@ -1,0 +1,30 @@
+// Launchers exported by the .cu files to the CUDA glue (csrc/cuda/*.cpp).
+// Light on purpose: no ATen here, so nvcc never parses torch headers.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace snnspx {
+namespace cuda {
+
+// Element types understood by the launchers; the glue maps at::ScalarType to these.
+enum class DType : int { Float = 0, Double = 1, Half = 2, BFloat16 = 3 };
+
+// x, spikes: [T, N] of `dtype`; du, dut: [T, N] of float (double for Double).
+// packed: du/dut receive srm_neuron_fwd's saved factors (see ../srm_core.h), which
+// use du_inv_clamp and max_dudt_inv; otherwise those two are ignored.
+void srm_forward(DType dtype, const void* x, void* spikes, void* du, void* dut, int64_t T, int64_t N,
+                 double tau_m, double tau_s, double tau_grad, double v_th, double du_inv_clamp,
+                 double max_dudt_inv, bool packed, cudaStream_t stream);
+
+// grad, spikes, grad_w, grad_t: [T, N] of `dtype`; du, dut: float (double for Double);
+// tables: workspace of 2*T accumulation-type elements.
+// spikes == nullptr selects the packed form (du/dut hold srm_neuron_fwd's factors); grad_t may be nullptr.
+void srm_backward(DType dtype, const void* grad, const void* spikes, const void* du, const void* dut,
+                  void* grad_w, void* grad_t, void* tables, int64_t T, int64_t N, double tau_m, double tau_s,
+                  double tau_grad, double du_inv_clamp, double max_dudt_inv, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace snnspx

@@ -1,0 +1,117 @@
+// CUDA registrations of the SRM ops: checks and allocation come from
+// ../srm_glue.h (shared with the CPU), kernels from srm.cu.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../kernel_counter.h"
+#include "../srm_glue.h"
+#include "launch.h"
+
+namespace snnspx {
+namespace {
+
+cuda::DType to_launch_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return cuda::DType::Float;
+    case at::kDouble: return cuda::DType::Double;
+    case at::kHalf: return cuda::DType::Half;
+    case at::kBFloat16: return cuda::DType::BFloat16;
+    default: TORCH_CHECK(false, "snnspx CUDA kernels take float32, float64, float16 or bfloat16, got ", t);
+  }
+}
+
+void check_cuda(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got one on ", t.device());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> srm_forward_cuda(const at::Tensor& x, double tau_m, double tau_s,
+                                                                double tau_grad, double v_th) {
+  check_cuda(x, "x");
+  c10::cuda::CUDAGuard guard(x.device());
+  auto o = prepare_srm_forward(x, tau_m, tau_s, tau_grad, v_th, /*packed=*/false);
+  cuda::srm_forward(to_launch_dtype(x.scalar_type()), o.x.data_ptr(), o.spikes.data_ptr(), o.du.data_ptr(),
+                    o.dut.data_ptr(), o.T, o.N, tau_m, tau_s, tau_grad, v_th, 0.0, 0.0, /*packed=*/false,
+                    c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  count_kernel("cuda.srm_forward");
+  return {o.spikes, o.du, o.dut};
+}
+
+std::tuple<at::Tensor, at::Tensor> srm_neuron_fwd_cuda(const at::Tensor& x, double tau_m, double tau_s,
+                                                       double tau_grad, double v_th,
+                                                      double du_inv_clamp, double max_dudt_inv) {
+  check_backward_params(du_inv_clamp, max_dudt_inv);
+  check_cuda(x, "x");
+  c10::cuda::CUDAGuard guard(x.device());
+  auto o = prepare_srm_forward(x, tau_m, tau_s, tau_grad, v_th, /*packed=*/true);
+  auto* saved = static_cast<char*>(o.du.data_ptr());
+  cuda::srm_forward(to_launch_dtype(x.scalar_type()), o.x.data_ptr(), o.spikes.data_ptr(), saved,
+                    saved + o.T * o.N * o.du.element_size(), o.T, o.N, tau_m, tau_s, tau_grad, v_th,
+                    du_inv_clamp, max_dudt_inv, /*packed=*/true, c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  count_kernel("cuda.srm_neuron_fwd");
+  return {o.spikes, o.du};
+}
+
+at::Tensor tables_workspace(const at::Tensor& like, int64_t T) {
+  return at::empty({2 * std::max<int64_t>(T, 1)}, like.options());
+}
+
+void check_acc_dtype(const at::Tensor& state, const char* name, const at::Tensor& grad) {
+  const auto want = srm_acc_type(grad.scalar_type());
+  TORCH_CHECK(state.scalar_type() == want, name, " must be ", want, " for grad_spikes of dtype ",
+              grad.scalar_type(), ", got ", state.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> srm_backward_cuda(const at::Tensor& grad_spikes, const at::Tensor& spikes,
+                                                     const at::Tensor& du, const at::Tensor& dut, double tau_m,
+                                                     double tau_s, double tau_grad, double du_inv_clamp,
+                                                     double max_dudt_inv) {
+  check_cuda(grad_spikes, "grad_spikes");
+  c10::cuda::CUDAGuard guard(grad_spikes.device());
+  auto a = prepare_srm_backward(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv);
+  check_acc_dtype(a.du, "du", a.grad);
+  const at::Tensor spk = a.spikes.to(a.grad.scalar_type());
+  at::Tensor tables = tables_workspace(a.du, a.T);
+  cuda::srm_backward(to_launch_dtype(a.grad.scalar_type()), a.grad.data_ptr(), spk.data_ptr(), a.du.data_ptr(),
+                     a.dut.data_ptr(), a.grad_w.data_ptr(), a.grad_t.data_ptr(), tables.data_ptr(), a.T, a.N,
+                     tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv, c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  count_kernel("cuda.srm_backward");
+  return {a.grad_w, a.grad_t};
+}
+
+at::Tensor srm_neuron_bwd_cuda(const at::Tensor& grad_spikes, const at::Tensor& saved, double tau_m, double tau_s,
+                               double tau_grad, double du_inv_clamp, double max_dudt_inv) {
+  check_cuda(grad_spikes, "grad_spikes");
+  c10::cuda::CUDAGuard guard(grad_spikes.device());
+  auto a = prepare_srm_neuron_backward(grad_spikes, saved, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv);
+  check_acc_dtype(a.du, "saved", a.grad);
+  at::Tensor tables = tables_workspace(a.du, a.T);
+  auto* sp = static_cast<const char*>(a.du.data_ptr());
+  cuda::srm_backward(to_launch_dtype(a.grad.scalar_type()), a.grad.data_ptr(), nullptr, sp,
+                     sp + a.T * a.N * a.du.element_size(), a.grad_w.data_ptr(), nullptr, tables.data_ptr(), a.T,
+                     a.N, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv, c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  count_kernel("cuda.srm_neuron_bwd");
+  return a.grad_w;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(snnspx, m) {
+  // The CUDA library keeps its own launch counts (see ops.cpp's _kernel_calls).
+  m.def("_cuda_kernel_calls(str name) -> int", &kernel_calls);
+}
+
+TORCH_LIBRARY_IMPL(snnspx, CUDA, m) {
+  m.impl("srm_forward", &srm_forward_cuda);
+  m.impl("srm_backward", &srm_backward_cuda);
+  m.impl("srm_neuron_fwd", &srm_neuron_fwd_cuda);
+  m.impl("srm_neuron_bwd", &srm_neuron_bwd_cuda);
+}
+
+}  // namespace snnspx

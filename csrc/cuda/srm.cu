@@ -1,0 +1,200 @@
+// CUDA kernels of the SRM neuron (SPEC §2-§3): one thread per neuron walks all
+// T steps; at each step the threads of a warp touch consecutive neurons, so
+// every load and store is coalesced. The maths lives in ../srm_core.h.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+
+#include "../srm_core.h"
+#include "launch.h"
+
+namespace snnspx {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+// Loads issued ahead of the recurrence: the state update is serial in t, the
+// loads are not, so keeping several in flight hides memory latency.
+constexpr int kAhead = 4;
+
+template <typename T> struct Acc { using type = float; };
+template <> struct Acc<double> { using type = double; };
+
+template <typename acc_t, typename scalar_t>
+__device__ __forceinline__ acc_t to_acc(scalar_t v) { return static_cast<acc_t>(v); }
+template <> __device__ __forceinline__ float to_acc<float, __half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_acc<float, __nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ scalar_t from_acc(acc_t v) { return static_cast<scalar_t>(v); }
+template <> __device__ __forceinline__ __half from_acc<__half, float>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+template <typename scalar_t, typename acc_t, bool kPacked>
+__global__ void __launch_bounds__(kThreads)
+srm_forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ spikes, acc_t* __restrict__ du,
+                   acc_t* __restrict__ dut, int64_t T, int64_t N, SRMParams<acc_t> p, acc_t du_inv_clamp,
+                   acc_t max_dudt_inv) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (n >= N) return;
+  SRMState<acc_t> st;
+  const scalar_t one = from_acc<scalar_t, acc_t>(acc_t(1));
+  const scalar_t zero = from_acc<scalar_t, acc_t>(acc_t(0));
+  for (int64_t t0 = 0; t0 < T; t0 += kAhead) {
+    acc_t xs[kAhead];
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) {
+      xs[j] = (t0 + j < T) ? to_acc<acc_t>(__ldcs(x + (t0 + j) * N + n)) : acc_t(0);
+    }
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) {
+      if (t0 + j >= T) break;
+      const int64_t k = (t0 + j) * N + n;
+      acc_t d, dt;
+      const bool s = srm_step<acc_t>(st, xs[j], p, d, dt);
+      __stcs(spikes + k, s ? one : zero);
+      if (kPacked) {  // srm_neuron_fwd's factors (see ../srm_core.h)
+        __stcs(du + k, s ? inv_clamp(d, du_inv_clamp) : silent_mark<acc_t>());
+        __stcs(dut + k, s ? inv_clamp(dt, max_dudt_inv) : acc_t(0));
+      } else {
+        __stcs(du + k, d);
+        __stcs(dut + k, dt);
+      }
+    }
+  }
+}
+
+template <typename acc_t>
+__global__ void srm_tables_kernel(acc_t* tables, int64_t T, double a_m, double a_s, double a_g, double c) {
+  const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (d >= T) return;
+  tables[d] = static_cast<acc_t>(c * (pow(a_m, double(d + 1)) - pow(a_s, double(d + 1))));
+  tables[T + d] = static_cast<acc_t>(-pow(a_g, double(d + 1)));
+}
+
+template <typename scalar_t, typename acc_t, bool kPacked>
+__global__ void __launch_bounds__(kThreads)
+srm_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ spikes,
+                    const acc_t* __restrict__ du, const acc_t* __restrict__ dut, scalar_t* __restrict__ grad_w,
+                    scalar_t* __restrict__ grad_t, const acc_t* __restrict__ tables, int64_t T, int64_t N,
+                    acc_t du_inv_clamp, acc_t max_dudt_inv) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (n >= N) return;
+  const acc_t* epsw = tables;
+  const acc_t* epst = tables + T;
+  SRMGradState<acc_t> st;
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const int64_t k = t * N + n;
+    bool s;
+    acc_t fw = acc_t(0), ft = acc_t(0);
+    if (kPacked) {
+      fw = __ldcs(du + k);
+      s = fw <= acc_t(0);
+      if (s) ft = __ldcs(dut + k);
+    } else {
+      s = to_acc<acc_t>(__ldcs(spikes + k)) == acc_t(1);
+      if (s) {
+        fw = inv_clamp(__ldcs(du + k), du_inv_clamp);
+        ft = inv_clamp(__ldcs(dut + k), max_dudt_inv);
+      }
+    }
+    // G and dut are read only at spikes: no traffic for the silent steps.
+    const acc_t G = s ? to_acc<acc_t>(__ldcs(grad + k)) : acc_t(0);
+    acc_t gw, gt;
+    srm_grad_step<acc_t>(st, s, G, fw, ft, epsw, epst, gw, gt);
+    __stcs(grad_w + k, from_acc<scalar_t, acc_t>(gw));
+    if (grad_t != nullptr) __stcs(grad_t + k, from_acc<scalar_t, acc_t>(gt));
+  }
+}
+
+inline unsigned int blocks_for(int64_t n) { return static_cast<unsigned int>((n + kThreads - 1) / kThreads); }
+
+template <typename scalar_t>
+void forward_typed(const void* x, void* spikes, void* du, void* dut, int64_t T, int64_t N, double tau_m,
+                   double tau_s, double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv,
+                   bool packed, cudaStream_t stream) {
+  using acc_t = typename Acc<scalar_t>::type;
+  if (N == 0 || T == 0) return;
+  SRMParams<acc_t> p;
+  p.a_m = static_cast<acc_t>(1.0 - 1.0 / tau_m);
+  p.a_s = static_cast<acc_t>(1.0 - 1.0 / tau_s);
+  p.a_g = static_cast<acc_t>(1.0 - 1.0 / tau_grad);
+  p.c = static_cast<acc_t>(tau_m / (tau_m - tau_s));
+  p.v_th = static_cast<acc_t>(v_th);
+  const auto* xp = static_cast<const scalar_t*>(x);
+  auto* sp = static_cast<scalar_t*>(spikes);
+  auto* dup = static_cast<acc_t*>(du);
+  auto* dutp = static_cast<acc_t*>(dut);
+  const acc_t c1 = static_cast<acc_t>(du_inv_clamp), c2 = static_cast<acc_t>(max_dudt_inv);
+  if (packed) {
+    srm_forward_kernel<scalar_t, acc_t, true>
+        <<<blocks_for(N), kThreads, 0, stream>>>(xp, sp, dup, dutp, T, N, p, c1, c2);
+  } else {
+    srm_forward_kernel<scalar_t, acc_t, false>
+        <<<blocks_for(N), kThreads, 0, stream>>>(xp, sp, dup, dutp, T, N, p, c1, c2);
+  }
+}
+
+template <typename scalar_t>
+void backward_typed(const void* grad, const void* spikes, const void* du, const void* dut, void* grad_w,
+                    void* grad_t, void* tables, int64_t T, int64_t N, double tau_m, double tau_s, double tau_grad,
+                    double du_inv_clamp, double max_dudt_inv, cudaStream_t stream) {
+  using acc_t = typename Acc<scalar_t>::type;
+  if (N == 0 || T == 0) return;
+  auto* tab = static_cast<acc_t*>(tables);
+  srm_tables_kernel<acc_t><<<blocks_for(T), kThreads, 0, stream>>>(
+      tab, T, 1.0 - 1.0 / tau_m, 1.0 - 1.0 / tau_s, 1.0 - 1.0 / tau_grad, tau_m / (tau_m - tau_s));
+  const auto* g = static_cast<const scalar_t*>(grad);
+  const auto* sp = static_cast<const scalar_t*>(spikes);
+  const auto* dup = static_cast<const acc_t*>(du);
+  const auto* dutp = static_cast<const acc_t*>(dut);
+  auto* gw = static_cast<scalar_t*>(grad_w);
+  auto* gt = static_cast<scalar_t*>(grad_t);
+  const acc_t c1 = static_cast<acc_t>(du_inv_clamp), c2 = static_cast<acc_t>(max_dudt_inv);
+  if (spikes == nullptr) {
+    srm_backward_kernel<scalar_t, acc_t, true>
+        <<<blocks_for(N), kThreads, 0, stream>>>(g, sp, dup, dutp, gw, gt, tab, T, N, c1, c2);
+  } else {
+    srm_backward_kernel<scalar_t, acc_t, false>
+        <<<blocks_for(N), kThreads, 0, stream>>>(g, sp, dup, dutp, gw, gt, tab, T, N, c1, c2);
+  }
+}
+
+}  // namespace
+
+void srm_forward(DType dtype, const void* x, void* spikes, void* du, void* dut, int64_t T, int64_t N, double tau_m,
+                 double tau_s, double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv, bool packed,
+                 cudaStream_t stream) {
+#define SNNSPX_FWD(type) \
+  forward_typed<type>(x, spikes, du, dut, T, N, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, packed, stream)
+  switch (dtype) {
+    case DType::Float: return SNNSPX_FWD(float);
+    case DType::Double: return SNNSPX_FWD(double);
+    case DType::Half: return SNNSPX_FWD(__half);
+    case DType::BFloat16: return SNNSPX_FWD(__nv_bfloat16);
+  }
+#undef SNNSPX_FWD
+}
+
+void srm_backward(DType dtype, const void* grad, const void* spikes, const void* du, const void* dut, void* grad_w,
+                  void* grad_t, void* tables, int64_t T, int64_t N, double tau_m, double tau_s, double tau_grad,
+                  double du_inv_clamp, double max_dudt_inv, cudaStream_t stream) {
+#define SNNSPX_BWD(type)                                                                                      \
+  backward_typed<type>(grad, spikes, du, dut, grad_w, grad_t, tables, T, N, tau_m, tau_s, tau_grad, du_inv_clamp, \
+                       max_dudt_inv, stream)
+  switch (dtype) {
+    case DType::Float: return SNNSPX_BWD(float);
+    case DType::Double: return SNNSPX_BWD(double);
+    case DType::Half: return SNNSPX_BWD(__half);
+    case DType::BFloat16: return SNNSPX_BWD(__nv_bfloat16);
+  }
+#undef SNNSPX_BWD
+}
+
+}  // namespace cuda
+}  // namespace snnspx

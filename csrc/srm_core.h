@@ -1,0 +1,99 @@
+// SRM neuron maths shared by the CPU and CUDA kernels (SPEC §2-§3).
+//
+// Host-and-device inline functions only: no ATen, no CUDA runtime. Every
+// backend advances one neuron by one step through these functions, so the C++
+// and CUDA kernels cannot drift apart. The operation order matters for
+// bitwise agreement with snnspx/reference.py and the torch backend:
+//   m = (m + x) * a_m;  s = (s + x) * a_s;  g = (g + x) * a_g;  u = c * (m - s)
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define SNNSPX_HD __host__ __device__ __forceinline__
+#else
+#define SNNSPX_HD inline
+#endif
+
+namespace snnspx {
+
+// Decay constants in the accumulation type (float for float/half/bfloat16
+// inputs, double for double). Computed in double on the host, then rounded.
+template <typename acc_t>
+struct SRMParams {
+  acc_t a_m, a_s, a_g, c, v_th;
+};
+
+template <typename acc_t>
+struct SRMState {
+  acc_t m = acc_t(0), s = acc_t(0), g = acc_t(0), u_last = acc_t(0);
+};
+
+// One forward step of one neuron. Writes du = u - u_last and dut = g (before
+// any reset) and returns whether it spiked (strict u > v_th). A spike resets
+// m, s, g and u_last to zero.
+template <typename acc_t>
+SNNSPX_HD bool srm_step(SRMState<acc_t>& st, acc_t x, const SRMParams<acc_t>& p,
+                        acc_t& du, acc_t& dut) {
+  st.m = (st.m + x) * p.a_m;
+  st.s = (st.s + x) * p.a_s;
+  st.g = (st.g + x) * p.a_g;
+  const acc_t u = p.c * (st.m - st.s);
+  du = u - st.u_last;
+  dut = st.g;
+  const bool spike = u > p.v_th;
+  st.m = spike ? acc_t(0) : st.m;
+  st.s = spike ? acc_t(0) : st.s;
+  st.g = spike ? acc_t(0) : st.g;
+  st.u_last = spike ? acc_t(0) : u;
+  return spike;
+}
+
+template <typename acc_t>
+SNNSPX_HD acc_t clamp_nan(acc_t v, acc_t lo, acc_t hi) {
+  // NaN stays NaN, like torch.clamp.
+  return v < lo ? lo : (v > hi ? hi : v);
+}
+
+// Backward state of one neuron, walked from t = T-1 down to 0.
+template <typename acc_t>
+struct SRMGradState {
+  acc_t aw = acc_t(0), at = acc_t(0);
+  int64_t lag = 0;
+  bool seen = false;  // a spike at some t' >= t exists
+};
+
+// The spike-time factor of SPEC §3: clamp(-1/d, -bound, 0). -1/0 = -inf clamps
+// to -bound; the result is never positive (NaN only for a NaN d).
+template <typename acc_t>
+SNNSPX_HD acc_t inv_clamp(acc_t d, acc_t bound) {
+  return clamp_nan(acc_t(-1) / d, -bound, acc_t(0));
+}
+
+// srm_neuron_fwd's compact saved state marks silent steps with this value in
+// place of the (never positive) du factor.
+template <typename acc_t>
+SNNSPX_HD acc_t silent_mark() {
+  return acc_t(1);
+}
+
+// One backward step (SPEC §3), walking t from T-1 down to 0. fw and ft are the
+// factors inv_clamp(du[t], du_inv_clamp) and inv_clamp(dut[t], max_dudt_inv);
+// G, fw and ft are only read when spike is true. `epsw`/`epst` are the kernel
+// tables of length T: epsw[d] = c (a_m^(d+1) - a_s^(d+1)), epst[d] = -a_g^(d+1).
+template <typename acc_t>
+SNNSPX_HD void srm_grad_step(SRMGradState<acc_t>& st, bool spike, acc_t G, acc_t fw, acc_t ft,
+                             const acc_t* epsw, const acc_t* epst, acc_t& gw, acc_t& gt) {
+  if (spike) {
+    st.aw = G * fw;
+    st.at = G * ft;
+    st.lag = 0;
+    st.seen = true;
+  } else if (st.seen) {
+    st.lag += 1;
+  }
+  gw = st.seen ? st.aw * epsw[st.lag] : acc_t(0);
+  gt = st.seen ? st.at * epst[st.lag] : acc_t(0);
+}
+
+}  // namespace snnspx

@@ -1,0 +1,164 @@
+// Argument checks and output allocation for the SRM ops, shared by the CPU and
+// CUDA registrations. Host-only (ATen); never included by .cu files.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <vector>
+
+#include "srm_core.h"
+
+namespace snnspx {
+
+inline void check_srm_taus(double tau_m, double tau_s, double tau_grad) {
+  TORCH_CHECK(std::isfinite(tau_m) && tau_m > 1.0, "tau_m must be a finite number > 1, got ", tau_m);
+  TORCH_CHECK(std::isfinite(tau_s) && tau_s > 1.0, "tau_s must be a finite number > 1, got ", tau_s);
+  TORCH_CHECK(std::isfinite(tau_grad) && tau_grad > 1.0, "tau_grad must be a finite number > 1, got ",
+              tau_grad);
+  TORCH_CHECK(tau_m != tau_s, "tau_m and tau_s must differ (the SRM kernel divides by tau_m - tau_s), got ",
+              tau_m, " for both");
+}
+
+inline void check_float_input(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), name,
+              " must be a floating-point tensor (float32, float64, float16 or bfloat16), got ",
+              t.scalar_type());
+  TORCH_CHECK(t.dim() >= 1, name, " must have a leading time dimension [T, ...], got a 0-d tensor");
+}
+
+// Neuron state is kept in float64 for float64 inputs and float32 otherwise.
+inline at::ScalarType srm_acc_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+template <typename acc_t>
+inline SRMParams<acc_t> make_srm_params(double tau_m, double tau_s, double tau_grad, double v_th) {
+  SRMParams<acc_t> p;
+  p.a_m = static_cast<acc_t>(1.0 - 1.0 / tau_m);
+  p.a_s = static_cast<acc_t>(1.0 - 1.0 / tau_s);
+  p.a_g = static_cast<acc_t>(1.0 - 1.0 / tau_grad);
+  p.c = static_cast<acc_t>(tau_m / (tau_m - tau_s));
+  p.v_th = static_cast<acc_t>(v_th);
+  return p;
+}
+
+// Kernel tables epsw[0..T-1] then epst[0..T-1], computed in double, rounded once.
+template <typename acc_t>
+inline void fill_srm_tables(acc_t* out, int64_t T, double tau_m, double tau_s, double tau_grad) {
+  const double a_m = 1.0 - 1.0 / tau_m, a_s = 1.0 - 1.0 / tau_s, a_g = 1.0 - 1.0 / tau_grad;
+  const double c = tau_m / (tau_m - tau_s);
+  for (int64_t d = 0; d < T; ++d) {
+    out[d] = static_cast<acc_t>(c * (std::pow(a_m, double(d + 1)) - std::pow(a_s, double(d + 1))));
+    out[T + d] = static_cast<acc_t>(-std::pow(a_g, double(d + 1)));
+  }
+}
+
+// [T, ...] -> (T, N): N is the number of neurons per step.
+inline int64_t neurons_per_step(const at::Tensor& t) {
+  return t.size(0) == 0 ? 0 : t.numel() / t.size(0);
+}
+
+struct SRMForwardOut {
+  at::Tensor x;       // contiguous input
+  at::Tensor spikes;  // [T, ...], dtype of x
+  at::Tensor du;      // [T, ...] (or [2, T, ...] packed), accumulation dtype
+  at::Tensor dut;     // [T, ...] (undefined when packed)
+  int64_t T, N;
+};
+
+// packed=false: the public srm_forward outputs. packed=true: srm_neuron_fwd's
+// compact saved state, one [2, T, ...] tensor in `du` (see ops.cpp).
+inline SRMForwardOut prepare_srm_forward(const at::Tensor& x_in, double tau_m, double tau_s,
+                                         double tau_grad, double v_th, bool packed) {
+  check_float_input(x_in, "x");
+  check_srm_taus(tau_m, tau_s, tau_grad);
+  TORCH_CHECK(!std::isnan(v_th), "v_th must not be NaN");
+  SRMForwardOut o;
+  o.x = x_in.contiguous();
+  o.T = x_in.size(0);
+  o.N = neurons_per_step(x_in);
+  const auto acc = x_in.options().dtype(srm_acc_type(x_in.scalar_type()));
+  o.spikes = at::empty(x_in.sizes(), x_in.options().memory_format(at::MemoryFormat::Contiguous));
+  if (packed) {
+    std::vector<int64_t> shape{2};
+    shape.insert(shape.end(), x_in.sizes().begin(), x_in.sizes().end());
+    o.du = at::empty(shape, acc);
+  } else {
+    o.du = at::empty(x_in.sizes(), acc);
+    o.dut = at::empty(x_in.sizes(), acc);
+  }
+  return o;
+}
+
+inline void check_same_shape(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn) {
+  TORCH_CHECK(a.sizes() == b.sizes(), an, " and ", bn, " must have the same shape, got ", a.sizes(),
+              " and ", b.sizes());
+  TORCH_CHECK(a.device() == b.device(), an, " and ", bn, " must be on the same device, got ",
+              a.device(), " and ", b.device());
+}
+
+inline void check_backward_params(double du_inv_clamp, double max_dudt_inv) {
+  TORCH_CHECK(du_inv_clamp >= 0, "du_inv_clamp must be >= 0, got ", du_inv_clamp);
+  TORCH_CHECK(max_dudt_inv >= 0, "max_dudt_inv must be >= 0, got ", max_dudt_inv);
+}
+
+struct SRMBackwardArgs {
+  at::Tensor grad, spikes, du, dut;  // contiguous; spikes/dut undefined for packed
+  at::Tensor grad_w, grad_t;         // outputs, dtype of grad; grad_t undefined if not wanted
+  int64_t T, N;
+};
+
+inline SRMBackwardArgs prepare_srm_backward(const at::Tensor& grad_spikes, const at::Tensor& spikes,
+                                            const at::Tensor& du, const at::Tensor& dut, double tau_m,
+                                            double tau_s, double tau_grad, double du_inv_clamp,
+                                            double max_dudt_inv) {
+  check_float_input(grad_spikes, "grad_spikes");
+  check_float_input(spikes, "spikes");
+  check_float_input(du, "du");
+  check_float_input(dut, "dut");
+  check_same_shape(grad_spikes, "grad_spikes", spikes, "spikes");
+  check_same_shape(grad_spikes, "grad_spikes", du, "du");
+  check_same_shape(grad_spikes, "grad_spikes", dut, "dut");
+  TORCH_CHECK(du.scalar_type() == dut.scalar_type(), "du and dut must have the same dtype, got ",
+              du.scalar_type(), " and ", dut.scalar_type());
+  TORCH_CHECK(du.scalar_type() == at::kFloat || du.scalar_type() == at::kDouble,
+              "du and dut hold neuron state and must be float32 or float64, got ", du.scalar_type());
+  check_srm_taus(tau_m, tau_s, tau_grad);
+  check_backward_params(du_inv_clamp, max_dudt_inv);
+  SRMBackwardArgs a;
+  a.T = grad_spikes.size(0);
+  a.N = neurons_per_step(grad_spikes);
+  // The kernels compute in du's dtype; grad and spikes are read in their own.
+  a.grad = grad_spikes.contiguous();
+  a.spikes = spikes.contiguous();
+  a.du = du.contiguous();
+  a.dut = dut.contiguous();
+  a.grad_w = at::empty(grad_spikes.sizes(), grad_spikes.options().memory_format(at::MemoryFormat::Contiguous));
+  a.grad_t = at::empty_like(a.grad_w);
+  return a;
+}
+
+inline SRMBackwardArgs prepare_srm_neuron_backward(const at::Tensor& grad_spikes, const at::Tensor& saved,
+                                                   double tau_m, double tau_s, double tau_grad,
+                                                   double du_inv_clamp, double max_dudt_inv) {
+  check_float_input(grad_spikes, "grad_spikes");
+  TORCH_CHECK(saved.dim() == grad_spikes.dim() + 1 && saved.size(0) == 2 &&
+                  saved.sizes().slice(1) == grad_spikes.sizes(),
+              "saved must be [2, *grad_spikes.shape] = [2, ", grad_spikes.sizes(), "], got ", saved.sizes());
+  TORCH_CHECK(saved.scalar_type() == at::kFloat || saved.scalar_type() == at::kDouble,
+              "saved must be float32 or float64, got ", saved.scalar_type());
+  TORCH_CHECK(saved.device() == grad_spikes.device(), "saved and grad_spikes must be on the same device, got ",
+              saved.device(), " and ", grad_spikes.device());
+  check_srm_taus(tau_m, tau_s, tau_grad);
+  check_backward_params(du_inv_clamp, max_dudt_inv);
+  SRMBackwardArgs a;
+  a.T = grad_spikes.size(0);
+  a.N = neurons_per_step(grad_spikes);
+  a.grad = grad_spikes.contiguous();
+  a.du = saved.contiguous();
+  a.grad_w = at::empty(grad_spikes.sizes(), grad_spikes.options().memory_format(at::MemoryFormat::Contiguous));
+  return a;
+}
+
+}  // namespace snnspx

@@ -1,0 +1,12 @@
+"""snnspx: Spike Response Model layers and superpixel spike pooling for PyTorch.
+
+Kernels are compiled on first use (never at import); see :func:`backends`.
+"""
+
+from . import functional, nn, reference
+from ._backend import BACKENDS, BackendInfo, backends, kernel_calls
+from ._build import BuildError
+
+__version__ = "0.1.0"
+
+__all__ = ["functional", "nn", "reference", "backends", "BackendInfo", "BACKENDS", "BuildError", "kernel_calls"]

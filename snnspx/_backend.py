@@ -1,0 +1,109 @@
+"""Which implementation runs an op: ``cuda``, ``cpp``, ``torch`` or ``reference``.
+
+The rule (SPEC §8): an explicit ``backend=`` argument wins, then the environment
+variable ``SNNSPX_BACKEND``; both are requests, and a request that cannot run is
+an error. With neither, CUDA tensors go to ``cuda`` and CPU tensors to ``cpp``;
+if that library does not build, the op runs on ``torch`` after one warning that
+carries the build error.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import NamedTuple
+
+import torch
+
+from . import _build
+
+BACKENDS = ("cuda", "cpp", "torch", "reference")
+_COMPILED = {"cuda": "cuda", "cpp": "cpu"}  # backend -> library kind
+_warned: set[str] = set()
+
+
+class BackendInfo(NamedTuple):
+    available: bool
+    reason: str
+
+
+def backends() -> dict[str, BackendInfo]:
+    """Which backends can run here, and why not for the others.
+
+    Builds the compiled libraries if they have not been built yet (this can take a
+    minute or two on first use; later calls load the cached build).
+
+    Returns:
+        ``{"cuda": BackendInfo(available, reason), "cpp": ..., "torch": ..., "reference": ...}``
+    """
+    out: dict[str, BackendInfo] = {}
+    if not torch.cuda.is_available():
+        out["cuda"] = BackendInfo(False, "no CUDA device is visible to PyTorch (torch.cuda.is_available() is False)")
+    else:
+        out["cuda"] = BackendInfo(*_build.library_status("cuda"))
+    out["cpp"] = BackendInfo(*_build.library_status("cpu"))
+    out["torch"] = BackendInfo(True, "vectorised PyTorch, always available")
+    out["reference"] = BackendInfo(True, "per-element Python loops, always available (slow: for tests)")
+    return out
+
+
+def _check_name(backend: str, source: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"{source} must be one of {BACKENDS} or None, got {backend!r}")
+
+
+def _default(device: torch.device) -> str:
+    want = "cuda" if device.type == "cuda" else "cpp"
+    kind = _COMPILED[want]
+    if kind in _build._loaded:  # fast path, also keeps torch.compile tracing simple
+        return want
+    try:
+        _build.load_library(kind)
+    except _build.BuildError as exc:
+        if want not in _warned:
+            _warned.add(want)
+            warnings.warn(
+                f"snnspx: the {want!r} backend is unavailable, running the slower 'torch' backend instead. "
+                f"Pass backend=... or set SNNSPX_BACKEND to choose explicitly. Reason: {exc}",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return "torch"
+    return want
+
+
+def resolve(backend: str | None, device: torch.device) -> str:
+    """The backend that runs an op whose tensors live on `device`.
+
+    Raises:
+        ValueError: unknown name, or a compiled backend asked for tensors on the wrong device.
+        snnspx.BuildError: a compiled backend was requested and its library does not build.
+    """
+    source = "backend"
+    if backend is None:
+        env = os.environ.get("SNNSPX_BACKEND")
+        if env:
+            backend, source = env, "SNNSPX_BACKEND"
+    if backend is None:
+        return _default(device)
+    _check_name(backend, source)
+    if backend == "cpp" and device.type != "cpu":
+        raise ValueError(f"{source}='cpp' runs on CPU tensors, got tensors on {device}")
+    if backend == "cuda" and device.type != "cuda":
+        raise ValueError(f"{source}='cuda' runs on CUDA tensors, got tensors on {device}")
+    if backend in _COMPILED and _COMPILED[backend] not in _build._loaded:
+        _build.load_library(_COMPILED[backend])
+    return backend
+
+
+def kernel_calls(name: str) -> int:
+    """How often the compiled kernel `name` (``"cpu.srm_forward"``, ``"cuda.srm_backward"``...) ran.
+
+    A test sentinel: proves that a compiled kernel ran rather than a Python path.
+    """
+    kind = name.split(".", 1)[0]
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"name must start with 'cpu.' or 'cuda.', got {name!r}")
+    _build.load_library(kind)
+    op = torch.ops.snnspx._kernel_calls if kind == "cpu" else torch.ops.snnspx._cuda_kernel_calls
+    return int(op(name))

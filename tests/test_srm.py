@@ -1,0 +1,327 @@
+"""SRM neuron (SPEC §2-§3): every backend against snnspx.reference, elementwise."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import snnspx
+from snnspx import functional as F
+from snnspx import reference as R
+from conftest import COMPILED, DTYPES, GRID
+
+PARAMS = dict(tau_m=5.0, tau_s=3.0, tau_grad=2.5)
+
+
+def currents(gen, shape, dtype=torch.float32, device="cpu", mean=0.5, std=1.0):
+    """Random input currents that make neurons fire every few steps."""
+    return (torch.randn(shape, generator=gen, dtype=torch.float64) * std + mean).to(dtype).to(device)
+
+
+def assert_forward_equal(got, want, msg=""):
+    spikes, du, dut = got
+    rs, rdu, rdut = want
+    assert spikes.dtype == rs.dtype and du.dtype == rdu.dtype and dut.dtype == rdut.dtype
+    torch.testing.assert_close(spikes.cpu(), rs.cpu(), rtol=0, atol=0, msg=lambda m: f"spikes differ {msg}: {m}")
+    torch.testing.assert_close(du.cpu(), rdu.cpu(), msg=lambda m: f"du {msg}: {m}")
+    torch.testing.assert_close(dut.cpu(), rdut.cpu(), msg=lambda m: f"dut {msg}: {m}")
+
+
+# --------------------------------------------------------------------------- forward
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(12, 3, 4, 5), (1, 50), (40, 2, 3)], ids=["T12", "T1", "T40"])
+def test_forward_matches_reference(backend, device, dtype, shape, gen):
+    x = currents(gen, shape, dtype, device, std=4.0 if shape[0] == 1 else 1.0)
+    got = F.srm_forward(x, v_th=1.0, backend=backend, **PARAMS)
+    want = R.srm_forward(x, v_th=1.0, **PARAMS)
+    assert want[0].sum() > 0, "the test input should make some neurons spike"
+    assert_forward_equal(got, want, f"({backend}, {device}, {dtype})")
+    assert got[0].device.type == device
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+def test_forward_long_T(backend, device, gen):
+    x = currents(gen, (512, 2, 3), torch.float32, device, mean=0.3)
+    assert_forward_equal(F.srm_forward(x, backend=backend), R.srm_forward(x), "T=512")
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+def test_forward_noncontiguous(backend, device, gen):
+    base = currents(gen, (6, 10, 8), torch.float32, device)
+    for x in (base.transpose(1, 2), base[:, ::2, 1:7], base.expand(2, 6, 10, 8)[1], base.permute(0, 2, 1)[:, :, ::3]):
+        got = F.srm_forward(x, backend=backend)
+        want = F.srm_forward(x.contiguous(), backend=backend)
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+        assert_forward_equal(got, R.srm_forward(x))
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+def test_forward_empty_T(backend, device):
+    x = torch.zeros(0, 3, 4, device=device)
+    spikes, du, dut = F.srm_forward(x, backend=backend)
+    assert spikes.shape == du.shape == dut.shape == (0, 3, 4)
+    gw, gt = F.srm_backward(spikes, spikes, du, dut, backend=backend)
+    assert gw.shape == gt.shape == (0, 3, 4)
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+def test_closed_form_without_spikes(backend, device, gen):
+    """With no spike, u[t] = sum_k eps(t-k) x[k], eps(d) = c (a_m^(d+1) - a_s^(d+1))."""
+    T = 30
+    x = currents(gen, (T, 5), torch.float64, device, mean=0.0)
+    spikes, du, _ = F.srm_forward(x, v_th=math.inf, backend=backend, **PARAMS)
+    assert spikes.sum() == 0
+    u = torch.cumsum(du, 0).cpu()
+    a_m, a_s, c = 1 - 1 / 5.0, 1 - 1 / 3.0, 5.0 / 2.0
+    d = torch.arange(T, dtype=torch.float64)
+    eps = c * (a_m ** (d + 1) - a_s ** (d + 1))
+    lags = d[:, None] - d[None, :]
+    K = torch.where(lags >= 0, eps[lags.clamp(min=0).long()], torch.zeros(()))
+    torch.testing.assert_close(u, K @ x.cpu(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+def test_threshold_tie_does_not_spike(backend, device):
+    """u == v_th is not a spike (strict >); one ulp below v_th is."""
+    x = torch.tensor([[3.0, 2.0, 5.0]], device=device)
+    _, du, _ = R.srm_forward(x)  # T = 1: u = du
+    for n in range(3):
+        u = du[0, n].item()  # exactly representable in float32
+        spikes, _, _ = F.srm_forward(x[:, n : n + 1], v_th=u, backend=backend)
+        assert spikes.item() == 0, f"u == v_th = {u} must not spike"
+        below = torch.nextafter(torch.tensor(u, dtype=torch.float32), torch.tensor(-math.inf)).item()
+        spikes, _, _ = F.srm_forward(x[:, n : n + 1], v_th=below, backend=backend)
+        assert spikes.item() == 1, f"u = {u} > v_th = {below} must spike"
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+def test_reset_after_spike(backend, device):
+    """A spike resets m, s, g and u_last: the step after restarts from zero."""
+    x = torch.tensor([[10.0], [0.0], [1.0]], device=device)
+    spikes, du, dut = F.srm_forward(x, backend=backend)
+    assert spikes[:, 0].tolist() == [1.0, 0.0, 0.0]
+    assert du[1, 0].item() == 0.0 and dut[1, 0].item() == 0.0  # all state is zero after the reset
+    fresh = F.srm_forward(x[2:], backend=backend)
+    assert du[2, 0].item() == fresh[1][0, 0].item()
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_half_inputs_use_float32_state(backend, device, dtype, gen):
+    x = currents(gen, (10, 4, 3), dtype, device)
+    spikes, du, dut = F.srm_forward(x, backend=backend)
+    assert spikes.dtype == dtype and du.dtype == dut.dtype == torch.float32
+    assert_forward_equal((spikes, du, dut), R.srm_forward(x))
+
+
+# --------------------------------------------------------------------------- backward
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T", [1, 16, 100])
+def test_backward_matches_reference(backend, device, dtype, T, gen):
+    x = currents(gen, (T, 3, 4), dtype, device)
+    spikes, du, dut = R.srm_forward(x)
+    grad = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype).to(device)
+    kw = dict(du_inv_clamp=4.0, max_dudt_inv=123456789.0, **PARAMS)
+    gw, gt = F.srm_backward(grad, spikes, du, dut, backend=backend, **kw)
+    rw, rt = R.srm_backward(grad, spikes, du, dut, **kw)
+    assert gw.dtype == gt.dtype == dtype
+    torch.testing.assert_close(gw.cpu(), rw.cpu(), msg=lambda m: f"grad_w ({backend}): {m}")
+    torch.testing.assert_close(gt.cpu(), rt.cpu(), msg=lambda m: f"grad_t ({backend}): {m}")
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+def test_backward_zero_without_later_spike(backend, device, gen):
+    """Only the last step spikes: every step has that spike ahead; with none, all zero."""
+    T = 8
+    spikes = torch.zeros(T, 2, device=device)
+    spikes[-1, 0] = 1
+    du = torch.full((T, 2), 0.5, device=device)
+    dut = torch.full((T, 2), 2.0, device=device)
+    grad = torch.randn((T, 2), generator=gen).to(device)
+    gw, gt = F.srm_backward(grad, spikes, du, dut, backend=backend)
+    assert torch.all(gw[:, 1] == 0) and torch.all(gt[:, 1] == 0), "no spike: the gradient must be exactly 0"
+    rw, rt = R.srm_backward(grad, spikes, du, dut)
+    torch.testing.assert_close(gw.cpu(), rw.cpu())
+    torch.testing.assert_close(gt.cpu(), rt.cpu())
+    assert torch.all(gw[:, 0] != 0) or grad[-1, 0] == 0
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+def test_backward_clamps_and_ignores_silent_grads(backend, device):
+    """-1/0 clamps to the lower bound; NaN gradients at silent steps are never read."""
+    spikes = torch.tensor([[0.0], [1.0], [0.0]], device=device)
+    du = torch.tensor([[1.0], [0.0], [1.0]], device=device)
+    dut = torch.tensor([[1.0], [0.0], [1.0]], device=device)
+    grad = torch.tensor([[math.nan], [2.0], [math.inf]], device=device)
+    gw, gt = F.srm_backward(grad, spikes, du, dut, du_inv_clamp=4.0, max_dudt_inv=7.0, backend=backend)
+    eps0 = 2.5 * (0.8 - 2 / 3)
+    eps1 = 2.5 * (0.8**2 - (2 / 3) ** 2)
+    torch.testing.assert_close(gw[:, 0].cpu(), torch.tensor([2 * -4.0 * eps1, 2 * -4.0 * eps0, 0.0]))
+    torch.testing.assert_close(gt[:, 0].cpu(), torch.tensor([2 * -7.0 * -(0.6**2), 2 * -7.0 * -0.6, 0.0]))
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_neuron_autograd_matches_reference(backend, device, dtype, gen):
+    x = currents(gen, (20, 3, 5), dtype, device)
+    w = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype).to(device)
+    xg = x.clone().requires_grad_()
+    spikes = F.srm_neuron(xg, du_inv_clamp=3.0, max_dudt_inv=50.0, backend=backend)
+    (spikes * w).sum().backward()
+    rs, rdu, rdut = R.srm_forward(x)
+    rw, _ = R.srm_backward(w, rs, rdu, rdut, du_inv_clamp=3.0, max_dudt_inv=50.0)
+    assert torch.equal(spikes.detach().cpu(), rs.cpu())
+    torch.testing.assert_close(xg.grad.cpu(), rw.cpu())
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+def test_srm_forward_gradient_flows_through_spikes(backend, device, gen):
+    x = currents(gen, (9, 4), torch.float64, device).requires_grad_()
+    spikes, du, dut = F.srm_forward(x, backend=backend)
+    assert not du.requires_grad or backend in ("cpp", "cuda")
+    spikes.sum().backward()
+    rs, rdu, rdut = R.srm_forward(x.detach())
+    rw, _ = R.srm_backward(torch.ones_like(rs), rs, rdu, rdut)
+    torch.testing.assert_close(x.grad.cpu(), rw.cpu())
+
+
+def test_subthreshold_recurrence_gradcheck(gen):
+    """Below threshold the recurrence is linear in x: gradcheck the membrane it produces."""
+    from snnspx.functional.srm import _forward_torch
+
+    x = currents(gen, (6, 3), torch.float64, mean=0.0, std=0.1).requires_grad_()
+    torch.autograd.gradcheck(lambda v: torch.cumsum(_forward_torch(v, 5.0, 3.0, 2.5, math.inf)[1], 0), (x,))
+
+
+# --------------------------------------------------------------------------- module, compile, opcheck
+@pytest.mark.parametrize("backend,device", GRID)
+def test_module_batch_first(backend, device, gen):
+    x = currents(gen, (2, 7, 3), torch.float32, device)  # [B, T, N]
+    m_bf = snnspx.nn.SRMNeuron(batch_first=True, backend=backend)
+    m_tf = snnspx.nn.SRMNeuron(backend=backend)
+    assert torch.equal(m_bf(x), m_tf(x.transpose(0, 1)).transpose(0, 1))
+    assert "tau_m=5.0" in repr(m_bf)
+
+
+@pytest.mark.parametrize("backend,device", COMPILED)
+def test_torch_compile_module(backend, device, gen):
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8, dtype=torch.float64), snnspx.nn.SRMNeuron(backend=backend)).to(device)
+    x = currents(gen, (10, 3, 6), torch.float64, device)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    out_c = compiled(x)
+    out_c.sum().backward()
+    grads_c = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    out_e = model(x)
+    out_e.sum().backward()
+    assert torch.equal(out_c, out_e)
+    for gc, ge in zip(grads_c, [p.grad for p in model.parameters()]):
+        torch.testing.assert_close(gc, ge)
+
+
+@pytest.mark.parametrize("backend,device", COMPILED)
+def test_opcheck(backend, device, gen):
+    snnspx.functional.srm_forward(torch.zeros(1, 1, device=device), backend=backend)  # loads the library
+    ops = torch.ops.snnspx
+    for dtype in (torch.float32, torch.float64):
+        x = currents(gen, (7, 3, 2), dtype, device)
+        args = (5.0, 3.0, 2.5, 1.0)
+        torch.library.opcheck(ops.srm_forward.default, (x, *args))
+        torch.library.opcheck(ops.srm_forward.default, (x.clone().requires_grad_(), *args))
+        spikes, du, dut = ops.srm_forward.default(x, *args)
+        g = torch.randn(x.shape, generator=gen, dtype=dtype).to(device)
+        torch.library.opcheck(ops.srm_backward.default, (g, spikes, du, dut, 5.0, 3.0, 2.5, 4.0, 1e8))
+        torch.library.opcheck(ops.srm_neuron_fwd.default, (x.clone().requires_grad_(), *args, 4.0, 1e8))
+        _, saved = ops.srm_neuron_fwd.default(x, *args, 4.0, 1e8)
+        torch.library.opcheck(ops.srm_neuron_bwd.default, (g, saved, 5.0, 3.0, 2.5, 4.0, 1e8))
+
+
+def test_saved_state_is_compact(gen):
+    """srm_neuron keeps one [2, T, ...] tensor for backward: 8 bytes per float32 neuron-step."""
+    x = currents(gen, (16, 4, 8), torch.float32).requires_grad_()
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        F.srm_neuron(x, backend="cpp")
+    total = sum(t.numel() * t.element_size() for t in saved)
+    assert total == 8 * x.numel(), f"saved {total / x.numel()} bytes per neuron-step"
+
+
+# --------------------------------------------------------------------------- sentinels and errors
+def test_cpp_kernel_actually_runs():
+    before = snnspx.kernel_calls("cpu.srm_forward")
+    F.srm_forward(torch.randn(3, 4), backend="cpp")
+    assert snnspx.kernel_calls("cpu.srm_forward") == before + 1
+    # With no backend given, CPU tensors go to the compiled kernel when it builds, not to a fallback.
+    before_fwd, before_bwd = snnspx.kernel_calls("cpu.srm_neuron_fwd"), snnspx.kernel_calls("cpu.srm_neuron_bwd")
+    x = torch.randn(5, 4).requires_grad_()
+    F.srm_neuron(x).sum().backward()
+    assert snnspx.kernel_calls("cpu.srm_neuron_fwd") == before_fwd + 1
+    assert snnspx.kernel_calls("cpu.srm_neuron_bwd") == before_bwd + 1
+
+
+@pytest.mark.cuda
+def test_cuda_kernel_actually_runs():
+    before = snnspx.kernel_calls("cuda.srm_neuron_fwd")
+    F.srm_neuron(torch.randn(3, 4, device="cuda"))
+    assert snnspx.kernel_calls("cuda.srm_neuron_fwd") == before + 1
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "cpp"])
+def test_bad_arguments_name_the_argument(backend):
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="tau_m and tau_s must differ"):
+        F.srm_forward(x, tau_m=3.0, tau_s=3.0, backend=backend)
+    for name in ("tau_m", "tau_s", "tau_grad"):
+        with pytest.raises(ValueError, match=name):
+            F.srm_forward(x, **{name: 1.0}, backend=backend)
+    with pytest.raises(TypeError, match="x must be float32"):
+        F.srm_forward(torch.ones(4, 3, dtype=torch.int64), backend=backend)
+    with pytest.raises(ValueError, match="x must have at least 1"):
+        F.srm_forward(torch.tensor(1.0), backend=backend)
+    s, du, dut = F.srm_forward(x, backend=backend)
+    with pytest.raises(ValueError, match="du must have the shape"):
+        F.srm_backward(s, s, du[:2], dut, backend=backend)
+    with pytest.raises(ValueError, match="du_inv_clamp"):
+        F.srm_backward(s, s, du, dut, du_inv_clamp=-1.0, backend=backend)
+
+
+def test_compiled_op_checks_its_arguments():
+    """The C++ checks stand on their own, for callers of torch.ops.snnspx directly."""
+    F.srm_forward(torch.zeros(1, 1), backend="cpp")
+    ops = torch.ops.snnspx
+    with pytest.raises(RuntimeError, match="tau_m and tau_s must differ"):
+        ops.srm_forward(torch.randn(3, 2), 3.0, 3.0, 2.5, 1.0)
+    with pytest.raises(RuntimeError, match="x must be a floating-point tensor"):
+        ops.srm_forward(torch.ones(3, 2, dtype=torch.int32), 5.0, 3.0, 2.5, 1.0)
+    x = torch.randn(3, 2)
+    s, du, dut = ops.srm_forward(x, 5.0, 3.0, 2.5, 1.0)
+    with pytest.raises(RuntimeError, match="grad_spikes and dut must have the same shape"):
+        ops.srm_backward(s, s, du, dut[:1], 5.0, 3.0, 2.5, 4.0, 1.0)
+    with pytest.raises(RuntimeError, match=r"saved must be \[2"):
+        ops.srm_neuron_bwd(s, du, 5.0, 3.0, 2.5, 4.0, 1.0)
+
+
+def test_backend_selection(monkeypatch):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        F.srm_forward(torch.randn(2, 2), backend="triton")
+    monkeypatch.setenv("SNNSPX_BACKEND", "nope")
+    with pytest.raises(ValueError, match="SNNSPX_BACKEND must be one of"):
+        F.srm_forward(torch.randn(2, 2))
+    monkeypatch.setenv("SNNSPX_BACKEND", "torch")
+    before = snnspx.kernel_calls("cpu.srm_forward")
+    F.srm_forward(torch.randn(2, 2))
+    assert snnspx.kernel_calls("cpu.srm_forward") == before, "SNNSPX_BACKEND=torch must not run the kernel"
+    monkeypatch.setenv("SNNSPX_BACKEND", "cuda")
+    with pytest.raises(ValueError, match="runs on CUDA tensors"):
+        F.srm_forward(torch.randn(2, 2))
