@@ -55,12 +55,12 @@ SNNSPX_HD acc_t clamp_nan(acc_t v, acc_t lo, acc_t hi) {
   return v < lo ? lo : (v > hi ? hi : v);
 }
 
-// Backward state of one neuron, walked from t = T-1 down to 0.
+// Backward state of one neuron, walked from t = T-1 down to 0. lag counts the
+// steps since the nearest spike at t' >= t; -1 while no such spike exists.
 template <typename acc_t>
 struct SRMGradState {
   acc_t aw = acc_t(0), at = acc_t(0);
-  int64_t lag = 0;
-  bool seen = false;  // a spike at some t' >= t exists
+  int32_t lag = -1;
 };
 
 // The spike-time factor of SPEC §3: clamp(-1/d, -bound, 0). -1/0 = -inf clamps
@@ -84,16 +84,14 @@ SNNSPX_HD acc_t silent_mark() {
 template <typename acc_t>
 SNNSPX_HD void srm_grad_step(SRMGradState<acc_t>& st, bool spike, acc_t G, acc_t fw, acc_t ft,
                              const acc_t* epsw, const acc_t* epst, acc_t& gw, acc_t& gt) {
-  if (spike) {
-    st.aw = G * fw;
-    st.at = G * ft;
-    st.lag = 0;
-    st.seen = true;
-  } else if (st.seen) {
-    st.lag += 1;
-  }
-  gw = st.seen ? st.aw * epsw[st.lag] : acc_t(0);
-  gt = st.seen ? st.at * epst[st.lag] : acc_t(0);
+  // Branch-free: selects only, and the table reads are always in bounds.
+  st.aw = spike ? G * fw : st.aw;
+  st.at = spike ? G * ft : st.at;
+  st.lag = spike ? 0 : (st.lag >= 0 ? st.lag + 1 : -1);
+  const int32_t d = st.lag >= 0 ? st.lag : 0;
+  const acc_t ew = epsw[d], et = epst[d];
+  gw = st.lag >= 0 ? st.aw * ew : acc_t(0);
+  gt = st.lag >= 0 ? st.at * et : acc_t(0);
 }
 
 }  // namespace snnspx

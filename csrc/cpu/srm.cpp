@@ -27,22 +27,37 @@ void srm_forward_kernel(const scalar_t* x, scalar_t* spikes, acc_t* du, acc_t* d
                         SRMParams<acc_t> p, acc_t du_inv_clamp, acc_t max_dudt_inv) {
   const int64_t grain = std::max<int64_t>(kBlock, 32768 / std::max<int64_t>(T, 1));
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-    SRMState<acc_t> st[kBlock];
+    // Structure-of-arrays state so that the inner loop over neurons vectorises.
+    alignas(64) acc_t m[kBlock], sy[kBlock], g[kBlock], ul[kBlock];
     for (int64_t n0 = begin; n0 < end; n0 += kBlock) {
       const int64_t len = std::min(kBlock, end - n0);
-      for (int64_t i = 0; i < len; ++i) st[i] = SRMState<acc_t>();
+      std::fill(m, m + len, acc_t(0));
+      std::fill(sy, sy + len, acc_t(0));
+      std::fill(g, g + len, acc_t(0));
+      std::fill(ul, ul + len, acc_t(0));
       for (int64_t t = 0; t < T; ++t) {
         const int64_t base = t * N + n0;
+        const scalar_t* __restrict__ xt = x + base;
+        scalar_t* __restrict__ st_out = spikes + base;
+        acc_t* __restrict__ du_out = du + base;
+        acc_t* __restrict__ dut_out = dut + base;
         for (int64_t i = 0; i < len; ++i) {
+          SRMState<acc_t> st{m[i], sy[i], g[i], ul[i]};
           acc_t d, dt;
-          const bool s = srm_step<acc_t>(st[i], static_cast<acc_t>(x[base + i]), p, d, dt);
-          spikes[base + i] = static_cast<scalar_t>(s ? 1 : 0);
-          if (kPacked) {
-            du[base + i] = s ? inv_clamp(d, du_inv_clamp) : silent_mark<acc_t>();
-            dut[base + i] = s ? inv_clamp(dt, max_dudt_inv) : acc_t(0);
-          } else {
-            du[base + i] = d;
-            dut[base + i] = dt;
+          const bool s = srm_step<acc_t>(st, static_cast<acc_t>(xt[i]), p, d, dt);
+          m[i] = st.m, sy[i] = st.s, g[i] = st.g, ul[i] = st.u_last;
+          st_out[i] = static_cast<scalar_t>(s ? acc_t(1) : acc_t(0));
+          du_out[i] = d;
+          dut_out[i] = dt;
+        }
+        if (kPacked) {
+          // A second, branch-free pass turns (du, dut) into the saved factors:
+          // the divisions run unconditionally, so this loop vectorises.
+          for (int64_t i = 0; i < len; ++i) {
+            const bool s = static_cast<acc_t>(st_out[i]) == acc_t(1);
+            const acc_t fw = inv_clamp(du_out[i], du_inv_clamp), ft = inv_clamp(dut_out[i], max_dudt_inv);
+            du_out[i] = s ? fw : silent_mark<acc_t>();
+            dut_out[i] = s ? ft : acc_t(0);
           }
         }
       }
@@ -53,6 +68,11 @@ void srm_forward_kernel(const scalar_t* x, scalar_t* spikes, acc_t* du, acc_t* d
 // kPacked=false: spikes read from `spikes` (a spike is a 1), factors computed
 // from du/dut, grad_t written. kPacked=true: du/dut hold srm_neuron_fwd's
 // factors (a spike is a factor <= 0); grad_t is not written.
+//
+// Per step row: one pass computes the spike flags and factors (the divisions run
+// unconditionally, so it vectorises), a second advances each neuron's state
+// with the branch-free srm_grad_step. G is read everywhere but used only at
+// spikes (selects never propagate a NaN from a silent step).
 template <typename scalar_t, typename acc_t, bool kPacked>
 void srm_backward_kernel(const scalar_t* grad, const scalar_t* spikes, const acc_t* du, const acc_t* dut,
                          scalar_t* grad_w, scalar_t* grad_t, const acc_t* tables, int64_t T, int64_t N,
@@ -61,28 +81,42 @@ void srm_backward_kernel(const scalar_t* grad, const scalar_t* spikes, const acc
   const acc_t* epst = tables + T;
   const int64_t grain = std::max<int64_t>(kBlock, 32768 / std::max<int64_t>(T, 1));
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-    SRMGradState<acc_t> st[kBlock];
+    alignas(64) acc_t aw[kBlock], at[kBlock], fw[kBlock], ft[kBlock];
+    alignas(64) int32_t lag[kBlock];
+    alignas(64) bool spk[kBlock];
     for (int64_t n0 = begin; n0 < end; n0 += kBlock) {
       const int64_t len = std::min(kBlock, end - n0);
-      for (int64_t i = 0; i < len; ++i) st[i] = SRMGradState<acc_t>();
+      std::fill(aw, aw + len, acc_t(0));
+      std::fill(at, at + len, acc_t(0));
+      std::fill(lag, lag + len, int32_t(-1));
       for (int64_t t = T - 1; t >= 0; --t) {
         const int64_t base = t * N + n0;
-        for (int64_t i = 0; i < len; ++i) {
-          const int64_t k = base + i;
-          bool s;
-          acc_t fw = acc_t(0), ft = acc_t(0), G = acc_t(0);
-          if (kPacked) {
-            s = du[k] <= acc_t(0);
-            if (s) fw = du[k], ft = dut[k];
-          } else {
-            s = static_cast<acc_t>(spikes[k]) == acc_t(1);
-            if (s) fw = inv_clamp(du[k], du_inv_clamp), ft = inv_clamp(dut[k], max_dudt_inv);
+        const acc_t* __restrict__ dup = du + base;
+        const acc_t* __restrict__ dutp = dut + base;
+        if (kPacked) {
+          for (int64_t i = 0; i < len; ++i) {
+            fw[i] = dup[i], ft[i] = dutp[i];
+            spk[i] = fw[i] <= acc_t(0);
           }
-          if (s) G = static_cast<acc_t>(grad[k]);
+        } else {
+          const scalar_t* __restrict__ sp = spikes + base;
+          for (int64_t i = 0; i < len; ++i) {
+            spk[i] = static_cast<acc_t>(sp[i]) == acc_t(1);
+            fw[i] = inv_clamp(dup[i], du_inv_clamp);
+            ft[i] = inv_clamp(dutp[i], max_dudt_inv);
+          }
+        }
+        const scalar_t* __restrict__ gp = grad + base;
+        scalar_t* __restrict__ gwp = grad_w + base;
+        scalar_t* __restrict__ gtp = kPacked ? nullptr : grad_t + base;
+        for (int64_t i = 0; i < len; ++i) {
+          SRMGradState<acc_t> st{aw[i], at[i], lag[i]};
+          const acc_t G = static_cast<acc_t>(gp[i]);
           acc_t gw, gt;
-          srm_grad_step<acc_t>(st[i], s, G, fw, ft, epsw, epst, gw, gt);
-          grad_w[k] = static_cast<scalar_t>(gw);
-          if (!kPacked) grad_t[k] = static_cast<scalar_t>(gt);
+          srm_grad_step<acc_t>(st, spk[i], G, fw[i], ft[i], epsw, epst, gw, gt);
+          aw[i] = st.aw, at[i] = st.at, lag[i] = st.lag;
+          gwp[i] = static_cast<scalar_t>(gw);
+          if (!kPacked) gtp[i] = static_cast<scalar_t>(gt);
         }
       }
     }

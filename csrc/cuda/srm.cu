@@ -77,38 +77,71 @@ __global__ void srm_tables_kernel(acc_t* tables, int64_t T, double a_m, double a
   tables[T + d] = static_cast<acc_t>(-pow(a_g, double(d + 1)));
 }
 
+// Tables up to this many steps are staged in shared memory (the lag lookups of
+// a warp diverge; shared memory serves them without L1 misses).
+constexpr int64_t kSharedTableSteps = 2048;
+
 template <typename scalar_t, typename acc_t, bool kPacked>
 __global__ void __launch_bounds__(kThreads)
 srm_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ spikes,
                     const acc_t* __restrict__ du, const acc_t* __restrict__ dut, scalar_t* __restrict__ grad_w,
                     scalar_t* __restrict__ grad_t, const acc_t* __restrict__ tables, int64_t T, int64_t N,
                     acc_t du_inv_clamp, acc_t max_dudt_inv) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const acc_t* tab = tables;
+  if (T <= kSharedTableSteps) {
+    acc_t* sh = reinterpret_cast<acc_t*>(smem_raw);
+    for (int64_t i = threadIdx.x; i < 2 * T; i += kThreads) sh[i] = tables[i];
+    __syncthreads();
+    tab = sh;
+  }
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (n >= N) return;
-  const acc_t* epsw = tables;
-  const acc_t* epst = tables + T;
+  const acc_t* epsw = tab;
+  const acc_t* epst = tab + T;
   SRMGradState<acc_t> st;
-  for (int64_t t = T - 1; t >= 0; --t) {
-    const int64_t k = t * N + n;
-    bool s;
-    acc_t fw = acc_t(0), ft = acc_t(0);
-    if (kPacked) {
-      fw = __ldcs(du + k);
-      s = fw <= acc_t(0);
-      if (s) ft = __ldcs(dut + k);
-    } else {
-      s = to_acc<acc_t>(__ldcs(spikes + k)) == acc_t(1);
-      if (s) {
-        fw = inv_clamp(__ldcs(du + k), du_inv_clamp);
-        ft = inv_clamp(__ldcs(dut + k), max_dudt_inv);
+  for (int64_t t0 = T - 1; t0 >= 0; t0 -= kAhead) {
+    // The spike test of the next kAhead steps, loaded together; the rest of a
+    // step's data is read only when it spiked.
+    acc_t lead[kAhead];
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) {
+      const int64_t t = t0 - j;
+      if (t < 0) {
+        lead[j] = acc_t(0);
+      } else if (kPacked) {
+        lead[j] = __ldcs(du + t * N + n);
+      } else {
+        lead[j] = to_acc<acc_t>(__ldcs(spikes + t * N + n));
       }
     }
-    // G and dut are read only at spikes: no traffic for the silent steps.
-    const acc_t G = s ? to_acc<acc_t>(__ldcs(grad + k)) : acc_t(0);
-    acc_t gw, gt;
-    srm_grad_step<acc_t>(st, s, G, fw, ft, epsw, epst, gw, gt);
-    __stcs(grad_w + k, from_acc<scalar_t, acc_t>(gw));
-    if (grad_t != nullptr) __stcs(grad_t + k, from_acc<scalar_t, acc_t>(gt));
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) {
+      const int64_t t = t0 - j;
+      if (t < 0) break;
+      const int64_t k = t * N + n;
+      bool s;
+      acc_t fw = acc_t(0), ft = acc_t(0), G = acc_t(0);
+      if (kPacked) {
+        s = lead[j] <= acc_t(0);
+        if (s) {
+          fw = lead[j];
+          ft = __ldcs(dut + k);
+        }
+      } else {
+        s = lead[j] == acc_t(1);
+        if (s) {
+          fw = inv_clamp(__ldcs(du + k), du_inv_clamp);
+          ft = inv_clamp(__ldcs(dut + k), max_dudt_inv);
+        }
+      }
+      // G and dut are read only at spikes: no traffic for the silent steps.
+      if (s) G = to_acc<acc_t>(__ldcs(grad + k));
+      acc_t gw, gt;
+      srm_grad_step<acc_t>(st, s, G, fw, ft, epsw, epst, gw, gt);
+      __stcs(grad_w + k, from_acc<scalar_t, acc_t>(gw));
+      if (grad_t != nullptr) __stcs(grad_t + k, from_acc<scalar_t, acc_t>(gt));
+    }
   }
 }
 
@@ -156,12 +189,13 @@ void backward_typed(const void* grad, const void* spikes, const void* du, const 
   auto* gw = static_cast<scalar_t*>(grad_w);
   auto* gt = static_cast<scalar_t*>(grad_t);
   const acc_t c1 = static_cast<acc_t>(du_inv_clamp), c2 = static_cast<acc_t>(max_dudt_inv);
+  const size_t smem = T <= kSharedTableSteps ? static_cast<size_t>(2 * T) * sizeof(acc_t) : 0;
   if (spikes == nullptr) {
     srm_backward_kernel<scalar_t, acc_t, true>
-        <<<blocks_for(N), kThreads, 0, stream>>>(g, sp, dup, dutp, gw, gt, tab, T, N, c1, c2);
+        <<<blocks_for(N), kThreads, smem, stream>>>(g, sp, dup, dutp, gw, gt, tab, T, N, c1, c2);
   } else {
     srm_backward_kernel<scalar_t, acc_t, false>
-        <<<blocks_for(N), kThreads, 0, stream>>>(g, sp, dup, dutp, gw, gt, tab, T, N, c1, c2);
+        <<<blocks_for(N), kThreads, smem, stream>>>(g, sp, dup, dutp, gw, gt, tab, T, N, c1, c2);
   }
 }
 
