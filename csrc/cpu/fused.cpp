@@ -1,0 +1,241 @@
+// CPU kernels of the fused SRM + superpixel pooling (SPEC §6). Work is split by
+// (b, c) plane: a task runs the SRM recurrence for blocks of the plane's pixels
+// and counts spikes per (step, superpixel) in task-private integer counters, so
+// the result does not depend on the thread count or schedule. No [T, B, C, H, W]
+// tensor is written unless the training variant saves the backward's state.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "../fused_glue.h"
+#include "../kernel_counter.h"
+
+namespace snnspx {
+namespace {
+
+constexpr int64_t kBlock = 256;
+constexpr int32_t kNoPixel = std::numeric_limits<int32_t>::max();
+
+// counts[l, lb, k] = number of pixels with label k in map (l, lb).
+template <typename label_t>
+void count_labels_cpu(const label_t* labels, int32_t* counts, int64_t maps, int64_t P, int64_t K) {
+  at::parallel_for(0, maps, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      int32_t* row = counts + m * K;
+      std::fill(row, row + K, 0);
+      const label_t* lab = labels + m * P;
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t k = static_cast<int64_t>(lab[p]);
+        TORCH_CHECK(k < K, "labels must be < num_superpixels = ", K, ", found ", k);
+        if (k >= 0) row[k] += 1;
+      }
+    }
+  });
+}
+
+template <typename scalar_t, typename acc_t, typename label_t, bool kSave>
+void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, acc_t du_inv_clamp, acc_t max_dudt_inv,
+                          const int32_t* counts, scalar_t* y, acc_t* saved, int32_t* argmax) {
+  const scalar_t* x = a.x.data_ptr<scalar_t>();
+  const label_t* labels = a.labels.data_ptr<label_t>();
+  const int64_t T = a.T, C = a.C, P = a.P, K = a.K, B = a.B;
+  const int64_t N = B * C * P;
+  const bool track_max = a.mode == PoolMode::Max;
+  at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> cnt(static_cast<size_t>(T * K));
+    std::vector<int32_t> first(track_max ? static_cast<size_t>(T * K) : 0);
+    alignas(64) acc_t m[kBlock], sy[kBlock], g[kBlock], ul[kBlock], du[kBlock], dut[kBlock];
+    alignas(64) bool spk[kBlock];
+    for (int64_t bc = begin; bc < end; ++bc) {
+      const int64_t b = bc / C;
+      std::fill(cnt.begin(), cnt.end(), 0);
+      std::fill(first.begin(), first.end(), kNoPixel);
+      for (int64_t p0 = 0; p0 < P; p0 += kBlock) {
+        const int64_t len = std::min(kBlock, P - p0);
+        std::fill(m, m + len, acc_t(0));
+        std::fill(sy, sy + len, acc_t(0));
+        std::fill(g, g + len, acc_t(0));
+        std::fill(ul, ul + len, acc_t(0));
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t base = t * N + bc * P + p0;
+          for (int64_t i = 0; i < len; ++i) {
+            SRMState<acc_t> st{m[i], sy[i], g[i], ul[i]};
+            spk[i] = srm_step<acc_t>(st, static_cast<acc_t>(x[base + i]), prm, du[i], dut[i]);
+            m[i] = st.m, sy[i] = st.s, g[i] = st.g, ul[i] = st.u_last;
+          }
+          if (kSave) {  // srm_neuron_fwd's compact state (see ops.cpp)
+            acc_t* s0 = saved + base;
+            acc_t* s1 = saved + T * N + base;
+            for (int64_t i = 0; i < len; ++i) {
+              const acc_t fw = inv_clamp(du[i], du_inv_clamp), ft = inv_clamp(dut[i], max_dudt_inv);
+              s0[i] = spk[i] ? fw : silent_mark<acc_t>();
+              s1[i] = spk[i] ? ft : acc_t(0);
+            }
+          }
+          const label_t* lab = labels + a.layout.offset(t, b) + p0;
+          int32_t* c_t = cnt.data() + t * K;
+          for (int64_t i = 0; i < len; ++i) {
+            const int64_t k = static_cast<int64_t>(lab[i]);
+            if (!spk[i] || k < 0 || k >= K) continue;
+            c_t[k] += 1;
+            if (track_max) {
+              int32_t& f = first[t * K + k];
+              f = std::min<int32_t>(f, static_cast<int32_t>(p0 + i));
+            }
+          }
+        }
+      }
+      for (int64_t t = 0; t < T; ++t) {
+        const int32_t* n_row = counts + a.layout.count_row(t, b, K);
+        scalar_t* y_row = y + (t * B * C + bc) * K;
+        for (int64_t k = 0; k < K; ++k) {
+          y_row[k] = static_cast<scalar_t>(pooled_from_count<acc_t>(a.mode, cnt[t * K + k], n_row[k]));
+        }
+        if (track_max && argmax != nullptr) {
+          int32_t* a_row = argmax + (t * B * C + bc) * K;
+          for (int64_t k = 0; k < K; ++k) a_row[k] = first[t * K + k] == kNoPixel ? -1 : first[t * K + k];
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t, typename acc_t, typename label_t>
+void fused_backward_kernel(const FusedArgs& a, const scalar_t* grad_y, const acc_t* saved, const int32_t* counts,
+                           const int32_t* argmax, const acc_t* tables, scalar_t* grad_x) {
+  const label_t* labels = a.labels.data_ptr<label_t>();
+  const int64_t T = a.T, C = a.C, P = a.P, K = a.K, B = a.B;
+  const int64_t N = B * C * P;
+  const acc_t* epsw = tables;
+  const acc_t* epst = tables + T;
+  at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+    alignas(64) acc_t aw[kBlock], at_[kBlock];
+    alignas(64) int32_t lag[kBlock];
+    for (int64_t bc = begin; bc < end; ++bc) {
+      const int64_t b = bc / C;
+      for (int64_t p0 = 0; p0 < P; p0 += kBlock) {
+        const int64_t len = std::min(kBlock, P - p0);
+        std::fill(aw, aw + len, acc_t(0));
+        std::fill(at_, at_ + len, acc_t(0));
+        std::fill(lag, lag + len, int32_t(-1));
+        for (int64_t t = T - 1; t >= 0; --t) {
+          const int64_t base = t * N + bc * P + p0;
+          const acc_t* s0 = saved + base;
+          const acc_t* s1 = saved + T * N + base;
+          const label_t* lab = labels + a.layout.offset(t, b) + p0;
+          const int32_t* n_row = counts + a.layout.count_row(t, b, K);
+          const int64_t y_row = (t * B * C + bc) * K;
+          for (int64_t i = 0; i < len; ++i) {
+            const bool spike = s0[i] <= acc_t(0);
+            acc_t G = acc_t(0);
+            if (spike) {
+              const int64_t k = static_cast<int64_t>(lab[i]);
+              if (k >= 0 && k < K) {
+                const int32_t am = argmax != nullptr ? argmax[y_row + k] : -1;
+                G = pooled_grad<acc_t>(a.mode, static_cast<acc_t>(grad_y[y_row + k]), n_row[k], am,
+                                       static_cast<int32_t>(p0 + i));
+              }
+            }
+            SRMGradState<acc_t> st{aw[i], at_[i], lag[i]};
+            acc_t gw, gt;
+            srm_grad_step<acc_t>(st, spike, G, s0[i], s1[i], epsw, epst, gw, gt);
+            aw[i] = st.aw, at_[i] = st.at, lag[i] = st.lag;
+            grad_x[base + i] = static_cast<scalar_t>(gw);
+          }
+        }
+      }
+    }
+  });
+}
+
+at::Tensor count_labels(const FusedArgs& a) {
+  at::Tensor counts = at::empty({a.layout.L, a.layout.LB, a.K}, a.labels.options().dtype(at::kInt));
+  AT_DISPATCH_INDEX_TYPES(a.labels.scalar_type(), "count_labels_cpu", [&] {
+    count_labels_cpu<index_t>(a.labels.data_ptr<index_t>(), counts.data_ptr<int32_t>(), a.layout.L * a.layout.LB,
+                              a.P, a.K);
+  });
+  return counts;
+}
+
+template <bool kSave>
+void run_forward(const FusedArgs& a, double tau_m, double tau_s, double tau_grad, double v_th, double du_inv_clamp,
+                 double max_dudt_inv, const at::Tensor& counts, at::Tensor& y, at::Tensor* saved, at::Tensor* argmax) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(), "srm_suppix_pool_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto prm = make_srm_params<acc_t>(tau_m, tau_s, tau_grad, v_th);
+    AT_DISPATCH_INDEX_TYPES(a.labels.scalar_type(), "srm_suppix_pool_cpu_labels", [&] {
+      fused_forward_kernel<scalar_t, acc_t, index_t, kSave>(
+          a, prm, static_cast<acc_t>(du_inv_clamp), static_cast<acc_t>(max_dudt_inv), counts.data_ptr<int32_t>(),
+          y.data_ptr<scalar_t>(), saved ? saved->data_ptr<acc_t>() : nullptr,
+          argmax && argmax->numel() ? argmax->data_ptr<int32_t>() : nullptr);
+    });
+  });
+}
+
+at::Tensor srm_suppix_pool_cpu(const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode,
+                               double tau_m, double tau_s, double tau_grad, double v_th) {
+  check_srm_taus(tau_m, tau_s, tau_grad);
+  auto a = prepare_fused(x, labels, K, std::string(mode));
+  const at::Tensor counts = count_labels(a);
+  at::Tensor y = fused_output(a);
+  run_forward<false>(a, tau_m, tau_s, tau_grad, v_th, 0.0, 0.0, counts, y, nullptr, nullptr);
+  count_kernel("cpu.srm_suppix_pool");
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_cpu(
+    const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode, double tau_m, double tau_s,
+    double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv) {
+  check_srm_taus(tau_m, tau_s, tau_grad);
+  check_backward_params(du_inv_clamp, max_dudt_inv);
+  auto a = prepare_fused(x, labels, K, std::string(mode));
+  const at::Tensor counts = count_labels(a);
+  at::Tensor y = fused_output(a);
+  at::Tensor saved = fused_saved(a);
+  at::Tensor argmax = a.mode == PoolMode::Max ? at::empty({a.T, a.B, a.C, a.K}, counts.options())
+                                              : at::empty({0}, counts.options());
+  run_forward<true>(a, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, counts, y, &saved, &argmax);
+  count_kernel("cpu.srm_suppix_pool_fwd");
+  return {y, saved, counts, argmax};
+}
+
+at::Tensor srm_suppix_pool_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& saved, const at::Tensor& labels,
+                                   const at::Tensor& counts, const at::Tensor& argmax, c10::string_view mode,
+                                   double tau_m, double tau_s, double tau_grad) {
+  check_srm_taus(tau_m, tau_s, tau_grad);
+  auto a = prepare_fused_backward(grad_y, saved, labels, std::string(mode));
+  check_fused_backward(grad_y, saved, counts, argmax, a);
+  const at::Tensor g = grad_y.contiguous();
+  const at::Tensor sv = saved.contiguous();
+  const at::Tensor cn = counts.contiguous();
+  const at::Tensor am = argmax.contiguous();
+  at::Tensor grad_x = at::empty({a.T, a.B, a.C, a.P}, grad_y.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "srm_suppix_pool_bwd_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    std::vector<acc_t> tables(static_cast<size_t>(2 * std::max<int64_t>(a.T, 1)));
+    fill_srm_tables<acc_t>(tables.data(), a.T, tau_m, tau_s, tau_grad);
+    AT_DISPATCH_INDEX_TYPES(a.labels.scalar_type(), "srm_suppix_pool_bwd_cpu_labels", [&] {
+      fused_backward_kernel<scalar_t, acc_t, index_t>(a, g.data_ptr<scalar_t>(), sv.data_ptr<acc_t>(),
+                                                      cn.data_ptr<int32_t>(),
+                                                      a.mode == PoolMode::Max ? am.data_ptr<int32_t>() : nullptr,
+                                                      tables.data(), grad_x.data_ptr<scalar_t>());
+    });
+  });
+  count_kernel("cpu.srm_suppix_pool_bwd");
+  return grad_x;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(snnspx, CPU, m) {
+  m.impl("srm_suppix_pool", &srm_suppix_pool_cpu);
+  m.impl("srm_suppix_pool_fwd", &srm_suppix_pool_fwd_cpu);
+  m.impl("srm_suppix_pool_bwd", &srm_suppix_pool_bwd_cpu);
+}
+
+}  // namespace snnspx

@@ -1,0 +1,120 @@
+// CUDA registrations of the fused SRM + superpixel pooling ops: checks and
+// allocation from ../fused_glue.h (shared with the CPU), kernels from fused.cu.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../fused_glue.h"
+#include "../kernel_counter.h"
+#include "fused_launch.h"
+
+namespace snnspx {
+namespace {
+
+cuda::DType launch_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return cuda::DType::Float;
+    case at::kDouble: return cuda::DType::Double;
+    case at::kHalf: return cuda::DType::Half;
+    case at::kBFloat16: return cuda::DType::BFloat16;
+    default: TORCH_CHECK(false, "snnspx CUDA kernels take float32, float64, float16 or bfloat16, got ", t);
+  }
+}
+
+cuda::LabelType label_type(const at::Tensor& labels) {
+  return labels.scalar_type() == at::kInt ? cuda::LabelType::Int32 : cuda::LabelType::Int64;
+}
+
+cuda::FusedShape shape_of(const FusedArgs& a) {
+  return cuda::FusedShape{a.T, a.B, a.C, a.P, a.K, a.layout, a.mode};
+}
+
+at::Tensor counts_cuda(const FusedArgs& a, cudaStream_t stream) {
+  at::Tensor counts = at::empty({a.layout.L, a.layout.LB, a.K}, a.labels.options().dtype(at::kInt));
+  cuda::count_labels(label_type(a.labels), a.labels.data_ptr(), counts.data_ptr<int32_t>(), shape_of(a), stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return counts;
+}
+
+void forward_cuda(const FusedArgs& a, double tau_m, double tau_s, double tau_grad, double v_th, double du_inv_clamp,
+                  double max_dudt_inv, const at::Tensor& counts, at::Tensor& y, at::Tensor* saved,
+                  at::Tensor* argmax, cudaStream_t stream) {
+  const auto iopt = counts.options();
+  at::Tensor scratch = at::empty({a.T * a.B * a.C * a.K}, iopt);
+  const bool want_max = argmax != nullptr && a.mode == PoolMode::Max;
+  at::Tensor scratch_first = want_max ? at::empty({a.T * a.B * a.C * a.K}, iopt) : at::Tensor();
+  cuda::fused_forward(launch_dtype(a.x.scalar_type()), label_type(a.labels), a.x.data_ptr(), a.labels.data_ptr(),
+                      counts.data_ptr<int32_t>(), y.data_ptr(), saved ? saved->data_ptr() : nullptr,
+                      want_max ? argmax->data_ptr<int32_t>() : nullptr, scratch.data_ptr<int32_t>(),
+                      want_max ? scratch_first.data_ptr<int32_t>() : nullptr, shape_of(a), tau_m, tau_s, tau_grad,
+                      v_th, du_inv_clamp, max_dudt_inv, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor srm_suppix_pool_cuda(const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode,
+                                double tau_m, double tau_s, double tau_grad, double v_th) {
+  TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor, got one on ", x.device());
+  c10::cuda::CUDAGuard guard(x.device());
+  check_srm_taus(tau_m, tau_s, tau_grad);
+  auto a = prepare_fused(x, labels, K, std::string(mode));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor counts = counts_cuda(a, stream);
+  at::Tensor y = fused_output(a);
+  forward_cuda(a, tau_m, tau_s, tau_grad, v_th, 0.0, 0.0, counts, y, nullptr, nullptr, stream);
+  count_kernel("cuda.srm_suppix_pool");
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_cuda(
+    const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode, double tau_m, double tau_s,
+    double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv) {
+  TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor, got one on ", x.device());
+  c10::cuda::CUDAGuard guard(x.device());
+  check_srm_taus(tau_m, tau_s, tau_grad);
+  check_backward_params(du_inv_clamp, max_dudt_inv);
+  auto a = prepare_fused(x, labels, K, std::string(mode));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor counts = counts_cuda(a, stream);
+  at::Tensor y = fused_output(a);
+  at::Tensor saved = fused_saved(a);
+  at::Tensor argmax = a.mode == PoolMode::Max ? at::empty({a.T, a.B, a.C, a.K}, counts.options())
+                                              : at::empty({0}, counts.options());
+  forward_cuda(a, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, counts, y, &saved, &argmax, stream);
+  count_kernel("cuda.srm_suppix_pool_fwd");
+  return {y, saved, counts, argmax};
+}
+
+at::Tensor srm_suppix_pool_bwd_cuda(const at::Tensor& grad_y, const at::Tensor& saved, const at::Tensor& labels,
+                                    const at::Tensor& counts, const at::Tensor& argmax, c10::string_view mode,
+                                    double tau_m, double tau_s, double tau_grad) {
+  TORCH_CHECK(grad_y.is_cuda(), "grad_y must be a CUDA tensor, got one on ", grad_y.device());
+  c10::cuda::CUDAGuard guard(grad_y.device());
+  check_srm_taus(tau_m, tau_s, tau_grad);
+  auto a = prepare_fused_backward(grad_y, saved, labels, std::string(mode));
+  check_fused_backward(grad_y, saved, counts, argmax, a);
+  const at::Tensor g = grad_y.contiguous();
+  const at::Tensor sv = saved.contiguous();
+  const at::Tensor cn = counts.contiguous();
+  const at::Tensor am = argmax.contiguous();
+  at::Tensor grad_x = at::empty({a.T, a.B, a.C, a.P}, grad_y.options());
+  at::Tensor tables = at::empty({2 * std::max<int64_t>(a.T, 1)}, sv.options());
+  cuda::fused_backward(launch_dtype(g.scalar_type()), label_type(a.labels), g.data_ptr(), sv.data_ptr(),
+                       a.labels.data_ptr(), cn.data_ptr<int32_t>(),
+                       a.mode == PoolMode::Max ? am.data_ptr<int32_t>() : nullptr, tables.data_ptr(),
+                       grad_x.data_ptr(), shape_of(a), tau_m, tau_s, tau_grad, c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  count_kernel("cuda.srm_suppix_pool_bwd");
+  return grad_x;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(snnspx, CUDA, m) {
+  m.impl("srm_suppix_pool", &srm_suppix_pool_cuda);
+  m.impl("srm_suppix_pool_fwd", &srm_suppix_pool_fwd_cuda);
+  m.impl("srm_suppix_pool_bwd", &srm_suppix_pool_bwd_cuda);
+}
+
+}  // namespace snnspx
