@@ -126,7 +126,9 @@ def _flags(kind: str) -> dict[str, list[str]]:
 
 def _digest(kind: str, sources: list[Path], flags: dict[str, list[str]], cuda_home: str | None) -> str:
     h = hashlib.sha256()
-    h.update(f"{kind}|{torch.__version__}|{torch.version.cuda}|{sys.version_info[:2]}|{cuda_home}".encode())
+    # The source folder is part of the key: the compiler records absolute paths, so
+    # two checkouts sharing one cache folder would keep rebuilding each other's kernels.
+    h.update(f"{kind}|{torch.__version__}|{torch.version.cuda}|{sys.version_info[:2]}|{cuda_home}|{source_dir()}".encode())
     h.update(repr(sorted(flags.items())).encode())
     h.update(os.environ.get("TORCH_CUDA_ARCH_LIST", "").encode())
     src = source_dir()
