@@ -110,8 +110,8 @@ def spike_raster(
         ax_u = ax.twinx() if u is not None else None
 
     t_idx, n_idx = np.nonzero(s)
-    size = marker_size if marker_size is not None else float(np.clip(400.0 / max(N, 1), 4.0, 60.0))
-    ax.scatter(t_idx, n_idx, marker="|", s=size, c=color, linewidths=1.0)
+    size = marker_size if marker_size is not None else float(np.clip(2400.0 / max(N, 1), 4.0, 80.0))
+    ax.scatter(t_idx, n_idx, marker="|", s=size, c=color, linewidths=1.5)
     if u is not None:
         ax.axhspan(neuron - 0.5, neuron + 0.5, color="tab:orange", alpha=0.15, lw=0)
     ax.set_xlim(-0.5, T - 0.5)
