@@ -11,7 +11,10 @@ from . import encoding
 
 __version__ = "0.1.0"
 
-__all__ = ["functional", "nn", "reference", "backends", "BackendInfo", "BACKENDS", "BuildError", "kernel_calls", "encoding", "viz"]
+__all__ = [
+    "functional", "nn", "reference", "backends", "BackendInfo", "BACKENDS", "BuildError", "kernel_calls",
+    "encoding", "viz",
+]
 
 
 def __getattr__(name: str):

@@ -87,7 +87,9 @@ def spike_raster(
     if membrane is not None:
         u = _numpy(membrane, "membrane").astype(np.float64)
         if u.shape not in ((T,), (T, N)):
-            raise ValueError(f"membrane must be [T] or [T, N] = [{T}] or [{T}, {N}] to match spikes, got shape {tuple(u.shape)}")
+            raise ValueError(
+                f"membrane must be [T] or [T, N] = [{T}] or [{T}, {N}] to match spikes, got shape {tuple(u.shape)}"
+            )
         if not 0 <= neuron < N:
             raise ValueError(f"neuron must be in [0, {N}) for spikes of shape {tuple(s.shape)}, got {neuron}")
         if u.ndim == 2:
@@ -162,14 +164,16 @@ def firing_rate_curves(spikes_by_layer, ax=None, *, title: str | None = None):
             raise ValueError("spikes_by_layer must hold at least one layer, got an empty mapping")
     else:
         raise TypeError(
-            f"spikes_by_layer must be a tensor or a mapping of layer name to tensor, got {type(spikes_by_layer).__name__}"
+            "spikes_by_layer must be a tensor or a mapping of layer name to tensor, "
+            f"got {type(spikes_by_layer).__name__}"
         )
     rates = {}
     for name, spk in layers.items():
         a = _numpy(spk, f"spikes_by_layer[{name!r}]")
         if a.ndim < 1 or a.shape[0] == 0:
             raise ValueError(f"spikes_by_layer[{name!r}] must be [T, ...] with T >= 1, got shape {tuple(a.shape)}")
-        rates[str(name)] = a.reshape(a.shape[0], -1).astype(np.float64).mean(axis=1) if a.size else np.zeros(a.shape[0])
+        flat = a.reshape(a.shape[0], -1).astype(np.float64)
+        rates[str(name)] = flat.mean(axis=1) if flat.shape[1] else np.zeros(a.shape[0])
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 

@@ -39,8 +39,12 @@ def test_dtype_and_device_follow_the_images(encode, dtype, device, gen):
 def test_noncontiguous_images_match_their_contiguous_copy(encode, seed):
     x = torch.rand(2, 6, 5, 3, generator=torch.Generator().manual_seed(seed)).permute(0, 3, 2, 1)
     assert not x.is_contiguous()
-    a = encode(x, 5, **({"generator": torch.Generator().manual_seed(seed)} if encode is poisson_encode else {}))
-    b = encode(x.contiguous(), 5, **({"generator": torch.Generator().manual_seed(seed)} if encode is poisson_encode else {}))
+
+    def kwargs():
+        return {"generator": torch.Generator().manual_seed(seed)} if encode is poisson_encode else {}
+
+    a = encode(x, 5, **kwargs())
+    b = encode(x.contiguous(), 5, **kwargs())
     assert torch.equal(a, b)
 
 

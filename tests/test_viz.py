@@ -147,6 +147,13 @@ def test_cuda_tensors_are_accepted(plt, gen):
 
 
 # --------------------------------------------------------------------------- errors
+def _map(image=None, labels=None, rates=None, **kw):
+    image = torch.zeros(24, 32) if image is None else image
+    labels = _labels() if labels is None else labels
+    rates = torch.zeros(12) if rates is None else rates
+    return viz.superpixel_rate_map(image, labels, rates, **kw)
+
+
 @pytest.mark.parametrize(
     "call, match",
     [
@@ -157,12 +164,12 @@ def test_cuda_tensors_are_accepted(plt, gen):
         (lambda: viz.spike_raster(torch.zeros(5, 3), torch.zeros(5), neuron=3), r"neuron must be in \[0, 3\)"),
         (lambda: viz.firing_rate_curves({}), "at least one layer"),
         (lambda: viz.firing_rate_curves({"a": torch.zeros(0, 3)}), r"spikes_by_layer\['a'\] must be \[T, ...\]"),
-        (lambda: viz.superpixel_rate_map(torch.zeros(3, 24, 32), _labels(), torch.zeros(12)), r"image must be \[H, W\]"),
-        (lambda: viz.superpixel_rate_map(torch.zeros(24, 32), _labels()[:20], torch.zeros(12)), r"labels must be \[H, W\]"),
-        (lambda: viz.superpixel_rate_map(torch.zeros(24, 32), _labels().float(), torch.zeros(12)), "labels must be an integer"),
-        (lambda: viz.superpixel_rate_map(torch.zeros(24, 32), _labels(), torch.zeros(2, 12)), r"rates must be \[K\]"),
-        (lambda: viz.superpixel_rate_map(torch.zeros(24, 32), _labels(), torch.zeros(11)), "labels must be < K"),
-        (lambda: viz.superpixel_rate_map(torch.zeros(24, 32), _labels(), torch.zeros(12), alpha=2), "alpha"),
+        (lambda: _map(image=torch.zeros(3, 24, 32)), r"image must be \[H, W\]"),
+        (lambda: _map(labels=_labels()[:20]), r"labels must be \[H, W\]"),
+        (lambda: _map(labels=_labels().float()), "labels must be an integer"),
+        (lambda: _map(rates=torch.zeros(2, 12)), r"rates must be \[K\]"),
+        (lambda: _map(rates=torch.zeros(11)), "labels must be < K"),
+        (lambda: _map(alpha=2), "alpha"),
     ],
 )
 def test_bad_shapes_raise(call, match):
