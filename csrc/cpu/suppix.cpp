@@ -1,9 +1,12 @@
 // CPU kernels of superpixel pooling (SPEC §5), parallel over (t, b, c) planes
-// with at::parallel_for. Each plane is one sequential pass over its P pixels in
-// ascending order into K accumulators, so every sum is taken in ascending pixel
-// order, on every run and with any thread count (no segment sort is needed on the
-// CPU: the scan order is the determinism). The backward and unpooling are gathers:
-// every output pixel is written once, from the value of its superpixel.
+// with at::parallel_for. Each plane is scanned in ascending pixel order into K
+// accumulators, so every sum is taken in ascending pixel order, on every run and
+// with any thread count (no segment sort is needed on the CPU: the scan order is
+// the determinism). Max takes a branch-free pass for the maxima and a second,
+// descending one for the lowest pixel holding each maximum. The backward and
+// unpooling are gathers (every output pixel written once from its superpixel's
+// value); max's backward writes zeros and then each superpixel's gradient at its
+// argmax, one distinct pixel per superpixel.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -57,13 +60,32 @@ void pool_kernel(const scalar_t* x, const label_t* labels, const int32_t* counts
       const scalar_t* xp = x + plane * P;
       scalar_t* yp = y + plane * K;
       if (kMode == SupPixMode::Max) {
+        // Pass 1: the maxima, branch-free (a max instruction). Pass 2, high to low pixels:
+        // the last hit, i.e. the lowest pixel holding the maximum, is the argmax.
         std::fill(acc.begin(), acc.end(), -std::numeric_limits<acc_t>::infinity());
         std::fill(idx.begin(), idx.end(), kNoPixel);
+        bool any_nan = false;
         for (int64_t p = 0; p < P; ++p) {
           const int64_t k = superpixel_of(lab[p], K);
           if (k < 0) continue;
           const acc_t v = static_cast<acc_t>(xp[p]);
-          if (max_prefer<acc_t>(v, static_cast<int32_t>(p), acc[k], idx[k])) acc[k] = v, idx[k] = int32_t(p);
+          const acc_t cur = acc[k];
+          acc[k] = v > cur ? v : cur;
+          any_nan |= v != v;
+        }
+        if (!any_nan) {
+          for (int64_t p = P - 1; p >= 0; --p) {
+            const int64_t k = superpixel_of(lab[p], K);
+            if (k >= 0 && static_cast<acc_t>(xp[p]) == acc[k]) idx[k] = static_cast<int32_t>(p);
+          }
+        } else {  // NaN propagates: the exact order of max_prefer, one pixel at a time
+          std::fill(acc.begin(), acc.end(), -std::numeric_limits<acc_t>::infinity());
+          for (int64_t p = 0; p < P; ++p) {
+            const int64_t k = superpixel_of(lab[p], K);
+            if (k < 0) continue;
+            const acc_t v = static_cast<acc_t>(xp[p]);
+            if (max_prefer<acc_t>(v, static_cast<int32_t>(p), acc[k], idx[k])) acc[k] = v, idx[k] = int32_t(p);
+          }
         }
         int32_t* am = aux + plane * K;
         for (int64_t k = 0; k < K; ++k) {
@@ -98,6 +120,10 @@ template <typename scalar_t, typename acc_t, typename label_t, SupPixMode kMode>
 void gather_kernel(const scalar_t* src, const label_t* labels, const int32_t* aux, scalar_t* out,
                    const SupPixDims& d) {
   const int64_t P = d.P, K = d.K;
+  if (K == 0) {  // every pixel is ignored
+    std::fill(out, out + d.planes() * P, scalar_t(0));
+    return;
+  }
   at::parallel_for(0, d.planes(), plane_grain(P), [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> val(static_cast<size_t>(K));
     for (int64_t plane = begin; plane < end; ++plane) {
@@ -115,12 +141,20 @@ void gather_kernel(const scalar_t* src, const label_t* labels, const int32_t* au
           val[k] = static_cast<scalar_t>(n > 0 ? static_cast<acc_t>(g[k]) / static_cast<acc_t>(n) : acc_t(0));
         }
       }
-      const int32_t* am = kMode == SupPixMode::Max ? aux + plane * K : nullptr;
+      if (kMode == SupPixMode::Max) {
+        // Zeros, then each superpixel's gradient at its argmax: one distinct pixel per k
+        // (an argmax that is not a pixel of k, e.g. -1 for an empty k, is skipped).
+        std::fill(o, o + P, scalar_t(0));
+        const int32_t* am = aux + plane * K;
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t p = am[k];
+          if (p >= 0 && p < P && superpixel_of(lab[p], K) == k) o[p] = val[k];
+        }
+        continue;
+      }
       for (int64_t p = 0; p < P; ++p) {
         const int64_t k = superpixel_of(lab[p], K);
-        scalar_t v = scalar_t(0);
-        if (k >= 0 && (kMode != SupPixMode::Max || am[k] == p)) v = val[k];
-        o[p] = v;
+        o[p] = k >= 0 ? val[k] : scalar_t(0);
       }
     }
   });
