@@ -543,3 +543,12 @@ def test_relabel_sequential(gen):
             assert torch.equal(o[m >= 0], torch.searchsorted(uniq, m[m >= 0]))
             assert torch.all(o[m < 0] == -1)
     assert torch.equal(S.relabel_sequential(torch.full((2, 3), -4)), torch.full((2, 3), -1))
+
+
+@pytest.mark.skipif(torch.version.cuda is None, reason="needs a CUDA build of PyTorch")
+@pytest.mark.skipif(snnspx._build.find_cuda_home() is None, reason="needs the CUDA toolkit (nvcc)")
+def test_cuda_kernels_compile_and_register():
+    """Runs without a GPU: the superpixel kernels compile, link and register for CUDA."""
+    snnspx._build.load_library("cuda")
+    for op in ("suppix_pool", "suppix_pool_backward", "suppix_unpool", "suppix_counts"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"snnspx::{op}", "CUDA"), op
