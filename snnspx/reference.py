@@ -345,8 +345,8 @@ def standardize_weight(weight, bn_weight=None, bn_bias=None, eps=1e-5):
         row = [float(v) for v in w[o]]
         mean = sum(row) / n
         var = sum((v - mean) ** 2 for v in row) / (n - 1)
-        gain = 1.0 if bn_weight is None else float(bn_weight[o])
-        shift = 0.0 if bn_bias is None else float(bn_bias[o])
+        gain = 1.0 if bn_weight is None else float(bn_weight.detach()[o])
+        shift = 0.0 if bn_bias is None else float(bn_bias.detach()[o])
         for i in range(n):
             out[o, i] = (row[i] - mean) / (var + eps) ** 0.5 * gain + shift
     return out.to(device=weight.device, dtype=weight.dtype)

@@ -5,7 +5,7 @@ or ``"reference"``; None picks one as :func:`snnspx.backends` explains.
 """
 
 from .layers import spike_avg_pool2d, srm_conv2d, srm_linear, standardize_weight
-from .quantize import pow2_scale_exponent, quantize
+from .quant import pow2_scale_exponent, quantize
 from .srm import srm_backward, srm_forward, srm_neuron
 
 __all__ = [

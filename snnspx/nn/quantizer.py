@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .. import _checks
-from ..functional import quantize as Q
+from ..functional import quant as Q
 
 __all__ = ["Quantizer"]
 
