@@ -76,7 +76,8 @@ def main() -> None:
     out = layer(s_in)
     grad = torch.randn(out.shape, generator=gen).to(dev)
     base_out = EagerSRMConv2d.apply(s_in, weight)
-    assert torch.equal(out, base_out), "the baseline must compute the same spikes"
+    # Same maths; a differing convolution algorithm could still flip a spike at the threshold.
+    mismatch = (out != base_out).float().mean().item()
     rate = out.float().mean().item()
 
     def fwd_bwd(fn):
@@ -112,7 +113,8 @@ def main() -> None:
     t.add("forward+backward", base_fb, ours_fb, f"{base_fb / ours_fb:.1f}x")
     t.add("nn.Conv2d alone, forward+backward (floor)", conv_fb, "", "")
     notes = (
-        f"Output spike rate {rate:.2f} (v_th 0.3), input 20% spikes. Autograd keeps, besides input, weight "
+        f"Output spike rate {rate:.2f} (v_th 0.3), input 20% spikes; outputs that differ from the "
+        f"baseline's: {mismatch:.1e}. Autograd keeps, besides input, weight "
         f"and output: {saved_bytes(snn, s_in, weight):.0f} bytes per output neuron-step (snnspx), "
         f"{saved_bytes(EagerSRMConv2d.apply, s_in, weight):.0f} (baseline). SRM backend {kernel!r}; "
         f"threads: {torch.get_num_threads()}."

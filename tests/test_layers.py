@@ -13,9 +13,19 @@ import torch
 import snnspx
 from snnspx import functional as F
 from snnspx import reference as R
-from conftest import DTYPES, GRID
+from conftest import COMPILED, DTYPES, GRID
 
 SRM = dict(tau_m=5.0, tau_s=3.0, tau_grad=2.5, du_inv_clamp=4.0, max_dudt_inv=123456789.0)
+
+
+@pytest.fixture(autouse=True)
+def no_tf32():
+    """cuDNN convolutions in float32 may use TF32 (PyTorch's default, as for nn.Conv2d); the
+    comparisons with the float32 loops need full float32 products."""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = before
 
 
 def spike_train(gen, shape, dtype=torch.float32, device="cpu", p=0.3):
@@ -419,6 +429,46 @@ def test_weight_bits(backend, device, gen):
     lin(x)
     for k, v in lin.weight_quantizer.state_dict().items():
         assert torch.equal(v, before[k]), f"{k} changed in eval mode"
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_half_inputs(backend, device, dtype, gen):
+    """Half-precision spikes and weights run (neuron state in float32) and keep their dtype."""
+    s_in = spike_train(gen, (4, 2, 3, 6, 6), dtype, device).requires_grad_()
+    # |k| <= 5 over 27 taps: every current is a multiple of 1/16 below 16, exact in bfloat16's 8 bits
+    weight = dyadic(gen, (4, 3, 3, 3), dtype, device, lo=-2, hi=6).requires_grad_()
+    out = F.srm_conv2d(s_in, weight, padding=1, v_th=0.5, backend=backend)
+    want = R.srm_conv2d_forward(s_in.detach().float().cpu(), weight.detach().float().cpu(), padding=1, v_th=0.5)[0]
+    assert out.dtype == dtype and torch.equal(out.float().cpu(), want)
+    F.spike_avg_pool2d(out, 2).flatten(2).sum().backward()
+    assert s_in.grad.dtype == weight.grad.dtype == dtype
+    lin_in = spike_train(gen, (4, 2, 6), dtype, device).requires_grad_()
+    F.srm_linear(lin_in, dyadic(gen, (3, 6), dtype, device), v_th=0.3, backend=backend).sum().backward()
+    assert lin_in.grad.dtype == dtype
+
+
+@pytest.mark.parametrize("backend,device", COMPILED)
+def test_torch_compile_network(backend, device, gen):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        snnspx.nn.SRMConv2d(2, 4, 3, padding=1, v_th=0.3, backend=backend),
+        snnspx.nn.SpikeAvgPool2d(2),
+        torch.nn.Flatten(2),
+        snnspx.nn.SRMLinear(4 * 3 * 3, 5, v_th=0.3, backend=backend),
+    ).to(device)
+    x = spike_train(gen, (6, 2, 2, 6, 6), torch.float32, device)
+    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
+    out_c = compiled(x)
+    out_c.sum().backward()
+    grads_c = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    out_e = net(x)
+    out_e.sum().backward()
+    assert torch.equal(out_c, out_e)
+    for gc, p in zip(grads_c, net.parameters()):
+        torch.testing.assert_close(gc, p.grad)
 
 
 # --------------------------------------------------------------------------- training

@@ -8,6 +8,13 @@ Backward of a synapse + neuron layer with input spikes ``s_in``, weight ``W``, c
 ``grad_t``, scaled by ``input_grad_scale`` (and masked by ``s_in`` for the convolution).
 The convolution gradients come from PyTorch's own ``aten.convolution_backward``, on every
 device, so they are exactly what ``nn.Conv2d`` would compute for that ``dL/dx``.
+
+The gradient is a spike-*time* gradient: at a spike, the incoming ``dL/dspikes`` is read
+as the derivative of the loss with respect to the time of that spike
+(``grad_w = G * (-1/du) * eps``: a positive ``G`` raises the membrane, so the spike comes
+earlier), and ``dL/ds_in`` is the same kind of gradient for the input spikes, so layers
+chain. A loss written on spike counts therefore hands the layers ``-dL/dcount`` (an extra
+spike needs earlier spikes); ``tests/test_layers.py`` trains a network that way.
 """
 
 from __future__ import annotations
