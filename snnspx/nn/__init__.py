@@ -1,7 +1,11 @@
 """Layers of snnspx: thin modules over :mod:`snnspx.functional`."""
 
+from .layers import SpikeAvgPool2d, SRMConv2d, SRMLinear
 from .neuron import SRMNeuron
 from .suppix import SupPixPool, SupPixUnpool
 from .fused import SRMSupPixPool
+from .quantizer import Quantizer
 
-__all__ = ["SRMNeuron", "SupPixPool", "SupPixUnpool", "SRMSupPixPool"]
+__all__ = [
+    "SRMNeuron", "SRMConv2d", "SRMLinear", "SpikeAvgPool2d", "Quantizer", "SupPixPool", "SupPixUnpool", "SRMSupPixPool",
+]
