@@ -549,23 +549,8 @@ def suppix_unpool(y: torch.Tensor, labels: torch.Tensor, *, check_labels: bool =
     return z[0] if lay.single_step else z
 
 
-def srm_suppix_pool(
-    x: torch.Tensor,
-    labels: torch.Tensor,
-    num_superpixels: int | None = None,
-    mode: str = "avg",
-    tau_m: float = 5.0,
-    tau_s: float = 3.0,
-    tau_grad: float = 2.5,
-    v_th: float = 1.0,
-    du_inv_clamp: float = 4.0,
-    max_dudt_inv: float = 123456789.0,
-) -> torch.Tensor:
-    """SPEC §6 by definition: the reference pooling of the reference SRM spikes (differentiable)."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 5:
-        raise ValueError(f"x must be a [T, B, C, H, W] tensor, got {getattr(x, 'shape', type(x))}")
-    spikes = srm_neuron(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv)
-    return suppix_pool(spikes, labels, num_superpixels, mode)
+class _ReferenceSpikePool(torch.autograd.Function):
+    @staticmethod
     def forward(ctx, x, kernel):
         f = _np_dtype(x.dtype)
         H, W = x.shape[-2:]
@@ -588,7 +573,7 @@ def spike_avg_pool2d(x, kernel_size=2):
     """Window means of ``[..., H, W]`` by loops (stride = kernel), with :func:`spike_avg_pool2d_backward`."""
     kernel = _checks.kernel_pair(kernel_size)
     _checks.check_pool_input(x, kernel)
-    return _ReferencePool.apply(x, kernel)
+    return _ReferenceSpikePool.apply(x, kernel)
 
 
 # =========================================================================== quantizer (SPEC §7)
@@ -628,3 +613,22 @@ def quantize(x, scale, bits=8, rounding="nearest"):
         out[k] = min(max(v, -q_max), q_max) / s
     q = torch.from_numpy(out).reshape(x.shape).to(device=x.device, dtype=x.dtype)
     return _ReferenceStraightThrough.apply(x, q)
+
+
+def srm_suppix_pool(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    num_superpixels: int | None = None,
+    mode: str = "avg",
+    tau_m: float = 5.0,
+    tau_s: float = 3.0,
+    tau_grad: float = 2.5,
+    v_th: float = 1.0,
+    du_inv_clamp: float = 4.0,
+    max_dudt_inv: float = 123456789.0,
+) -> torch.Tensor:
+    """SPEC §6 by definition: the reference pooling of the reference SRM spikes (differentiable)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 5:
+        raise ValueError(f"x must be a [T, B, C, H, W] tensor, got {getattr(x, 'shape', type(x))}")
+    spikes = srm_neuron(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv)
+    return suppix_pool(spikes, labels, num_superpixels, mode)
