@@ -65,6 +65,17 @@ fused_forward_kernel(const scalar_t* __restrict__ x, const label_t* __restrict__
   const int64_t p = active ? n - bc * s.P : 0;
   const int64_t b = bc / s.C;
   const unsigned lane = threadIdx.x & 31u;
+  // With one label map for all steps (the common case) a lane's superpixel and
+  // its warp peers are fixed: find them once, and each step needs one ballot.
+  const bool static_labels = s.layout.L == 1;
+  int64_t key0 = -1;
+  unsigned peers0 = 0;
+  if (static_labels) {
+    const int64_t k = active ? static_cast<int64_t>(labels[s.layout.offset(0, b) + p]) : -1;
+    key0 = (k >= 0 && k < s.K) ? bc * s.K + k : -1;
+    const unsigned labelled = __ballot_sync(0xffffffffu, key0 >= 0);
+    if (key0 >= 0) peers0 = __match_any_sync(labelled, static_cast<unsigned long long>(key0));
+  }
   SRMState<acc_t> st;
   for (int64_t t0 = 0; t0 < s.T; t0 += kAhead) {
     acc_t xs[kAhead];
@@ -85,6 +96,18 @@ fused_forward_kernel(const scalar_t* __restrict__ x, const label_t* __restrict__
           __stcs(saved + k, spike ? inv_clamp(d, du_inv_clamp) : silent_mark<acc_t>());
           __stcs(saved + s.T * N + k, spike ? inv_clamp(dt, max_dudt_inv) : acc_t(0));
         }
+      }
+      if (static_labels) {
+        const unsigned spiking = __ballot_sync(0xffffffffu, spike && key0 >= 0);
+        if (spike && key0 >= 0) {
+          const unsigned group = peers0 & spiking;
+          if (lane == static_cast<unsigned>(__ffs(group) - 1)) {
+            const int64_t slot = t * BC * s.K + key0;
+            atomicAdd(cnt + slot, __popc(group));
+            if (first != nullptr) atomicMin(first + slot, static_cast<int32_t>(p));
+          }
+        }
+        continue;
       }
       int64_t key = -1;
       if (spike) {
