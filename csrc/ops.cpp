@@ -36,6 +36,23 @@ TORCH_LIBRARY(snnspx, m) {
   // dL/dx [T, B, C, P] from dL/dy: SPEC §5's pooling backward composed with §3's grad_w.
   m.def("srm_suppix_pool_bwd(Tensor grad_y, Tensor saved, Tensor labels, Tensor counts, Tensor argmax, str mode,"
         " float tau_m, float tau_s, float tau_grad) -> Tensor");
+  // SPEC §5, superpixel pooling, on canonical layouts (see suppix_glue.h):
+  // x [T, B, C, P], labels [L, Bl, P] int32/int64 with L in {1, T}, Bl in {1, B};
+  // negative labels are ignored pixels. mode: "sum" | "avg" | "max" | "avg_spike"
+  // ("avg" whose backward is the spike form g / m). Returns (y [T, B, C, K], aux int32):
+  // aux = counts [L, Bl, K] for sum/avg, argmax [T, B, C, K] (-1 where empty) for max,
+  // m = non-zero inputs [T, B, C, K] for avg_spike. check_labels: fail on a label >= K
+  // (on a GPU: one read-back); without it such labels are ignored, never out of bounds.
+  // Deterministic: every sum has a fixed order on every run.
+  m.def("suppix_pool(Tensor x, Tensor labels, int num_superpixels, str mode, bool check_labels)"
+        " -> (Tensor, Tensor)");
+  // The backward of suppix_pool for x: grad_x [T, B, C, P] from grad_y [T, B, C, K] and the
+  // forward's aux (unused for "sum").
+  m.def("suppix_pool_backward(Tensor grad_y, Tensor labels, Tensor aux, str mode) -> Tensor");
+  // z[t, b, c, p] = y[t, b, c, labels[p]], 0 for ignored pixels: [T, B, C, P] from y [T, B, C, K].
+  m.def("suppix_unpool(Tensor y, Tensor labels, bool check_labels) -> Tensor");
+  // Pixels per superpixel: int32 [L, Bl, K] (labels outside [0, K) are not counted).
+  m.def("suppix_counts(Tensor labels, int num_superpixels) -> Tensor");
   // Test sentinel: how many times the named compiled kernel has run in this
   // process, e.g. "cpu.srm_forward".
   m.def("_kernel_calls(str name) -> int", &snnspx::kernel_calls);

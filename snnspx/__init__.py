@@ -4,7 +4,7 @@ Kernels are compiled on first use (never at import); see :func:`backends`.
 :mod:`snnspx.viz` (figures, needs matplotlib) is imported on first use.
 """
 
-from . import functional, nn, reference
+from . import functional, nn, reference, superpixels
 from ._backend import BACKENDS, BackendInfo, backends, kernel_calls
 from ._build import BuildError
 from . import encoding
@@ -12,7 +12,7 @@ from . import encoding
 __version__ = "0.1.0"
 
 __all__ = [
-    "functional", "nn", "reference", "backends", "BackendInfo", "BACKENDS", "BuildError", "kernel_calls",
+    "functional", "nn", "reference", "superpixels", "backends", "BackendInfo", "BACKENDS", "BuildError", "kernel_calls",
     "encoding", "viz",
 ]
 

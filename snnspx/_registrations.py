@@ -14,6 +14,7 @@ def register_all() -> None:
     if _done:
         return
     _done = True
-    from .functional import srm
+    from .functional import srm, suppix
 
     srm._register()
+    suppix._register()

@@ -14,7 +14,7 @@ import torch
 
 from . import _checks
 
-__all__ = ["srm_forward", "srm_backward", "srm_neuron"]
+__all__ = ["srm_forward", "srm_backward", "srm_neuron", "suppix_pool", "suppix_unpool", "suppix_counts"]
 
 
 def _np_dtype(dtype: torch.dtype):
@@ -143,3 +143,173 @@ def srm_neuron(
     """Spikes of `x` with the event-driven gradient dL/dx = grad_w (SPEC §3)."""
     _checks.check_backward_params(du_inv_clamp, max_dudt_inv)
     return _ReferenceNeuron.apply(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv)
+
+
+# --------------------------------------------------------------------------- superpixel pooling (SPEC §5)
+# One Python iteration per pixel, in ascending pixel order, accumulating in NumPy
+# scalars of float32 (float64 for float64 inputs). Each (t, b, c) plane reads the
+# label map of its step and image: labels[l, bl, p], l = t or 0, bl = b or 0.
+
+
+def _maps(lay):
+    lab = lay.labels.detach().cpu().numpy()
+    return lambda t, b: lab[t if lab.shape[0] > 1 else 0, b if lab.shape[1] > 1 else 0]
+
+
+def _pool_loops(X: np.ndarray, label_map, K: int, mode: str, f):
+    """X [T, B, C, P] numpy. Returns y [T, B, C, K], argmax (or -1), n, m (non-zero inputs)."""
+    T, B, C, P = X.shape
+    y = np.zeros((T, B, C, K), f)
+    arg = np.full((T, B, C, K), -1, np.int64)
+    n = np.zeros((T, B, C, K), np.int64)
+    m = np.zeros((T, B, C, K), np.int64)
+    with np.errstate(all="ignore"):
+        for t in range(T):
+            for b in range(B):
+                lab = label_map(t, b)
+                for c in range(C):
+                    acc = [f(0)] * K
+                    for p in range(P):
+                        k = int(lab[p])
+                        if k < 0:
+                            continue
+                        v = X[t, b, c, p]
+                        n[t, b, c, k] += 1
+                        m[t, b, c, k] += v != 0
+                        if mode == "max":
+                            best = acc[k]
+                            # the first pixel, a larger value, or a NaN over a number; ties keep the first
+                            if arg[t, b, c, k] < 0 or v > best or (np.isnan(v) and not np.isnan(best)):
+                                acc[k], arg[t, b, c, k] = v, p
+                        else:
+                            acc[k] = f(acc[k] + v)
+                    for k in range(K):
+                        if mode == "sum":
+                            y[t, b, c, k] = acc[k]
+                        elif mode == "max":
+                            y[t, b, c, k] = acc[k] if n[t, b, c, k] > 0 else f(0)
+                        else:
+                            y[t, b, c, k] = acc[k] / f(n[t, b, c, k]) if n[t, b, c, k] > 0 else f(0)
+    return y, arg, n, m
+
+
+def _unpool_loops(Y: np.ndarray, label_map, P: int, f, scale=None, arg=None):
+    """z[t, b, c, p] = Y[t, b, c, label(p)] (/ scale[t, b, c, k]; only at arg[t, b, c, k] == p)."""
+    T, B, C, K = Y.shape
+    z = np.zeros((T, B, C, P), f)
+    with np.errstate(all="ignore"):
+        for t in range(T):
+            for b in range(B):
+                lab = label_map(t, b)
+                for c in range(C):
+                    for p in range(P):
+                        k = int(lab[p])
+                        if k < 0 or (arg is not None and arg[t, b, c, k] != p):
+                            continue
+                        if scale is None:
+                            z[t, b, c, p] = Y[t, b, c, k]
+                        elif scale[t, b, c, k] > 0:
+                            z[t, b, c, p] = Y[t, b, c, k] / f(scale[t, b, c, k])
+    return z
+
+
+class _ReferencePool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x4, lay, K, mode, grad):
+        f = _np_dtype(x4.dtype)
+        X = x4.detach().to("cpu", torch.float64 if f is np.float64 else torch.float32).numpy()
+        y, arg, n, m = _pool_loops(X, _maps(lay), K, mode, f)
+        ctx.lay, ctx.mode, ctx.grad, ctx.P = lay, mode, grad, x4.shape[-1]
+        ctx.arg, ctx.n, ctx.m = arg, n, m
+        return torch.from_numpy(y).to(device=x4.device, dtype=x4.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        f = _np_dtype(grad_y.dtype)
+        G = grad_y.detach().to("cpu", torch.float64 if f is np.float64 else torch.float32).numpy()
+        if ctx.mode == "sum":
+            z = _unpool_loops(G, _maps(ctx.lay), ctx.P, f)
+        elif ctx.mode == "max":
+            z = _unpool_loops(G, _maps(ctx.lay), ctx.P, f, arg=ctx.arg)
+        else:  # avg: g / n (exact) or g / m, m the non-zero inputs (spike)
+            z = _unpool_loops(G, _maps(ctx.lay), ctx.P, f, scale=ctx.n if ctx.grad == "exact" else ctx.m)
+        return torch.from_numpy(z).to(device=grad_y.device, dtype=grad_y.dtype), None, None, None, None
+
+
+class _ReferenceUnpool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y4, lay):
+        f = _np_dtype(y4.dtype)
+        Y = y4.detach().to("cpu", torch.float64 if f is np.float64 else torch.float32).numpy()
+        ctx.lay, ctx.K = lay, y4.shape[-1]
+        z = _unpool_loops(Y, _maps(lay), lay.labels.shape[-1], f)
+        return torch.from_numpy(z).to(device=y4.device, dtype=y4.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_z):
+        f = _np_dtype(grad_z.dtype)
+        G = grad_z.detach().to("cpu", torch.float64 if f is np.float64 else torch.float32).numpy()
+        gy, _, _, _ = _pool_loops(G, _maps(ctx.lay), ctx.K, "sum", f)
+        return torch.from_numpy(gy).to(device=grad_z.device, dtype=grad_z.dtype), None
+
+
+def suppix_counts(labels: torch.Tensor, num_superpixels: int | None = None) -> torch.Tensor:
+    """Pixels per superpixel, int64 ``labels.shape[:-2] + (K,)`` (SPEC §5's n)."""
+    _checks.check_labels_tensor(labels)
+    K, inferred = _checks.num_superpixels(labels, num_superpixels)
+    if not inferred:
+        _checks.check_label_range(labels, K)
+    flat = labels.detach().cpu().reshape(-1, labels.shape[-2] * labels.shape[-1]).numpy()
+    n = np.zeros((flat.shape[0], K), np.int64)
+    for i in range(flat.shape[0]):
+        for p in range(flat.shape[1]):
+            if flat[i, p] >= 0:
+                n[i, int(flat[i, p])] += 1
+    return torch.from_numpy(n).reshape(*labels.shape[:-2], K).to(labels.device)
+
+
+def suppix_pool(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    num_superpixels: int | None = None,
+    mode: str = "avg",
+    *,
+    grad: str = "exact",
+    return_counts: bool = False,
+    check_labels: bool = True,
+):
+    """SPEC §5 by explicit loops: ``[T, B, C, H, W]`` (or ``[B, C, H, W]``) -> ``[T, B, C, K]`` (or ``[B, C, K]``).
+
+    Differentiable in `x` with the backward of `mode` (and `grad` for "avg"). Labels
+    >= K are an error unless ``check_labels=False``, which ignores them.
+    """
+    internal = _checks.suppix_mode(mode, grad)
+    lay = _checks.suppix_layout(x, labels, pooled=False)
+    K, inferred = _checks.num_superpixels(lay.labels, num_superpixels)
+    if check_labels and not inferred:
+        _checks.check_label_range(lay.labels, K)
+    if not check_labels:  # labels >= K are ignored pixels, as in the kernels
+        lay = lay._replace(labels=torch.where(lay.labels >= K, -1, lay.labels))
+    y = _ReferencePool.apply(lay.data, lay, K, "avg" if internal == "avg_spike" else internal, grad)
+    y = y[0] if lay.single_step else y
+    if return_counts:
+        return y, suppix_counts(torch.where(labels >= K, -1, labels), K)
+    return y
+
+
+def suppix_unpool(y: torch.Tensor, labels: torch.Tensor, *, check_labels: bool = True) -> torch.Tensor:
+    """SPEC §5 unpooling by explicit loops: ``z[p] = y[label(p)]``, 0 for negative labels.
+
+    ``[T, B, C, K]`` (or ``[B, C, K]``) -> ``[T, B, C, H, W]`` (or ``[B, C, H, W]``); its
+    backward is sum pooling of the gradient.
+    """
+    lay = _checks.suppix_layout(y, labels, pooled=True)
+    K = y.shape[-1]
+    if check_labels:
+        _checks.check_label_range(lay.labels, K)
+    else:
+        lay = lay._replace(labels=torch.where(lay.labels >= K, -1, lay.labels))
+    z = _ReferenceUnpool.apply(lay.data, lay)
+    H, W = lay.spatial
+    z = z.reshape(*z.shape[:3], H, W)
+    return z[0] if lay.single_step else z

@@ -1,0 +1,260 @@
+// CPU kernels of superpixel pooling (SPEC §5), parallel over (t, b, c) planes
+// with at::parallel_for. Each plane is scanned in ascending pixel order into K
+// accumulators, so every sum is taken in ascending pixel order, on every run and
+// with any thread count (no segment sort is needed on the CPU: the scan order is
+// the determinism). Max takes a branch-free pass for the maxima and a second,
+// descending one for the lowest pixel holding each maximum. The backward and
+// unpooling are gathers (every output pixel written once from its superpixel's
+// value); max's backward writes zeros and then each superpixel's gradient at its
+// argmax, one distinct pixel per superpixel.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "../kernel_counter.h"
+#include "../suppix_core.h"
+#include "../suppix_glue.h"
+
+namespace snnspx {
+namespace {
+
+// Planes per task: at least ~16k pixels of work each.
+inline int64_t plane_grain(int64_t P) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(P, 1)); }
+
+// Index of the label map of plane (t, b, *) in the [L, Bl, P] labels.
+inline int64_t label_map(const SupPixDims& d, int64_t t, int64_t b) {
+  return (d.L == 1 ? 0 : t) * d.Bl + (d.Bl == 1 ? 0 : b);
+}
+
+template <typename label_t>
+void count_labels(const label_t* labels, int32_t* counts, int64_t maps, int64_t P, int64_t K) {
+  at::parallel_for(0, maps, plane_grain(P), [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      int32_t* n = counts + m * K;
+      std::fill(n, n + K, 0);
+      const label_t* lab = labels + m * P;
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t k = superpixel_of(lab[p], K);
+        if (k >= 0) ++n[k];
+      }
+    }
+  });
+}
+
+template <typename scalar_t, typename acc_t, typename label_t, SupPixMode kMode>
+void pool_kernel(const scalar_t* x, const label_t* labels, const int32_t* counts, scalar_t* y, int32_t* aux,
+                 const SupPixDims& d) {
+  const int64_t P = d.P, K = d.K;
+  at::parallel_for(0, d.planes(), plane_grain(P), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(static_cast<size_t>(K));
+    std::vector<int32_t> idx(static_cast<size_t>(K));  // max: argmax; avg_spike: m
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t tb = plane / d.C, b = tb % d.B, t = tb / d.B;
+      const int64_t map = label_map(d, t, b);
+      const label_t* lab = labels + map * P;
+      const scalar_t* xp = x + plane * P;
+      scalar_t* yp = y + plane * K;
+      if (kMode == SupPixMode::Max) {
+        // Pass 1: the maxima, branch-free (a max instruction). Pass 2, high to low pixels:
+        // the last hit, i.e. the lowest pixel holding the maximum, is the argmax.
+        std::fill(acc.begin(), acc.end(), -std::numeric_limits<acc_t>::infinity());
+        std::fill(idx.begin(), idx.end(), kNoPixel);
+        bool any_nan = false;
+        for (int64_t p = 0; p < P; ++p) {
+          const int64_t k = superpixel_of(lab[p], K);
+          if (k < 0) continue;
+          const acc_t v = static_cast<acc_t>(xp[p]);
+          const acc_t cur = acc[k];
+          acc[k] = v > cur ? v : cur;
+          any_nan |= v != v;
+        }
+        if (!any_nan) {
+          for (int64_t p = P - 1; p >= 0; --p) {
+            const int64_t k = superpixel_of(lab[p], K);
+            if (k >= 0 && static_cast<acc_t>(xp[p]) == acc[k]) idx[k] = static_cast<int32_t>(p);
+          }
+        } else {  // NaN propagates: the exact order of max_prefer, one pixel at a time
+          std::fill(acc.begin(), acc.end(), -std::numeric_limits<acc_t>::infinity());
+          for (int64_t p = 0; p < P; ++p) {
+            const int64_t k = superpixel_of(lab[p], K);
+            if (k < 0) continue;
+            const acc_t v = static_cast<acc_t>(xp[p]);
+            if (max_prefer<acc_t>(v, static_cast<int32_t>(p), acc[k], idx[k])) acc[k] = v, idx[k] = int32_t(p);
+          }
+        }
+        int32_t* am = aux + plane * K;
+        for (int64_t k = 0; k < K; ++k) {
+          const bool empty = idx[k] == kNoPixel;
+          yp[k] = static_cast<scalar_t>(empty ? acc_t(0) : acc[k]);
+          am[k] = empty ? -1 : idx[k];
+        }
+      } else {
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        if (kMode == SupPixMode::AvgSpike) std::fill(idx.begin(), idx.end(), 0);
+        for (int64_t p = 0; p < P; ++p) {
+          const int64_t k = superpixel_of(lab[p], K);
+          if (k < 0) continue;
+          const acc_t v = static_cast<acc_t>(xp[p]);
+          acc[k] += v;
+          if (kMode == SupPixMode::AvgSpike) idx[k] += (v != acc_t(0));
+        }
+        const int32_t* n = counts + map * K;
+        for (int64_t k = 0; k < K; ++k) {
+          acc_t v = acc[k];
+          if (kMode != SupPixMode::Sum) v = n[k] > 0 ? v / static_cast<acc_t>(n[k]) : acc_t(0);
+          yp[k] = static_cast<scalar_t>(v);
+        }
+        if (kMode == SupPixMode::AvgSpike) std::copy(idx.begin(), idx.end(), aux + plane * K);
+      }
+    }
+  });
+}
+
+// out[t, b, c, p] from src[t, b, c, label(p)]; see SupPixMode for the scaling.
+template <typename scalar_t, typename acc_t, typename label_t, SupPixMode kMode>
+void gather_kernel(const scalar_t* src, const label_t* labels, const int32_t* aux, scalar_t* out,
+                   const SupPixDims& d) {
+  const int64_t P = d.P, K = d.K;
+  if (K == 0) {  // every pixel is ignored
+    std::fill(out, out + d.planes() * P, scalar_t(0));
+    return;
+  }
+  at::parallel_for(0, d.planes(), plane_grain(P), [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> val(static_cast<size_t>(K));
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t tb = plane / d.C, b = tb % d.B, t = tb / d.B;
+      const int64_t map = label_map(d, t, b);
+      const label_t* lab = labels + map * P;
+      const scalar_t* g = src + plane * K;
+      scalar_t* o = out + plane * P;
+      // The value each pixel of superpixel k receives, computed once per k.
+      for (int64_t k = 0; k < K; ++k) {
+        if (kMode == SupPixMode::Sum || kMode == SupPixMode::Max) {
+          val[k] = g[k];
+        } else {
+          const int32_t n = kMode == SupPixMode::Avg ? aux[map * K + k] : aux[plane * K + k];
+          val[k] = static_cast<scalar_t>(n > 0 ? static_cast<acc_t>(g[k]) / static_cast<acc_t>(n) : acc_t(0));
+        }
+      }
+      if (kMode == SupPixMode::Max) {
+        // Zeros, then each superpixel's gradient at its argmax: one distinct pixel per k
+        // (an argmax that is not a pixel of k, e.g. -1 for an empty k, is skipped).
+        std::fill(o, o + P, scalar_t(0));
+        const int32_t* am = aux + plane * K;
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t p = am[k];
+          if (p >= 0 && p < P && superpixel_of(lab[p], K) == k) o[p] = val[k];
+        }
+        continue;
+      }
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t k = superpixel_of(lab[p], K);
+        o[p] = k >= 0 ? val[k] : scalar_t(0);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> suppix_pool_cpu(const at::Tensor& x, const at::Tensor& labels,
+                                                   int64_t num_superpixels, c10::string_view mode,
+                                                   bool check_labels) {
+  auto a = prepare_suppix_pool(x, labels, num_superpixels, mode, check_labels);
+  auto [y, aux] = allocate_suppix_pool(a);
+  const auto& d = a.d;
+  at::Tensor counts;
+  if (a.mode == SupPixMode::Sum || a.mode == SupPixMode::Avg) counts = aux;
+  AT_DISPATCH_INDEX_TYPES(a.labels.scalar_type(), "suppix_pool_cpu", [&] {
+    using label_t = index_t;
+    if (counts.defined()) count_labels<label_t>(a.labels.data_ptr<label_t>(), counts.data_ptr<int32_t>(),
+                                                d.L * d.Bl, d.P, d.K);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(), "suppix_pool_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const scalar_t* xp = a.x.data_ptr<scalar_t>();
+      const label_t* lp = a.labels.data_ptr<label_t>();
+      scalar_t* yp = y.data_ptr<scalar_t>();
+      int32_t* ap = aux.data_ptr<int32_t>();
+      const int32_t* cp = counts.defined() ? counts.data_ptr<int32_t>() : nullptr;
+      switch (a.mode) {
+        case SupPixMode::Sum: pool_kernel<scalar_t, acc_t, label_t, SupPixMode::Sum>(xp, lp, cp, yp, ap, d); break;
+        case SupPixMode::Avg: pool_kernel<scalar_t, acc_t, label_t, SupPixMode::Avg>(xp, lp, cp, yp, ap, d); break;
+        case SupPixMode::Max: pool_kernel<scalar_t, acc_t, label_t, SupPixMode::Max>(xp, lp, cp, yp, ap, d); break;
+        case SupPixMode::AvgSpike: {
+          // avg_spike divides by n too: count into a scratch buffer.
+          at::Tensor n = at::empty({d.L, d.Bl, d.K}, aux.options());
+          count_labels<label_t>(lp, n.data_ptr<int32_t>(), d.L * d.Bl, d.P, d.K);
+          pool_kernel<scalar_t, acc_t, label_t, SupPixMode::AvgSpike>(xp, lp, n.data_ptr<int32_t>(), yp, ap, d);
+          break;
+        }
+      }
+    });
+  });
+  count_kernel("cpu.suppix_pool");
+  return {y, aux};
+}
+
+void run_gather_cpu(SupPixGatherArgs& a) {
+  AT_DISPATCH_INDEX_TYPES(a.labels.scalar_type(), "suppix_gather_cpu", [&] {
+    using label_t = index_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.src.scalar_type(), "suppix_gather_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const scalar_t* sp = a.src.data_ptr<scalar_t>();
+      const label_t* lp = a.labels.data_ptr<label_t>();
+      const int32_t* ap = a.aux.defined() ? a.aux.data_ptr<int32_t>() : nullptr;
+      scalar_t* op = a.out.data_ptr<scalar_t>();
+      switch (a.mode) {
+        case SupPixMode::Sum: gather_kernel<scalar_t, acc_t, label_t, SupPixMode::Sum>(sp, lp, ap, op, a.d); break;
+        case SupPixMode::Avg: gather_kernel<scalar_t, acc_t, label_t, SupPixMode::Avg>(sp, lp, ap, op, a.d); break;
+        case SupPixMode::Max: gather_kernel<scalar_t, acc_t, label_t, SupPixMode::Max>(sp, lp, ap, op, a.d); break;
+        case SupPixMode::AvgSpike:
+          gather_kernel<scalar_t, acc_t, label_t, SupPixMode::AvgSpike>(sp, lp, ap, op, a.d);
+          break;
+      }
+    });
+  });
+}
+
+at::Tensor suppix_pool_backward_cpu(const at::Tensor& grad_y, const at::Tensor& labels, const at::Tensor& aux,
+                                    c10::string_view mode) {
+  auto a = prepare_suppix_gather(grad_y, "grad_y", labels, &aux, parse_suppix_mode(mode));
+  run_gather_cpu(a);
+  count_kernel("cpu.suppix_pool_backward");
+  return a.out;
+}
+
+at::Tensor suppix_unpool_cpu(const at::Tensor& y, const at::Tensor& labels, bool check_labels) {
+  auto a = prepare_suppix_gather(y, "y", labels, nullptr, SupPixMode::Sum);
+  if (check_labels) check_suppix_label_range(a.labels, a.d.K);
+  run_gather_cpu(a);
+  count_kernel("cpu.suppix_unpool");
+  return a.out;
+}
+
+at::Tensor suppix_counts_cpu(const at::Tensor& labels, int64_t num_superpixels) {
+  check_num_superpixels(num_superpixels);
+  check_suppix_labels(labels, labels, "labels", labels.dim() == 3 ? labels.size(0) : 1,
+                      labels.dim() == 3 ? labels.size(1) : 1, -1);
+  const at::Tensor lab = labels.contiguous();
+  at::Tensor counts = at::empty({lab.size(0), lab.size(1), num_superpixels}, lab.options().dtype(at::kInt));
+  AT_DISPATCH_INDEX_TYPES(lab.scalar_type(), "suppix_counts_cpu", [&] {
+    count_labels<index_t>(lab.data_ptr<index_t>(), counts.data_ptr<int32_t>(), lab.size(0) * lab.size(1),
+                          lab.size(2), num_superpixels);
+  });
+  count_kernel("cpu.suppix_counts");
+  return counts;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(snnspx, CPU, m) {
+  m.impl("suppix_pool", &suppix_pool_cpu);
+  m.impl("suppix_pool_backward", &suppix_pool_backward_cpu);
+  m.impl("suppix_unpool", &suppix_unpool_cpu);
+  m.impl("suppix_counts", &suppix_counts_cpu);
+}
+
+}  // namespace snnspx

@@ -1,0 +1,137 @@
+// CUDA registrations of the superpixel ops: checks and allocation come from
+// ../suppix_glue.h (shared with the CPU), kernels from suppix.cu.
+//
+// Pooling needs each label map's pixels grouped by superpixel. They are built
+// here with deterministic ATen ops, once per call and per label map (not per
+// step or channel): a stable sort of the labels gives `order` (pixel indices,
+// ascending within each superpixel) and a searchsorted of 0..K in the sorted
+// labels gives `offsets`. Negative labels sort before offsets[0] and labels >= K
+// (possible only without the range check) after offsets[K]: both are skipped.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "../kernel_counter.h"
+#include "../suppix_glue.h"
+#include "suppix_launch.h"
+
+namespace snnspx {
+namespace {
+
+cuda::DType launch_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return cuda::DType::Float;
+    case at::kDouble: return cuda::DType::Double;
+    case at::kHalf: return cuda::DType::Half;
+    case at::kBFloat16: return cuda::DType::BFloat16;
+    default: TORCH_CHECK(false, "snnspx CUDA kernels take float32, float64, float16 or bfloat16, got ", t);
+  }
+}
+
+void check_cuda_tensor(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got one on ", t.device());
+}
+
+cuda::SupPixShape launch_shape(const SupPixDims& d) {
+  // Grid sizes are 32-bit: at most ~2^31 blocks of 1024 pixels.
+  TORCH_CHECK(d.planes() * std::max<int64_t>(d.P, 1) < (int64_t(1) << 40) && d.planes() * d.K < (int64_t(1) << 40),
+              "superpixel pooling on CUDA takes at most 2^40 elements per tensor");
+  return cuda::SupPixShape{d.T, d.B, d.C, d.P, d.K, d.L, d.Bl};
+}
+
+struct Segments {
+  at::Tensor order;    // int32 [L, Bl, P]
+  at::Tensor offsets;  // int32 [L, Bl, K + 1]
+};
+
+Segments build_segments(const at::Tensor& labels, int64_t K) {
+  Segments s;
+  const int64_t L = labels.size(0), Bl = labels.size(1), P = labels.size(2);
+  if (P == 0) {
+    s.order = at::empty({L, Bl, 0}, labels.options().dtype(at::kInt));
+    s.offsets = at::zeros({L, Bl, K + 1}, labels.options().dtype(at::kInt));
+    return s;
+  }
+  auto sorted = at::sort(labels, /*stable=*/std::optional<bool>(true), /*dim=*/-1, /*descending=*/false);
+  s.order = std::get<1>(sorted).to(at::kInt);
+  const at::Tensor bounds = at::arange(K + 1, labels.options()).expand({L, Bl, K + 1}).contiguous();
+  s.offsets = at::searchsorted(std::get<0>(sorted), bounds, /*out_int32=*/true, /*right=*/false);
+  return s;
+}
+
+at::Tensor counts_from_offsets(const at::Tensor& offsets, int64_t K) {
+  return (offsets.narrow(2, 1, K) - offsets.narrow(2, 0, K)).contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor> suppix_pool_cuda(const at::Tensor& x, const at::Tensor& labels,
+                                                    int64_t num_superpixels, c10::string_view mode,
+                                                    bool check_labels) {
+  check_cuda_tensor(x, "x");
+  c10::cuda::CUDAGuard guard(x.device());
+  auto a = prepare_suppix_pool(x, labels, num_superpixels, mode, check_labels);
+  auto [y, aux] = allocate_suppix_pool(a);
+  const auto shape = launch_shape(a.d);
+  Segments seg = build_segments(a.labels, a.d.K);
+  const bool aux_out = a.mode == SupPixMode::Max || a.mode == SupPixMode::AvgSpike;
+  cuda::suppix_pool(launch_dtype(a.x.scalar_type()), a.mode, a.x.data_ptr(), seg.order.data_ptr<int32_t>(),
+                    seg.offsets.data_ptr<int32_t>(), y.data_ptr(), aux_out ? aux.data_ptr<int32_t>() : nullptr,
+                    shape, c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (!aux_out) aux.copy_(counts_from_offsets(seg.offsets, a.d.K));
+  count_kernel("cuda.suppix_pool");
+  return {y, aux};
+}
+
+void run_gather_cuda(SupPixGatherArgs& a) {
+  const auto shape = launch_shape(a.d);
+  cuda::suppix_gather(launch_dtype(a.src.scalar_type()), a.mode, a.src.data_ptr(), a.labels.data_ptr(),
+                      a.labels.scalar_type() == at::kLong, a.aux.defined() ? a.aux.data_ptr<int32_t>() : nullptr,
+                      a.out.data_ptr(), shape, c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor suppix_pool_backward_cuda(const at::Tensor& grad_y, const at::Tensor& labels, const at::Tensor& aux,
+                                     c10::string_view mode) {
+  check_cuda_tensor(grad_y, "grad_y");
+  c10::cuda::CUDAGuard guard(grad_y.device());
+  auto a = prepare_suppix_gather(grad_y, "grad_y", labels, &aux, parse_suppix_mode(mode));
+  run_gather_cuda(a);
+  count_kernel("cuda.suppix_pool_backward");
+  return a.out;
+}
+
+at::Tensor suppix_unpool_cuda(const at::Tensor& y, const at::Tensor& labels, bool check_labels) {
+  check_cuda_tensor(y, "y");
+  c10::cuda::CUDAGuard guard(y.device());
+  auto a = prepare_suppix_gather(y, "y", labels, nullptr, SupPixMode::Sum);
+  if (check_labels) check_suppix_label_range(a.labels, a.d.K);
+  run_gather_cuda(a);
+  count_kernel("cuda.suppix_unpool");
+  return a.out;
+}
+
+at::Tensor suppix_counts_cuda(const at::Tensor& labels, int64_t num_superpixels) {
+  check_cuda_tensor(labels, "labels");
+  c10::cuda::CUDAGuard guard(labels.device());
+  check_num_superpixels(num_superpixels);
+  check_suppix_labels(labels, labels, "labels", labels.dim() == 3 ? labels.size(0) : 1,
+                      labels.dim() == 3 ? labels.size(1) : 1, -1);
+  Segments seg = build_segments(labels.contiguous(), num_superpixels);
+  count_kernel("cuda.suppix_counts");
+  return counts_from_offsets(seg.offsets, num_superpixels);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(snnspx, CUDA, m) {
+  m.impl("suppix_pool", &suppix_pool_cuda);
+  m.impl("suppix_pool_backward", &suppix_pool_backward_cuda);
+  m.impl("suppix_unpool", &suppix_unpool_cuda);
+  m.impl("suppix_counts", &suppix_counts_cuda);
+}
+
+}  // namespace snnspx

@@ -1,0 +1,326 @@
+"""Superpixel pooling (SPEC §5): wrappers, the vectorised ``torch`` backend, fake
+kernels and autograd for the compiled ops.
+
+Every backend is deterministic: the same inputs give the same bits on every run.
+The compiled kernels never use float atomics (see csrc/cpu/suppix.cpp and
+csrc/cuda/suppix.cu); the ``torch`` backend groups pixels by label with a stable
+sort and reduces the groups with :func:`torch.segment_reduce`, which walks each
+segment in a fixed order on the CPU and on CUDA (it avoids ``scatter_add``/
+``index_add``, whose CUDA kernels add in a varying order).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _checks, reference
+from .._backend import resolve
+
+__all__ = ["suppix_pool", "suppix_unpool", "suppix_counts"]
+
+
+# --------------------------------------------------------------------------- torch backend
+def _segments(lab: torch.Tensor, K: int):
+    """Per label map [L, Bl, P]: (keys, order, offsets): the labels stably sorted, the pixel
+    indices in that order, and superpixel k's range [offsets[k], offsets[k + 1]) of it."""
+    keys, order = torch.sort(lab, dim=-1, stable=True)
+    bounds = torch.arange(K + 1, device=lab.device, dtype=lab.dtype).expand(*lab.shape[:2], K + 1).contiguous()
+    return keys, order, torch.searchsorted(keys, bounds)
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _pool_torch(x: torch.Tensor, lab: torch.Tensor, K: int, mode: str):
+    """x [T, B, C, P], lab [L, Bl, P] -> (y [T, B, C, K], aux) with the ops' aux (see csrc/ops.cpp)."""
+    T, B, C, P = x.shape
+    L, Bl, _ = lab.shape
+    dev = x.device
+    keys, order, offsets = _segments(lab, K)
+    counts = offsets.diff(dim=-1)  # [L, Bl, K]
+    small = T * B * C == 0 or K == 0 or P == 0
+    if small:
+        y = x.new_zeros((T, B, C, K))
+        aux = x.new_full((T, B, C, K), -1 if mode == "max" else 0, dtype=torch.int32)
+    else:
+        acc = _acc(x.dtype)
+        shape = (T, B, C, P)
+        xs = x.gather(-1, order[:, :, None, :].expand(shape)).to(acc)  # grouped by superpixel
+        # segments per (t, b, c) row: the ignored pixels below 0, superpixels 0..K-1, those >= K
+        lengths = torch.cat([offsets[..., :1], counts, P - offsets[..., -1:]], dim=-1)
+        lengths = lengths[:, :, None, :].expand(T, B, C, K + 2).contiguous()
+
+        def seg(data, reduce):
+            return torch.segment_reduce(data, reduce, lengths=lengths, axis=3, unsafe=True)[..., 1 : K + 1]
+
+        n = counts[:, :, None, :]
+        if mode == "max":
+            top = seg(xs, "max")
+            # argmax: the first grouped position (= lowest pixel) holding the maximum
+            valid = (keys >= 0) & (keys < K)
+            top_at = top.gather(-1, keys.clamp(0, K - 1)[:, :, None, :].expand(shape))
+            hit = (xs == top_at) | (xs.isnan() & top_at.isnan())
+            hit &= valid[:, :, None, :]
+            pos = torch.arange(P, device=dev, dtype=torch.float64).expand(shape)
+            first = seg(torch.where(hit, pos, float(P)), "min").clamp(max=P - 1).long()
+            arg = order[:, :, None, :].expand(shape).gather(-1, first)
+            aux = torch.where(n > 0, arg, -1).to(torch.int32)
+            y = torch.where(n > 0, top, 0).to(x.dtype)
+        else:
+            s = seg(xs, "sum")
+            if mode != "sum":
+                s = torch.where(n > 0, s / n.clamp(min=1).to(acc), 0)
+            y = s.to(x.dtype)
+            aux = seg((xs != 0).to(acc), "sum").to(torch.int32) if mode == "avg_spike" else None
+    if mode in ("sum", "avg"):
+        aux = counts.to(torch.int32)
+    return y.contiguous(), aux.contiguous()
+
+
+def _gather_torch(src: torch.Tensor, lab: torch.Tensor, aux: torch.Tensor | None, mode: str) -> torch.Tensor:
+    """out[t, b, c, p] from src[t, b, c, label(p)] [T, B, C, K] (see csrc/suppix_core.h's SupPixMode)."""
+    T, B, C, K = src.shape
+    P = lab.shape[-1]
+    if K == 0 or src.numel() == 0:
+        return src.new_zeros((T, B, C, P))
+    shape = (T, B, C, P)
+    valid = ((lab >= 0) & (lab < K))[:, :, None, :]
+    idx = lab.clamp(0, K - 1)[:, :, None, :].expand(shape)
+    val = src
+    if mode in ("avg", "avg_spike"):
+        n = aux[:, :, None, :] if mode == "avg" else aux
+        val = torch.where(n > 0, src.to(_acc(src.dtype)) / n.clamp(min=1), 0).to(src.dtype)
+    out = val.gather(-1, idx)
+    if mode == "max":
+        pix = torch.arange(P, device=src.device)
+        valid = valid & (aux.gather(-1, idx) == pix)
+    return torch.where(valid, out, 0)
+
+
+class _TorchPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, lab, K, mode):
+        y, aux = _pool_torch(x, lab, K, mode)
+        ctx.save_for_backward(lab, aux)
+        ctx.mode = mode
+        ctx.mark_non_differentiable(aux)
+        return y, aux
+
+    @staticmethod
+    def backward(ctx, grad_y, _grad_aux):
+        lab, aux = ctx.saved_tensors
+        return _gather_torch(grad_y.contiguous(), lab, aux, ctx.mode), None, None, None
+
+
+class _TorchUnpool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, lab):
+        ctx.save_for_backward(lab)
+        ctx.K = y.shape[-1]
+        return _gather_torch(y, lab, None, "sum")
+
+    @staticmethod
+    def backward(ctx, grad_z):
+        (lab,) = ctx.saved_tensors
+        return _pool_torch(grad_z.contiguous(), lab, ctx.K, "sum")[0], None
+
+
+def _counts_torch(lab: torch.Tensor, K: int) -> torch.Tensor:
+    return _segments(lab, K)[2].diff(dim=-1).to(torch.int32)
+
+
+# --------------------------------------------------------------------------- public wrappers
+def _counts_shape(labels: torch.Tensor, counts: torch.Tensor, K: int) -> torch.Tensor:
+    return counts.reshape(*labels.shape[:-2], K).long()
+
+
+def suppix_pool(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    num_superpixels: int | None = None,
+    mode: str = "avg",
+    *,
+    grad: str = "exact",
+    return_counts: bool = False,
+    check_labels: bool = True,
+    backend: str | None = None,
+):
+    """Pool each step's channels over superpixels (SPEC §5).
+
+    With ``n[k]`` the pixels labelled k:
+
+    * ``"sum"``: ``y[k] = sum of x[p]`` over the pixels p of k;
+    * ``"avg"``: ``y[k] = sum / n[k]``, and 0 where ``n[k] = 0``;
+    * ``"max"``: ``y[k] = max of x[p]``, and 0 where ``n[k] = 0``. NaN propagates.
+
+    Gradients (labels get none): ``"sum"`` sends ``g[k]`` to every pixel of k; ``"avg"``
+    sends ``g[k] / n[k]`` (``grad="exact"``) or ``g[k] / m[t, b, c, k]`` with m the number
+    of non-zero inputs of k at that step and channel, 0 where ``m = 0`` (``grad="spike"``:
+    the superpixel form of SpikeAvgPool2d's backward, SPEC §4; like it, every pixel of
+    k gets the share, zero inputs included); ``"max"`` sends ``g[k]`` to one pixel, the
+    argmax (the lowest flat pixel index ``h * W + w`` among equal maxima). Ignored
+    pixels (negative labels) get 0.
+
+    Every backend gives the same bits on every run (sums have a fixed order; no
+    float atomics on the GPU). Backends agree to rounding: the CPU kernel and the
+    reference add in ascending pixel order, the CUDA kernel in a fixed tree.
+
+    Args:
+        x: ``[T, B, C, H, W]``, or ``[B, C, H, W]`` for one step; any strides;
+            float32, float64, float16 or bfloat16 (reduced in float32).
+        labels: int32 or int64, ``[H, W]`` (one map for all images and steps),
+            ``[B, H, W]`` (one per image) or ``[T, B, H, W]`` (one per image and step; needs
+            5-D `x`). A size 1 in place of B or T is shared too. A map is never expanded
+            to the size of `x`. Negative labels mark pixels that belong to no superpixel.
+        num_superpixels: K. None infers ``K = labels.max() + 1``, which reads the labels
+            back from the GPU (a synchronisation; give K inside ``torch.compile``).
+        mode: ``"sum"``, ``"avg"`` or ``"max"``.
+        grad: ``"exact"`` or ``"spike"`` (``"avg"`` only), the backward described above.
+        return_counts: also return ``n``, int64 of shape ``labels.shape[:-2] + (K,)``.
+        check_labels: a label ``>= K`` raises ``ValueError``. The check costs one read of the
+            labels, and on the GPU one read-back (synchronisation), when K is given
+            (an inferred K needs none). ``False`` skips it; labels ``>= K`` are then ignored
+            like negative ones (never read or written out of bounds).
+        backend: ``"cuda"``, ``"cpp"``, ``"torch"``, ``"reference"`` or None (see
+            :func:`snnspx.backends`).
+
+    Returns:
+        y ``[T, B, C, K]`` (``[B, C, K]`` for 4-D `x`) in the dtype of `x`; with
+        ``return_counts``, ``(y, n)``.
+    """
+    internal = _checks.suppix_mode(mode, grad)
+    lay = _checks.suppix_layout(x, labels, pooled=False)
+    K, inferred = _checks.num_superpixels(lay.labels, num_superpixels)
+    check = bool(check_labels) and not inferred
+    b = resolve(backend, x.device)
+    if b == "reference":
+        return reference.suppix_pool(x, labels, K, mode, grad=grad, return_counts=return_counts, check_labels=check)
+    if b == "torch":
+        if check:
+            _checks.check_label_range(lay.labels, K)
+        y, aux = _TorchPool.apply(lay.data, lay.labels, K, internal)
+    else:
+        y, aux = torch.ops.snnspx.suppix_pool.default(lay.data, lay.labels, K, internal, check)
+    if lay.single_step:
+        y = y[0]
+    if not return_counts:
+        return y
+    if internal in ("sum", "avg"):
+        counts = aux
+    elif b == "torch":
+        counts = _counts_torch(lay.labels, K)
+    else:
+        counts = torch.ops.snnspx.suppix_counts.default(lay.labels, K)
+    return y, _counts_shape(labels, counts, K)
+
+
+def suppix_unpool(
+    y: torch.Tensor, labels: torch.Tensor, *, check_labels: bool = True, backend: str | None = None
+) -> torch.Tensor:
+    """Spread superpixel values back to their pixels: ``z[p] = y[label(p)]``, 0 for negative labels.
+
+    The backward is sum pooling of the gradient (SPEC §5). Deterministic on every backend.
+
+    Args:
+        y: ``[T, B, C, K]``, or ``[B, C, K]`` for one step; float.
+        labels: as for :func:`suppix_pool` (``[H, W]``, ``[B, H, W]`` or ``[T, B, H, W]``); they
+            give H and W. ``K = y.shape[-1]``.
+        check_labels: a label ``>= K`` raises ``ValueError`` (one read-back on a GPU); ``False``
+            skips the check and such pixels get 0.
+        backend: see :func:`suppix_pool`.
+
+    Returns:
+        z ``[T, B, C, H, W]`` (``[B, C, H, W]`` for 3-D `y`), dtype of `y`.
+    """
+    lay = _checks.suppix_layout(y, labels, pooled=True)
+    b = resolve(backend, y.device)
+    if b == "reference":
+        return reference.suppix_unpool(y, labels, check_labels=check_labels)
+    if b == "torch":
+        if check_labels:
+            _checks.check_label_range(lay.labels, y.shape[-1])
+        z = _TorchUnpool.apply(lay.data, lay.labels)
+    else:
+        z = torch.ops.snnspx.suppix_unpool.default(lay.data, lay.labels, bool(check_labels))
+    z = z.unflatten(-1, lay.spatial)
+    return z[0] if lay.single_step else z
+
+
+def suppix_counts(
+    labels: torch.Tensor, num_superpixels: int | None = None, *, backend: str | None = None
+) -> torch.Tensor:
+    """Pixels per superpixel, ``n[..., k]``: int64 of shape ``labels.shape[:-2] + (K,)``.
+
+    `labels` and `num_superpixels` as for :func:`suppix_pool` (an inferred K reads the
+    labels back from the GPU); a label ``>= K`` raises ``ValueError``.
+    """
+    _checks.check_labels_tensor(labels)
+    K, inferred = _checks.num_superpixels(labels, num_superpixels)
+    b = resolve(backend, labels.device)
+    if b == "reference":
+        return reference.suppix_counts(labels, K)
+    if not inferred:
+        _checks.check_label_range(labels, K)
+    lab = labels.reshape(labels.shape[0] if labels.dim() == 4 else 1, -1, labels.shape[-2] * labels.shape[-1])
+    if b == "torch":
+        counts = _counts_torch(lab, K)
+    else:
+        counts = torch.ops.snnspx.suppix_counts.default(lab, K)
+    return _counts_shape(labels, counts, K)
+
+
+# --------------------------------------------------------------------------- registrations
+def _register() -> None:
+    """Fake kernels and autograd of the compiled superpixel ops (called once the schemas exist)."""
+    lib = "snnspx::"
+
+    @torch.library.register_fake(lib + "suppix_pool")
+    def _pool_fake(x, labels, num_superpixels, mode, check_labels):
+        T, B, C, _ = x.shape
+        K = num_superpixels
+        y = x.new_empty((T, B, C, K))
+        if mode in ("sum", "avg"):
+            aux = x.new_empty((labels.shape[0], labels.shape[1], K), dtype=torch.int32)
+        else:
+            aux = x.new_empty((T, B, C, K), dtype=torch.int32)
+        return y, aux
+
+    @torch.library.register_fake(lib + "suppix_pool_backward")
+    def _pool_backward_fake(grad_y, labels, aux, mode):
+        T, B, C, _ = grad_y.shape
+        return grad_y.new_empty((T, B, C, labels.shape[-1]))
+
+    @torch.library.register_fake(lib + "suppix_unpool")
+    def _unpool_fake(y, labels, check_labels):
+        T, B, C, _ = y.shape
+        return y.new_empty((T, B, C, labels.shape[-1]))
+
+    @torch.library.register_fake(lib + "suppix_counts")
+    def _counts_fake(labels, num_superpixels):
+        return labels.new_empty((labels.shape[0], labels.shape[1], num_superpixels), dtype=torch.int32)
+
+    def _pool_setup(ctx, inputs, output):
+        _, labels, _, mode, _ = inputs
+        ctx.save_for_backward(labels, output[1])
+        ctx.mode = mode
+
+    def _pool_backward(ctx, grad_y, _grad_aux):
+        labels, aux = ctx.saved_tensors
+        grad_x = torch.ops.snnspx.suppix_pool_backward.default(grad_y, labels, aux, ctx.mode)
+        return grad_x, None, None, None, None
+
+    torch.library.register_autograd(lib + "suppix_pool", _pool_backward, setup_context=_pool_setup)
+
+    # The backward of unpooling is sum pooling (labels >= K were ignored forward, and are here).
+    def _unpool_setup(ctx, inputs, output):
+        y, labels, _ = inputs
+        ctx.save_for_backward(labels)
+        ctx.K = y.shape[-1]
+
+    def _unpool_backward(ctx, grad_z):
+        (labels,) = ctx.saved_tensors
+        grad_y, _ = torch.ops.snnspx.suppix_pool.default(grad_z, labels, ctx.K, "sum", False)
+        return grad_y, None, None
+
+    torch.library.register_autograd(lib + "suppix_unpool", _unpool_backward, setup_context=_unpool_setup)

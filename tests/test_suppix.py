@@ -1,0 +1,554 @@
+"""Superpixel pooling (SPEC §5): every backend against snnspx.reference elementwise,
+against torch.Tensor.scatter_reduce where the semantics agree, gradients, edge
+cases, determinism, the registered ops and the label makers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import snnspx
+from snnspx import functional as F
+from snnspx import reference as R
+from snnspx import superpixels as S
+from conftest import COMPILED, DTYPES, GRID
+
+MODES = ["sum", "avg", "max"]
+LABEL_FORMS = ["shared", "per_image", "per_step"]
+
+
+def rand_x(gen, shape, dtype=torch.float32, device="cpu"):
+    return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype).to(device)
+
+
+def rand_labels(gen, form, T, B, H, W, K, device="cpu", low=-1, dtype=torch.int64):
+    """Labels in [low, K - 2]: some pixels ignored (-1), superpixel K - 1 always empty."""
+    shape = {"shared": (H, W), "per_image": (B, H, W), "per_step": (T, B, H, W)}[form]
+    return torch.randint(low, K - 1, shape, generator=gen).to(dtype).to(device)
+
+
+def spikes(gen, shape, dtype=torch.float32, device="cpu", p=0.3):
+    return (torch.rand(shape, generator=gen, dtype=torch.float64) < p).to(dtype).to(device)
+
+
+def pool_and_grad(x, labels, K, mode, backend, w, grad="exact"):
+    xg = x.detach().clone().requires_grad_()
+    y = F.suppix_pool(xg, labels, K, mode, grad=grad, backend=backend)
+    (y * w).sum().backward()
+    return y.detach(), xg.grad
+
+
+def ref_pool_and_grad(x, labels, K, mode, w, grad="exact"):
+    xg = x.detach().cpu().clone().requires_grad_()
+    y = R.suppix_pool(xg, labels.cpu(), K, mode, grad=grad)
+    (y * w.cpu()).sum().backward()
+    return y.detach(), xg.grad
+
+
+def close(got, want, msg=""):
+    torch.testing.assert_close(got.cpu(), want.cpu(), msg=lambda m: f"{msg}: {m}")
+
+
+# --------------------------------------------------------------------------- against the reference
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("form", LABEL_FORMS)
+def test_pool_matches_reference(backend, device, dtype, mode, form, gen):
+    T, B, C, H, W, K = 3, 2, 3, 5, 6, 7
+    x = rand_x(gen, (T, B, C, H, W), dtype, device)
+    labels = rand_labels(gen, form, T, B, H, W, K, device)
+    w = rand_x(gen, (T, B, C, K), dtype, device)
+    y, gx = pool_and_grad(x, labels, K, mode, backend, w)
+    ry, rgx = ref_pool_and_grad(x, labels, K, mode, w)
+    assert y.shape == (T, B, C, K) and y.dtype == dtype and y.device.type == device
+    close(y, ry, f"y ({backend}, {mode}, {form})")
+    close(gx, rgx, f"grad_x ({backend}, {mode}, {form})")
+    assert torch.all(y[..., K - 1] == 0), "an empty superpixel must pool to 0"
+    assert not torch.isnan(y).any()
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("form", LABEL_FORMS)
+def test_avg_spike_grad_matches_reference(backend, device, dtype, form, gen):
+    """grad="spike": g[k] / m (m = non-zero inputs of k at that step and channel), 0 where m = 0."""
+    T, B, C, H, W, K = 3, 2, 2, 4, 5, 6
+    x = spikes(gen, (T, B, C, H, W), dtype, device)
+    x[0, 0, 0] = 0  # a plane with m = 0 everywhere
+    labels = rand_labels(gen, form, T, B, H, W, K, device)
+    w = rand_x(gen, (T, B, C, K), dtype, device)
+    y, gx = pool_and_grad(x, labels, K, "avg", backend, w, grad="spike")
+    ry, rgx = ref_pool_and_grad(x, labels, K, "avg", w, grad="spike")
+    close(y, ry, "y")
+    close(gx, rgx, "grad_x")
+    assert torch.all(gx[0, 0, 0] == 0)
+    # by hand for one superpixel: every pixel of k gets g / m, zero inputs included
+    lab = labels if form == "shared" else (labels[0] if form == "per_image" else labels[1, 0])
+    for k in range(K - 1):
+        pix = lab == k
+        m = int((x[1, 0, 1][pix] != 0).sum())
+        want = w[1, 0, 1, k] / m if m else torch.zeros((), dtype=dtype, device=device)
+        assert torch.allclose(gx[1, 0, 1][pix], want.expand(int(pix.sum()))), k
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+def test_unpool_matches_reference(backend, device, gen):
+    T, B, C, H, W, K = 2, 3, 2, 4, 7, 5
+    for form in LABEL_FORMS:
+        y = rand_x(gen, (T, B, C, K), torch.float64, device)
+        labels = rand_labels(gen, form, T, B, H, W, K + 1, device)  # labels up to K - 1, some -1
+        w = rand_x(gen, (T, B, C, H, W), torch.float64, device)
+        yg = y.clone().requires_grad_()
+        z = F.suppix_unpool(yg, labels, backend=backend)
+        (z * w).sum().backward()
+        ryg = y.cpu().clone().requires_grad_()
+        rz = R.suppix_unpool(ryg, labels.cpu())
+        (rz * w.cpu()).sum().backward()
+        assert z.shape == (T, B, C, H, W)
+        close(z, rz, f"z {form}")
+        close(yg.grad, ryg.grad, f"grad_y {form}")
+        assert torch.all(z.permute(0, 1, 3, 4, 2)[(labels < 0).expand(T, B, H, W)] == 0)
+
+
+# --------------------------------------------------------------------------- an independent implementation
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("mode,reduce", [("sum", "sum"), ("avg", "mean"), ("max", "amax")])
+def test_pool_matches_scatter_reduce(backend, device, mode, reduce, gen):
+    """scatter_reduce(include_self=False) into zeros agrees where both are defined: ignored
+    pixels go to an extra bin that is dropped, and empty bins keep their 0."""
+    T, B, C, H, W, K = 4, 3, 5, 8, 9, 12
+    x = rand_x(gen, (T, B, C, H, W), torch.float32, device)
+    labels = rand_labels(gen, "per_image", T, B, H, W, K, device)
+    idx = torch.where(labels < 0, K, labels).reshape(1, B, 1, H * W).expand(T, B, C, H * W)
+    want = torch.zeros(T, B, C, K + 1, device=device).scatter_reduce(
+        -1, idx, x.reshape(T, B, C, H * W), reduce, include_self=False
+    )[..., :K]
+    close(F.suppix_pool(x, labels, K, mode, backend=backend), want, mode)
+    # unpooling is a gather
+    y = rand_x(gen, (T, B, C, K), torch.float32, device)
+    z = F.suppix_unpool(y, labels, backend=backend)
+    gathered = torch.cat([y, torch.zeros(T, B, C, 1, device=device)], -1).gather(-1, idx)
+    assert torch.equal(z.reshape(T, B, C, H * W), gathered)
+
+
+# --------------------------------------------------------------------------- gradcheck
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("form", ["shared", "per_step"])
+def test_gradcheck_pool(backend, device, mode, form, gen):
+    T, B, C, H, W, K = 2, 2, 2, 3, 4, 5
+    x = rand_x(gen, (T, B, C, H, W), torch.float64, device).requires_grad_()  # no ties: max is differentiable
+    labels = rand_labels(gen, form, T, B, H, W, K, device)
+    assert torch.autograd.gradcheck(lambda v: F.suppix_pool(v, labels, K, mode, backend=backend), (x,))
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+def test_gradcheck_unpool(backend, device, gen):
+    y = rand_x(gen, (2, 2, 3, 6), torch.float64, device).requires_grad_()
+    labels = rand_labels(gen, "per_image", 2, 2, 3, 4, 7, device)
+    assert torch.autograd.gradcheck(lambda v: F.suppix_unpool(v, labels, backend=backend), (y,))
+
+
+# --------------------------------------------------------------------------- edge cases
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("mode", MODES)
+def test_max_ties_go_to_the_lowest_pixel(backend, device, mode):
+    """Equal values: the argmax is the lowest flat pixel index h * W + w; only it gets g."""
+    labels = torch.tensor([[1, 0, 1], [0, 1, 0]], device=device)  # k=0: pixels 1, 3, 5; k=1: 0, 2, 4
+    x = torch.tensor([[2.0, 3.0, 2.0], [3.0, 2.0, 1.0]], device=device).reshape(1, 1, 1, 2, 3)
+    y, gx = pool_and_grad(x, labels, 2, mode, backend, torch.tensor([[[[10.0, 20.0]]]], device=device))
+    ry, rgx = ref_pool_and_grad(x, labels, 2, mode, torch.tensor([[[[10.0, 20.0]]]]))
+    close(y, ry), close(gx, rgx)
+    if mode == "max":
+        assert y.flatten().tolist() == [3.0, 2.0]
+        assert gx.flatten().tolist() == [20.0, 10.0, 0.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+def test_max_propagates_nan_and_handles_inf(backend, device):
+    labels = torch.tensor([[0, 0, 1, 1, 2, 2]], device=device)
+    x = torch.tensor([[1.0, math.nan, -math.inf, -math.inf, math.nan, math.nan]], device=device).reshape(1, 1, 1, 1, 6)
+    y, gx = pool_and_grad(x, labels, 3, "max", backend, torch.ones(1, 1, 1, 3, device=device))
+    ry, rgx = ref_pool_and_grad(x, labels, 3, "max", torch.ones(1, 1, 1, 3))
+    assert torch.isnan(y[0, 0, 0, 0]) and y[0, 0, 0, 1] == -math.inf and torch.isnan(y[0, 0, 0, 2])
+    assert gx.flatten().tolist() == [0.0, 1.0, 1.0, 0.0, 1.0, 0.0] == rgx.flatten().tolist()
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("mode", MODES)
+def test_all_pixels_ignored(backend, device, mode, gen):
+    x = rand_x(gen, (2, 2, 3, 4, 4), torch.float64, device).requires_grad_()
+    labels = torch.full((2, 4, 4), -1, device=device)
+    y = F.suppix_pool(x, labels, 3, mode, backend=backend)
+    assert y.shape == (2, 2, 3, 3) and torch.all(y == 0)
+    y.sum().backward()
+    assert torch.all(x.grad == 0)
+    assert F.suppix_pool(x, labels, mode=mode, backend=backend).shape == (2, 2, 3, 0), "inferred K = 0"
+    assert torch.all(F.suppix_unpool(torch.ones(2, 2, 3, 3, device=device), labels, backend=backend) == 0)
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("mode", MODES)
+def test_one_superpixel_and_one_pixel_per_superpixel(backend, device, mode, gen):
+    T, B, C, H, W = 2, 2, 3, 4, 5
+    x = rand_x(gen, (T, B, C, H, W), torch.float64, device)
+    # K = 1: a plain reduction over the image
+    y1 = F.suppix_pool(x, torch.zeros(H, W, dtype=torch.int64, device=device), 1, mode, backend=backend)
+    flat = x.reshape(T, B, C, H * W)
+    want = {"sum": flat.sum(-1), "avg": flat.mean(-1), "max": flat.amax(-1)}[mode]
+    close(y1[..., 0], want, "K = 1")
+    # K = H * W, one pixel each: the identity
+    ident = torch.arange(H * W, device=device).reshape(H, W)
+    yk = F.suppix_pool(x, ident, H * W, mode, backend=backend)
+    assert torch.equal(yk, flat), "one pixel per superpixel must copy x"
+    assert torch.equal(F.suppix_unpool(yk, ident, backend=backend), x)
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("mode", MODES)
+def test_label_forms_and_dtypes_agree(backend, device, mode, gen):
+    """[H, W] == [B, H, W] == [T, B, H, W] repeating it; int32 == int64; bit for bit."""
+    T, B, C, H, W, K = 3, 2, 4, 5, 5, 6
+    x = rand_x(gen, (T, B, C, H, W), torch.float32, device)
+    lab = rand_labels(gen, "shared", T, B, H, W, K, device)
+    forms = [lab, lab.expand(B, H, W), lab.expand(T, B, H, W), lab[None].expand(1, 1, H, W), lab.int()]
+    ys = [F.suppix_pool(x, f, K, mode, backend=backend) for f in forms]
+    for y in ys[1:]:
+        assert torch.equal(y, ys[0])
+    # per-step labels really are per step
+    per_step = rand_labels(gen, "per_step", T, B, H, W, K, device)
+    y = F.suppix_pool(x, per_step, K, mode, backend=backend)
+    for t in range(T):
+        assert torch.equal(y[t], F.suppix_pool(x[t], per_step[t], K, mode, backend=backend))
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("mode", MODES)
+def test_noncontiguous_and_single_step(backend, device, mode, gen):
+    T, B, C, H, W, K = 2, 3, 4, 6, 5, 8
+    base = rand_x(gen, (B, T, W, C, H), torch.float32, device)
+    x = base.permute(1, 0, 3, 4, 2)  # [T, B, C, H, W], not contiguous
+    assert not x.is_contiguous()
+    labels = rand_labels(gen, "per_image", T, B, H, W, K, device)[:, :, :]
+    y = F.suppix_pool(x, labels, K, mode, backend=backend)
+    assert torch.equal(y, F.suppix_pool(x.contiguous(), labels, K, mode, backend=backend))
+    assert torch.equal(F.suppix_pool(x[:, :, ::2], labels, K, mode, backend=backend), y[:, :, ::2])
+    # T = 1 and the [B, C, H, W] single-step form
+    y1 = F.suppix_pool(x[1], labels, K, mode, backend=backend)
+    assert y1.shape == (B, C, K)
+    assert torch.equal(y1, y[1])
+    assert torch.equal(F.suppix_pool(x[1:], labels, K, mode, backend=backend)[0], y1)
+    z1 = F.suppix_unpool(y1, labels, backend=backend)
+    assert z1.shape == (B, C, H, W)
+    # non-contiguous labels and gradients
+    lab_nc = labels.transpose(1, 2).contiguous().transpose(1, 2)
+    assert torch.equal(F.suppix_pool(x, lab_nc, K, mode, backend=backend), y)
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("mode", MODES)
+def test_runs_are_bitwise_identical(backend, device, mode, gen):
+    """Forward and backward give the same bits on every run (also on the GPU: no float atomics)."""
+    T, B, C, H, W, K = 4, 3, 16, 24, 20, 37
+    x = rand_x(gen, (T, B, C, H, W), torch.float32, device) * 100
+    labels = rand_labels(gen, "per_image", T, B, H, W, K, device, low=-2)
+    w = rand_x(gen, (T, B, C, K), torch.float32, device)
+    runs = [pool_and_grad(x, labels, K, mode, backend, w) for _ in range(3)]
+    for y, gx in runs[1:]:
+        assert torch.equal(y, runs[0][0]) and torch.equal(gx, runs[0][1])
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+def test_empty_shapes(backend, device):
+    for shape in [(0, 2, 3, 4, 4), (2, 2, 0, 4, 4), (2, 2, 3, 0, 4)]:
+        x = torch.zeros(shape, device=device)
+        labels = torch.zeros(shape[1], shape[3], shape[4], dtype=torch.int64, device=device)
+        for mode in MODES:
+            y = F.suppix_pool(x, labels, 3, mode, backend=backend)
+            assert y.shape == (*shape[:3], 3) and torch.all(y == 0)
+        assert F.suppix_unpool(torch.zeros(*shape[:3], 3, device=device), labels, backend=backend).shape == shape
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+def test_counts(backend, device, gen):
+    T, B, H, W, K = 3, 2, 5, 6, 8
+    for form in LABEL_FORMS:
+        labels = rand_labels(gen, form, T, B, H, W, K, device)
+        want = torch.stack([torch.bincount(m[m >= 0], minlength=K) for m in labels.reshape(-1, H * W).cpu()])
+        want = want.reshape(*labels.shape[:-2], K)
+        n = F.suppix_counts(labels, K, backend=backend)
+        assert n.dtype == torch.int64 and torch.equal(n.cpu(), want)
+        assert torch.equal(R.suppix_counts(labels, K).cpu(), want)
+        x = rand_x(gen, (T, B, 2, H, W), torch.float32, device)
+        for mode in MODES:
+            _, n2 = F.suppix_pool(x, labels, K, mode, return_counts=True, backend=backend)
+            assert torch.equal(n2.cpu(), want), mode
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_half_inputs(backend, device, dtype, gen):
+    x = rand_x(gen, (2, 2, 3, 4, 5), dtype, device)
+    labels = rand_labels(gen, "per_image", 2, 2, 4, 5, 6, device)
+    for mode in MODES:
+        y = F.suppix_pool(x, labels, 6, mode, backend=backend)
+        assert y.dtype == dtype
+        want = R.suppix_pool(x.float().cpu(), labels.cpu(), 6, mode).to(dtype)
+        torch.testing.assert_close(y.cpu(), want, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+def test_unchecked_labels_are_ignored(backend, device, gen):
+    """check_labels=False: labels >= K are ignored like negative ones, never read out of bounds."""
+    x = rand_x(gen, (2, 2, 3, 4, 5), torch.float64, device)
+    labels = torch.randint(-1, 9, (2, 4, 5), generator=gen).to(device)
+    masked = torch.where(labels >= 5, -1, labels)
+    for mode in MODES:
+        got = F.suppix_pool(x, labels, 5, mode, check_labels=False, backend=backend)
+        assert torch.equal(got, F.suppix_pool(x, masked, 5, mode, backend=backend))
+    y = rand_x(gen, (2, 2, 3, 5), torch.float64, device)
+    got = F.suppix_unpool(y, labels, check_labels=False, backend=backend)
+    assert torch.equal(got, F.suppix_unpool(y, masked, backend=backend))
+
+
+# --------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("backend", ["reference", "torch", "cpp"])
+def test_bad_arguments_name_the_argument(backend):
+    x = torch.randn(2, 2, 3, 4, 5)
+    lab = torch.zeros(2, 4, 5, dtype=torch.int64)
+    with pytest.raises(TypeError, match="labels must be an int32 or int64 tensor, got torch.float32"):
+        F.suppix_pool(x, lab.float(), backend=backend)
+    with pytest.raises(ValueError, match="labels must cover x's"):
+        F.suppix_pool(x, lab[:, :3], backend=backend)
+    with pytest.raises(ValueError, match="labels' batch size"):
+        F.suppix_pool(x, torch.zeros(3, 4, 5, dtype=torch.int64), backend=backend)
+    with pytest.raises(ValueError, match="per-step labels' T"):
+        F.suppix_pool(x, torch.zeros(3, 2, 4, 5, dtype=torch.int64), backend=backend)
+    with pytest.raises(ValueError, match=r"per-step labels \[T, B, H, W\] need x"):
+        F.suppix_pool(x[0], torch.zeros(2, 2, 4, 5, dtype=torch.int64), backend=backend)
+    with pytest.raises(ValueError, match="labels must be < num_superpixels = 3.*got a label 3"):
+        F.suppix_pool(x, lab + 3, 3, backend=backend)
+    with pytest.raises(ValueError, match="labels must be < num_superpixels = 2"):
+        F.suppix_unpool(torch.randn(2, 2, 3, 2), lab + 2, backend=backend)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        F.suppix_pool(x, lab, mode="mean", backend=backend)
+    with pytest.raises(ValueError, match="grad must be one of"):
+        F.suppix_pool(x, lab, grad="approx", backend=backend)
+    with pytest.raises(ValueError, match="grad='spike' is the backward of mode='avg' only"):
+        F.suppix_pool(x, lab, mode="max", grad="spike", backend=backend)
+    with pytest.raises(ValueError, match="num_superpixels must be in"):
+        F.suppix_pool(x, lab, -1, backend=backend)
+    with pytest.raises(TypeError, match="num_superpixels must be an int"):
+        F.suppix_pool(x, lab, 2.0, backend=backend)
+    with pytest.raises(ValueError, match=r"x must be \[T, B, C, H, W\] or \[B, C, H, W\]"):
+        F.suppix_pool(x[0, 0], lab, backend=backend)
+    with pytest.raises(TypeError, match="x must be float32"):
+        F.suppix_pool(x.long(), lab, backend=backend)
+    with pytest.raises(ValueError, match=r"y must be \[T, B, C, K\] or \[B, C, K\]"):
+        F.suppix_unpool(x, lab, backend=backend)
+
+
+def test_compiled_ops_check_their_arguments():
+    """The C++ checks stand on their own, for callers of torch.ops.snnspx directly."""
+    F.suppix_pool(torch.zeros(1, 1, 1, 1, 1), torch.zeros(1, 1, dtype=torch.int64), 1, backend="cpp")
+    ops = torch.ops.snnspx
+    x = torch.randn(2, 3, 4, 10)
+    lab = torch.zeros(1, 3, 10, dtype=torch.int64)
+    with pytest.raises(RuntimeError, match="mode must be 'sum', 'avg', 'max' or 'avg_spike'"):
+        ops.suppix_pool(x, lab, 2, "mean", True)
+    with pytest.raises(RuntimeError, match="labels must be an int32 or int64 tensor"):
+        ops.suppix_pool(x, lab.float(), 2, "sum", True)
+    with pytest.raises(RuntimeError, match=r"labels.size\(2\) must be the pixel count P = 10"):
+        ops.suppix_pool(x, lab[..., :9], 2, "sum", True)
+    with pytest.raises(RuntimeError, match=r"labels.size\(1\) must be 1 \(shared by the batch\) or B = 3"):
+        ops.suppix_pool(x, torch.zeros(1, 2, 10, dtype=torch.int64), 2, "sum", True)
+    with pytest.raises(ValueError, match="labels must be < num_superpixels = 2"):
+        ops.suppix_pool(x, lab + 2, 2, "sum", True)
+    with pytest.raises(RuntimeError, match="num_superpixels must be in"):
+        ops.suppix_pool(x, lab, -3, "sum", True)
+    with pytest.raises(RuntimeError, match=r"x must be \[T, B, C, P\]"):
+        ops.suppix_pool(x[0], lab, 2, "sum", True)
+    y, aux = ops.suppix_pool(x, lab, 2, "max", True)
+    with pytest.raises(RuntimeError, match="aux must have the shape of grad_y"):
+        ops.suppix_pool_backward(y, lab, aux[:1], "max")
+    _, counts = ops.suppix_pool(x, lab, 2, "avg", True)
+    with pytest.raises(RuntimeError, match=r"aux must be the counts \[L, Bl, K\]"):
+        ops.suppix_pool_backward(y, lab, aux, "avg")
+    assert ops.suppix_pool_backward(y, lab, counts, "avg").shape == x.shape
+
+
+# --------------------------------------------------------------------------- registered ops
+@pytest.mark.parametrize("backend,device", COMPILED)
+@pytest.mark.parametrize("label_dtype", [torch.int32, torch.int64], ids=["i32", "i64"])
+def test_opcheck(backend, device, label_dtype, gen):
+    F.suppix_counts(torch.zeros(1, 1, dtype=torch.int64, device=device), 1, backend=backend)  # loads the library
+    ops = torch.ops.snnspx
+    T, B, C, P, K = 3, 2, 4, 10, 6
+    for dtype in (torch.float32, torch.float64):
+        x = rand_x(gen, (T, B, C, P), dtype, device)
+        for lab in (
+            torch.randint(-1, K, (1, B, P), generator=gen).to(label_dtype).to(device),
+            torch.randint(-1, K, (T, 1, P), generator=gen).to(label_dtype).to(device),
+        ):
+            g = rand_x(gen, (T, B, C, K), dtype, device)
+            for mode in ("sum", "avg", "max", "avg_spike"):
+                torch.library.opcheck(ops.suppix_pool.default, (x, lab, K, mode, True))
+                torch.library.opcheck(ops.suppix_pool.default, (x.clone().requires_grad_(), lab, K, mode, False))
+                _, aux = ops.suppix_pool.default(x, lab, K, mode, True)
+                torch.library.opcheck(ops.suppix_pool_backward.default, (g, lab, aux, mode))
+            torch.library.opcheck(ops.suppix_unpool.default, (g, lab, True))
+            torch.library.opcheck(ops.suppix_unpool.default, (g.clone().requires_grad_(), lab, False))
+            torch.library.opcheck(ops.suppix_counts.default, (lab, K))
+
+
+class _SpikePoolNet(torch.nn.Module):
+    def __init__(self, backend, K):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1, dtype=torch.float64)
+        self.pool = snnspx.nn.SupPixPool("avg", num_superpixels=K, backend=backend)
+        self.maxpool = snnspx.nn.SupPixPool("max", num_superpixels=K, backend=backend)
+        self.unpool = snnspx.nn.SupPixUnpool(backend=backend)
+
+    def forward(self, x, labels):
+        T, B = x.shape[:2]
+        h = self.conv(x.flatten(0, 1)).unflatten(0, (T, B))
+        y = self.pool(h, labels) + self.maxpool(h, labels)
+        return self.unpool(y, labels)
+
+
+@pytest.mark.parametrize("backend,device", COMPILED)
+def test_torch_compile_module(backend, device, gen):
+    torch._dynamo.reset()
+    K = 6
+    model = _SpikePoolNet(backend, K).to(device)
+    x = rand_x(gen, (3, 2, 3, 5, 6), torch.float64, device)
+    labels = rand_labels(gen, "per_image", 3, 2, 5, 6, K, device)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    out_c = compiled(x, labels)
+    out_c.square().sum().backward()
+    grads_c = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    out_e = model(x, labels)
+    out_e.square().sum().backward()
+    assert torch.equal(out_c, out_e)
+    for gc, ge in zip(grads_c, [p.grad for p in model.parameters()]):
+        torch.testing.assert_close(gc, ge)
+
+
+def test_cpp_kernels_actually_run(gen):
+    names = ["cpu.suppix_pool", "cpu.suppix_pool_backward", "cpu.suppix_unpool", "cpu.suppix_counts"]
+    F.suppix_counts(torch.zeros(2, 2, dtype=torch.int64), 1, backend="cpp")
+    before = {n: snnspx.kernel_calls(n) for n in names}
+    x = rand_x(gen, (2, 2, 3, 4, 4)).requires_grad_()
+    labels = torch.zeros(4, 4, dtype=torch.int64)
+    F.suppix_pool(x, labels, 2, "max").sum().backward()  # default backend: the compiled kernel
+    F.suppix_unpool(torch.ones(2, 2, 3, 2), labels)
+    F.suppix_counts(labels, 2)
+    assert {n: snnspx.kernel_calls(n) - before[n] for n in names} == dict.fromkeys(names, 1)
+
+
+@pytest.mark.cuda
+def test_cuda_kernels_actually_run(gen):
+    names = ["cuda.suppix_pool", "cuda.suppix_pool_backward", "cuda.suppix_unpool"]
+    F.suppix_counts(torch.zeros(2, 2, dtype=torch.int64, device="cuda"), 1)
+    before = {n: snnspx.kernel_calls(n) for n in names}
+    x = rand_x(gen, (2, 2, 3, 4, 4), device="cuda").requires_grad_()
+    labels = torch.zeros(4, 4, dtype=torch.int64, device="cuda")
+    F.suppix_pool(x, labels, 2, "avg").sum().backward()
+    F.suppix_unpool(torch.ones(2, 2, 3, 2, device="cuda"), labels)
+    assert {n: snnspx.kernel_calls(n) - before[n] for n in names} == dict.fromkeys(names, 1)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["sum", "avg", "max", "avg_spike"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=["f32", "f64", "f16"])
+@pytest.mark.parametrize("HW,K", [((32, 32), 64), ((160, 160), 100)], ids=["staged", "unstaged"])
+def test_cuda_matches_cpp_on_large_inputs(mode, dtype, HW, K, gen):
+    """Shapes the reference is too slow for: many warps and channel chunks per block, and
+    planes too large for shared memory (the unstaged kernel); run-to-run bitwise equality."""
+    H, W = HW
+    T, B, C = 3, 2, 5
+    x = spikes(gen, (T, B, C, H, W), dtype) if mode == "avg_spike" else rand_x(gen, (T, B, C, H, W), dtype)
+    labels = torch.randint(-1, K, (B, H, W), generator=gen)
+    labels[:, :4] = torch.arange(4 * W).reshape(4, W) % 7  # long runs and big superpixels
+    ops = torch.ops.snnspx
+    F.suppix_counts(labels.cuda(), K)  # loads the cuda library
+    lab = labels.reshape(1, B, H * W)
+    y_c, aux_c = ops.suppix_pool(x.reshape(T, B, C, -1), lab, K, mode, True)
+    runs = [ops.suppix_pool(x.cuda().reshape(T, B, C, -1), lab.cuda(), K, mode, True) for _ in range(3)]
+    for y, aux in runs:
+        assert torch.equal(y, runs[0][0]) and torch.equal(aux, runs[0][1])
+    tol = dict(atol=2e-2, rtol=2e-2) if dtype == torch.float16 else {}
+    torch.testing.assert_close(runs[0][0].cpu(), y_c, **tol)
+    if mode != "max" or dtype != torch.float16:  # f16 max ties are likely; argmax still unique per rule
+        assert torch.equal(runs[0][1].cpu(), aux_c)
+    g = rand_x(gen, (T, B, C, K), dtype)
+    gx_c = ops.suppix_pool_backward(g, lab, aux_c, mode)
+    gx = [ops.suppix_pool_backward(g.cuda(), lab.cuda(), runs[0][1], mode) for _ in range(2)]
+    assert torch.equal(gx[0], gx[1])
+    torch.testing.assert_close(gx[0].cpu(), gx_c, **tol)
+
+
+# --------------------------------------------------------------------------- modules
+@pytest.mark.parametrize("backend,device", GRID)
+def test_modules(backend, device, gen):
+    T, B, C, H, W = 3, 2, 4, 6, 8
+    labels = S.grid_superpixels(H, W, 2, device=device)
+    K = int(labels.max()) + 1
+    x = rand_x(gen, (T, B, C, H, W), torch.float32, device)
+    pool = snnspx.nn.SupPixPool("avg", backend=backend)
+    pool_bf = snnspx.nn.SupPixPool("avg", batch_first=True, backend=backend)
+    y = pool(x, labels)
+    assert y.shape == (T, B, C, K)
+    assert torch.equal(pool_bf(x.transpose(0, 1), labels), y.transpose(0, 1))
+    per_step = labels.expand(T, B, H, W)
+    assert torch.equal(pool_bf(x.transpose(0, 1), per_step.transpose(0, 1)), y.transpose(0, 1))
+    # unpooling the average of a piecewise-constant image gives it back
+    const = snnspx.nn.SupPixUnpool(backend=backend)(y, labels)
+    assert torch.equal(snnspx.nn.SupPixUnpool(batch_first=True, backend=backend)(y.transpose(0, 1), labels), const.transpose(0, 1))
+    torch.testing.assert_close(pool(const, labels), y)
+    assert "mode='avg', grad='exact'" in repr(pool)
+    with pytest.raises(ValueError, match="grad='spike'"):
+        snnspx.nn.SupPixPool("sum", grad="spike")
+
+
+# --------------------------------------------------------------------------- label makers
+def test_grid_superpixels():
+    lab = S.grid_superpixels(5, 7, 3)
+    assert lab.shape == (5, 7) and lab.dtype == torch.int64
+    assert lab.tolist()[0] == [0, 0, 0, 1, 1, 1, 2] and lab.tolist()[4] == [3, 3, 3, 4, 4, 4, 5]
+    assert int(lab.max()) + 1 == math.ceil(5 / 3) * math.ceil(7 / 3)
+    assert S.grid_superpixels(4, 4, 2, dtype=torch.int32).dtype == torch.int32
+    with pytest.raises(ValueError, match="cell must be >= 1"):
+        S.grid_superpixels(4, 4, 0)
+    with pytest.raises(TypeError, match="dtype must be"):
+        S.grid_superpixels(4, 4, 2, dtype=torch.float32)
+
+
+def test_relabel_sequential(gen):
+    lab = torch.tensor([[[5, 5, -1], [9, 2, 2]], [[-3, 7, 7], [7, 7, 100]]], dtype=torch.int32)
+    out = S.relabel_sequential(lab)
+    assert out.dtype == torch.int32
+    assert out.tolist() == [[[1, 1, -1], [2, 0, 0]], [[-1, 0, 0], [0, 0, 1]]]
+    assert S.relabel_sequential(lab[0]).tolist() == out[0].tolist()
+    per_step = torch.randint(-2, 50, (3, 2, 4, 5), generator=gen)
+    out4 = S.relabel_sequential(per_step)
+    for t in range(3):
+        for b in range(2):
+            m, o = per_step[t, b], out4[t, b]
+            uniq = torch.unique(m[m >= 0])
+            assert torch.equal(o[m >= 0], torch.searchsorted(uniq, m[m >= 0]))
+            assert torch.all(o[m < 0] == -1)
+    assert torch.equal(S.relabel_sequential(torch.full((2, 3), -4)), torch.full((2, 3), -1))
+
+
+@pytest.mark.skipif(torch.version.cuda is None, reason="needs a CUDA build of PyTorch")
+@pytest.mark.skipif(snnspx._build.find_cuda_home() is None, reason="needs the CUDA toolkit (nvcc)")
+def test_cuda_kernels_compile_and_register():
+    """Runs without a GPU: the superpixel kernels compile, link and register for CUDA."""
+    snnspx._build.load_library("cuda")
+    for op in ("suppix_pool", "suppix_pool_backward", "suppix_unpool", "suppix_counts"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"snnspx::{op}", "CUDA"), op
