@@ -96,6 +96,19 @@ def resolve(backend: str | None, device: torch.device) -> str:
     return backend
 
 
+def resolve_python(backend: str | None, device: torch.device) -> str:
+    """The backend for an op that has no compiled kernel: ``"reference"`` or ``"torch"``.
+
+    The request (argument, then ``SNNSPX_BACKEND``) is checked like :func:`resolve`
+    (unknown name, wrong device, a compiled library that does not build: all errors);
+    ``"reference"`` runs the loops and every other backend the PyTorch ops. With no
+    request nothing is built or loaded.
+    """
+    if backend is None and not os.environ.get("SNNSPX_BACKEND"):
+        return "torch"
+    return "reference" if resolve(backend, device) == "reference" else "torch"
+
+
 def kernel_calls(name: str) -> int:
     """How often the compiled kernel `name` (``"cpu.srm_forward"``, ``"cuda.srm_backward"``...) ran.
 

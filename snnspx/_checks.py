@@ -169,3 +169,103 @@ def suppix_mode(mode, grad) -> str:
             raise ValueError(f"grad='spike' is the backward of mode='avg' only, got mode={mode!r}")
         return "avg_spike"
     return mode
+
+
+def _int_pair(v, name: str) -> tuple[int, int]:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (v, v)
+    if (
+        isinstance(v, (tuple, list))
+        and len(v) == 2
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+    ):
+        return (int(v[0]), int(v[1]))
+    raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+
+
+def conv2d_params(stride, padding, dilation, groups) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], int]:
+    """Normalised ``(stride, padding, dilation, groups)`` of a 2-D convolution."""
+    stride, padding, dilation = _int_pair(stride, "stride"), _int_pair(padding, "padding"), _int_pair(dilation, "dilation")
+    if min(stride) < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if min(padding) < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+    if min(dilation) < 1:
+        raise ValueError(f"dilation must be >= 1, got {dilation}")
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"groups must be an int >= 1, got {groups!r}")
+    return stride, padding, dilation, groups
+
+
+def kernel_pair(kernel_size, name: str = "kernel_size") -> tuple[int, int]:
+    k = _int_pair(kernel_size, name)
+    if min(k) < 1:
+        raise ValueError(f"{name} must be >= 1, got {k}")
+    return k
+
+
+def conv2d_output_size(hw, kernel, stride, padding, dilation) -> tuple[int, int]:
+    """(H', W') of a convolution; a ValueError if the (padded) input is smaller than the dilated kernel."""
+    out = tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in zip(hw, kernel, stride, padding, dilation))
+    if min(out) < 1:
+        raise ValueError(
+            f"the input's spatial size {tuple(hw)} (padding {tuple(padding)}) is smaller than the kernel "
+            f"{tuple(kernel)} with dilation {tuple(dilation)}: output size would be {out}"
+        )
+    return out
+
+
+def check_srm_conv2d(s_in, weight, groups: int) -> None:
+    check_tensor(s_in, "s_in")
+    check_tensor(weight, "weight")
+    if s_in.dim() != 5:
+        raise ValueError(f"s_in must be [T, B, C, H, W], got shape {tuple(s_in.shape)}")
+    if weight.dim() != 4:
+        raise ValueError(f"weight must be [C_out, C_in / groups, kH, kW], got shape {tuple(weight.shape)}")
+    _check_pair(s_in, weight)
+    if s_in.shape[2] != weight.shape[1] * groups:
+        raise ValueError(
+            f"s_in has {s_in.shape[2]} channels, but weight {tuple(weight.shape)} with groups={groups} "
+            f"expects {weight.shape[1] * groups}"
+        )
+    if weight.shape[0] % groups:
+        raise ValueError(f"weight's {weight.shape[0]} output channels are not divisible by groups={groups}")
+
+
+def check_srm_linear(s_in, weight) -> None:
+    check_tensor(s_in, "s_in")
+    check_tensor(weight, "weight")
+    if s_in.dim() < 2:
+        raise ValueError(f"s_in must be [T, ..., in_features], got shape {tuple(s_in.shape)}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be [out_features, in_features], got shape {tuple(weight.shape)}")
+    _check_pair(s_in, weight)
+    if s_in.shape[-1] != weight.shape[1]:
+        raise ValueError(f"s_in has {s_in.shape[-1]} features in its last dimension, weight {tuple(weight.shape)} expects {weight.shape[1]}")
+
+
+def _check_pair(s_in, weight) -> None:
+    if weight.dtype != s_in.dtype:
+        raise TypeError(f"weight must have the dtype of s_in ({s_in.dtype}), got {weight.dtype}")
+    if weight.device != s_in.device:
+        raise ValueError(f"weight must be on s_in's device {s_in.device}, got {weight.device}")
+
+
+def check_input_grad_scale(input_grad_scale) -> None:
+    if not isinstance(input_grad_scale, (int, float)) or isinstance(input_grad_scale, bool):
+        raise TypeError(f"input_grad_scale must be a Python number, got {type(input_grad_scale).__name__}")
+    if not math.isfinite(input_grad_scale):
+        raise ValueError(f"input_grad_scale must be finite, got {input_grad_scale}")
+
+
+def check_pool_input(x, kernel: tuple[int, int]) -> None:
+    check_tensor(x, "x", min_dim=3)
+    if x.shape[-2] < kernel[0] or x.shape[-1] < kernel[1]:
+        raise ValueError(f"x's last two dimensions {tuple(x.shape[-2:])} must be at least the kernel {kernel}")
+
+
+def check_quantizer_params(bits, rounding) -> None:
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 32:
+        raise ValueError(f"bits must be an int in [2, 32], got {bits!r}")
+    if rounding not in ("nearest", "truncate"):
+        raise ValueError(f"rounding must be 'nearest' or 'truncate', got {rounding!r}")

@@ -14,7 +14,25 @@ import torch
 
 from . import _checks
 
-__all__ = ["srm_forward", "srm_backward", "srm_neuron", "suppix_pool", "suppix_unpool", "suppix_counts"]
+__all__ = [
+    "srm_forward",
+    "srm_backward",
+    "srm_neuron",
+    "srm_conv2d",
+    "srm_conv2d_forward",
+    "srm_conv2d_backward",
+    "srm_linear",
+    "srm_linear_forward",
+    "srm_linear_backward",
+    "standardize_weight",
+    "spike_avg_pool2d",
+    "spike_avg_pool2d_backward",
+    "quantize",
+    "pow2_scale_exponent",
+    "suppix_pool",
+    "suppix_unpool",
+    "suppix_counts",
+]
 
 
 def _np_dtype(dtype: torch.dtype):
@@ -145,6 +163,289 @@ def srm_neuron(
     return _ReferenceNeuron.apply(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv)
 
 
+# =========================================================================== SRM layers (SPEC §4)
+def _np(t: torch.Tensor, f) -> np.ndarray:
+    return t.detach().to("cpu", torch.float64 if f is np.float64 else torch.float32).numpy().copy()
+
+
+def _conv_taps(in_hw, weight_shape, stride, padding, dilation, groups):
+    """Every (o, c, ci, kh, kw, oh, ow, ih, iw) with input pixel (ci, ih, iw) inside the image
+    feeding output pixel (o, oh, ow) through weight[o, c, kh, kw]: the convolution term by term."""
+    O, Cg, KH, KW = weight_shape
+    Ho, Wo = _checks.conv2d_output_size(in_hw, (KH, KW), stride, padding, dilation)
+    per_group = O // groups
+    for o in range(O):
+        for c in range(Cg):
+            ci = (o // per_group) * Cg + c
+            for kh in range(KH):
+                for kw in range(KW):
+                    for oh in range(Ho):
+                        ih = oh * stride[0] - padding[0] + kh * dilation[0]
+                        if not 0 <= ih < in_hw[0]:
+                            continue
+                        for ow in range(Wo):
+                            iw = ow * stride[1] - padding[1] + kw * dilation[1]
+                            if 0 <= iw < in_hw[1]:
+                                yield o, c, ci, kh, kw, oh, ow, ih, iw
+
+
+def _conv2d(x, w, conv):
+    """x [N, C, H, W], w [O, C/groups, kH, kW] (numpy) -> [N, O, H', W'], batch as a vector."""
+    stride, padding, dilation, groups = conv
+    Ho, Wo = _checks.conv2d_output_size(x.shape[2:], w.shape[2:], stride, padding, dilation)
+    out = np.zeros((x.shape[0], w.shape[0], Ho, Wo), x.dtype)
+    for o, c, ci, kh, kw, oh, ow, ih, iw in _conv_taps(x.shape[2:], w.shape, *conv):
+        out[:, o, oh, ow] += w[o, c, kh, kw] * x[:, ci, ih, iw]
+    return out
+
+
+def _conv2d_input_grad(g, w, in_shape, conv):
+    """d(sum(g * conv(x, w)))/dx: each output gradient goes back along the taps that made it."""
+    out = np.zeros(in_shape, g.dtype)
+    for o, c, ci, kh, kw, oh, ow, ih, iw in _conv_taps(in_shape[2:], w.shape, *conv):
+        out[:, ci, ih, iw] += w[o, c, kh, kw] * g[:, o, oh, ow]
+    return out
+
+
+def _conv2d_weight_grad(x, g, w_shape, conv):
+    """d(sum(g * conv(x, w)))/dw: each tap collects output gradient times input over the batch."""
+    out = np.zeros(w_shape, g.dtype)
+    for o, c, ci, kh, kw, oh, ow, ih, iw in _conv_taps(x.shape[2:], w_shape, *conv):
+        out[o, c, kh, kw] += np.dot(g[:, o, oh, ow], x[:, ci, ih, iw])
+    return out
+
+
+def srm_conv2d_forward(
+    s_in, weight, stride=1, padding=0, dilation=1, groups=1, tau_m=5.0, tau_s=3.0, tau_grad=2.5, v_th=1.0
+):
+    """Convolution by loops, then :func:`srm_forward`. Returns ``(spikes, du, dut)``, ``[T, B, C_out, H', W']``."""
+    conv = _checks.conv2d_params(stride, padding, dilation, groups)
+    _checks.check_srm_conv2d(s_in, weight, conv[3])
+    f = _np_dtype(s_in.dtype)
+    T, B = s_in.shape[:2]
+    x = _conv2d(_np(s_in, f).reshape(T * B, *s_in.shape[2:]), _np(weight, f), conv)
+    x = torch.from_numpy(x).reshape(T, B, *x.shape[1:]).to(device=s_in.device, dtype=s_in.dtype)
+    return srm_forward(x, tau_m, tau_s, tau_grad, v_th)
+
+
+def srm_conv2d_backward(
+    grad_spikes, s_in, weight, spikes, du, dut, stride=1, padding=0, dilation=1, groups=1,
+    tau_m=5.0, tau_s=3.0, tau_grad=2.5, du_inv_clamp=4.0, max_dudt_inv=123456789.0, input_grad_scale=0.85,
+):
+    """SPEC §4 backward by loops. Returns ``(grad_s_in, grad_weight)``::
+
+    grad_weight = conv weight-gradient(input=s_in, grad_output=grad_w)
+    grad_s_in   = conv input-gradient(grad_t, weight) * s_in * input_grad_scale
+    """
+    conv = _checks.conv2d_params(stride, padding, dilation, groups)
+    grad_w, grad_t = srm_backward(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv)
+    f = _np_dtype(du.dtype)
+    T, B = s_in.shape[:2]
+    x = _np(s_in, f).reshape(T * B, *s_in.shape[2:])
+    w = _np(weight, f)
+    gw = _np(grad_w, f).reshape(T * B, *grad_w.shape[2:])
+    gt = _np(grad_t, f).reshape(T * B, *grad_t.shape[2:])
+    grad_weight = _conv2d_weight_grad(x, gw, w.shape, conv)
+    grad_in = _conv2d_input_grad(gt, w, x.shape, conv) * x * f(input_grad_scale)
+    return (
+        torch.from_numpy(grad_in).reshape(s_in.shape).to(device=s_in.device, dtype=s_in.dtype),
+        torch.from_numpy(grad_weight).to(device=weight.device, dtype=weight.dtype),
+    )
+
+
+class _ReferenceLayer(torch.autograd.Function):
+    """Autograd around a (forward, backward) pair of loops of this module."""
+
+    @staticmethod
+    def forward(ctx, s_in, weight, fwd, bwd, fwd_args, bwd_args):
+        spikes, du, dut = fwd(s_in, weight, *fwd_args)
+        ctx.save_for_backward(s_in, weight, spikes, du, dut)
+        ctx.bwd, ctx.bwd_args = bwd, bwd_args
+        return spikes
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        s_in, weight, spikes, du, dut = ctx.saved_tensors
+        grad_in, grad_weight = ctx.bwd(grad_spikes, s_in, weight, spikes, du, dut, *ctx.bwd_args)
+        return grad_in, grad_weight, None, None, None, None
+
+
+def srm_conv2d(
+    s_in, weight, stride=1, padding=0, dilation=1, groups=1, tau_m=5.0, tau_s=3.0, tau_grad=2.5, v_th=1.0,
+    du_inv_clamp=4.0, max_dudt_inv=123456789.0, input_grad_scale=0.85,
+):
+    """Spikes of :func:`srm_conv2d_forward`, differentiable with :func:`srm_conv2d_backward`."""
+    conv = _checks.conv2d_params(stride, padding, dilation, groups)
+    _checks.check_backward_params(du_inv_clamp, max_dudt_inv)
+    srm = (tau_m, tau_s, tau_grad)
+    return _ReferenceLayer.apply(
+        s_in, weight, srm_conv2d_forward, srm_conv2d_backward,
+        (*conv, *srm, v_th), (*conv, *srm, du_inv_clamp, max_dudt_inv, input_grad_scale),
+    )
+
+
+def srm_linear_forward(s_in, weight, tau_m=5.0, tau_s=3.0, tau_grad=2.5, v_th=1.0):
+    """``x[..., o] = sum_i s_in[..., i] * weight[o, i]`` by loops, then :func:`srm_forward`."""
+    _checks.check_srm_linear(s_in, weight)
+    f = _np_dtype(s_in.dtype)
+    s = _np(s_in, f).reshape(-1, s_in.shape[-1])
+    w = _np(weight, f)
+    x = np.zeros((s.shape[0], w.shape[0]), f)
+    for o in range(w.shape[0]):
+        for i in range(w.shape[1]):
+            x[:, o] += w[o, i] * s[:, i]
+    x = torch.from_numpy(x).reshape(*s_in.shape[:-1], w.shape[0]).to(device=s_in.device, dtype=s_in.dtype)
+    return srm_forward(x, tau_m, tau_s, tau_grad, v_th)
+
+
+def srm_linear_backward(
+    grad_spikes, s_in, weight, spikes, du, dut, tau_m=5.0, tau_s=3.0, tau_grad=2.5,
+    du_inv_clamp=4.0, max_dudt_inv=123456789.0, input_grad_scale=0.85,
+):
+    """SPEC §4 backward of the dense layer by loops. Returns ``(grad_s_in, grad_weight)``::
+
+    grad_weight[o, i] = sum over rows of grad_w[., o] * s_in[., i]
+    grad_s_in[., i]   = sum_o grad_t[., o] * weight[o, i] * input_grad_scale    (no s_in mask)
+    """
+    grad_w, grad_t = srm_backward(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv)
+    f = _np_dtype(du.dtype)
+    s = _np(s_in, f).reshape(-1, s_in.shape[-1])
+    w = _np(weight, f)
+    gw = _np(grad_w, f).reshape(-1, w.shape[0])
+    gt = _np(grad_t, f).reshape(-1, w.shape[0])
+    grad_weight = np.zeros(w.shape, f)
+    grad_in = np.zeros(s.shape, f)
+    for o in range(w.shape[0]):
+        for i in range(w.shape[1]):
+            grad_weight[o, i] = np.dot(gw[:, o], s[:, i])
+            grad_in[:, i] += gt[:, o] * w[o, i]
+    grad_in *= f(input_grad_scale)
+    return (
+        torch.from_numpy(grad_in).reshape(s_in.shape).to(device=s_in.device, dtype=s_in.dtype),
+        torch.from_numpy(grad_weight).to(device=weight.device, dtype=weight.dtype),
+    )
+
+
+def srm_linear(
+    s_in, weight, tau_m=5.0, tau_s=3.0, tau_grad=2.5, v_th=1.0,
+    du_inv_clamp=4.0, max_dudt_inv=123456789.0, input_grad_scale=0.85,
+):
+    """Spikes of :func:`srm_linear_forward`, differentiable with :func:`srm_linear_backward`."""
+    _checks.check_backward_params(du_inv_clamp, max_dudt_inv)
+    srm = (tau_m, tau_s, tau_grad)
+    return _ReferenceLayer.apply(
+        s_in, weight, srm_linear_forward, srm_linear_backward,
+        (*srm, v_th), (*srm, du_inv_clamp, max_dudt_inv, input_grad_scale),
+    )
+
+
+def standardize_weight(weight, bn_weight=None, bn_bias=None, eps=1e-5):
+    """Row by row: ``(w - mean) / sqrt(unbiased var + eps) * bn_weight + bn_bias`` (float64 loops, no autograd)."""
+    w = weight.detach().cpu().double()
+    out = torch.empty_like(w)
+    n = w.shape[1]
+    for o in range(w.shape[0]):
+        row = [float(v) for v in w[o]]
+        mean = sum(row) / n
+        var = sum((v - mean) ** 2 for v in row) / (n - 1)
+        gain = 1.0 if bn_weight is None else float(bn_weight.detach()[o])
+        shift = 0.0 if bn_bias is None else float(bn_bias.detach()[o])
+        for i in range(n):
+            out[o, i] = (row[i] - mean) / (var + eps) ** 0.5 * gain + shift
+    return out.to(device=weight.device, dtype=weight.dtype)
+
+
+def _windows(H, W, kernel):
+    """The non-overlapping windows (floor mode): (oh, ow, list of (ih, iw))."""
+    kh, kw = kernel
+    for oh in range(H // kh):
+        for ow in range(W // kw):
+            yield oh, ow, [(oh * kh + i, ow * kw + j) for i in range(kh) for j in range(kw)]
+
+
+def spike_avg_pool2d_backward(grad_y, x, kernel_size=2):
+    """Every pixel of a window gets ``g / n``, ``n`` its window's non-zero inputs; 0 where ``n = 0``
+    and for pixels in no window."""
+    kernel = _checks.kernel_pair(kernel_size)
+    f = _np_dtype(grad_y.dtype)
+    H, W = x.shape[-2:]
+    xs = _np(x, f).reshape(-1, H, W)
+    gy = _np(grad_y, f).reshape(xs.shape[0], H // kernel[0], W // kernel[1])
+    gx = np.zeros(xs.shape, f)
+    for p in range(xs.shape[0]):
+        for oh, ow, pixels in _windows(H, W, kernel):
+            n = sum(1 for ih, iw in pixels if xs[p, ih, iw] != 0)
+            for ih, iw in pixels:
+                gx[p, ih, iw] = gy[p, oh, ow] / f(n) if n > 0 else f(0)
+    return torch.from_numpy(gx).reshape(x.shape).to(device=x.device, dtype=grad_y.dtype)
+
+
+class _ReferencePool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, kernel):
+        f = _np_dtype(x.dtype)
+        H, W = x.shape[-2:]
+        xs = _np(x, f).reshape(-1, H, W)
+        y = np.zeros((xs.shape[0], H // kernel[0], W // kernel[1]), f)
+        for p in range(xs.shape[0]):
+            for oh, ow, pixels in _windows(H, W, kernel):
+                y[p, oh, ow] = sum(xs[p, ih, iw] for ih, iw in pixels) / f(len(pixels))
+        ctx.save_for_backward(x)
+        ctx.kernel = kernel
+        return torch.from_numpy(y).reshape(*x.shape[:-2], *y.shape[1:]).to(device=x.device, dtype=x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        (x,) = ctx.saved_tensors
+        return spike_avg_pool2d_backward(grad_y, x, ctx.kernel), None
+
+
+def spike_avg_pool2d(x, kernel_size=2):
+    """Window means of ``[..., H, W]`` by loops (stride = kernel), with :func:`spike_avg_pool2d_backward`."""
+    kernel = _checks.kernel_pair(kernel_size)
+    _checks.check_pool_input(x, kernel)
+    return _ReferencePool.apply(x, kernel)
+
+
+# =========================================================================== quantizer (SPEC §7)
+def pow2_scale_exponent(absmax, bits):
+    """Largest ``i`` in 0..31 with ``round(absmax * 2**i) < 2**(bits-1)`` (ties to even), else 0."""
+    _checks.check_quantizer_params(bits, "nearest")
+    a = float(absmax)
+    best = 0
+    if np.isfinite(a):
+        for i in range(32):
+            if round(a * 2.0**i) < 2 ** (bits - 1):  # Python's round: ties to even
+                best = i
+    return torch.tensor(best, dtype=torch.int64)
+
+
+class _ReferenceStraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, q):
+        return q.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def quantize(x, scale, bits=8, rounding="nearest"):
+    """Element by element ``clamp(round(x * scale), -q_max, q_max) / scale``; gradient straight through."""
+    _checks.check_quantizer_params(bits, rounding)
+    f = np.float64 if x.dtype == torch.float64 else np.float32
+    s = f(float(scale))
+    q_max = f(2 ** (bits - 1) - 1)
+    xs = _np(x, f).reshape(-1)
+    out = np.empty_like(xs)
+    for k in range(xs.size):
+        v = xs[k] * s
+        v = f(np.round(v)) if rounding == "nearest" else f(np.trunc(v))  # np.round: ties to even
+        out[k] = min(max(v, -q_max), q_max) / s
+    q = torch.from_numpy(out).reshape(x.shape).to(device=x.device, dtype=x.dtype)
+    return _ReferenceStraightThrough.apply(x, q)
+
+
 # --------------------------------------------------------------------------- superpixel pooling (SPEC §5)
 # One Python iteration per pixel, in ascending pixel order, accumulating in NumPy
 # scalars of float32 (float64 for float64 inputs). Each (t, b, c) plane reads the
@@ -213,7 +514,7 @@ def _unpool_loops(Y: np.ndarray, label_map, P: int, f, scale=None, arg=None):
     return z
 
 
-class _ReferencePool(torch.autograd.Function):
+class _ReferenceSupPixPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x4, lay, K, mode, grad):
         f = _np_dtype(x4.dtype)
@@ -290,7 +591,7 @@ def suppix_pool(
         _checks.check_label_range(lay.labels, K)
     if not check_labels:  # labels >= K are ignored pixels, as in the kernels
         lay = lay._replace(labels=torch.where(lay.labels >= K, -1, lay.labels))
-    y = _ReferencePool.apply(lay.data, lay, K, "avg" if internal == "avg_spike" else internal, grad)
+    y = _ReferenceSupPixPool.apply(lay.data, lay, K, "avg" if internal == "avg_spike" else internal, grad)
     y = y[0] if lay.single_step else y
     if return_counts:
         return y, suppix_counts(torch.where(labels >= K, -1, labels), K)

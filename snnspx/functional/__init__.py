@@ -4,7 +4,22 @@ Each op takes ``backend: str | None = None``: ``"cuda"``, ``"cpp"``, ``"torch"``
 or ``"reference"``; None picks one as :func:`snnspx.backends` explains.
 """
 
+from .layers import spike_avg_pool2d, srm_conv2d, srm_linear, standardize_weight
+from .quant import pow2_scale_exponent, quantize
 from .srm import srm_backward, srm_forward, srm_neuron
 from .suppix import suppix_counts, suppix_pool, suppix_unpool
 
-__all__ = ["srm_forward", "srm_backward", "srm_neuron", "suppix_pool", "suppix_unpool", "suppix_counts"]
+__all__ = [
+    "srm_forward",
+    "srm_backward",
+    "srm_neuron",
+    "srm_conv2d",
+    "srm_linear",
+    "standardize_weight",
+    "spike_avg_pool2d",
+    "quantize",
+    "pow2_scale_exponent",
+    "suppix_pool",
+    "suppix_unpool",
+    "suppix_counts",
+]

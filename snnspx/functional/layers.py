@@ -1,0 +1,296 @@
+"""SRM layers (SPEC §4): synapses (a convolution or a dense map) feeding SRM neurons, trained
+with the split spike-time gradient, and the spike-count average pooling between them.
+
+Backward of a synapse + neuron layer with input spikes ``s_in``, weight ``W``, currents
+``x = W * s_in`` and output spikes: :func:`srm_backward` turns ``dL/dspikes`` into
+``(grad_w, grad_t)``; the weight gradient is the synapse's weight-gradient of ``grad_w``
+(as if ``grad_w`` were ``dL/dx``) and the input gradient the synapse's input-gradient of
+``grad_t``, scaled by ``input_grad_scale`` (and masked by ``s_in`` for the convolution).
+The convolution gradients come from PyTorch's own ``aten.convolution_backward``, on every
+device, so they are exactly what ``nn.Conv2d`` would compute for that ``dL/dx``.
+
+The gradient is a spike-*time* gradient: at a spike, the incoming ``dL/dspikes`` is read
+as the derivative of the loss with respect to the time of that spike
+(``grad_w = G * (-1/du) * eps``: a positive ``G`` raises the membrane, so the spike comes
+earlier), and ``dL/ds_in`` is the same kind of gradient for the input spikes, so layers
+chain. A loss written on spike counts therefore hands the layers ``-dL/dcount`` (an extra
+spike needs earlier spikes); ``tests/test_layers.py`` trains a network that way.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as TF
+
+from .. import _checks, reference
+from .._backend import resolve, resolve_python
+from .srm import srm_backward, srm_forward
+
+__all__ = ["srm_conv2d", "srm_linear", "spike_avg_pool2d", "standardize_weight"]
+
+
+# --------------------------------------------------------------------------- shared pieces
+def _srm_args(tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, input_grad_scale):
+    _checks.check_srm_params(tau_m, tau_s, tau_grad, v_th)
+    _checks.check_backward_params(du_inv_clamp, max_dudt_inv)
+    _checks.check_input_grad_scale(input_grad_scale)
+    return tuple(float(v) for v in (tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv)), float(input_grad_scale)
+
+
+def _neuron_forward(ctx, s_in, weight, x, srm, input_grad_scale, backend):
+    """Run the neurons on currents ``x`` [T, ...] and keep what the backward needs."""
+    spikes, du, dut = srm_forward(x, *srm[:4], backend=backend)
+    # spikes is this Function's output and s_in its caller's tensor: saving them costs no
+    # memory of its own; du and dut are new (4 + 4 bytes per float32 neuron-step).
+    ctx.save_for_backward(s_in, weight, spikes, du, dut)
+    ctx.srm, ctx.input_grad_scale, ctx.backend = srm, input_grad_scale, backend
+    return spikes
+
+
+def _neuron_backward(ctx, grad_spikes):
+    """``(s_in, weight, grad_w, grad_t)`` from dL/dspikes (SPEC §3)."""
+    s_in, weight, spikes, du, dut = ctx.saved_tensors
+    tau_m, tau_s, tau_grad, _, du_inv_clamp, max_dudt_inv = ctx.srm
+    grad_w, grad_t = srm_backward(
+        grad_spikes.contiguous(), spikes, du, dut, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv,
+        backend=ctx.backend,
+    )
+    return s_in, weight, grad_w, grad_t
+
+
+# --------------------------------------------------------------------------- convolution
+class _SRMConv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, s_in, weight, conv, srm, input_grad_scale, backend):
+        T, B = s_in.shape[:2]
+        x = TF.conv2d(s_in.reshape(T * B, *s_in.shape[2:]), weight, None, *conv)
+        ctx.conv = conv
+        return _neuron_forward(ctx, s_in, weight, x.reshape(T, B, *x.shape[1:]), srm, input_grad_scale, backend)
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        s_in, weight, grad_w, grad_t = _neuron_backward(ctx, grad_spikes)
+        stride, padding, dilation, groups = ctx.conv
+        T, B = s_in.shape[:2]
+        flat_in = s_in.reshape(T * B, *s_in.shape[2:])
+
+        def conv_backward(grad_out, mask):
+            return torch.ops.aten.convolution_backward.default(
+                grad_out.reshape(T * B, *grad_out.shape[2:]), flat_in, weight, None,
+                list(stride), list(padding), list(dilation), False, [0, 0], groups, mask,
+            )
+
+        grad_in = grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = conv_backward(grad_w, [False, True, False])[1]
+        if ctx.needs_input_grad[0]:
+            grad_in = conv_backward(grad_t, [True, False, False])[0]
+            grad_in = grad_in.reshape(s_in.shape) * s_in * ctx.input_grad_scale
+        return grad_in, grad_weight, None, None, None, None
+
+
+def srm_conv2d(
+    s_in: torch.Tensor,
+    weight: torch.Tensor,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    tau_m: float = 5.0,
+    tau_s: float = 3.0,
+    tau_grad: float = 2.5,
+    v_th: float = 1.0,
+    du_inv_clamp: float = 4.0,
+    max_dudt_inv: float = 123456789.0,
+    input_grad_scale: float = 0.85,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Convolution of input spikes into SRM neurons, with the split spike-time gradient (SPEC §4).
+
+    Forward: ``x = conv2d(s_in[t], weight)`` for every step (no bias), then the SRM neuron of
+    :func:`srm_forward` over the T steps. Backward, from :func:`srm_backward`'s
+    ``(grad_w, grad_t)``::
+
+        dL/dweight = conv2d weight-gradient(input=s_in, grad_output=grad_w)
+        dL/ds_in   = conv2d input-gradient(grad_output=grad_t, weight) * s_in * input_grad_scale
+
+    both from ``aten.convolution_backward``. ``dL/ds_in`` is a proxy (the gradient of input
+    spike times), non-zero only where ``s_in`` is.
+
+    Memory kept for the backward: ``s_in`` and ``weight`` as given (no copy) and the output
+    spikes (the returned tensor, no copy), plus ``du`` and ``dut``: 8 new bytes per output
+    neuron-step (16 for float64).
+
+    Args:
+        s_in: input spikes ``[T, B, C_in, H, W]`` (any real values are allowed; the input
+            gradient is masked by them).
+        weight: ``[C_out, C_in / groups, kH, kW]``, dtype and device of `s_in`.
+        stride, padding, dilation: ints or pairs, as :func:`torch.nn.functional.conv2d`
+            (padding must be numbers, not ``"same"``).
+        groups: blocked connections from input to output channels.
+        tau_m, tau_s, tau_grad, v_th: the neuron (see :func:`srm_forward`).
+        du_inv_clamp, max_dudt_inv: the backward's clamps (see :func:`srm_backward`).
+        input_grad_scale: factor of the input-spike gradient (0.85 as in the original).
+        backend: the SRM neuron's backend (see :func:`snnspx.backends`); ``"reference"``
+            runs :func:`snnspx.reference.srm_conv2d` (loops, convolution included).
+
+    Returns:
+        spikes ``[T, B, C_out, H', W']``, dtype of `s_in`, values 0 or 1.
+    """
+    conv = _checks.conv2d_params(stride, padding, dilation, groups)
+    _checks.check_srm_conv2d(s_in, weight, conv[3])
+    _checks.conv2d_output_size(s_in.shape[-2:], weight.shape[-2:], *conv[:3])
+    srm, scale = _srm_args(tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, input_grad_scale)
+    b = resolve(backend, s_in.device)
+    if b == "reference":
+        return reference.srm_conv2d(s_in, weight, *conv, *srm, scale)
+    return _SRMConv2d.apply(s_in, weight, conv, srm, scale, b)
+
+
+# --------------------------------------------------------------------------- linear
+class _SRMLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, s_in, weight, srm, input_grad_scale, backend):
+        return _neuron_forward(ctx, s_in, weight, TF.linear(s_in, weight), srm, input_grad_scale, backend)
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        s_in, weight, grad_w, grad_t = _neuron_backward(ctx, grad_spikes)
+        grad_in = grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = grad_w.reshape(-1, weight.shape[0]).T @ s_in.reshape(-1, weight.shape[1])
+        if ctx.needs_input_grad[0]:
+            grad_in = (grad_t @ weight) * ctx.input_grad_scale
+        return grad_in, grad_weight, None, None, None
+
+
+def srm_linear(
+    s_in: torch.Tensor,
+    weight: torch.Tensor,
+    tau_m: float = 5.0,
+    tau_s: float = 3.0,
+    tau_grad: float = 2.5,
+    v_th: float = 1.0,
+    du_inv_clamp: float = 4.0,
+    max_dudt_inv: float = 123456789.0,
+    input_grad_scale: float = 0.85,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Dense synapses into SRM neurons, with the split spike-time gradient (SPEC §4).
+
+    Forward: ``x = s_in @ weight.T`` (no bias), then :func:`srm_forward` over the T steps.
+    Backward, from :func:`srm_backward`'s ``(grad_w, grad_t)``::
+
+        dL/dweight = grad_w^T @ s_in          (summed over T and the batch dimensions)
+        dL/ds_in   = (grad_t @ weight) * input_grad_scale
+
+    Unlike :func:`srm_conv2d`, the input gradient is *not* masked by ``s_in``: the
+    original linear layer does not mask it, and this keeps that behaviour.
+
+    For the standardised weights of :class:`snnspx.nn.SRMLinear`, pass the standardised
+    weight (:func:`standardize_weight`); autograd carries ``dL/dweight`` through it.
+    Memory kept for the backward as in :func:`srm_conv2d`: 8 new bytes per float32 output
+    neuron-step.
+
+    Args:
+        s_in: input spikes ``[T, ..., in_features]``.
+        weight: ``[out_features, in_features]``, dtype and device of `s_in`.
+        Others: as :func:`srm_conv2d`.
+
+    Returns:
+        spikes ``[T, ..., out_features]``, dtype of `s_in`, values 0 or 1.
+    """
+    _checks.check_srm_linear(s_in, weight)
+    srm, scale = _srm_args(tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, input_grad_scale)
+    b = resolve(backend, s_in.device)
+    if b == "reference":
+        return reference.srm_linear(s_in, weight, *srm, scale)
+    return _SRMLinear.apply(s_in, weight, srm, scale, b)
+
+
+def standardize_weight(
+    weight: torch.Tensor,
+    bn_weight: torch.Tensor | None = None,
+    bn_bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """Each row of `weight` standardised over its inputs, then scaled and shifted per row.
+
+    ``(w - mean(w)) / sqrt(var(w) + eps) * bn_weight + bn_bias`` with the unbiased variance,
+    row by row (SPEC §4, the weight norm of :class:`snnspx.nn.SRMLinear`). Ordinary autograd
+    ops: gradients flow to all three tensors.
+
+    Args:
+        weight: ``[out_features, in_features]``, ``in_features >= 2``.
+        bn_weight, bn_bias: ``[out_features]`` or None (no scaling / no shift).
+        eps: added to the variance.
+    """
+    _checks.check_tensor(weight, "weight")
+    if weight.dim() != 2 or weight.shape[1] < 2:
+        raise ValueError(f"weight must be [out_features, in_features >= 2], got shape {tuple(weight.shape)}")
+    for name, t in (("bn_weight", bn_weight), ("bn_bias", bn_bias)):
+        if t is not None and tuple(t.shape) != (weight.shape[0],):
+            raise ValueError(f"{name} must be [{weight.shape[0]}] (one per output unit), got shape {tuple(t.shape)}")
+    var, mean = torch.var_mean(weight, dim=1, correction=1, keepdim=True)
+    w = (weight - mean) / torch.sqrt(var + eps)
+    if bn_weight is not None:
+        w = w * bn_weight[:, None]
+    if bn_bias is not None:
+        w = w + bn_bias[:, None]
+    return w
+
+
+# --------------------------------------------------------------------------- pooling
+def _window_sum(x: torch.Tensor, kernel: tuple[int, int]) -> torch.Tensor:
+    """Sum over non-overlapping kH x kW windows of the last two dimensions (floor mode)."""
+    H, W = x.shape[-2:]
+    y = TF.avg_pool2d(x.reshape(-1, 1, H, W), kernel, kernel, divisor_override=1)
+    return y.reshape(*x.shape[:-2], *y.shape[-2:])
+
+
+class _SpikeAvgPool2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, kernel):
+        ctx.save_for_backward(x)  # usually the previous layer's spikes: no memory of its own
+        ctx.kernel = kernel
+        H, W = x.shape[-2:]
+        y = TF.avg_pool2d(x.reshape(-1, 1, H, W), kernel, kernel)
+        return y.reshape(*x.shape[:-2], *y.shape[-2:])
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        (x,) = ctx.saved_tensors
+        kh, kw = ctx.kernel
+        n = _window_sum((x != 0).to(grad_y.dtype), ctx.kernel)  # exact small integers
+        g = torch.where(n > 0, grad_y / n.clamp(min=1), torch.zeros((), dtype=grad_y.dtype, device=grad_y.device))
+        g = g.repeat_interleave(kh, dim=-2).repeat_interleave(kw, dim=-1)
+        H, W = x.shape[-2:]
+        return TF.pad(g, (0, W - g.shape[-1], 0, H - g.shape[-2])), None
+
+
+def spike_avg_pool2d(x: torch.Tensor, kernel_size=2, *, backend: str | None = None) -> torch.Tensor:
+    """Average pooling of spikes over non-overlapping windows, with the spike-count gradient.
+
+    Forward: :func:`torch.nn.functional.avg_pool2d` with ``stride = kernel_size`` on every
+    ``[H, W]`` plane (floor mode: trailing rows and columns that fill no window are dropped).
+    Backward (SPEC §4, the original ``PoolFunc``): every input pixel of a window receives
+    ``g / n``, ``n`` the number of non-zero inputs in that window, and 0 where ``n = 0``;
+    dropped pixels receive 0. Where all inputs of a window are non-zero this is the exact
+    gradient of the average.
+
+    Args:
+        x: ``[..., H, W]`` with at least 3 dimensions, e.g. spikes ``[T, B, C, H, W]``.
+        kernel_size: int or ``(kH, kW)``; also the stride.
+        backend: ``"reference"`` runs the loops of :func:`snnspx.reference.spike_avg_pool2d`;
+            every other backend the PyTorch ops above (there is no compiled kernel).
+
+    Returns:
+        ``[..., H // kH, W // kW]``, dtype of `x`.
+    """
+    kernel = _checks.kernel_pair(kernel_size)
+    _checks.check_pool_input(x, kernel)
+    if resolve_python(backend, x.device) == "reference":
+        return reference.spike_avg_pool2d(x, kernel)
+    return _SpikeAvgPool2d.apply(x, kernel)

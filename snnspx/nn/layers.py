@@ -1,0 +1,254 @@
+"""SRM layers (SPEC §4): SRMConv2d, SRMLinear and SpikeAvgPool2d."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import _checks
+from ..functional import layers as F
+from .quantizer import Quantizer
+
+__all__ = ["SRMConv2d", "SRMLinear", "SpikeAvgPool2d"]
+
+
+class _SRMLayer(nn.Module):
+    """The SRM constants, the layout flag and the optional weight quantizer shared by the layers."""
+
+    def __init__(self, tau_m, tau_s, tau_grad, v_th, input_grad_scale, du_inv_clamp, max_dudt_inv,
+                 batch_first, weight_bits, weight_rounding, backend):
+        super().__init__()
+        _checks.check_srm_params(tau_m, tau_s, tau_grad, v_th)
+        _checks.check_backward_params(du_inv_clamp, max_dudt_inv)
+        _checks.check_input_grad_scale(input_grad_scale)
+        self.tau_m, self.tau_s, self.tau_grad, self.v_th = float(tau_m), float(tau_s), float(tau_grad), float(v_th)
+        self.input_grad_scale = float(input_grad_scale)
+        self.du_inv_clamp, self.max_dudt_inv = float(du_inv_clamp), float(max_dudt_inv)
+        self.batch_first = batch_first
+        self.backend = backend
+        self.weight_quantizer = None if weight_bits is None else Quantizer(weight_bits, weight_rounding)
+
+    def _srm_kwargs(self) -> dict:
+        return dict(
+            tau_m=self.tau_m, tau_s=self.tau_s, tau_grad=self.tau_grad, v_th=self.v_th,
+            du_inv_clamp=self.du_inv_clamp, max_dudt_inv=self.max_dudt_inv,
+            input_grad_scale=self.input_grad_scale, backend=self.backend,
+        )
+
+    def _quantized(self, w: torch.Tensor) -> torch.Tensor:
+        return w if self.weight_quantizer is None else self.weight_quantizer(w)
+
+    def _time_major(self, x: torch.Tensor) -> torch.Tensor:
+        if self.batch_first:
+            if x.dim() < 2:
+                raise ValueError(f"input must be [B, T, ...] with batch_first=True, got shape {tuple(x.shape)}")
+            return x.transpose(0, 1)
+        return x
+
+    def _srm_repr(self) -> str:
+        return (
+            f"tau_m={self.tau_m}, tau_s={self.tau_s}, tau_grad={self.tau_grad}, v_th={self.v_th}, "
+            f"input_grad_scale={self.input_grad_scale}, du_inv_clamp={self.du_inv_clamp}, "
+            f"max_dudt_inv={self.max_dudt_inv}, batch_first={self.batch_first}"
+            + (f", backend={self.backend!r}" if self.backend is not None else "")
+        )
+
+
+class SRMConv2d(_SRMLayer):
+    """2-D convolution of input spikes into SRM neurons, trained with the spike-time gradient.
+
+    Per step ``x[t] = conv2d(s_in[t], weight)`` (no bias), then the SRM neuron over all T
+    steps; the weight gradient is the convolution's weight-gradient of ``grad_w`` and the
+    input-spike gradient its input-gradient of ``grad_t``, masked by ``s_in`` and scaled by
+    ``input_grad_scale`` (:func:`snnspx.functional.srm_conv2d`).
+
+    Args:
+        in_channels, out_channels: channels of the input spikes and of the neurons.
+        kernel_size, stride, padding, dilation: ints or pairs (padding: numbers only).
+        groups: blocked connections, as :class:`torch.nn.Conv2d`.
+        tau_m, tau_s, tau_grad, v_th: the neuron. Defaults 5, 3, 2.5, 1.
+        input_grad_scale: factor of the input-spike gradient. Default 0.85 (the original).
+        du_inv_clamp, max_dudt_inv: clamps of the backward. Defaults 4, 123456789.
+        batch_first: inputs and outputs are ``[B, T, ...]`` instead of ``[T, B, ...]``.
+        weight_bits: if set, the weight passes through a :class:`Quantizer` of that many
+            bits (``self.weight_quantizer``) in every forward; its gradient goes straight through.
+        weight_rounding: the quantizer's rounding, ``"nearest"`` or ``"truncate"``.
+        backend: the SRM neuron's backend (see :func:`snnspx.backends`); None picks one.
+
+    Shape:
+        - Input: spikes ``[T, B, C_in, H, W]`` (``[B, T, ...]`` with ``batch_first``).
+        - Output: spikes ``[T, B, C_out, H', W']``, dtype of the input, values 0 or 1.
+
+    Attributes:
+        weight: ``[C_out, C_in / groups, kH, kW]``, orthogonal init (rows over
+            ``C_in / groups * kH * kW``), no bias.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        tau_m: float = 5.0,
+        tau_s: float = 3.0,
+        tau_grad: float = 2.5,
+        v_th: float = 1.0,
+        input_grad_scale: float = 0.85,
+        du_inv_clamp: float = 4.0,
+        max_dudt_inv: float = 123456789.0,
+        batch_first: bool = False,
+        weight_bits: int | None = None,
+        weight_rounding: str = "nearest",
+        backend: str | None = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(tau_m, tau_s, tau_grad, v_th, input_grad_scale, du_inv_clamp, max_dudt_inv,
+                         batch_first, weight_bits, weight_rounding, backend)
+        self.stride, self.padding, self.dilation, self.groups = _checks.conv2d_params(stride, padding, dilation, groups)
+        self.kernel_size = _checks.kernel_pair(kernel_size)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.weight = nn.Parameter(
+            torch.empty(out_channels, in_channels // groups, *self.kernel_size, device=device, dtype=dtype)
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.orthogonal_(self.weight)
+
+    def forward(self, s_in: torch.Tensor) -> torch.Tensor:
+        out = F.srm_conv2d(
+            self._time_major(s_in), self._quantized(self.weight), self.stride, self.padding, self.dilation,
+            self.groups, **self._srm_kwargs(),
+        )
+        return out.transpose(0, 1) if self.batch_first else out
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, " + self._srm_repr()
+        )
+
+
+class SRMLinear(_SRMLayer):
+    """Dense synapses from input spikes into SRM neurons, trained with the spike-time gradient.
+
+    ``x = s_in @ W_hat.T`` (no bias), then the SRM neuron over all T steps. With
+    ``weight_norm`` (default) ``W_hat`` is each row of ``weight`` standardised over its
+    inputs (mean 0, unbiased variance 1, ``eps`` added to the variance), times ``bn_weight``
+    plus ``bn_bias`` per output unit (:func:`snnspx.functional.standardize_weight`);
+    gradients reach ``weight``, ``bn_weight`` and ``bn_bias`` through it. The input-spike
+    gradient is ``(grad_t @ W_hat) * input_grad_scale``, *not* masked by ``s_in``, as in
+    the original (:func:`snnspx.functional.srm_linear`).
+
+    Args:
+        in_features, out_features: sizes of the input and of the neuron layer
+            (``in_features >= 2`` with ``weight_norm``).
+        weight_norm: standardise the weight rows (see above). Default True.
+        eps: added to the variance of the standardisation. Default 1e-5.
+        Others: as :class:`SRMConv2d`; with ``weight_bits`` the quantizer acts on ``W_hat``.
+
+    Shape:
+        - Input: spikes ``[T, B, ..., in_features]`` (``[B, T, ...]`` with ``batch_first``).
+        - Output: spikes ``[T, B, ..., out_features]``, dtype of the input.
+
+    Attributes:
+        weight: ``[out_features, in_features]``, orthogonal init.
+        bn_weight, bn_bias: ``[out_features]``, ones and zeros (only with ``weight_norm``).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        tau_m: float = 5.0,
+        tau_s: float = 3.0,
+        tau_grad: float = 2.5,
+        v_th: float = 1.0,
+        input_grad_scale: float = 0.85,
+        du_inv_clamp: float = 4.0,
+        max_dudt_inv: float = 123456789.0,
+        weight_norm: bool = True,
+        eps: float = 1e-5,
+        batch_first: bool = False,
+        weight_bits: int | None = None,
+        weight_rounding: str = "nearest",
+        backend: str | None = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(tau_m, tau_s, tau_grad, v_th, input_grad_scale, du_inv_clamp, max_dudt_inv,
+                         batch_first, weight_bits, weight_rounding, backend)
+        if weight_norm and in_features < 2:
+            raise ValueError(f"weight_norm needs in_features >= 2 (an unbiased variance per row), got {in_features}")
+        self.in_features, self.out_features = in_features, out_features
+        self.weight_norm, self.eps = weight_norm, float(eps)
+        kw = dict(device=device, dtype=dtype)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, **kw))
+        if weight_norm:
+            self.bn_weight = nn.Parameter(torch.empty(out_features, **kw))
+            self.bn_bias = nn.Parameter(torch.empty(out_features, **kw))
+        else:
+            self.register_parameter("bn_weight", None)
+            self.register_parameter("bn_bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.orthogonal_(self.weight)
+        if self.weight_norm:
+            nn.init.ones_(self.bn_weight)
+            nn.init.zeros_(self.bn_bias)
+
+    def effective_weight(self) -> torch.Tensor:
+        """``W_hat``: the weight the synapses use (standardised, then quantized, as configured)."""
+        w = self.weight
+        if self.weight_norm:
+            w = F.standardize_weight(w, self.bn_weight, self.bn_bias, self.eps)
+        return self._quantized(w)
+
+    def forward(self, s_in: torch.Tensor) -> torch.Tensor:
+        out = F.srm_linear(self._time_major(s_in), self.effective_weight(), **self._srm_kwargs())
+        return out.transpose(0, 1) if self.batch_first else out
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_features}, {self.out_features}, weight_norm={self.weight_norm}, eps={self.eps}, "
+            + self._srm_repr()
+        )
+
+
+class SpikeAvgPool2d(nn.Module):
+    """Average pooling of spikes per step, with the spike-count gradient of the original.
+
+    Forward: mean over non-overlapping ``kernel_size`` windows (stride = kernel, floor mode).
+    Backward: each pixel of a window gets ``g / n``, ``n`` the window's non-zero inputs, 0
+    where ``n = 0`` (:func:`snnspx.functional.spike_avg_pool2d`).
+
+    Args:
+        kernel_size: int or pair, also the stride. Default 2.
+        batch_first: accepted for symmetry with the other layers; pooling acts on each
+            ``[H, W]`` plane, so both layouts pass through unchanged.
+        backend: ``"reference"`` runs the loops; any other value the PyTorch ops.
+
+    Shape:
+        - Input: ``[T, B, C, H, W]`` (or ``[B, T, C, H, W]``; any ``[..., H, W]`` with >= 3 dims).
+        - Output: ``[T, B, C, H // kH, W // kW]``, same layout and dtype.
+    """
+
+    def __init__(self, kernel_size=2, batch_first: bool = False, backend: str | None = None) -> None:
+        super().__init__()
+        self.kernel_size = _checks.kernel_pair(kernel_size)
+        self.batch_first = batch_first
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.spike_avg_pool2d(x, self.kernel_size, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, batch_first={self.batch_first}"
