@@ -50,6 +50,21 @@ class EagerSRMConv2d(torch.autograd.Function):
         return d_in.view_as(s_in) * s_in * 0.85, d_weight
 
 
+def keep_freed_memory() -> None:
+    """glibc: serve large tensors from the heap and never trim it (mallopt M_MMAP_THRESHOLD, M_TRIM_THRESHOLD).
+
+    By default glibc maps each large block afresh and unmaps it when freed, so every new
+    tensor of a few MB pays page faults; whether an op hits that depends on the allocation
+    pattern around it, which makes CPU timings of equal maths differ by several ms.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    if not (libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)):
+        raise RuntimeError("mallopt failed: --keep-freed-memory needs glibc")
+
+
 def saved_bytes(fn, s_in, weight) -> float:
     """Bytes autograd keeps that are not the input, the weight or the output, per output neuron-step."""
     saved = []
@@ -60,7 +75,16 @@ def saved_bytes(fn, s_in, weight) -> float:
 
 
 def main() -> None:
-    args = parser(__doc__).parse_args()
+    p = parser(__doc__)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="CPU: glibc keeps freed memory for reuse (as jemalloc/tcmalloc do), so timings "
+                        "measure compute rather than first-touch page faults of fresh tensors")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        keep_freed_memory()
     dev = args.device
     T, B, C, H, W = (16, 16, 64, 64, 64) if dev == "cuda" else (16, 4, 32, 32, 32)
     if args.quick:
@@ -117,7 +141,8 @@ def main() -> None:
         f"baseline's: {mismatch:.1e}. Autograd keeps, besides input, weight "
         f"and output: {saved_bytes(snn, s_in, weight):.0f} bytes per output neuron-step (snnspx), "
         f"{saved_bytes(EagerSRMConv2d.apply, s_in, weight):.0f} (baseline). SRM backend {kernel!r}; "
-        f"threads: {torch.get_num_threads()}."
+        f"threads: {torch.get_num_threads()}"
+        + ("; glibc keeps freed memory (--keep-freed-memory)." if args.keep_freed_memory else ".")
     )
     t.emit(dev, args.write, notes)
 

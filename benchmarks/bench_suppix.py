@@ -32,7 +32,11 @@ def backward_ms(fn, inp: torch.Tensor, grad: torch.Tensor, min_run_time: float) 
 
 
 def main() -> None:
-    args = parser(__doc__).parse_args()
+    p = parser(__doc__)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads before timing (CPU)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = args.device
     T, B, C, H, W = (16, 16, 64, 64, 64) if dev == "cuda" else (16, 4, 32, 32, 32)
     K = 256 if dev == "cuda" else 64

@@ -27,7 +27,9 @@ for kind in ("cpu", "cuda"):
 PY
 
 step "tests (all; the CUDA ones run here)"
-python3 -m pytest -q -p no:cacheprovider -p no:logging ${TEST_ARGS:-tests} 2>&1 | tail -n 40
+# pytest-xdist, where installed, runs the suite in 8 workers and survives a crashing test.
+xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
+python3 -m pytest -q -p no:cacheprovider -p no:logging $xdist ${TEST_ARGS:-tests} 2>&1 | tail -n 60
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 step "benchmarks"

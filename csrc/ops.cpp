@@ -21,21 +21,6 @@ TORCH_LIBRARY(snnspx, m) {
         " float du_inv_clamp, float max_dudt_inv) -> (Tensor, Tensor)");
   m.def("srm_neuron_bwd(Tensor grad_spikes, Tensor saved, float tau_m, float tau_s, float tau_grad,"
         " float du_inv_clamp, float max_dudt_inv) -> Tensor");
-  // SPEC §6: SRM neuron + superpixel pooling in one pass, for the op's flattened
-  // form: x [T, B, C, P] currents, labels [L, LB, P] (L in {1, T}, LB in {1, B};
-  // negative = no superpixel), mode "sum" | "avg" | "max". Returns y [T, B, C, K]
-  // in x's dtype; writes no [T, B, C, P] tensor.
-  m.def("srm_suppix_pool(Tensor x, Tensor labels, int num_superpixels, str mode, float tau_m, float tau_s,"
-        " float tau_grad, float v_th) -> Tensor");
-  // Training variant: (y, saved, counts, argmax). saved is srm_neuron_fwd's
-  // compact state [2, T, B, C, P]; counts int32 [L, LB, K] pixels per superpixel;
-  // argmax int32 [T, B, C, K], the lowest spiking pixel (-1: none), for "max"
-  // (empty otherwise).
-  m.def("srm_suppix_pool_fwd(Tensor x, Tensor labels, int num_superpixels, str mode, float tau_m, float tau_s,"
-        " float tau_grad, float v_th, float du_inv_clamp, float max_dudt_inv) -> (Tensor, Tensor, Tensor, Tensor)");
-  // dL/dx [T, B, C, P] from dL/dy: SPEC §5's pooling backward composed with §3's grad_w.
-  m.def("srm_suppix_pool_bwd(Tensor grad_y, Tensor saved, Tensor labels, Tensor counts, Tensor argmax, str mode,"
-        " float tau_m, float tau_s, float tau_grad) -> Tensor");
   // SPEC §5, superpixel pooling, on canonical layouts (see suppix_glue.h):
   // x [T, B, C, P], labels [L, Bl, P] int32/int64 with L in {1, T}, Bl in {1, B};
   // negative labels are ignored pixels. mode: "sum" | "avg" | "max" | "avg_spike"
@@ -53,6 +38,21 @@ TORCH_LIBRARY(snnspx, m) {
   m.def("suppix_unpool(Tensor y, Tensor labels, bool check_labels) -> Tensor");
   // Pixels per superpixel: int32 [L, Bl, K] (labels outside [0, K) are not counted).
   m.def("suppix_counts(Tensor labels, int num_superpixels) -> Tensor");
+  // SPEC §6: SRM neuron + superpixel pooling in one pass, for the op's flattened
+  // form: x [T, B, C, P] currents, labels [L, LB, P] (L in {1, T}, LB in {1, B};
+  // negative = no superpixel), mode "sum" | "avg" | "max". Returns y [T, B, C, K]
+  // in x's dtype; writes no [T, B, C, P] tensor.
+  m.def("srm_suppix_pool(Tensor x, Tensor labels, int num_superpixels, str mode, float tau_m, float tau_s,"
+        " float tau_grad, float v_th) -> Tensor");
+  // Training variant: (y, saved, counts, argmax). saved is srm_neuron_fwd's
+  // compact state [2, T, B, C, P]; counts int32 [L, LB, K] pixels per superpixel;
+  // argmax int32 [T, B, C, K], the lowest spiking pixel (-1: none), for "max"
+  // (empty otherwise).
+  m.def("srm_suppix_pool_fwd(Tensor x, Tensor labels, int num_superpixels, str mode, float tau_m, float tau_s,"
+        " float tau_grad, float v_th, float du_inv_clamp, float max_dudt_inv) -> (Tensor, Tensor, Tensor, Tensor)");
+  // dL/dx [T, B, C, P] from dL/dy: SPEC §5's pooling backward composed with §3's grad_w.
+  m.def("srm_suppix_pool_bwd(Tensor grad_y, Tensor saved, Tensor labels, Tensor counts, Tensor argmax, str mode,"
+        " float tau_m, float tau_s, float tau_grad) -> Tensor");
   // Test sentinel: how many times the named compiled kernel has run in this
   // process, e.g. "cpu.srm_forward".
   m.def("_kernel_calls(str name) -> int", &snnspx::kernel_calls);

@@ -23,6 +23,8 @@ Environment:
     visible GPUs, or ``9.0`` (Hopper) when none is visible (a compile-and-link check).
 ``SNNSPX_CACHE_DIR``, ``MAX_JOBS``, ``SNNSPX_VERBOSE_BUILD=1``
     Build folder, parallel compile jobs, and the full compiler output.
+``SNNSPX_EXTRA_CFLAGS``, ``SNNSPX_EXTRA_LDFLAGS``
+    Extra compiler / linker flags (space-separated) for both libraries.
 """
 
 from __future__ import annotations
@@ -112,15 +114,22 @@ def _sources(kind: str) -> list[Path]:
     return [*sorted((src / "cuda").glob("*.cpp")), *sorted((src / "cuda").glob("*.cu"))]
 
 
+def _env_flags(var: str) -> list[str]:
+    return os.environ.get(var, "").split()
+
+
 def _flags(kind: str) -> dict[str, list[str]]:
-    cflags = ["-O3"]  # the C++ standard is left to cpp_extension (it follows the PyTorch build)
+    # The C++ standard is left to cpp_extension (it follows the PyTorch build).
+    cflags = ["-O3", *_env_flags("SNNSPX_EXTRA_CFLAGS")]
+    ldflags = _env_flags("SNNSPX_EXTRA_LDFLAGS")
     if kind == "cpu":
         # -fno-trapping-math lets the compiler turn the per-neuron selects into vector
         # blends (it changes no result: the kernels never rely on FP traps).
-        return {"extra_cflags": [*cflags, "-fopenmp"], "extra_ldflags": ["-fopenmp"]}
+        return {"extra_cflags": [*cflags, "-fopenmp"], "extra_ldflags": ["-fopenmp", *ldflags]}
     return {
         "extra_cflags": cflags,
         "extra_cuda_cflags": ["-O3", "--expt-relaxed-constexpr", *cuda_arch_flags()],
+        "extra_ldflags": ldflags,
     }
 
 

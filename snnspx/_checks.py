@@ -169,8 +169,6 @@ def suppix_mode(mode, grad) -> str:
             raise ValueError(f"grad='spike' is the backward of mode='avg' only, got mode={mode!r}")
         return "avg_spike"
     return mode
-
-
 def _int_pair(v, name: str) -> tuple[int, int]:
     if isinstance(v, int) and not isinstance(v, bool):
         return (v, v)

@@ -14,7 +14,8 @@ def register_all() -> None:
     if _done:
         return
     _done = True
-    from .functional import srm, suppix
+    from .functional import fused, srm, suppix
 
     srm._register()
     suppix._register()
+    fused._register()

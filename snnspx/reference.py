@@ -15,6 +15,10 @@ import torch
 from . import _checks
 
 __all__ = [
+    "suppix_pool",
+    "suppix_unpool",
+    "suppix_counts",
+    "srm_suppix_pool",
     "srm_forward",
     "srm_backward",
     "srm_neuron",
@@ -29,9 +33,6 @@ __all__ = [
     "spike_avg_pool2d_backward",
     "quantize",
     "pow2_scale_exponent",
-    "suppix_pool",
-    "suppix_unpool",
-    "suppix_counts",
 ]
 
 
@@ -163,6 +164,72 @@ def srm_neuron(
     return _ReferenceNeuron.apply(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv)
 
 
+# --------------------------------------------------------------------------- superpixel pooling (SPEC §5)
+# One Python iteration per pixel, in ascending pixel order, accumulating in NumPy
+# scalars of float32 (float64 for float64 inputs). Each (t, b, c) plane reads the
+# label map of its step and image: labels[l, bl, p], l = t or 0, bl = b or 0.
+
+
+def _maps(lay):
+    lab = lay.labels.detach().cpu().numpy()
+    return lambda t, b: lab[t if lab.shape[0] > 1 else 0, b if lab.shape[1] > 1 else 0]
+
+
+def _pool_loops(X: np.ndarray, label_map, K: int, mode: str, f):
+    """X [T, B, C, P] numpy. Returns y [T, B, C, K], argmax (or -1), n, m (non-zero inputs)."""
+    T, B, C, P = X.shape
+    y = np.zeros((T, B, C, K), f)
+    arg = np.full((T, B, C, K), -1, np.int64)
+    n = np.zeros((T, B, C, K), np.int64)
+    m = np.zeros((T, B, C, K), np.int64)
+    with np.errstate(all="ignore"):
+        for t in range(T):
+            for b in range(B):
+                lab = label_map(t, b)
+                for c in range(C):
+                    acc = [f(0)] * K
+                    for p in range(P):
+                        k = int(lab[p])
+                        if k < 0:
+                            continue
+                        v = X[t, b, c, p]
+                        n[t, b, c, k] += 1
+                        m[t, b, c, k] += v != 0
+                        if mode == "max":
+                            best = acc[k]
+                            # the first pixel, a larger value, or a NaN over a number; ties keep the first
+                            if arg[t, b, c, k] < 0 or v > best or (np.isnan(v) and not np.isnan(best)):
+                                acc[k], arg[t, b, c, k] = v, p
+                        else:
+                            acc[k] = f(acc[k] + v)
+                    for k in range(K):
+                        if mode == "sum":
+                            y[t, b, c, k] = acc[k]
+                        elif mode == "max":
+                            y[t, b, c, k] = acc[k] if n[t, b, c, k] > 0 else f(0)
+                        else:
+                            y[t, b, c, k] = acc[k] / f(n[t, b, c, k]) if n[t, b, c, k] > 0 else f(0)
+    return y, arg, n, m
+
+
+def _unpool_loops(Y: np.ndarray, label_map, P: int, f, scale=None, arg=None):
+    """z[t, b, c, p] = Y[t, b, c, label(p)] (/ scale[t, b, c, k]; only at arg[t, b, c, k] == p)."""
+    T, B, C, K = Y.shape
+    z = np.zeros((T, B, C, P), f)
+    with np.errstate(all="ignore"):
+        for t in range(T):
+            for b in range(B):
+                lab = label_map(t, b)
+                for c in range(C):
+                    for p in range(P):
+                        k = int(lab[p])
+                        if k < 0 or (arg is not None and arg[t, b, c, k] != p):
+                            continue
+                        if scale is None:
+                            z[t, b, c, p] = Y[t, b, c, k]
+                        elif scale[t, b, c, k] > 0:
+                            z[t, b, c, p] = Y[t, b, c, k] / f(scale[t, b, c, k])
+    return z
 # =========================================================================== SRM layers (SPEC §4)
 def _np(t: torch.Tensor, f) -> np.ndarray:
     return t.detach().to("cpu", torch.float64 if f is np.float64 else torch.float32).numpy().copy()
@@ -382,140 +449,6 @@ def spike_avg_pool2d_backward(grad_y, x, kernel_size=2):
 
 class _ReferencePool(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, kernel):
-        f = _np_dtype(x.dtype)
-        H, W = x.shape[-2:]
-        xs = _np(x, f).reshape(-1, H, W)
-        y = np.zeros((xs.shape[0], H // kernel[0], W // kernel[1]), f)
-        for p in range(xs.shape[0]):
-            for oh, ow, pixels in _windows(H, W, kernel):
-                y[p, oh, ow] = sum(xs[p, ih, iw] for ih, iw in pixels) / f(len(pixels))
-        ctx.save_for_backward(x)
-        ctx.kernel = kernel
-        return torch.from_numpy(y).reshape(*x.shape[:-2], *y.shape[1:]).to(device=x.device, dtype=x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        (x,) = ctx.saved_tensors
-        return spike_avg_pool2d_backward(grad_y, x, ctx.kernel), None
-
-
-def spike_avg_pool2d(x, kernel_size=2):
-    """Window means of ``[..., H, W]`` by loops (stride = kernel), with :func:`spike_avg_pool2d_backward`."""
-    kernel = _checks.kernel_pair(kernel_size)
-    _checks.check_pool_input(x, kernel)
-    return _ReferencePool.apply(x, kernel)
-
-
-# =========================================================================== quantizer (SPEC §7)
-def pow2_scale_exponent(absmax, bits):
-    """Largest ``i`` in 0..31 with ``round(absmax * 2**i) < 2**(bits-1)`` (ties to even), else 0."""
-    _checks.check_quantizer_params(bits, "nearest")
-    a = float(absmax)
-    best = 0
-    if np.isfinite(a):
-        for i in range(32):
-            if round(a * 2.0**i) < 2 ** (bits - 1):  # Python's round: ties to even
-                best = i
-    return torch.tensor(best, dtype=torch.int64)
-
-
-class _ReferenceStraightThrough(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, q):
-        return q.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
-
-
-def quantize(x, scale, bits=8, rounding="nearest"):
-    """Element by element ``clamp(round(x * scale), -q_max, q_max) / scale``; gradient straight through."""
-    _checks.check_quantizer_params(bits, rounding)
-    f = np.float64 if x.dtype == torch.float64 else np.float32
-    s = f(float(scale))
-    q_max = f(2 ** (bits - 1) - 1)
-    xs = _np(x, f).reshape(-1)
-    out = np.empty_like(xs)
-    for k in range(xs.size):
-        v = xs[k] * s
-        v = f(np.round(v)) if rounding == "nearest" else f(np.trunc(v))  # np.round: ties to even
-        out[k] = min(max(v, -q_max), q_max) / s
-    q = torch.from_numpy(out).reshape(x.shape).to(device=x.device, dtype=x.dtype)
-    return _ReferenceStraightThrough.apply(x, q)
-
-
-# --------------------------------------------------------------------------- superpixel pooling (SPEC §5)
-# One Python iteration per pixel, in ascending pixel order, accumulating in NumPy
-# scalars of float32 (float64 for float64 inputs). Each (t, b, c) plane reads the
-# label map of its step and image: labels[l, bl, p], l = t or 0, bl = b or 0.
-
-
-def _maps(lay):
-    lab = lay.labels.detach().cpu().numpy()
-    return lambda t, b: lab[t if lab.shape[0] > 1 else 0, b if lab.shape[1] > 1 else 0]
-
-
-def _pool_loops(X: np.ndarray, label_map, K: int, mode: str, f):
-    """X [T, B, C, P] numpy. Returns y [T, B, C, K], argmax (or -1), n, m (non-zero inputs)."""
-    T, B, C, P = X.shape
-    y = np.zeros((T, B, C, K), f)
-    arg = np.full((T, B, C, K), -1, np.int64)
-    n = np.zeros((T, B, C, K), np.int64)
-    m = np.zeros((T, B, C, K), np.int64)
-    with np.errstate(all="ignore"):
-        for t in range(T):
-            for b in range(B):
-                lab = label_map(t, b)
-                for c in range(C):
-                    acc = [f(0)] * K
-                    for p in range(P):
-                        k = int(lab[p])
-                        if k < 0:
-                            continue
-                        v = X[t, b, c, p]
-                        n[t, b, c, k] += 1
-                        m[t, b, c, k] += v != 0
-                        if mode == "max":
-                            best = acc[k]
-                            # the first pixel, a larger value, or a NaN over a number; ties keep the first
-                            if arg[t, b, c, k] < 0 or v > best or (np.isnan(v) and not np.isnan(best)):
-                                acc[k], arg[t, b, c, k] = v, p
-                        else:
-                            acc[k] = f(acc[k] + v)
-                    for k in range(K):
-                        if mode == "sum":
-                            y[t, b, c, k] = acc[k]
-                        elif mode == "max":
-                            y[t, b, c, k] = acc[k] if n[t, b, c, k] > 0 else f(0)
-                        else:
-                            y[t, b, c, k] = acc[k] / f(n[t, b, c, k]) if n[t, b, c, k] > 0 else f(0)
-    return y, arg, n, m
-
-
-def _unpool_loops(Y: np.ndarray, label_map, P: int, f, scale=None, arg=None):
-    """z[t, b, c, p] = Y[t, b, c, label(p)] (/ scale[t, b, c, k]; only at arg[t, b, c, k] == p)."""
-    T, B, C, K = Y.shape
-    z = np.zeros((T, B, C, P), f)
-    with np.errstate(all="ignore"):
-        for t in range(T):
-            for b in range(B):
-                lab = label_map(t, b)
-                for c in range(C):
-                    for p in range(P):
-                        k = int(lab[p])
-                        if k < 0 or (arg is not None and arg[t, b, c, k] != p):
-                            continue
-                        if scale is None:
-                            z[t, b, c, p] = Y[t, b, c, k]
-                        elif scale[t, b, c, k] > 0:
-                            z[t, b, c, p] = Y[t, b, c, k] / f(scale[t, b, c, k])
-    return z
-
-
-class _ReferenceSupPixPool(torch.autograd.Function):
-    @staticmethod
     def forward(ctx, x4, lay, K, mode, grad):
         f = _np_dtype(x4.dtype)
         X = x4.detach().to("cpu", torch.float64 if f is np.float64 else torch.float32).numpy()
@@ -591,7 +524,7 @@ def suppix_pool(
         _checks.check_label_range(lay.labels, K)
     if not check_labels:  # labels >= K are ignored pixels, as in the kernels
         lay = lay._replace(labels=torch.where(lay.labels >= K, -1, lay.labels))
-    y = _ReferenceSupPixPool.apply(lay.data, lay, K, "avg" if internal == "avg_spike" else internal, grad)
+    y = _ReferencePool.apply(lay.data, lay, K, "avg" if internal == "avg_spike" else internal, grad)
     y = y[0] if lay.single_step else y
     if return_counts:
         return y, suppix_counts(torch.where(labels >= K, -1, labels), K)
@@ -614,3 +547,88 @@ def suppix_unpool(y: torch.Tensor, labels: torch.Tensor, *, check_labels: bool =
     H, W = lay.spatial
     z = z.reshape(*z.shape[:3], H, W)
     return z[0] if lay.single_step else z
+
+
+class _ReferenceSpikePool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, kernel):
+        f = _np_dtype(x.dtype)
+        H, W = x.shape[-2:]
+        xs = _np(x, f).reshape(-1, H, W)
+        y = np.zeros((xs.shape[0], H // kernel[0], W // kernel[1]), f)
+        for p in range(xs.shape[0]):
+            for oh, ow, pixels in _windows(H, W, kernel):
+                y[p, oh, ow] = sum(xs[p, ih, iw] for ih, iw in pixels) / f(len(pixels))
+        ctx.save_for_backward(x)
+        ctx.kernel = kernel
+        return torch.from_numpy(y).reshape(*x.shape[:-2], *y.shape[1:]).to(device=x.device, dtype=x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        (x,) = ctx.saved_tensors
+        return spike_avg_pool2d_backward(grad_y, x, ctx.kernel), None
+
+
+def spike_avg_pool2d(x, kernel_size=2):
+    """Window means of ``[..., H, W]`` by loops (stride = kernel), with :func:`spike_avg_pool2d_backward`."""
+    kernel = _checks.kernel_pair(kernel_size)
+    _checks.check_pool_input(x, kernel)
+    return _ReferenceSpikePool.apply(x, kernel)
+
+
+# =========================================================================== quantizer (SPEC §7)
+def pow2_scale_exponent(absmax, bits):
+    """Largest ``i`` in 0..31 with ``round(absmax * 2**i) < 2**(bits-1)`` (ties to even), else 0."""
+    _checks.check_quantizer_params(bits, "nearest")
+    a = float(absmax)
+    best = 0
+    if np.isfinite(a):
+        for i in range(32):
+            if round(a * 2.0**i) < 2 ** (bits - 1):  # Python's round: ties to even
+                best = i
+    return torch.tensor(best, dtype=torch.int64)
+
+
+class _ReferenceStraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, q):
+        return q.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def quantize(x, scale, bits=8, rounding="nearest"):
+    """Element by element ``clamp(round(x * scale), -q_max, q_max) / scale``; gradient straight through."""
+    _checks.check_quantizer_params(bits, rounding)
+    f = np.float64 if x.dtype == torch.float64 else np.float32
+    s = f(float(scale))
+    q_max = f(2 ** (bits - 1) - 1)
+    xs = _np(x, f).reshape(-1)
+    out = np.empty_like(xs)
+    for k in range(xs.size):
+        v = xs[k] * s
+        v = f(np.round(v)) if rounding == "nearest" else f(np.trunc(v))  # np.round: ties to even
+        out[k] = min(max(v, -q_max), q_max) / s
+    q = torch.from_numpy(out).reshape(x.shape).to(device=x.device, dtype=x.dtype)
+    return _ReferenceStraightThrough.apply(x, q)
+
+
+def srm_suppix_pool(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    num_superpixels: int | None = None,
+    mode: str = "avg",
+    tau_m: float = 5.0,
+    tau_s: float = 3.0,
+    tau_grad: float = 2.5,
+    v_th: float = 1.0,
+    du_inv_clamp: float = 4.0,
+    max_dudt_inv: float = 123456789.0,
+) -> torch.Tensor:
+    """SPEC §6 by definition: the reference pooling of the reference SRM spikes (differentiable)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 5:
+        raise ValueError(f"x must be a [T, B, C, H, W] tensor, got {getattr(x, 'shape', type(x))}")
+    spikes = srm_neuron(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv)
+    return suppix_pool(spikes, labels, num_superpixels, mode)

@@ -31,6 +31,32 @@ inline int64_t label_map(const SupPixDims& d, int64_t t, int64_t b) {
   return (d.L == 1 ? 0 : t) * d.Bl + (d.Bl == 1 ? 0 : b);
 }
 
+// A task's superpixel index per pixel of the current label map, as int32 with the
+// ignored pixels mapped to K: kernels keep a dummy slot K, so the inner loops
+// need no label test. Planes are visited (t, b, c)-major, so consecutive planes
+// share a map and it is rebuilt only when the map changes.
+template <typename label_t>
+class SlotMap {
+ public:
+  SlotMap(const label_t* labels, int64_t P, int64_t K) : labels_(labels), P_(P), K_(K), slot_(P) {}
+  const int32_t* get(int64_t map) {
+    if (map != cached_) {
+      const label_t* lab = labels_ + map * P_;
+      for (int64_t p = 0; p < P_; ++p) {
+        const int64_t k = superpixel_of(lab[p], K_);
+        slot_[p] = static_cast<int32_t>(k < 0 ? K_ : k);
+      }
+      cached_ = map;
+    }
+    return slot_.data();
+  }
+
+ private:
+  const label_t* labels_;
+  int64_t P_, K_, cached_ = -1;
+  std::vector<int32_t> slot_;
+};
+
 template <typename label_t>
 void count_labels(const label_t* labels, int32_t* counts, int64_t maps, int64_t P, int64_t K) {
   at::parallel_for(0, maps, plane_grain(P), [&](int64_t begin, int64_t end) {
@@ -51,12 +77,13 @@ void pool_kernel(const scalar_t* x, const label_t* labels, const int32_t* counts
                  const SupPixDims& d) {
   const int64_t P = d.P, K = d.K;
   at::parallel_for(0, d.planes(), plane_grain(P), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(static_cast<size_t>(K));
-    std::vector<int32_t> idx(static_cast<size_t>(K));  // max: argmax; avg_spike: m
+    SlotMap<label_t> slots(labels, P, K);
+    std::vector<acc_t> acc(static_cast<size_t>(K + 1));    // slot K: the ignored pixels
+    std::vector<int32_t> idx(static_cast<size_t>(K + 1));  // max: argmax; avg_spike: m
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t tb = plane / d.C, b = tb % d.B, t = tb / d.B;
       const int64_t map = label_map(d, t, b);
-      const label_t* lab = labels + map * P;
+      const int32_t* slot = slots.get(map);
       const scalar_t* xp = x + plane * P;
       scalar_t* yp = y + plane * K;
       if (kMode == SupPixMode::Max) {
@@ -66,8 +93,7 @@ void pool_kernel(const scalar_t* x, const label_t* labels, const int32_t* counts
         std::fill(idx.begin(), idx.end(), kNoPixel);
         bool any_nan = false;
         for (int64_t p = 0; p < P; ++p) {
-          const int64_t k = superpixel_of(lab[p], K);
-          if (k < 0) continue;
+          const int32_t k = slot[p];
           const acc_t v = static_cast<acc_t>(xp[p]);
           const acc_t cur = acc[k];
           acc[k] = v > cur ? v : cur;
@@ -75,14 +101,14 @@ void pool_kernel(const scalar_t* x, const label_t* labels, const int32_t* counts
         }
         if (!any_nan) {
           for (int64_t p = P - 1; p >= 0; --p) {
-            const int64_t k = superpixel_of(lab[p], K);
-            if (k >= 0 && static_cast<acc_t>(xp[p]) == acc[k]) idx[k] = static_cast<int32_t>(p);
+            const int32_t k = slot[p];
+            if (static_cast<acc_t>(xp[p]) == acc[k]) idx[k] = static_cast<int32_t>(p);
           }
         } else {  // NaN propagates: the exact order of max_prefer, one pixel at a time
           std::fill(acc.begin(), acc.end(), -std::numeric_limits<acc_t>::infinity());
           for (int64_t p = 0; p < P; ++p) {
-            const int64_t k = superpixel_of(lab[p], K);
-            if (k < 0) continue;
+            const int32_t k = slot[p];
+            if (k == K) continue;
             const acc_t v = static_cast<acc_t>(xp[p]);
             if (max_prefer<acc_t>(v, static_cast<int32_t>(p), acc[k], idx[k])) acc[k] = v, idx[k] = int32_t(p);
           }
@@ -97,8 +123,7 @@ void pool_kernel(const scalar_t* x, const label_t* labels, const int32_t* counts
         std::fill(acc.begin(), acc.end(), acc_t(0));
         if (kMode == SupPixMode::AvgSpike) std::fill(idx.begin(), idx.end(), 0);
         for (int64_t p = 0; p < P; ++p) {
-          const int64_t k = superpixel_of(lab[p], K);
-          if (k < 0) continue;
+          const int32_t k = slot[p];
           const acc_t v = static_cast<acc_t>(xp[p]);
           acc[k] += v;
           if (kMode == SupPixMode::AvgSpike) idx[k] += (v != acc_t(0));
@@ -109,7 +134,7 @@ void pool_kernel(const scalar_t* x, const label_t* labels, const int32_t* counts
           if (kMode != SupPixMode::Sum) v = n[k] > 0 ? v / static_cast<acc_t>(n[k]) : acc_t(0);
           yp[k] = static_cast<scalar_t>(v);
         }
-        if (kMode == SupPixMode::AvgSpike) std::copy(idx.begin(), idx.end(), aux + plane * K);
+        if (kMode == SupPixMode::AvgSpike) std::copy(idx.begin(), idx.begin() + K, aux + plane * K);
       }
     }
   });
@@ -125,11 +150,13 @@ void gather_kernel(const scalar_t* src, const label_t* labels, const int32_t* au
     return;
   }
   at::parallel_for(0, d.planes(), plane_grain(P), [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> val(static_cast<size_t>(K));
+    SlotMap<label_t> slots(labels, P, K);
+    std::vector<scalar_t> val(static_cast<size_t>(K + 1));
+    val[K] = scalar_t(0);  // the ignored pixels' slot
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t tb = plane / d.C, b = tb % d.B, t = tb / d.B;
       const int64_t map = label_map(d, t, b);
-      const label_t* lab = labels + map * P;
+      const int32_t* slot = slots.get(map);
       const scalar_t* g = src + plane * K;
       scalar_t* o = out + plane * P;
       // The value each pixel of superpixel k receives, computed once per k.
@@ -148,14 +175,11 @@ void gather_kernel(const scalar_t* src, const label_t* labels, const int32_t* au
         const int32_t* am = aux + plane * K;
         for (int64_t k = 0; k < K; ++k) {
           const int64_t p = am[k];
-          if (p >= 0 && p < P && superpixel_of(lab[p], K) == k) o[p] = val[k];
+          if (p >= 0 && p < P && slot[p] == k) o[p] = val[k];
         }
         continue;
       }
-      for (int64_t p = 0; p < P; ++p) {
-        const int64_t k = superpixel_of(lab[p], K);
-        o[p] = k >= 0 ? val[k] : scalar_t(0);
-      }
+      for (int64_t p = 0; p < P; ++p) o[p] = val[slot[p]];
     }
   });
 }

@@ -8,6 +8,7 @@ from .layers import spike_avg_pool2d, srm_conv2d, srm_linear, standardize_weight
 from .quant import pow2_scale_exponent, quantize
 from .srm import srm_backward, srm_forward, srm_neuron
 from .suppix import suppix_counts, suppix_pool, suppix_unpool
+from .fused import srm_suppix_pool
 
 __all__ = [
     "srm_forward",
@@ -22,4 +23,5 @@ __all__ = [
     "suppix_pool",
     "suppix_unpool",
     "suppix_counts",
+    "srm_suppix_pool",
 ]

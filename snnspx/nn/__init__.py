@@ -2,7 +2,10 @@
 
 from .layers import SpikeAvgPool2d, SRMConv2d, SRMLinear
 from .neuron import SRMNeuron
-from .quantizer import Quantizer
 from .suppix import SupPixPool, SupPixUnpool
+from .fused import SRMSupPixPool
+from .quantizer import Quantizer
 
-__all__ = ["SRMNeuron", "SRMConv2d", "SRMLinear", "SpikeAvgPool2d", "Quantizer", "SupPixPool", "SupPixUnpool"]
+__all__ = [
+    "SRMNeuron", "SRMConv2d", "SRMLinear", "SpikeAvgPool2d", "Quantizer", "SupPixPool", "SupPixUnpool", "SRMSupPixPool",
+]

@@ -206,7 +206,10 @@ class SRMLinear(_SRMLayer):
             nn.init.zeros_(self.bn_bias)
 
     def effective_weight(self) -> torch.Tensor:
-        """``W_hat``: the weight the synapses use (standardised, then quantized, as configured)."""
+        """``W_hat``: the weight the synapses use (standardised, then quantized, as configured).
+
+        With ``weight_bits``, a call in training mode also widens the quantizer's running range.
+        """
         w = self.weight
         if self.weight_norm:
             w = F.standardize_weight(w, self.bn_weight, self.bn_bias, self.eps)

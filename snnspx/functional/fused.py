@@ -1,0 +1,120 @@
+"""Fused SRM neuron + superpixel pooling (SPEC §6): wrapper, fake kernels, autograd."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _checks
+from .._backend import resolve
+from .srm import srm_neuron
+
+__all__ = ["srm_suppix_pool"]
+
+
+def srm_suppix_pool(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    num_superpixels: int | None = None,
+    mode: str = "avg",
+    tau_m: float = 5.0,
+    tau_s: float = 3.0,
+    tau_grad: float = 2.5,
+    v_th: float = 1.0,
+    du_inv_clamp: float = 4.0,
+    max_dudt_inv: float = 123456789.0,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """SRM spikes of `x`, pooled per superpixel and step, in one pass.
+
+    Equal, element for element, to
+    ``suppix_pool(srm_neuron(x, ...), labels, num_superpixels, mode)``; bitwise for
+    ``"sum"`` and ``"max"``, and ``"avg"`` divides the same integer spike count by
+    the same pixel count. On the compiled backends no ``[T, B, C, H, W]`` tensor is
+    written when no gradient is needed; in training the op keeps the SRM neuron's
+    compact backward state (8 bytes per float32 neuron-step) and its gradient for
+    `x` is SPEC §5's pooling backward composed with SPEC §3's event-driven
+    ``grad_w``. Deterministic: spike counts are integers, so the result does not
+    depend on the order in which pixels are added.
+
+    Args:
+        x: input currents ``[T, B, C, H, W]``.
+        labels: int32/int64 superpixel labels ``[H, W]`` (shared by the batch),
+            ``[B, H, W]`` or ``[T, B, H, W]`` (one map per step); a negative label
+            marks a pixel that belongs to no superpixel.
+        num_superpixels: K. None infers ``labels.max() + 1`` (a read-back from the
+            GPU). A label ``>= K`` is an error (checked with one read-back).
+        mode: ``"avg"`` (spike count / pixel count, 0 for an empty superpixel),
+            ``"sum"`` or ``"max"`` (1 if any pixel spiked).
+        tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv: as :func:`srm_neuron`.
+        backend: ``"cuda"``, ``"cpp"`` (fused kernels), ``"torch"``, ``"reference"``
+            (the composition of the unfused ops), or None.
+
+    Returns:
+        ``y`` ``[T, B, C, K]`` in the dtype of `x`.
+    """
+    _checks.check_tensor(x, "x")
+    if x.dim() != 5:
+        raise ValueError(f"x must be [T, B, C, H, W], got shape {tuple(x.shape)}")
+    _checks.check_srm_params(tau_m, tau_s, tau_grad, v_th)
+    _checks.check_backward_params(du_inv_clamp, max_dudt_inv)
+    layout = _checks.suppix_layout(x, labels, pooled=False)
+    _checks.suppix_mode(mode, "exact")
+    K, inferred = _checks.num_superpixels(labels, num_superpixels)
+    if not inferred and not torch.compiler.is_compiling():
+        _checks.check_label_range(labels, K)
+    b = resolve(backend, x.device)
+    if b in ("torch", "reference"):
+        from .suppix import suppix_pool
+
+        spikes = srm_neuron(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, backend=b)
+        return suppix_pool(spikes, labels, K, mode, backend=b)
+    args = (float(tau_m), float(tau_s), float(tau_grad), float(v_th))
+    xf, lab = layout.data, layout.labels
+    if torch.is_grad_enabled() and x.requires_grad:
+        y = torch.ops.snnspx.srm_suppix_pool_fwd.default(
+            xf, lab, K, mode, *args, float(du_inv_clamp), float(max_dudt_inv)
+        )[0]
+    else:
+        y = torch.ops.snnspx.srm_suppix_pool.default(xf, lab, K, mode, *args)
+    return y
+
+
+def _register() -> None:
+    lib = "snnspx::"
+
+    @torch.library.register_fake(lib + "srm_suppix_pool")
+    def _fused_fake(x, labels, num_superpixels, mode, tau_m, tau_s, tau_grad, v_th):
+        T, B, C, _ = x.shape
+        return x.new_empty((T, B, C, num_superpixels))
+
+    @torch.library.register_fake(lib + "srm_suppix_pool_fwd")
+    def _fused_fwd_fake(x, labels, num_superpixels, mode, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv):
+        T, B, C, P = x.shape
+        K = num_superpixels
+        y = x.new_empty((T, B, C, K))
+        saved = x.new_empty((2, T, B, C, P), dtype=_checks.acc_dtype(x.dtype))
+        counts = labels.new_empty((labels.shape[0], labels.shape[1], K), dtype=torch.int32)
+        argmax = labels.new_empty((T, B, C, K) if mode == "max" else (0,), dtype=torch.int32)
+        return y, saved, counts, argmax
+
+    @torch.library.register_fake(lib + "srm_suppix_pool_bwd")
+    def _fused_bwd_fake(grad_y, saved, labels, counts, argmax, mode, tau_m, tau_s, tau_grad):
+        return grad_y.new_empty(saved.shape[1:])
+
+    def _setup(ctx, inputs, output):
+        _, labels, _, mode, tau_m, tau_s, tau_grad, _, _, _ = inputs
+        _, saved, counts, argmax = output
+        ctx.save_for_backward(saved, labels, counts, argmax)
+        ctx.mark_non_differentiable(saved, counts, argmax)
+        ctx.args = (mode, tau_m, tau_s, tau_grad)
+
+    def _backward(ctx, grad_y, *_unused):
+        saved, labels, counts, argmax = ctx.saved_tensors
+        mode, tau_m, tau_s, tau_grad = ctx.args
+        grad_x = torch.ops.snnspx.srm_suppix_pool_bwd.default(
+            grad_y, saved, labels, counts, argmax, mode, tau_m, tau_s, tau_grad
+        )
+        return (grad_x,) + (None,) * 9
+
+    torch.library.register_autograd(lib + "srm_suppix_pool_fwd", _backward, setup_context=_setup)

@@ -1,0 +1,71 @@
+"""nn.Module of the fused SRM neuron + superpixel pooling."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import _checks
+from ..functional.fused import srm_suppix_pool
+
+__all__ = ["SRMSupPixPool"]
+
+
+class SRMSupPixPool(nn.Module):
+    """SRM spikes pooled per superpixel and step, fused in one kernel (SPEC §6).
+
+    Args:
+        mode: ``"avg"`` | ``"sum"`` | ``"max"``.
+        num_superpixels: K, or None to infer ``labels.max() + 1`` on every call
+            (a GPU read-back).
+        tau_m, tau_s, tau_grad, v_th: SRM constants (defaults 5, 3, 2.5, 1).
+        du_inv_clamp, max_dudt_inv: the event-driven backward's clamps.
+        batch_first: `x` is ``[B, T, C, H, W]`` and the output ``[B, T, C, K]``.
+        backend: force a backend (see :func:`snnspx.backends`).
+
+    Shape:
+        - x: ``[T, B, C, H, W]`` currents (``[B, T, C, H, W]`` with ``batch_first``).
+        - labels: ``[H, W]``, ``[B, H, W]`` or ``[T, B, H, W]`` int32/int64.
+        - Output: ``[T, B, C, K]`` (``[B, T, C, K]`` with ``batch_first``), dtype of x.
+    """
+
+    def __init__(
+        self,
+        mode: str = "avg",
+        num_superpixels: int | None = None,
+        tau_m: float = 5.0,
+        tau_s: float = 3.0,
+        tau_grad: float = 2.5,
+        v_th: float = 1.0,
+        du_inv_clamp: float = 4.0,
+        max_dudt_inv: float = 123456789.0,
+        batch_first: bool = False,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        _checks.suppix_mode(mode, "exact")
+        _checks.check_srm_params(tau_m, tau_s, tau_grad, v_th)
+        _checks.check_backward_params(du_inv_clamp, max_dudt_inv)
+        self.mode, self.num_superpixels = mode, num_superpixels
+        self.tau_m, self.tau_s, self.tau_grad, self.v_th = float(tau_m), float(tau_s), float(tau_grad), float(v_th)
+        self.du_inv_clamp, self.max_dudt_inv = float(du_inv_clamp), float(max_dudt_inv)
+        self.batch_first, self.backend = batch_first, backend
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.batch_first:
+            if x.dim() != 5:
+                raise ValueError(f"x must be [B, T, C, H, W] with batch_first=True, got shape {tuple(x.shape)}")
+            x = x.transpose(0, 1)
+            if labels.dim() == 4:
+                labels = labels.transpose(0, 1)
+        y = srm_suppix_pool(
+            x, labels, self.num_superpixels, self.mode, self.tau_m, self.tau_s, self.tau_grad, self.v_th,
+            self.du_inv_clamp, self.max_dudt_inv, backend=self.backend,
+        )
+        return y.transpose(0, 1) if self.batch_first else y
+
+    def extra_repr(self) -> str:
+        return (
+            f"mode={self.mode!r}, num_superpixels={self.num_superpixels}, tau_m={self.tau_m}, tau_s={self.tau_s}, "
+            f"tau_grad={self.tau_grad}, v_th={self.v_th}, batch_first={self.batch_first}"
+        )
