@@ -105,8 +105,13 @@ def _worker(rank: int, port: int, out_dir: str, backends: list[str]) -> None:
                 "calls": snnspx.kernel_calls("cpu.srm_suppix_pool_bwd") if backend == "cpp" else 0,
             }
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+    # Leave without interpreter finalization: with gloo, a rank sometimes aborts there
+    # ("terminate called without an active exception", seen with torch 2.14.1 on CPU, with
+    # the torch backend too, i.e. in PyTorch, not in snnspx) after its work is done.
+    os._exit(0)
 
 
 def _free_port() -> int:
