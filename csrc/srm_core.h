@@ -7,6 +7,7 @@
 //   m = (m + x) * a_m;  s = (s + x) * a_s;  g = (g + x) * a_g;  u = c * (m - s)
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #if defined(__CUDACC__)
@@ -23,6 +24,34 @@ template <typename acc_t>
 struct SRMParams {
   acc_t a_m, a_s, a_g, c, v_th;
 };
+
+// The constants of SPEC §2 from the time constants, in double, rounded once.
+template <typename acc_t>
+inline SRMParams<acc_t> make_srm_params(double tau_m, double tau_s, double tau_grad, double v_th) {
+  SRMParams<acc_t> p;
+  p.a_m = static_cast<acc_t>(1.0 - 1.0 / tau_m);
+  p.a_s = static_cast<acc_t>(1.0 - 1.0 / tau_s);
+  p.a_g = static_cast<acc_t>(1.0 - 1.0 / tau_grad);
+  p.c = static_cast<acc_t>(tau_m / (tau_m - tau_s));
+  p.v_th = static_cast<acc_t>(v_th);
+  return p;
+}
+
+// Entry d of the backward's kernel tables (SPEC §3), in double, rounded once:
+// tables[d] = epsw[d] = c (a_m^(d+1) - a_s^(d+1)), tables[T + d] = epst[d] = -a_g^(d+1).
+// Both the host loop (fill_srm_tables) and the CUDA table kernel use it.
+template <typename acc_t>
+SNNSPX_HD void srm_table_entry(acc_t* tables, int64_t T, int64_t d, double tau_m, double tau_s, double tau_grad) {
+  const double a_m = 1.0 - 1.0 / tau_m, a_s = 1.0 - 1.0 / tau_s, a_g = 1.0 - 1.0 / tau_grad;
+  const double c = tau_m / (tau_m - tau_s);
+  tables[d] = static_cast<acc_t>(c * (pow(a_m, double(d + 1)) - pow(a_s, double(d + 1))));
+  tables[T + d] = static_cast<acc_t>(-pow(a_g, double(d + 1)));
+}
+
+template <typename acc_t>
+inline void fill_srm_tables(acc_t* tables, int64_t T, double tau_m, double tau_s, double tau_grad) {
+  for (int64_t d = 0; d < T; ++d) srm_table_entry<acc_t>(tables, T, d, tau_m, tau_s, tau_grad);
+}
 
 template <typename acc_t>
 struct SRMState {

@@ -32,28 +32,6 @@ inline at::ScalarType srm_acc_type(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-template <typename acc_t>
-inline SRMParams<acc_t> make_srm_params(double tau_m, double tau_s, double tau_grad, double v_th) {
-  SRMParams<acc_t> p;
-  p.a_m = static_cast<acc_t>(1.0 - 1.0 / tau_m);
-  p.a_s = static_cast<acc_t>(1.0 - 1.0 / tau_s);
-  p.a_g = static_cast<acc_t>(1.0 - 1.0 / tau_grad);
-  p.c = static_cast<acc_t>(tau_m / (tau_m - tau_s));
-  p.v_th = static_cast<acc_t>(v_th);
-  return p;
-}
-
-// Kernel tables epsw[0..T-1] then epst[0..T-1], computed in double, rounded once.
-template <typename acc_t>
-inline void fill_srm_tables(acc_t* out, int64_t T, double tau_m, double tau_s, double tau_grad) {
-  const double a_m = 1.0 - 1.0 / tau_m, a_s = 1.0 - 1.0 / tau_s, a_g = 1.0 - 1.0 / tau_grad;
-  const double c = tau_m / (tau_m - tau_s);
-  for (int64_t d = 0; d < T; ++d) {
-    out[d] = static_cast<acc_t>(c * (std::pow(a_m, double(d + 1)) - std::pow(a_s, double(d + 1))));
-    out[T + d] = static_cast<acc_t>(-std::pow(a_g, double(d + 1)));
-  }
-}
-
 // [T, ...] -> (T, N): N is the number of neurons per step.
 inline int64_t neurons_per_step(const at::Tensor& t) {
   return t.size(0) == 0 ? 0 : t.numel() / t.size(0);

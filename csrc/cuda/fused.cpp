@@ -8,20 +8,11 @@
 
 #include "../fused_glue.h"
 #include "../kernel_counter.h"
+#include "glue.h"
 #include "fused_launch.h"
 
 namespace snnspx {
 namespace {
-
-cuda::DType launch_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return cuda::DType::Float;
-    case at::kDouble: return cuda::DType::Double;
-    case at::kHalf: return cuda::DType::Half;
-    case at::kBFloat16: return cuda::DType::BFloat16;
-    default: TORCH_CHECK(false, "snnspx CUDA kernels take float32, float64, float16 or bfloat16, got ", t);
-  }
-}
 
 cuda::LabelType label_type(const at::Tensor& labels) {
   return labels.scalar_type() == at::kInt ? cuda::LabelType::Int32 : cuda::LabelType::Int64;
@@ -45,7 +36,7 @@ void forward_cuda(const FusedArgs& a, double tau_m, double tau_s, double tau_gra
   at::Tensor scratch = at::empty({a.T * a.B * a.C * a.K}, iopt);
   const bool want_max = argmax != nullptr && a.mode == PoolMode::Max;
   at::Tensor scratch_first = want_max ? at::empty({a.T * a.B * a.C * a.K}, iopt) : at::Tensor();
-  cuda::fused_forward(launch_dtype(a.x.scalar_type()), label_type(a.labels), a.x.data_ptr(), a.labels.data_ptr(),
+  cuda::fused_forward(cuda::launch_dtype(a.x.scalar_type()), label_type(a.labels), a.x.data_ptr(), a.labels.data_ptr(),
                       counts.data_ptr<int32_t>(), y.data_ptr(), saved ? saved->data_ptr() : nullptr,
                       want_max ? argmax->data_ptr<int32_t>() : nullptr, scratch.data_ptr<int32_t>(),
                       want_max ? scratch_first.data_ptr<int32_t>() : nullptr, shape_of(a), tau_m, tau_s, tau_grad,
@@ -55,7 +46,7 @@ void forward_cuda(const FusedArgs& a, double tau_m, double tau_s, double tau_gra
 
 at::Tensor srm_suppix_pool_cuda(const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode,
                                 double tau_m, double tau_s, double tau_grad, double v_th) {
-  TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor, got one on ", x.device());
+  cuda::check_cuda_tensor(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
   check_srm_taus(tau_m, tau_s, tau_grad);
   auto a = prepare_fused(x, labels, K, std::string(mode));
@@ -70,7 +61,7 @@ at::Tensor srm_suppix_pool_cuda(const at::Tensor& x, const at::Tensor& labels, i
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_cuda(
     const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode, double tau_m, double tau_s,
     double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv) {
-  TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor, got one on ", x.device());
+  cuda::check_cuda_tensor(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
   check_srm_taus(tau_m, tau_s, tau_grad);
   check_backward_params(du_inv_clamp, max_dudt_inv);
@@ -89,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_c
 at::Tensor srm_suppix_pool_bwd_cuda(const at::Tensor& grad_y, const at::Tensor& saved, const at::Tensor& labels,
                                     const at::Tensor& counts, const at::Tensor& argmax, c10::string_view mode,
                                     double tau_m, double tau_s, double tau_grad) {
-  TORCH_CHECK(grad_y.is_cuda(), "grad_y must be a CUDA tensor, got one on ", grad_y.device());
+  cuda::check_cuda_tensor(grad_y, "grad_y");
   c10::cuda::CUDAGuard guard(grad_y.device());
   check_srm_taus(tau_m, tau_s, tau_grad);
   auto a = prepare_fused_backward(grad_y, saved, labels, std::string(mode));
@@ -100,7 +91,7 @@ at::Tensor srm_suppix_pool_bwd_cuda(const at::Tensor& grad_y, const at::Tensor& 
   const at::Tensor am = argmax.contiguous();
   at::Tensor grad_x = at::empty({a.T, a.B, a.C, a.P}, grad_y.options());
   at::Tensor tables = at::empty({2 * std::max<int64_t>(a.T, 1)}, sv.options());
-  cuda::fused_backward(launch_dtype(g.scalar_type()), label_type(a.labels), g.data_ptr(), sv.data_ptr(),
+  cuda::fused_backward(cuda::launch_dtype(g.scalar_type()), label_type(a.labels), g.data_ptr(), sv.data_ptr(),
                        a.labels.data_ptr(), cn.data_ptr<int32_t>(),
                        a.mode == PoolMode::Max ? am.data_ptr<int32_t>() : nullptr, tables.data_ptr(),
                        grad_x.data_ptr(), shape_of(a), tau_m, tau_s, tau_grad, c10::cuda::getCurrentCUDAStream());

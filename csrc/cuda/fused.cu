@@ -7,13 +7,11 @@
 // Integer atomics give the same result in any order, so the output is
 // deterministic; a finishing kernel turns counts into y. Nothing of size
 // [T, B, C, P] is written unless the training variant saves the backward state.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <cmath>
 #include <cstdint>
 
 #include "../fused_core.h"
+#include "common.cuh"
 #include "fused_launch.h"
 
 namespace snnspx {
@@ -24,22 +22,6 @@ constexpr int kThreads = 256;
 constexpr int kAhead = 4;
 constexpr int64_t kSharedTableSteps = 2048;
 constexpr int32_t kNoPixel = 0x7f7f7f7f;  // what cudaMemset(0x7f) leaves in an int32
-
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-template <typename acc_t, typename scalar_t>
-__device__ __forceinline__ acc_t to_acc(scalar_t v) { return static_cast<acc_t>(v); }
-template <> __device__ __forceinline__ float to_acc<float, __half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_acc<float, __nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ scalar_t from_acc(acc_t v) { return static_cast<scalar_t>(v); }
-template <> __device__ __forceinline__ __half from_acc<__half, float>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 inline unsigned int blocks_for(int64_t n) { return static_cast<unsigned int>((n + kThreads - 1) / kThreads); }
 
@@ -197,14 +179,6 @@ fused_backward_kernel(const scalar_t* __restrict__ grad_y, const acc_t* __restri
   }
 }
 
-template <typename acc_t>
-__global__ void tables_kernel(acc_t* tables, int64_t T, double a_m, double a_s, double a_g, double c) {
-  const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (d >= T) return;
-  tables[d] = static_cast<acc_t>(c * (pow(a_m, double(d + 1)) - pow(a_s, double(d + 1))));
-  tables[T + d] = static_cast<acc_t>(-pow(a_g, double(d + 1)));
-}
-
 template <typename scalar_t, typename label_t>
 void forward_typed(const void* x, const void* labels, const int32_t* counts, void* y, void* saved, int32_t* argmax,
                    int32_t* scratch_count, int32_t* scratch_first, const FusedShape& s, double tau_m, double tau_s,
@@ -214,12 +188,7 @@ void forward_typed(const void* x, const void* labels, const int32_t* counts, voi
   if (out == 0) return;
   cudaMemsetAsync(scratch_count, 0, sizeof(int32_t) * out, stream);
   if (scratch_first != nullptr) cudaMemsetAsync(scratch_first, 0x7f, sizeof(int32_t) * out, stream);
-  SRMParams<acc_t> prm;
-  prm.a_m = static_cast<acc_t>(1.0 - 1.0 / tau_m);
-  prm.a_s = static_cast<acc_t>(1.0 - 1.0 / tau_s);
-  prm.a_g = static_cast<acc_t>(1.0 - 1.0 / tau_grad);
-  prm.c = static_cast<acc_t>(tau_m / (tau_m - tau_s));
-  prm.v_th = static_cast<acc_t>(v_th);
+  const SRMParams<acc_t> prm = make_srm_params<acc_t>(tau_m, tau_s, tau_grad, v_th);
   const int64_t N = s.B * s.C * s.P;
   const auto* xp = static_cast<const scalar_t*>(x);
   const auto* lp = static_cast<const label_t*>(labels);
@@ -245,8 +214,7 @@ void backward_typed(const void* grad_y, const void* saved, const void* labels, c
   const int64_t N = s.B * s.C * s.P;
   if (N == 0 || s.T == 0) return;
   auto* tab = static_cast<acc_t*>(tables);
-  tables_kernel<acc_t><<<blocks_for(s.T), kThreads, 0, stream>>>(
-      tab, s.T, 1.0 - 1.0 / tau_m, 1.0 - 1.0 / tau_s, 1.0 - 1.0 / tau_grad, tau_m / (tau_m - tau_s));
+  launch_srm_tables<acc_t>(tab, s.T, tau_m, tau_s, tau_grad, stream);
   const size_t smem = s.T <= kSharedTableSteps ? static_cast<size_t>(2 * s.T) * sizeof(acc_t) : 0;
   fused_backward_kernel<scalar_t, acc_t, label_t><<<blocks_for(N), kThreads, smem, stream>>>(
       static_cast<const scalar_t*>(grad_y), static_cast<const acc_t*>(saved), static_cast<const label_t*>(labels),

@@ -8,31 +8,18 @@
 
 #include "../kernel_counter.h"
 #include "../srm_glue.h"
+#include "glue.h"
 #include "launch.h"
 
 namespace snnspx {
 namespace {
 
-cuda::DType to_launch_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return cuda::DType::Float;
-    case at::kDouble: return cuda::DType::Double;
-    case at::kHalf: return cuda::DType::Half;
-    case at::kBFloat16: return cuda::DType::BFloat16;
-    default: TORCH_CHECK(false, "snnspx CUDA kernels take float32, float64, float16 or bfloat16, got ", t);
-  }
-}
-
-void check_cuda(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got one on ", t.device());
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> srm_forward_cuda(const at::Tensor& x, double tau_m, double tau_s,
                                                                 double tau_grad, double v_th) {
-  check_cuda(x, "x");
+  cuda::check_cuda_tensor(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
   auto o = prepare_srm_forward(x, tau_m, tau_s, tau_grad, v_th, /*packed=*/false);
-  cuda::srm_forward(to_launch_dtype(x.scalar_type()), o.x.data_ptr(), o.spikes.data_ptr(), o.du.data_ptr(),
+  cuda::srm_forward(cuda::launch_dtype(x.scalar_type()), o.x.data_ptr(), o.spikes.data_ptr(), o.du.data_ptr(),
                     o.dut.data_ptr(), o.T, o.N, tau_m, tau_s, tau_grad, v_th, 0.0, 0.0, /*packed=*/false,
                     c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -44,11 +31,11 @@ std::tuple<at::Tensor, at::Tensor> srm_neuron_fwd_cuda(const at::Tensor& x, doub
                                                        double tau_grad, double v_th,
                                                       double du_inv_clamp, double max_dudt_inv) {
   check_backward_params(du_inv_clamp, max_dudt_inv);
-  check_cuda(x, "x");
+  cuda::check_cuda_tensor(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
   auto o = prepare_srm_forward(x, tau_m, tau_s, tau_grad, v_th, /*packed=*/true);
   auto* saved = static_cast<char*>(o.du.data_ptr());
-  cuda::srm_forward(to_launch_dtype(x.scalar_type()), o.x.data_ptr(), o.spikes.data_ptr(), saved,
+  cuda::srm_forward(cuda::launch_dtype(x.scalar_type()), o.x.data_ptr(), o.spikes.data_ptr(), saved,
                     saved + o.T * o.N * o.du.element_size(), o.T, o.N, tau_m, tau_s, tau_grad, v_th,
                     du_inv_clamp, max_dudt_inv, /*packed=*/true, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -70,13 +57,13 @@ std::tuple<at::Tensor, at::Tensor> srm_backward_cuda(const at::Tensor& grad_spik
                                                      const at::Tensor& du, const at::Tensor& dut, double tau_m,
                                                      double tau_s, double tau_grad, double du_inv_clamp,
                                                      double max_dudt_inv) {
-  check_cuda(grad_spikes, "grad_spikes");
+  cuda::check_cuda_tensor(grad_spikes, "grad_spikes");
   c10::cuda::CUDAGuard guard(grad_spikes.device());
   auto a = prepare_srm_backward(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv);
   check_acc_dtype(a.du, "du", a.grad);
   const at::Tensor spk = a.spikes.to(a.grad.scalar_type());
   at::Tensor tables = tables_workspace(a.du, a.T);
-  cuda::srm_backward(to_launch_dtype(a.grad.scalar_type()), a.grad.data_ptr(), spk.data_ptr(), a.du.data_ptr(),
+  cuda::srm_backward(cuda::launch_dtype(a.grad.scalar_type()), a.grad.data_ptr(), spk.data_ptr(), a.du.data_ptr(),
                      a.dut.data_ptr(), a.grad_w.data_ptr(), a.grad_t.data_ptr(), tables.data_ptr(), a.T, a.N,
                      tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -86,13 +73,13 @@ std::tuple<at::Tensor, at::Tensor> srm_backward_cuda(const at::Tensor& grad_spik
 
 at::Tensor srm_neuron_bwd_cuda(const at::Tensor& grad_spikes, const at::Tensor& saved, double tau_m, double tau_s,
                                double tau_grad, double du_inv_clamp, double max_dudt_inv) {
-  check_cuda(grad_spikes, "grad_spikes");
+  cuda::check_cuda_tensor(grad_spikes, "grad_spikes");
   c10::cuda::CUDAGuard guard(grad_spikes.device());
   auto a = prepare_srm_neuron_backward(grad_spikes, saved, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv);
   check_acc_dtype(a.du, "saved", a.grad);
   at::Tensor tables = tables_workspace(a.du, a.T);
   auto* sp = static_cast<const char*>(a.du.data_ptr());
-  cuda::srm_backward(to_launch_dtype(a.grad.scalar_type()), a.grad.data_ptr(), nullptr, sp,
+  cuda::srm_backward(cuda::launch_dtype(a.grad.scalar_type()), a.grad.data_ptr(), nullptr, sp,
                      sp + a.T * a.N * a.du.element_size(), a.grad_w.data_ptr(), nullptr, tables.data_ptr(), a.T,
                      a.N, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();

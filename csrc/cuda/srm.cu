@@ -1,12 +1,9 @@
 // CUDA kernels of the SRM neuron (SPEC §2-§3): one thread per neuron walks all
 // T steps; at each step the threads of a warp touch consecutive neurons, so
 // every load and store is coalesced. The maths lives in ../srm_core.h.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <cmath>
 
-#include "../srm_core.h"
+#include "common.cuh"
 #include "launch.h"
 
 namespace snnspx {
@@ -17,23 +14,6 @@ constexpr int kThreads = 256;
 // Loads issued ahead of the recurrence: the state update is serial in t, the
 // loads are not, so keeping several in flight hides memory latency.
 constexpr int kAhead = 4;
-
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-template <typename acc_t, typename scalar_t>
-__device__ __forceinline__ acc_t to_acc(scalar_t v) { return static_cast<acc_t>(v); }
-template <> __device__ __forceinline__ float to_acc<float, __half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_acc<float, __nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ scalar_t from_acc(acc_t v) { return static_cast<scalar_t>(v); }
-template <> __device__ __forceinline__ __half from_acc<__half, float>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 template <typename scalar_t, typename acc_t, bool kPacked>
 __global__ void __launch_bounds__(kThreads)
@@ -67,14 +47,6 @@ srm_forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ spikes
       }
     }
   }
-}
-
-template <typename acc_t>
-__global__ void srm_tables_kernel(acc_t* tables, int64_t T, double a_m, double a_s, double a_g, double c) {
-  const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (d >= T) return;
-  tables[d] = static_cast<acc_t>(c * (pow(a_m, double(d + 1)) - pow(a_s, double(d + 1))));
-  tables[T + d] = static_cast<acc_t>(-pow(a_g, double(d + 1)));
 }
 
 // Tables up to this many steps are staged in shared memory (the lag lookups of
@@ -153,12 +125,7 @@ void forward_typed(const void* x, void* spikes, void* du, void* dut, int64_t T, 
                    bool packed, cudaStream_t stream) {
   using acc_t = typename Acc<scalar_t>::type;
   if (N == 0 || T == 0) return;
-  SRMParams<acc_t> p;
-  p.a_m = static_cast<acc_t>(1.0 - 1.0 / tau_m);
-  p.a_s = static_cast<acc_t>(1.0 - 1.0 / tau_s);
-  p.a_g = static_cast<acc_t>(1.0 - 1.0 / tau_grad);
-  p.c = static_cast<acc_t>(tau_m / (tau_m - tau_s));
-  p.v_th = static_cast<acc_t>(v_th);
+  const SRMParams<acc_t> p = make_srm_params<acc_t>(tau_m, tau_s, tau_grad, v_th);
   const auto* xp = static_cast<const scalar_t*>(x);
   auto* sp = static_cast<scalar_t*>(spikes);
   auto* dup = static_cast<acc_t*>(du);
@@ -180,8 +147,7 @@ void backward_typed(const void* grad, const void* spikes, const void* du, const 
   using acc_t = typename Acc<scalar_t>::type;
   if (N == 0 || T == 0) return;
   auto* tab = static_cast<acc_t*>(tables);
-  srm_tables_kernel<acc_t><<<blocks_for(T), kThreads, 0, stream>>>(
-      tab, T, 1.0 - 1.0 / tau_m, 1.0 - 1.0 / tau_s, 1.0 - 1.0 / tau_grad, tau_m / (tau_m - tau_s));
+  launch_srm_tables<acc_t>(tab, T, tau_m, tau_s, tau_grad, stream);
   const auto* g = static_cast<const scalar_t*>(grad);
   const auto* sp = static_cast<const scalar_t*>(spikes);
   const auto* dup = static_cast<const acc_t*>(du);

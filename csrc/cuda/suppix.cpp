@@ -17,24 +17,11 @@
 
 #include "../kernel_counter.h"
 #include "../suppix_glue.h"
+#include "glue.h"
 #include "suppix_launch.h"
 
 namespace snnspx {
 namespace {
-
-cuda::DType launch_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return cuda::DType::Float;
-    case at::kDouble: return cuda::DType::Double;
-    case at::kHalf: return cuda::DType::Half;
-    case at::kBFloat16: return cuda::DType::BFloat16;
-    default: TORCH_CHECK(false, "snnspx CUDA kernels take float32, float64, float16 or bfloat16, got ", t);
-  }
-}
-
-void check_cuda_tensor(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got one on ", t.device());
-}
 
 cuda::SupPixShape launch_shape(const SupPixDims& d) {
   // Grid sizes are 32-bit: at most ~2^31 blocks of 1024 pixels.
@@ -70,14 +57,14 @@ at::Tensor counts_from_offsets(const at::Tensor& offsets, int64_t K) {
 std::tuple<at::Tensor, at::Tensor> suppix_pool_cuda(const at::Tensor& x, const at::Tensor& labels,
                                                     int64_t num_superpixels, c10::string_view mode,
                                                     bool check_labels) {
-  check_cuda_tensor(x, "x");
+  cuda::check_cuda_tensor(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
   auto a = prepare_suppix_pool(x, labels, num_superpixels, mode, check_labels);
   auto [y, aux] = allocate_suppix_pool(a);
   const auto shape = launch_shape(a.d);
   Segments seg = build_segments(a.labels, a.d.K);
   const bool aux_out = a.mode == SupPixMode::Max || a.mode == SupPixMode::AvgSpike;
-  cuda::suppix_pool(launch_dtype(a.x.scalar_type()), a.mode, a.x.data_ptr(), seg.order.data_ptr<int32_t>(),
+  cuda::suppix_pool(cuda::launch_dtype(a.x.scalar_type()), a.mode, a.x.data_ptr(), seg.order.data_ptr<int32_t>(),
                     seg.offsets.data_ptr<int32_t>(), y.data_ptr(), aux_out ? aux.data_ptr<int32_t>() : nullptr,
                     shape, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -88,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor> suppix_pool_cuda(const at::Tensor& x, const a
 
 void run_gather_cuda(SupPixGatherArgs& a) {
   const auto shape = launch_shape(a.d);
-  cuda::suppix_gather(launch_dtype(a.src.scalar_type()), a.mode, a.src.data_ptr(), a.labels.data_ptr(),
+  cuda::suppix_gather(cuda::launch_dtype(a.src.scalar_type()), a.mode, a.src.data_ptr(), a.labels.data_ptr(),
                       a.labels.scalar_type() == at::kLong, a.aux.defined() ? a.aux.data_ptr<int32_t>() : nullptr,
                       a.out.data_ptr(), shape, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -96,7 +83,7 @@ void run_gather_cuda(SupPixGatherArgs& a) {
 
 at::Tensor suppix_pool_backward_cuda(const at::Tensor& grad_y, const at::Tensor& labels, const at::Tensor& aux,
                                      c10::string_view mode) {
-  check_cuda_tensor(grad_y, "grad_y");
+  cuda::check_cuda_tensor(grad_y, "grad_y");
   c10::cuda::CUDAGuard guard(grad_y.device());
   auto a = prepare_suppix_gather(grad_y, "grad_y", labels, &aux, parse_suppix_mode(mode));
   run_gather_cuda(a);
@@ -105,7 +92,7 @@ at::Tensor suppix_pool_backward_cuda(const at::Tensor& grad_y, const at::Tensor&
 }
 
 at::Tensor suppix_unpool_cuda(const at::Tensor& y, const at::Tensor& labels, bool check_labels) {
-  check_cuda_tensor(y, "y");
+  cuda::check_cuda_tensor(y, "y");
   c10::cuda::CUDAGuard guard(y.device());
   auto a = prepare_suppix_gather(y, "y", labels, nullptr, SupPixMode::Sum);
   if (check_labels) check_suppix_label_range(a.labels, a.d.K);
@@ -115,7 +102,7 @@ at::Tensor suppix_unpool_cuda(const at::Tensor& y, const at::Tensor& labels, boo
 }
 
 at::Tensor suppix_counts_cuda(const at::Tensor& labels, int64_t num_superpixels) {
-  check_cuda_tensor(labels, "labels");
+  cuda::check_cuda_tensor(labels, "labels");
   c10::cuda::CUDAGuard guard(labels.device());
   check_num_superpixels(num_superpixels);
   check_suppix_labels(labels, labels, "labels", labels.dim() == 3 ? labels.size(0) : 1,

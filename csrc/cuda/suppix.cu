@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "common.cuh"
 #include "suppix_launch.h"
 
 namespace snnspx {
@@ -30,23 +31,6 @@ constexpr int64_t kGatherTile = int64_t(kGatherThreads) * kGatherItems;
 constexpr int64_t kMaxStageBytes = 48 * 1024;
 // Pooling blocks wanted in flight: with fewer (t, b, c) planes than this, one block per plane.
 constexpr int64_t kPoolBlocksWanted = 4096;
-
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-template <typename acc_t, typename scalar_t>
-__device__ __forceinline__ acc_t to_acc(scalar_t v) { return static_cast<acc_t>(v); }
-template <> __device__ __forceinline__ float to_acc<float, __half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_acc<float, __nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ scalar_t from_acc(acc_t v) { return static_cast<scalar_t>(v); }
-template <> __device__ __forceinline__ __half from_acc<__half, float>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 template <typename acc_t> __device__ __forceinline__ acc_t neg_inf();
 template <> __device__ __forceinline__ float neg_inf<float>() { return -__int_as_float(0x7f800000); }

@@ -1,0 +1,50 @@
+// Device helpers shared by the CUDA kernel files: the accumulation type, the
+// element conversions (half/bfloat16 through intrinsics, since PyTorch builds
+// with __CUDA_NO_HALF_CONVERSIONS__), and the SRM backward's table kernel.
+// Light on purpose: CUDA headers and ../srm_core.h only.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "../srm_core.h"
+
+namespace snnspx {
+namespace cuda {
+
+template <typename T> struct Acc { using type = float; };
+template <> struct Acc<double> { using type = double; };
+
+template <typename acc_t, typename scalar_t>
+__device__ __forceinline__ acc_t to_acc(scalar_t v) { return static_cast<acc_t>(v); }
+template <> __device__ __forceinline__ float to_acc<float, __half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_acc<float, __nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ scalar_t from_acc(acc_t v) { return static_cast<scalar_t>(v); }
+template <> __device__ __forceinline__ __half from_acc<__half, float>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// The backward's tables epsw, epst (2 * T entries), one thread per entry.
+template <typename acc_t>
+__global__ void srm_tables_kernel(acc_t* tables, int64_t T, double tau_m, double tau_s, double tau_grad) {
+  const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (d < T) srm_table_entry<acc_t>(tables, T, d, tau_m, tau_s, tau_grad);
+}
+
+template <typename acc_t>
+inline void launch_srm_tables(acc_t* tables, int64_t T, double tau_m, double tau_s, double tau_grad,
+                              cudaStream_t stream) {
+  constexpr int threads = 256;
+  srm_tables_kernel<acc_t><<<static_cast<unsigned int>((T + threads - 1) / threads), threads, 0, stream>>>(
+      tables, T, tau_m, tau_s, tau_grad);
+}
+
+}  // namespace cuda
+}  // namespace snnspx

@@ -1,0 +1,27 @@
+// Host-side helpers shared by the CUDA registrations (csrc/cuda/*.cpp).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "launch.h"
+
+namespace snnspx {
+namespace cuda {
+
+// The launchers' element type for a tensor dtype.
+inline DType launch_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return DType::Float;
+    case at::kDouble: return DType::Double;
+    case at::kHalf: return DType::Half;
+    case at::kBFloat16: return DType::BFloat16;
+    default: TORCH_CHECK(false, "snnspx CUDA kernels take float32, float64, float16 or bfloat16, got ", t);
+  }
+}
+
+inline void check_cuda_tensor(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got one on ", t.device());
+}
+
+}  // namespace cuda
+}  // namespace snnspx
