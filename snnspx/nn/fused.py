@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from .. import _checks
 from ..functional.fused import srm_suppix_pool
+from ._base import SRMModule
 
 __all__ = ["SRMSupPixPool"]
 
 
-class SRMSupPixPool(nn.Module):
+class SRMSupPixPool(SRMModule):
     """SRM spikes pooled per superpixel and step, fused in one kernel (SPEC §6).
 
     Args:
@@ -42,14 +42,9 @@ class SRMSupPixPool(nn.Module):
         batch_first: bool = False,
         backend: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, batch_first, backend)
         _checks.suppix_mode(mode, "exact")
-        _checks.check_srm_params(tau_m, tau_s, tau_grad, v_th)
-        _checks.check_backward_params(du_inv_clamp, max_dudt_inv)
         self.mode, self.num_superpixels = mode, num_superpixels
-        self.tau_m, self.tau_s, self.tau_grad, self.v_th = float(tau_m), float(tau_s), float(tau_grad), float(v_th)
-        self.du_inv_clamp, self.max_dudt_inv = float(du_inv_clamp), float(max_dudt_inv)
-        self.batch_first, self.backend = batch_first, backend
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.batch_first:

@@ -7,25 +7,20 @@ from torch import nn
 
 from .. import _checks
 from ..functional import layers as F
+from ._base import SRMModule
 from .quantizer import Quantizer
 
 __all__ = ["SRMConv2d", "SRMLinear", "SpikeAvgPool2d"]
 
 
-class _SRMLayer(nn.Module):
+class _SRMLayer(SRMModule):
     """The SRM constants, the layout flag and the optional weight quantizer shared by the layers."""
 
     def __init__(self, tau_m, tau_s, tau_grad, v_th, input_grad_scale, du_inv_clamp, max_dudt_inv,
                  batch_first, weight_bits, weight_rounding, backend):
-        super().__init__()
-        _checks.check_srm_params(tau_m, tau_s, tau_grad, v_th)
-        _checks.check_backward_params(du_inv_clamp, max_dudt_inv)
+        super().__init__(tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, batch_first, backend)
         _checks.check_input_grad_scale(input_grad_scale)
-        self.tau_m, self.tau_s, self.tau_grad, self.v_th = float(tau_m), float(tau_s), float(tau_grad), float(v_th)
         self.input_grad_scale = float(input_grad_scale)
-        self.du_inv_clamp, self.max_dudt_inv = float(du_inv_clamp), float(max_dudt_inv)
-        self.batch_first = batch_first
-        self.backend = backend
         self.weight_quantizer = None if weight_bits is None else Quantizer(weight_bits, weight_rounding)
 
     def _srm_kwargs(self) -> dict:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from .. import _checks
 from ..functional import srm as F
+from ._base import SRMModule
 
 __all__ = ["SRMNeuron"]
 
 
-class SRMNeuron(nn.Module):
+class SRMNeuron(SRMModule):
     """Spike Response Model neuron over all time steps, with the event-driven gradient.
 
     Args:
@@ -38,13 +37,7 @@ class SRMNeuron(nn.Module):
         batch_first: bool = False,
         backend: str | None = None,
     ) -> None:
-        super().__init__()
-        _checks.check_srm_params(tau_m, tau_s, tau_grad, v_th)
-        _checks.check_backward_params(du_inv_clamp, max_dudt_inv)
-        self.tau_m, self.tau_s, self.tau_grad, self.v_th = float(tau_m), float(tau_s), float(tau_grad), float(v_th)
-        self.du_inv_clamp, self.max_dudt_inv = float(du_inv_clamp), float(max_dudt_inv)
-        self.batch_first = batch_first
-        self.backend = backend
+        super().__init__(tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, batch_first, backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.batch_first:
