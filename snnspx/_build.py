@@ -125,7 +125,7 @@ def _flags(kind: str) -> dict[str, list[str]]:
     if kind == "cpu":
         # -fno-trapping-math lets the compiler turn the per-neuron selects into vector
         # blends (it changes no result: the kernels never rely on FP traps).
-        return {"extra_cflags": [*cflags, "-fopenmp"], "extra_ldflags": ["-fopenmp", *ldflags]}
+        return {"extra_cflags": [*cflags, "-fopenmp", "-fno-trapping-math"], "extra_ldflags": ["-fopenmp", *ldflags]}
     return {
         "extra_cflags": cflags,
         "extra_cuda_cflags": ["-O3", "--expt-relaxed-constexpr", *cuda_arch_flags()],

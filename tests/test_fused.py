@@ -61,6 +61,28 @@ def test_fused_gradient_equals_composed_gradient(backend, device, mode, dtype, g
 
 
 @pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("form", ["shared", "step"])
+def test_fused_large_images_span_kernel_blocks(backend, device, mode, form, gen):
+    # 23 x 29 = 667 pixels: several of the CPU kernel's 256-pixel blocks, a ragged last
+    # block, and superpixels (few labels, so large ones) whose pixels lie in more than one
+    # block; max's argmax must be the lowest spiking index over all blocks.
+    T, B, C, H, W, K = 6, 2, 2, 23, 29, 3
+    x = currents(gen, (T, B, C, H, W), device=device) * 0.7
+    labels = make_labels(gen, form, T, B, H, W, K, device=device)
+    w = torch.randn((T, B, C, K), generator=gen, dtype=torch.float64).to(device)
+    xg = x.clone().requires_grad_()
+    y = F.srm_suppix_pool(xg, labels, K, mode, backend=backend)
+    (y * w).sum().backward()
+    xr = x.detach().cpu().clone().requires_grad_()
+    want = composed(xr, labels.cpu(), K, mode)
+    (want * w.cpu()).sum().backward()
+    assert torch.equal(y.detach().cpu(), want.detach()), f"fused != composition ({backend}, {mode}, {form})"
+    assert xr.grad.abs().sum() > 0
+    torch.testing.assert_close(xg.grad.cpu(), xr.grad)
+
+
+@pytest.mark.parametrize("backend,device", GRID)
 def test_fused_edge_cases(backend, device, gen):
     # T = 1, an empty superpixel (K larger than any label), all-negative images, K = 1.
     x = currents(gen, (1, 2, 2, 3, 3), device=device) * 4

@@ -38,6 +38,30 @@ void count_labels_cpu(const label_t* labels, int32_t* counts, int64_t maps, int6
   });
 }
 
+// Spike counts go to kCopies interleaved histograms (pixel i of a block adds to
+// copy i % kCopies) that are summed at the end: neighbouring pixels mostly
+// share a superpixel, and one histogram would chain their increments through
+// memory. Integer counts make the result independent of that split.
+constexpr int64_t kCopies = 4;
+
+// The histogram slot of a pixel: its label, or K (a slot never read) for an
+// ignored (negative) label. Labels were checked against K by count_labels.
+template <typename label_t>
+inline void label_slots(const label_t* lab, int64_t len, int64_t K, int32_t* slot) {
+  for (int64_t i = 0; i < len; ++i) {
+    const int64_t k = static_cast<int64_t>(lab[i]);
+    slot[i] = static_cast<int32_t>(k >= 0 ? k : K);
+  }
+}
+
+// min(f, spike ? p : kNoPixel) without a branch (a spike is 0 or 1; the
+// difference of two values in [0, 2^31 - 1] cannot overflow).
+inline int32_t min_first(int32_t f, int32_t spike, int32_t p) {
+  const int32_t cand = (p & -spike) | (kNoPixel & (spike - 1));
+  const int32_t d = f - cand;
+  return cand + (d & (d >> 31));
+}
+
 template <typename scalar_t, typename acc_t, typename label_t, bool kSave>
 void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, acc_t du_inv_clamp, acc_t max_dudt_inv,
                           const int32_t* counts, scalar_t* y, acc_t* saved, int32_t* argmax) {
@@ -45,12 +69,17 @@ void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, acc_t
   const label_t* labels = a.labels.data_ptr<label_t>();
   const int64_t T = a.T, C = a.C, P = a.P, K = a.K, B = a.B;
   const int64_t N = B * C * P;
-  const bool track_max = a.mode == PoolMode::Max;
+  const int64_t KS = K + 1;       // one row of a histogram: K slots + the ignored slot
+  const int64_t H = T * KS;       // one histogram copy
+  // The first spiking pixel per (step, superpixel) is only needed to save the
+  // argmax for max's backward.
+  const bool track_max = kSave && a.mode == PoolMode::Max && argmax != nullptr;
   at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> cnt(static_cast<size_t>(T * K));
-    std::vector<int32_t> first(track_max ? static_cast<size_t>(T * K) : 0);
+    const SRMParams<acc_t> p = prm;  // a local copy: GCC vectorises the step loop only then
+    std::vector<int32_t> cnt(static_cast<size_t>(kCopies * H));
+    std::vector<int32_t> first(track_max ? static_cast<size_t>(kCopies * H) : 0);
     alignas(64) acc_t m[kBlock], sy[kBlock], g[kBlock], ul[kBlock], du[kBlock], dut[kBlock];
-    alignas(64) bool spk[kBlock];
+    alignas(64) int32_t spk[kBlock], slot[kBlock];
     for (int64_t bc = begin; bc < end; ++bc) {
       const int64_t b = bc / C;
       std::fill(cnt.begin(), cnt.end(), 0);
@@ -62,30 +91,38 @@ void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, acc_t
         std::fill(g, g + len, acc_t(0));
         std::fill(ul, ul + len, acc_t(0));
         for (int64_t t = 0; t < T; ++t) {
+          if (t == 0 || a.layout.L > 1) label_slots(labels + a.layout.offset(t, b) + p0, len, K, slot);
           const int64_t base = t * N + bc * P + p0;
+          const scalar_t* __restrict__ xt = x + base;
+#pragma omp simd
           for (int64_t i = 0; i < len; ++i) {
             SRMState<acc_t> st{m[i], sy[i], g[i], ul[i]};
-            spk[i] = srm_step<acc_t>(st, static_cast<acc_t>(x[base + i]), prm, du[i], dut[i]);
+            acc_t d, dt;
+            const bool s = srm_step<acc_t>(st, static_cast<acc_t>(xt[i]), p, d, dt);
             m[i] = st.m, sy[i] = st.s, g[i] = st.g, ul[i] = st.u_last;
+            spk[i] = s ? 1 : 0;
+            du[i] = d, dut[i] = dt;  // unconditional: a guarded store stops the vectoriser
           }
           if (kSave) {  // srm_neuron_fwd's compact state (see ops.cpp)
-            acc_t* s0 = saved + base;
-            acc_t* s1 = saved + T * N + base;
+            acc_t* __restrict__ s0 = saved + base;
+            acc_t* __restrict__ s1 = saved + T * N + base;
             for (int64_t i = 0; i < len; ++i) {
               const acc_t fw = inv_clamp(du[i], du_inv_clamp), ft = inv_clamp(dut[i], max_dudt_inv);
               s0[i] = spk[i] ? fw : silent_mark<acc_t>();
               s1[i] = spk[i] ? ft : acc_t(0);
             }
           }
-          const label_t* lab = labels + a.layout.offset(t, b) + p0;
-          int32_t* c_t = cnt.data() + t * K;
-          for (int64_t i = 0; i < len; ++i) {
-            const int64_t k = static_cast<int64_t>(lab[i]);
-            if (!spk[i] || k < 0 || k >= K) continue;
-            c_t[k] += 1;
-            if (track_max) {
-              int32_t& f = first[t * K + k];
-              f = std::min<int32_t>(f, static_cast<int32_t>(p0 + i));
+          int32_t* c_t = cnt.data() + t * KS;
+          int64_t i = 0;
+          for (; i + kCopies <= len; i += kCopies) {
+            for (int64_t j = 0; j < kCopies; ++j) c_t[j * H + slot[i + j]] += spk[i + j];
+          }
+          for (; i < len; ++i) c_t[slot[i]] += spk[i];
+          if (track_max) {
+            int32_t* f_t = first.data() + t * KS;
+            for (i = 0; i < len; ++i) {
+              int32_t& f = f_t[(i % kCopies) * H + slot[i]];
+              f = min_first(f, spk[i], static_cast<int32_t>(p0 + i));
             }
           }
         }
@@ -93,12 +130,20 @@ void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, acc_t
       for (int64_t t = 0; t < T; ++t) {
         const int32_t* n_row = counts + a.layout.count_row(t, b, K);
         scalar_t* y_row = y + (t * B * C + bc) * K;
+        const int32_t* c_t = cnt.data() + t * KS;
         for (int64_t k = 0; k < K; ++k) {
-          y_row[k] = static_cast<scalar_t>(pooled_from_count<acc_t>(a.mode, cnt[t * K + k], n_row[k]));
+          int32_t total = 0;
+          for (int64_t j = 0; j < kCopies; ++j) total += c_t[j * H + k];
+          y_row[k] = static_cast<scalar_t>(pooled_from_count<acc_t>(a.mode, total, n_row[k]));
         }
-        if (track_max && argmax != nullptr) {
+        if (track_max) {
           int32_t* a_row = argmax + (t * B * C + bc) * K;
-          for (int64_t k = 0; k < K; ++k) a_row[k] = first[t * K + k] == kNoPixel ? -1 : first[t * K + k];
+          const int32_t* f_t = first.data() + t * KS;
+          for (int64_t k = 0; k < K; ++k) {
+            int32_t f = kNoPixel;
+            for (int64_t j = 0; j < kCopies; ++j) f = std::min(f, f_t[j * H + k]);
+            a_row[k] = f == kNoPixel ? -1 : f;
+          }
         }
       }
     }
