@@ -106,21 +106,36 @@ SNNSPX_HD acc_t silent_mark() {
   return acc_t(1);
 }
 
-// One backward step (SPEC §3), walking t from T-1 down to 0. fw and ft are the
-// factors inv_clamp(du[t], du_inv_clamp) and inv_clamp(dut[t], max_dudt_inv);
-// G, fw and ft are only read when spike is true. `epsw`/`epst` are the kernel
-// tables of length T: epsw[d] = c (a_m^(d+1) - a_s^(d+1)), epst[d] = -a_g^(d+1).
+// One backward step (SPEC §3), walking t from T-1 down to 0, in two halves so
+// that a CPU loop can run each half vectorised and gather the table entries in
+// between (SSE2 has no gather): srm_grad_advance moves the state and returns the
+// table index d; srm_grad_emit turns the state and the entries epsw[d], epst[d]
+// into gw, gt. srm_grad_step composes them.
+//
+// fw and ft are the factors inv_clamp(du[t], du_inv_clamp) and
+// inv_clamp(dut[t], max_dudt_inv); G, fw and ft are only read when spike is
+// true. `epsw`/`epst` are the kernel tables of length T:
+// epsw[d] = c (a_m^(d+1) - a_s^(d+1)), epst[d] = -a_g^(d+1).
 template <typename acc_t>
-SNNSPX_HD void srm_grad_step(SRMGradState<acc_t>& st, bool spike, acc_t G, acc_t fw, acc_t ft,
-                             const acc_t* epsw, const acc_t* epst, acc_t& gw, acc_t& gt) {
-  // Branch-free: selects only, and the table reads are always in bounds.
+SNNSPX_HD int32_t srm_grad_advance(SRMGradState<acc_t>& st, bool spike, acc_t G, acc_t fw, acc_t ft) {
+  // Branch-free: selects only; the index is always in bounds.
   st.aw = spike ? G * fw : st.aw;
   st.at = spike ? G * ft : st.at;
   st.lag = spike ? 0 : (st.lag >= 0 ? st.lag + 1 : -1);
-  const int32_t d = st.lag >= 0 ? st.lag : 0;
-  const acc_t ew = epsw[d], et = epst[d];
+  return st.lag >= 0 ? st.lag : 0;
+}
+
+template <typename acc_t>
+SNNSPX_HD void srm_grad_emit(const SRMGradState<acc_t>& st, acc_t ew, acc_t et, acc_t& gw, acc_t& gt) {
   gw = st.lag >= 0 ? st.aw * ew : acc_t(0);
   gt = st.lag >= 0 ? st.at * et : acc_t(0);
+}
+
+template <typename acc_t>
+SNNSPX_HD void srm_grad_step(SRMGradState<acc_t>& st, bool spike, acc_t G, acc_t fw, acc_t ft,
+                             const acc_t* epsw, const acc_t* epst, acc_t& gw, acc_t& gt) {
+  const int32_t d = srm_grad_advance(st, spike, G, fw, ft);
+  srm_grad_emit(st, epsw[d], epst[d], gw, gt);
 }
 
 }  // namespace snnspx

@@ -150,6 +150,35 @@ void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, acc_t
   });
 }
 
+// The backward's per-(b, c) tables: gk[t, k] = dL/dspike for a spiking pixel
+// of superpixel k at step t (g, g / n or, for max, g at the argmax pixel only),
+// am[t, k] the argmax (max only). Slot K, for ignored pixels, holds 0 and -2.
+// One division per superpixel rather than per pixel; pooled_grad gives the
+// same value bit for bit.
+template <typename scalar_t, typename acc_t>
+void pooled_grad_tables(const FusedArgs& a, int64_t bc, const scalar_t* grad_y, const int32_t* counts,
+                        const int32_t* argmax, acc_t* gk, int32_t* am) {
+  const int64_t T = a.T, K = a.K, BC = a.B * a.C, b = bc / a.C;
+  for (int64_t t = 0; t < T; ++t) {
+    const scalar_t* g_row = grad_y + (t * BC + bc) * K;
+    const int32_t* n_row = counts + a.layout.count_row(t, b, K);
+    acc_t* gk_t = gk + t * (K + 1);
+    for (int64_t k = 0; k < K; ++k) {
+      // For max, pooled_grad(g, n, argmax, p) is g when p is the argmax.
+      gk_t[k] = pooled_grad<acc_t>(a.mode, static_cast<acc_t>(g_row[k]), n_row[k], 0, 0);
+    }
+    gk_t[K] = acc_t(0);
+    if (am != nullptr) {
+      std::copy(argmax + (t * BC + bc) * K, argmax + (t * BC + bc + 1) * K, am + t * (K + 1));
+      am[t * (K + 1) + K] = -2;
+    }
+  }
+}
+
+// Per step row, like srm.cpp's backward: a scalar pass gathers each spiking
+// pixel's pooled gradient G (0 for a silent or ignored pixel), a vectorised pass
+// advances the neuron states (srm_grad_advance), a scalar pass gathers the
+// table entries and a vectorised pass writes grad_x (srm_grad_emit).
 template <typename scalar_t, typename acc_t, typename label_t>
 void fused_backward_kernel(const FusedArgs& a, const scalar_t* grad_y, const acc_t* saved, const int32_t* counts,
                            const int32_t* argmax, const acc_t* tables, scalar_t* grad_x) {
@@ -159,38 +188,44 @@ void fused_backward_kernel(const FusedArgs& a, const scalar_t* grad_y, const acc
   const acc_t* epsw = tables;
   const acc_t* epst = tables + T;
   at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
-    alignas(64) acc_t aw[kBlock], at_[kBlock];
-    alignas(64) int32_t lag[kBlock];
+    alignas(64) acc_t aw[kBlock], at_[kBlock], G[kBlock], ew[kBlock], et[kBlock];
+    alignas(64) int32_t lag[kBlock], idx[kBlock], slot[kBlock];
+    const bool is_max = a.mode == PoolMode::Max;
+    std::vector<acc_t> gk(static_cast<size_t>(T * (K + 1)));
+    std::vector<int32_t> am(is_max ? static_cast<size_t>(T * (K + 1)) : 0);
     for (int64_t bc = begin; bc < end; ++bc) {
       const int64_t b = bc / C;
+      pooled_grad_tables<scalar_t, acc_t>(a, bc, grad_y, counts, argmax, gk.data(), is_max ? am.data() : nullptr);
       for (int64_t p0 = 0; p0 < P; p0 += kBlock) {
         const int64_t len = std::min(kBlock, P - p0);
         std::fill(aw, aw + len, acc_t(0));
         std::fill(at_, at_ + len, acc_t(0));
         std::fill(lag, lag + len, int32_t(-1));
         for (int64_t t = T - 1; t >= 0; --t) {
+          if (t == T - 1 || a.layout.L > 1) label_slots(labels + a.layout.offset(t, b) + p0, len, K, slot);
           const int64_t base = t * N + bc * P + p0;
-          const acc_t* s0 = saved + base;
-          const acc_t* s1 = saved + T * N + base;
-          const label_t* lab = labels + a.layout.offset(t, b) + p0;
-          const int32_t* n_row = counts + a.layout.count_row(t, b, K);
-          const int64_t y_row = (t * B * C + bc) * K;
+          const acc_t* __restrict__ s0 = saved + base;
+          const acc_t* __restrict__ s1 = saved + T * N + base;
+          // G: the pooled gradient were the pixel to spike (srm_grad_advance reads
+          // it only at spikes). Unconditional loads, so that no branch depends on a spike.
+          const acc_t* gk_t = gk.data() + t * (K + 1);
+          for (int64_t i = 0; i < len; ++i) G[i] = gk_t[slot[i]];
+          if (is_max) {
+            const int32_t* am_t = am.data() + t * (K + 1);
+            for (int64_t i = 0; i < len; ++i) idx[i] = am_t[slot[i]];
+            for (int64_t i = 0; i < len; ++i) G[i] = idx[i] == static_cast<int32_t>(p0 + i) ? G[i] : acc_t(0);
+          }
           for (int64_t i = 0; i < len; ++i) {
-            const bool spike = s0[i] <= acc_t(0);
-            acc_t G = acc_t(0);
-            if (spike) {
-              const int64_t k = static_cast<int64_t>(lab[i]);
-              if (k >= 0 && k < K) {
-                const int32_t am = argmax != nullptr ? argmax[y_row + k] : -1;
-                G = pooled_grad<acc_t>(a.mode, static_cast<acc_t>(grad_y[y_row + k]), n_row[k], am,
-                                       static_cast<int32_t>(p0 + i));
-              }
-            }
             SRMGradState<acc_t> st{aw[i], at_[i], lag[i]};
-            acc_t gw, gt;
-            srm_grad_step<acc_t>(st, spike, G, s0[i], s1[i], epsw, epst, gw, gt);
+            idx[i] = srm_grad_advance<acc_t>(st, s0[i] <= acc_t(0), G[i], s0[i], s1[i]);
             aw[i] = st.aw, at_[i] = st.at, lag[i] = st.lag;
-            grad_x[base + i] = static_cast<scalar_t>(gw);
+          }
+          for (int64_t i = 0; i < len; ++i) ew[i] = epsw[idx[i]], et[i] = epst[idx[i]];
+          scalar_t* __restrict__ gx = grad_x + base;
+          for (int64_t i = 0; i < len; ++i) {
+            acc_t gw, gt;
+            srm_grad_emit<acc_t>(SRMGradState<acc_t>{aw[i], at_[i], lag[i]}, ew[i], et[i], gw, gt);
+            gx[i] = static_cast<scalar_t>(gw);
           }
         }
       }

@@ -70,9 +70,11 @@ void srm_forward_kernel(const scalar_t* x, scalar_t* spikes, acc_t* du, acc_t* d
 // factors (a spike is a factor <= 0); grad_t is not written.
 //
 // Per step row: one pass computes the spike flags and factors (the divisions run
-// unconditionally, so it vectorises), a second advances each neuron's state
-// with the branch-free srm_grad_step. G is read everywhere but used only at
-// spikes (selects never propagate a NaN from a silent step).
+// unconditionally, so it vectorises); a second advances each neuron's state
+// (srm_grad_advance, vectorised); a scalar pass gathers the table entries; a
+// last one writes the gradients (srm_grad_emit, vectorised). Together these are
+// srm_grad_step. G is read everywhere but used only at spikes (selects never
+// propagate a NaN from a silent step).
 template <typename scalar_t, typename acc_t, bool kPacked>
 void srm_backward_kernel(const scalar_t* grad, const scalar_t* spikes, const acc_t* du, const acc_t* dut,
                          scalar_t* grad_w, scalar_t* grad_t, const acc_t* tables, int64_t T, int64_t N,
@@ -81,9 +83,8 @@ void srm_backward_kernel(const scalar_t* grad, const scalar_t* spikes, const acc
   const acc_t* epst = tables + T;
   const int64_t grain = std::max<int64_t>(kBlock, 32768 / std::max<int64_t>(T, 1));
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-    alignas(64) acc_t aw[kBlock], at[kBlock], fw[kBlock], ft[kBlock];
-    alignas(64) int32_t lag[kBlock];
-    alignas(64) bool spk[kBlock];
+    alignas(64) acc_t aw[kBlock], at[kBlock], fw[kBlock], ft[kBlock], ew[kBlock], et[kBlock];
+    alignas(64) int32_t lag[kBlock], idx[kBlock], spk[kBlock];
     for (int64_t n0 = begin; n0 < end; n0 += kBlock) {
       const int64_t len = std::min(kBlock, end - n0);
       std::fill(aw, aw + len, acc_t(0));
@@ -111,10 +112,13 @@ void srm_backward_kernel(const scalar_t* grad, const scalar_t* spikes, const acc
         scalar_t* __restrict__ gtp = kPacked ? nullptr : grad_t + base;
         for (int64_t i = 0; i < len; ++i) {
           SRMGradState<acc_t> st{aw[i], at[i], lag[i]};
-          const acc_t G = static_cast<acc_t>(gp[i]);
-          acc_t gw, gt;
-          srm_grad_step<acc_t>(st, spk[i], G, fw[i], ft[i], epsw, epst, gw, gt);
+          idx[i] = srm_grad_advance<acc_t>(st, spk[i] != 0, static_cast<acc_t>(gp[i]), fw[i], ft[i]);
           aw[i] = st.aw, at[i] = st.at, lag[i] = st.lag;
+        }
+        for (int64_t i = 0; i < len; ++i) ew[i] = epsw[idx[i]], et[i] = epst[idx[i]];
+        for (int64_t i = 0; i < len; ++i) {
+          acc_t gw, gt;
+          srm_grad_emit<acc_t>(SRMGradState<acc_t>{aw[i], at[i], lag[i]}, ew[i], et[i], gw, gt);
           gwp[i] = static_cast<scalar_t>(gw);
           if (!kPacked) gtp[i] = static_cast<scalar_t>(gt);
         }
