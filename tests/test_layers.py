@@ -239,10 +239,15 @@ def test_linear_module_matches_reference(backend, device, weight_norm, gen):
     the standardisation for weight, bn_weight and bn_bias."""
     torch.manual_seed(gen.initial_seed())
     m = snnspx.nn.SRMLinear(12, 5, v_th=0.3, weight_norm=weight_norm, backend=backend, dtype=torch.float64).to(device)
-    if weight_norm:
-        with torch.no_grad():
+    with torch.no_grad():
+        if weight_norm:
             m.bn_weight.uniform_(0.5, 1.5)
             m.bn_bias.uniform_(0.0, 0.2)
+        else:
+            # The default init (|w| <= 1/sqrt(12)) leaves all 5 neurons silent for about one
+            # seed in 300; weights drawn with a positive mean make the layer fire, so the
+            # spike-time backward below is exercised on every seed.
+            m.weight.uniform_(-0.2, 0.6)
     s_in = spike_train(gen, (9, 3, 12), torch.float64, device, p=0.4)
     out = m(s_in.requires_grad_())
     grad = randn(gen, out.shape, torch.float64, device)

@@ -482,7 +482,19 @@ def test_cuda_matches_cpp_on_large_inputs(mode, dtype, HW, K, gen):
     for y, aux in runs:
         assert torch.equal(y, runs[0][0]) and torch.equal(aux, runs[0][1])
     tol = dict(atol=2e-2, rtol=2e-2) if dtype == torch.float16 else {}
-    torch.testing.assert_close(runs[0][0].cpu(), y_c, **tol)
+    if mode in ("sum", "avg") and dtype != torch.float16:
+        # The GPU adds a superpixel's n values in a fixed tree order, the CPU in pixel
+        # order: both are exact up to rounding, so the difference is bounded by about
+        # n * eps * (the same pooling of |x|), not by a fixed relative tolerance.
+        abs_pool, counts = ops.suppix_pool(x.abs().reshape(T, B, C, -1), lab, K, mode, True)
+        n = torch.zeros(B, K + 1, dtype=torch.int64).scatter_add_(1, lab[0] % (K + 1), torch.ones_like(lab[0]))
+        n = n[:, :K].reshape(1, B, 1, K).to(torch.float64)
+        bound = (n + 2) * torch.finfo(dtype).eps * abs_pool.to(torch.float64)
+        err = (runs[0][0].cpu().to(torch.float64) - y_c.to(torch.float64)).abs()
+        worst = (err - bound).max()
+        assert worst <= 0, f"GPU and CPU sums differ by more than rounding can explain ({worst.item():.3g} over)"
+    else:
+        torch.testing.assert_close(runs[0][0].cpu(), y_c, **tol)
     assert torch.equal(runs[0][1].cpu(), aux_c), "argmax / counts / non-zero counts are exact"
     g = rand_x(gen, (T, B, C, K), dtype)
     gx_c = ops.suppix_pool_backward(g, lab, aux_c, mode)
