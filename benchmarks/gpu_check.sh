@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: on a CUDA machine with only this checkout (no install needed),
-# build the kernels, run the CUDA tests and the GPU benchmarks, print a short table.
+# build the kernels, run the CUDA tests (also with the experimental kernels switched
+# on), a per-kernel profile and the GPU benchmarks, print a short table.
 #   bash benchmarks/gpu_check.sh            (logs also go to $OUT when it is set)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,14 @@ step "tests (all; the CUDA ones run here)"
 xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
 python3 -m pytest -q -p no:cacheprovider -p no:logging $xdist ${TEST_ARGS:-tests} 2>&1 | tail -n 60
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
+
+step "tests with SNNSPX_EXPERIMENTAL_CUDA=1 (the candidate pooling and fused kernels)"
+SNNSPX_EXPERIMENTAL_CUDA=1 python3 -m pytest -q -p no:cacheprovider -p no:logging $xdist -m cuda \
+  tests/test_suppix.py tests/test_fused.py 2>&1 | tail -n 30
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+
+step "per-kernel profile (default and experimental kernels)"
+timeout 180 python3 benchmarks/profile_gpu.py || status=1
 
 step "benchmarks"
 for b in benchmarks/bench_*.py; do

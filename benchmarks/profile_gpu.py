@@ -1,0 +1,72 @@
+"""Where the GPU time of one call goes: per-kernel device time (torch.profiler) of the
+superpixel pooling forward and the fused inference pass at the benchmark shapes, with the
+default kernels and with SNNSPX_EXPERIMENTAL_CUDA=1. A diagnostic, not a benchmark: the
+ratios in docs/benchmarks.md come from the bench_*.py scripts.
+
+    python benchmarks/profile_gpu.py [--calls 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections import defaultdict
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import snnspx
+from snnspx import functional as F
+from snnspx.superpixels import grid_superpixels
+
+
+def kernel_times(fn, calls: int) -> tuple[dict[str, float], float]:
+    """Mean device microseconds per call of each kernel fn launches, and their sum."""
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    per = defaultdict(float)
+    for ev in prof.key_averages():
+        t = getattr(ev, "device_time_total", None)
+        if t is None:
+            t = ev.cuda_time_total
+        if t > 0 and ev.device_type == torch.autograd.DeviceType.CUDA:
+            per[ev.key[:70]] += t / calls
+    return dict(per), sum(per.values())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=20)
+    args = ap.parse_args()
+    T, B, C, H, W, K = 16, 16, 64, 64, 64, 256
+    gen = torch.Generator().manual_seed(0)
+    grid = grid_superpixels(H, W, 4)
+    labels = torch.stack([torch.randperm(K, generator=gen)[grid] for _ in range(B)]).cuda()
+    x = torch.randn((T, B, C, H, W), generator=gen).cuda()
+    currents = (torch.randn((T, B, C, H, W), generator=gen) + 0.5).cuda()
+    cases = {
+        "suppix_pool avg": lambda: F.suppix_pool(x, labels, K, "avg"),
+        "suppix_pool avg, check_labels=False": lambda: F.suppix_pool(x, labels, K, "avg", check_labels=False),
+        "suppix_pool max": lambda: F.suppix_pool(x, labels, K, "max"),
+        "srm_suppix_pool avg (inference)": lambda: F.srm_suppix_pool(currents, grid.cuda(), K, "avg"),
+    }
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; T,B,C,H,W,K = {T},{B},{C},{H},{W},{K}")
+    with torch.no_grad():
+        for name, fn in cases.items():
+            for flag in ("0", "1"):
+                os.environ["SNNSPX_EXPERIMENTAL_CUDA"] = flag
+                per, total = kernel_times(fn, args.calls)
+                print(f"\n{name}, SNNSPX_EXPERIMENTAL_CUDA={flag}: {total:.1f} us of kernels per call")
+                for k, v in sorted(per.items(), key=lambda kv: -kv[1]):
+                    print(f"  {v:9.1f} us  {k}")
+    os.environ.pop("SNNSPX_EXPERIMENTAL_CUDA", None)
+    names = ["cuda.suppix_pool", "cuda.srm_suppix_pool"]
+    print("\ncompiled kernel calls:", {n: snnspx.kernel_calls(n) for n in names})
+
+
+if __name__ == "__main__":
+    main()
