@@ -83,6 +83,25 @@ def test_fused_large_images_span_kernel_blocks(backend, device, mode, form, gen)
 
 
 @pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("mode", MODES)
+def test_fused_many_steps_and_superpixels(backend, device, mode, gen):
+    # T * K large enough that the CPU kernel keeps a single spike histogram (its
+    # interleaved copies are capped), most superpixels empty.
+    T, B, C, H, W, K = 70, 1, 2, 6, 7, 4000
+    x = currents(gen, (T, B, C, H, W), device=device)
+    labels = make_labels(gen, "batch", T, B, H, W, K, device=device)
+    w = torch.randn((T, B, C, K), generator=gen, dtype=torch.float64).to(device)
+    xg = x.clone().requires_grad_()
+    y = F.srm_suppix_pool(xg, labels, K, mode, backend=backend)
+    (y * w).sum().backward()
+    xr = x.detach().cpu().clone().requires_grad_()
+    want = composed(xr, labels.cpu(), K, mode)
+    (want * w.cpu()).sum().backward()
+    assert torch.equal(y.detach().cpu(), want.detach())
+    torch.testing.assert_close(xg.grad.cpu(), xr.grad)
+
+
+@pytest.mark.parametrize("backend,device", GRID)
 def test_fused_edge_cases(backend, device, gen):
     # T = 1, an empty superpixel (K larger than any label), all-negative images, K = 1.
     x = currents(gen, (1, 2, 2, 3, 3), device=device) * 4

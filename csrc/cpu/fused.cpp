@@ -42,7 +42,10 @@ void count_labels_cpu(const label_t* labels, int32_t* counts, int64_t maps, int6
 // copy i % kCopies) that are summed at the end: neighbouring pixels mostly
 // share a superpixel, and one histogram would chain their increments through
 // memory. Integer counts make the result independent of that split.
+// Only while the copies stay small (kMaxScratch int32 per task); beyond, a single
+// histogram (it is as large as one (b, c) slice of y).
 constexpr int64_t kCopies = 4;
+constexpr int64_t kMaxScratch = int64_t(1) << 20;
 
 // The histogram slot of a pixel: its label, or K (a slot never read) for an
 // ignored (negative) label. Labels were checked against K by count_labels.
@@ -71,13 +74,14 @@ void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, acc_t
   const int64_t N = B * C * P;
   const int64_t KS = K + 1;       // one row of a histogram: K slots + the ignored slot
   const int64_t H = T * KS;       // one histogram copy
+  const int64_t copies = kCopies * H <= kMaxScratch ? kCopies : 1;
   // The first spiking pixel per (step, superpixel) is only needed to save the
   // argmax for max's backward.
   const bool track_max = kSave && a.mode == PoolMode::Max && argmax != nullptr;
   at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
     const SRMParams<acc_t> p = prm;  // a local copy: GCC vectorises the step loop only then
-    std::vector<int32_t> cnt(static_cast<size_t>(kCopies * H));
-    std::vector<int32_t> first(track_max ? static_cast<size_t>(kCopies * H) : 0);
+    std::vector<int32_t> cnt(static_cast<size_t>(copies * H));
+    std::vector<int32_t> first(track_max ? static_cast<size_t>(copies * H) : 0);
     alignas(64) acc_t m[kBlock], sy[kBlock], g[kBlock], ul[kBlock], du[kBlock], dut[kBlock];
     alignas(64) int32_t spk[kBlock], slot[kBlock];
     for (int64_t bc = begin; bc < end; ++bc) {
@@ -114,14 +118,16 @@ void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, acc_t
           }
           int32_t* c_t = cnt.data() + t * KS;
           int64_t i = 0;
-          for (; i + kCopies <= len; i += kCopies) {
-            for (int64_t j = 0; j < kCopies; ++j) c_t[j * H + slot[i + j]] += spk[i + j];
+          if (copies == kCopies) {
+            for (; i + kCopies <= len; i += kCopies) {
+              for (int64_t j = 0; j < kCopies; ++j) c_t[j * H + slot[i + j]] += spk[i + j];
+            }
           }
           for (; i < len; ++i) c_t[slot[i]] += spk[i];
           if (track_max) {
             int32_t* f_t = first.data() + t * KS;
             for (i = 0; i < len; ++i) {
-              int32_t& f = f_t[(i % kCopies) * H + slot[i]];
+              int32_t& f = f_t[(i % copies) * H + slot[i]];
               f = min_first(f, spk[i], static_cast<int32_t>(p0 + i));
             }
           }
@@ -133,7 +139,7 @@ void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, acc_t
         const int32_t* c_t = cnt.data() + t * KS;
         for (int64_t k = 0; k < K; ++k) {
           int32_t total = 0;
-          for (int64_t j = 0; j < kCopies; ++j) total += c_t[j * H + k];
+          for (int64_t j = 0; j < copies; ++j) total += c_t[j * H + k];
           y_row[k] = static_cast<scalar_t>(pooled_from_count<acc_t>(a.mode, total, n_row[k]));
         }
         if (track_max) {
@@ -141,7 +147,7 @@ void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, acc_t
           const int32_t* f_t = first.data() + t * KS;
           for (int64_t k = 0; k < K; ++k) {
             int32_t f = kNoPixel;
-            for (int64_t j = 0; j < kCopies; ++j) f = std::min(f, f_t[j * H + k]);
+            for (int64_t j = 0; j < copies; ++j) f = std::min(f, f_t[j * H + k]);
             a_row[k] = f == kNoPixel ? -1 : f;
           }
         }
@@ -175,8 +181,8 @@ void pooled_grad_tables(const FusedArgs& a, int64_t bc, const scalar_t* grad_y, 
   }
 }
 
-// Per step row, like srm.cpp's backward: a scalar pass gathers each spiking
-// pixel's pooled gradient G (0 for a silent or ignored pixel), a vectorised pass
+// Per step row, like srm.cpp's backward: a scalar pass gathers each pixel's
+// pooled gradient G were it to spike (read only at spikes), a vectorised pass
 // advances the neuron states (srm_grad_advance), a scalar pass gathers the
 // table entries and a vectorised pass writes grad_x (srm_grad_emit).
 template <typename scalar_t, typename acc_t, typename label_t>
