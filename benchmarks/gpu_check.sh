@@ -3,6 +3,7 @@
 # build the kernels, run the CUDA tests (also with the experimental kernels switched
 # on), a per-kernel profile and the GPU benchmarks, print a short table.
 #   bash benchmarks/gpu_check.sh            (logs also go to $OUT when it is set)
+#   ONLY=experimental BENCH_ARGS="--min-run-time 0.2" bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -27,11 +28,11 @@ for kind in ("cpu", "cuda"):
     print(f"{kind} library: {time.perf_counter() - t:.1f} s")
 PY
 
-step "tests (all; the CUDA ones run here)"
-# pytest-xdist, where installed, runs the suite in 8 workers and survives a crashing test.
+# pytest-xdist, where installed, runs tests in 8 workers and survives a crashing test.
 xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
-python3 -m pytest -q -p no:cacheprovider -p no:logging $xdist ${TEST_ARGS:-tests} 2>&1 | tail -n 60
-[ "${PIPESTATUS[0]}" = 0 ] || status=1
+# ONLY=experimental: just the candidate kernels' tests, profile and benchmarks (fits a
+# short device session); the default runs everything, the open questions first.
+only="${ONLY:-all}"
 
 step "tests with SNNSPX_EXPERIMENTAL_CUDA=1 (the candidate pooling and fused kernels)"
 SNNSPX_EXPERIMENTAL_CUDA=1 python3 -m pytest -q -p no:cacheprovider -p no:logging $xdist -m cuda \
@@ -41,10 +42,21 @@ SNNSPX_EXPERIMENTAL_CUDA=1 python3 -m pytest -q -p no:cacheprovider -p no:loggin
 step "per-kernel profile (default and experimental kernels)"
 timeout 180 python3 benchmarks/profile_gpu.py || status=1
 
-step "benchmarks"
-for b in benchmarks/bench_*.py; do
+step "benchmarks: pooling and fused"
+for b in benchmarks/bench_fused.py benchmarks/bench_suppix.py; do
   timeout 240 python3 "$b" --device cuda ${BENCH_ARGS:-} || status=1
 done
+
+if [ "$only" = all ]; then
+  step "tests (all; the CUDA ones run here)"
+  python3 -m pytest -q -p no:cacheprovider -p no:logging $xdist ${TEST_ARGS:-tests} 2>&1 | tail -n 60
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+
+  step "benchmarks: SRM and layers"
+  for b in benchmarks/bench_srm.py benchmarks/bench_layers.py; do
+    timeout 240 python3 "$b" --device cuda ${BENCH_ARGS:-} || status=1
+  done
+fi
 step "done, status $status"
 } 2>&1 | tee "$log"
 exit $status
