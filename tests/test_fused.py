@@ -236,3 +236,123 @@ def test_module_batch_first(gen):
     assert y.shape == (2, 5, 3, 3)
     assert torch.equal(y, snnspx.nn.SRMSupPixPool("sum", 3)(x.transpose(0, 1), labels).transpose(0, 1))
     assert "mode='sum'" in repr(m)
+
+
+# The experimental CUDA forward (SNNSPX_EXPERIMENTAL_CUDA=1, the "plane" kernel with
+# per-block shared-memory histograms; see docs/build.md). The C++ side reads the
+# variable at every call, so monkeypatch.setenv switches it for one test.
+EXPERIMENTAL = "SNNSPX_EXPERIMENTAL_CUDA"
+
+
+def _check_fused_cuda(x, labels, K, mode, gen, oracle=None):
+    """fused y == oracle bitwise, gradient == oracle's gradient, both repeatable bitwise."""
+    oracle = oracle or (lambda x, lab: composed(x, lab, K, mode, du_inv_clamp=3.0))
+    T, B, C = x.shape[:3]
+    w = torch.randn((T, B, C, K), generator=gen, dtype=torch.float64).to(x.dtype)
+    with torch.no_grad():
+        y = F.srm_suppix_pool(x, labels, K, mode, backend="cuda")
+    xg = x.clone().requires_grad_()
+    y_tr = F.srm_suppix_pool(xg, labels, K, mode, du_inv_clamp=3.0, backend="cuda")
+    (y_tr * w.cuda()).sum().backward()
+    xr = x.detach().cpu().clone().requires_grad_()
+    want = oracle(xr, labels.cpu())
+    (want * w).sum().backward()
+    assert y.shape == (T, B, C, K) and y.dtype == x.dtype
+    assert torch.equal(y.cpu(), want.detach()), f"inference y != composition ({mode})"
+    assert torch.equal(y_tr.detach().cpu(), want.detach()), f"training y != composition ({mode})"
+    torch.testing.assert_close(xg.grad.cpu(), xr.grad)
+    for _ in range(2):
+        with torch.no_grad():
+            assert torch.equal(F.srm_suppix_pool(x, labels, K, mode, backend="cuda"), y)
+        xg2 = x.clone().requires_grad_()
+        y2 = F.srm_suppix_pool(xg2, labels, K, mode, du_inv_clamp=3.0, backend="cuda")
+        (y2 * w.cuda()).sum().backward()
+        assert torch.equal(y2, y_tr) and torch.equal(xg2.grad, xg.grad), "not repeatable bitwise"
+    return xr.grad
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("form", ["shared", "batch", "step"])
+@pytest.mark.parametrize("label_dtype", [torch.int32, torch.int64], ids=["i32", "i64"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_cuda_experimental_equals_composition(mode, form, label_dtype, dtype, gen, monkeypatch):
+    monkeypatch.setenv(EXPERIMENTAL, "1")
+    # B * C = 6 planes of 35 pixels: one block per plane (the direct path).
+    T, B, C, H, W, K = 9, 2, 3, 5, 7, 6
+    x = currents(gen, (T, B, C, H, W), dtype, "cuda")
+    labels = make_labels(gen, form, T, B, H, W, K, label_dtype, "cuda")
+    _check_fused_cuda(x, labels, K, mode, gen)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("form", ["shared", "step"])
+def test_fused_cuda_experimental_split_planes(mode, form, gen, monkeypatch):
+    # One plane of 96 x 96 pixels: too few planes for the GPU, so each is split over
+    # several blocks that add their counts into the global scratch (argmax: lowest
+    # spiking pixel over all blocks). Few superpixels, each spanning many blocks.
+    monkeypatch.setenv(EXPERIMENTAL, "1")
+    T, B, C, H, W, K = 5, 1, 1, 96, 96, 7
+    x = currents(gen, (T, B, C, H, W), device="cuda") * 0.7
+    labels = make_labels(gen, form, T, B, H, W, K, torch.int32, "cuda")
+    grad = _check_fused_cuda(x, labels, K, mode, gen)
+    assert grad.abs().sum() > 0
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", MODES)
+def test_fused_cuda_experimental_many_planes(mode, gen, monkeypatch):
+    # 320 planes (>= 2 per SM on GPUs with up to 160 SMs) of 400 pixels: one block per
+    # plane whose threads walk two pixels each. The oracle is the torch backend's
+    # composition (itself bitwise equal to the reference), the reference being slow here.
+    monkeypatch.setenv(EXPERIMENTAL, "1")
+    T, B, C, H, W, K = 6, 4, 80, 20, 20, 9
+    x = currents(gen, (T, B, C, H, W), device="cuda")
+    labels = make_labels(gen, "batch", T, B, H, W, K, torch.int64, "cuda")
+
+    def oracle(x, lab):
+        return F.srm_suppix_pool(x, lab, K, mode, du_inv_clamp=3.0, backend="torch")
+
+    _check_fused_cuda(x, labels, K, mode, gen, oracle)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", MODES)
+def test_fused_cuda_experimental_falls_back(mode, gen, monkeypatch):
+    # T * K * 4 bytes = 64 KB of histograms exceed the plane kernel's 48 KB: the
+    # default kernel runs, with the same results.
+    monkeypatch.setenv(EXPERIMENTAL, "1")
+    T, B, C, H, W, K = 4, 2, 2, 9, 11, 4096
+    x = currents(gen, (T, B, C, H, W), device="cuda") * 2
+    labels = make_labels(gen, "batch", T, B, H, W, K, torch.int64, "cuda")
+    _check_fused_cuda(x, labels, K, mode, gen)
+
+
+@pytest.mark.cuda
+def test_fused_cuda_experimental_edge_cases(gen, monkeypatch):
+    # T = 1, K = 0 (all labels negative, K inferred), empty planes (P = 0), and
+    # agreement with the default kernel bit for bit.
+    monkeypatch.setenv(EXPERIMENTAL, "1")
+    x = currents(gen, (1, 2, 3, 4, 5), device="cuda") * 4
+    labels = make_labels(gen, "batch", 1, 2, 4, 5, 3, device="cuda")
+    for mode in MODES:
+        _check_fused_cuda(x, labels, 3, mode, gen)
+    none = torch.full((4, 5), -1, device="cuda")
+    xg = x.clone().requires_grad_()
+    y = F.srm_suppix_pool(xg, none, None, "sum", backend="cuda")
+    assert y.shape == (1, 2, 3, 0)
+    y.sum().backward()
+    assert torch.equal(xg.grad, torch.zeros_like(x))
+    empty = currents(gen, (3, 2, 2, 0, 4), device="cuda")
+    y = F.srm_suppix_pool(empty, torch.zeros(0, 4, dtype=torch.long, device="cuda"), 2, "avg", backend="cuda")
+    assert y.shape == (3, 2, 2, 2) and torch.all(y == 0)
+    x = currents(gen, (7, 3, 4, 13, 17), device="cuda")
+    for form in ("shared", "step"):
+        labels = make_labels(gen, form, 7, 3, 13, 17, 11, device="cuda")
+        for mode in MODES:
+            got = F.srm_suppix_pool(x, labels, 11, mode, backend="cuda")
+            with monkeypatch.context() as m:
+                m.delenv(EXPERIMENTAL)
+                default = F.srm_suppix_pool(x, labels, 11, mode, backend="cuda")
+            assert torch.equal(got, default)

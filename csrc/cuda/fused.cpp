@@ -6,6 +6,9 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "../fused_glue.h"
 #include "../kernel_counter.h"
 #include "glue.h"
@@ -20,6 +23,13 @@ cuda::LabelType label_type(const at::Tensor& labels) {
 
 cuda::FusedShape shape_of(const FusedArgs& a) {
   return cuda::FusedShape{a.T, a.B, a.C, a.P, a.K, a.layout, a.mode};
+}
+
+// SNNSPX_EXPERIMENTAL_CUDA=1 (exactly "1", read at every call) selects the
+// experimental plane forward kernel; anything else, or unset, the default one.
+bool experimental_cuda() {
+  const char* v = std::getenv("SNNSPX_EXPERIMENTAL_CUDA");
+  return v != nullptr && std::strcmp(v, "1") == 0;
 }
 
 at::Tensor counts_cuda(const FusedArgs& a, cudaStream_t stream) {
@@ -40,7 +50,7 @@ void forward_cuda(const FusedArgs& a, double tau_m, double tau_s, double tau_gra
                       counts.data_ptr<int32_t>(), y.data_ptr(), saved ? saved->data_ptr() : nullptr,
                       want_max ? argmax->data_ptr<int32_t>() : nullptr, scratch.data_ptr<int32_t>(),
                       want_max ? scratch_first.data_ptr<int32_t>() : nullptr, shape_of(a), tau_m, tau_s, tau_grad,
-                      v_th, du_inv_clamp, max_dudt_inv, stream);
+                      v_th, du_inv_clamp, max_dudt_inv, experimental_cuda(), stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

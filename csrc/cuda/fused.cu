@@ -7,6 +7,13 @@
 // Integer atomics give the same result in any order, so the output is
 // deterministic; a finishing kernel turns counts into y. Nothing of size
 // [T, B, C, P] is written unless the training variant saves the backward state.
+//
+// Experimental "plane" forward (used only when the glue asks for it, see
+// SNNSPX_EXPERIMENTAL_CUDA in docs/build.md): a block owns the pixels of one
+// (b, c) plane, or a slice of one, and keeps the int32 histograms of all T steps
+// in shared memory, so spikes cost shared atomics only. A block that owns a
+// whole plane writes y (and argmax) itself; slices of a plane add their
+// histograms into the global scratch and the finishing kernel makes y.
 #include <cmath>
 #include <cstdint>
 
@@ -22,6 +29,12 @@ constexpr int kThreads = 256;
 constexpr int kAhead = 4;
 constexpr int64_t kSharedTableSteps = 2048;
 constexpr int32_t kNoPixel = 0x7f7f7f7f;  // what cudaMemset(0x7f) leaves in an int32
+// The plane kernel's histograms must fit the default dynamic shared memory of a
+// block (no opt-in attribute needed): T * K int32 counts, twice that with argmax.
+constexpr int64_t kPlaneSharedBytes = 48 * 1024;
+// Steps of x loaded ahead by the plane kernel: each of its threads walks several
+// pixels one after the other, so it keeps more loads in flight per pixel.
+constexpr int kPlaneAhead = 8;
 
 inline unsigned int blocks_for(int64_t n) { return static_cast<unsigned int>((n + kThreads - 1) / kThreads); }
 
@@ -126,6 +139,106 @@ __global__ void fused_finish_kernel(const int32_t* __restrict__ cnt, const int32
   if (argmax != nullptr) argmax[i] = first[i] >= kNoPixel ? -1 : first[i];
 }
 
+// The plane forward. Block i works on plane bc = i / split, pixels
+// [part * chunk, min(P, (part + 1) * chunk)) with part = i % split. Shared
+// memory: cnt[T * K] (and first[T * K] when kFirst), index t * K + k.
+// direct (split == 1): the block writes y and argmax of its plane. Otherwise it
+// adds its nonzero counts to g_cnt (and mins into g_first), which the caller
+// zeroed (0x7f-filled) and turns into y with fused_finish_kernel.
+// No warp-synchronous operations: threads may leave the pixel loop at any time;
+// the two __syncthreads are reached by every thread of the block.
+template <typename scalar_t, typename acc_t, typename label_t, bool kSave, bool kFirst>
+__global__ void __launch_bounds__(kThreads)
+fused_plane_kernel(const scalar_t* __restrict__ x, const label_t* __restrict__ labels,
+                   const int32_t* __restrict__ counts, FusedShape s, SRMParams<acc_t> prm, acc_t du_inv_clamp,
+                   acc_t max_dudt_inv, acc_t* __restrict__ saved, scalar_t* __restrict__ y,
+                   int32_t* __restrict__ argmax, int32_t* __restrict__ g_cnt, int32_t* __restrict__ g_first,
+                   int64_t split, int64_t chunk, bool direct) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  // T * K <= kPlaneSharedBytes / 4, so int indices suffice in shared memory.
+  const int TK = static_cast<int>(s.T * s.K);
+  const int K = static_cast<int>(s.K);
+  int32_t* sh_cnt = reinterpret_cast<int32_t*>(smem_raw);
+  int32_t* sh_first = sh_cnt + TK;  // only touched when kFirst
+  for (int i = threadIdx.x; i < TK; i += kThreads) {
+    sh_cnt[i] = 0;
+    if (kFirst) sh_first[i] = kNoPixel;
+  }
+  __syncthreads();
+
+  const int64_t BC = s.B * s.C;
+  const int64_t N = BC * s.P;
+  const int64_t bc = static_cast<int64_t>(blockIdx.x) / split;
+  const int64_t part = static_cast<int64_t>(blockIdx.x) - bc * split;
+  const int64_t b = bc / s.C;
+  const int64_t start = part * chunk;
+  const int64_t end = start + chunk < s.P ? start + chunk : s.P;
+  const bool static_labels = s.layout.L == 1;
+  const int64_t lab_step = static_labels ? 0 : s.layout.LB * s.P;  // between the label maps of t and t + 1
+  const label_t* lab0 = labels + s.layout.offset(0, b);
+  for (int64_t p = start + threadIdx.x; p < end; p += kThreads) {
+    // Running pointers (no per-step 64-bit index products, which cost registers).
+    const scalar_t* xq = x + bc * s.P + p;
+    acc_t* sq = kSave ? saved + bc * s.P + p : nullptr;
+    const label_t* lq = lab0 + p;
+    int k0 = -1;  // the pixel's superpixel with one label map for all steps
+    if (static_labels) {
+      const int64_t k = static_cast<int64_t>(*lq);
+      k0 = (k >= 0 && k < s.K) ? static_cast<int>(k) : -1;
+    }
+    SRMState<acc_t> st;
+    int row = 0;  // t * K
+    for (int64_t t0 = 0; t0 < s.T; t0 += kPlaneAhead) {
+      acc_t xs[kPlaneAhead];
+#pragma unroll
+      for (int j = 0; j < kPlaneAhead; ++j) {
+        xs[j] = t0 + j < s.T ? to_acc<acc_t>(__ldcs(xq)) : acc_t(0);
+        xq += N;
+      }
+#pragma unroll
+      for (int j = 0; j < kPlaneAhead; ++j) {
+        if (t0 + j >= s.T) break;
+        acc_t d, dt;
+        const bool spike = srm_step<acc_t>(st, xs[j], prm, d, dt);
+        if (kSave) {
+          __stcs(sq, spike ? inv_clamp(d, du_inv_clamp) : silent_mark<acc_t>());
+          __stcs(sq + s.T * N, spike ? inv_clamp(dt, max_dudt_inv) : acc_t(0));
+          sq += N;
+        }
+        if (spike) {
+          int k = k0;
+          if (!static_labels) {
+            const int64_t kt = static_cast<int64_t>(*lq);
+            k = (kt >= 0 && kt < s.K) ? static_cast<int>(kt) : -1;
+          }
+          if (k >= 0) {
+            atomicAdd(sh_cnt + row + k, 1);
+            if (kFirst) atomicMin(sh_first + row + k, static_cast<int32_t>(p));
+          }
+        }
+        lq += lab_step;
+        row += K;
+      }
+    }
+  }
+  __syncthreads();
+
+  for (int i = threadIdx.x; i < TK; i += kThreads) {
+    const int t = i / K;
+    const int k = i - t * K;
+    const int64_t yi = (static_cast<int64_t>(t) * BC + bc) * s.K + k;
+    const int32_t c = sh_cnt[i];
+    if (direct) {
+      const int32_t npix = counts[s.layout.count_row(t, b, s.K) + k];
+      y[yi] = from_acc<scalar_t, acc_t>(pooled_from_count<acc_t>(s.mode, c, npix));
+      if (kFirst) argmax[yi] = sh_first[i] >= kNoPixel ? -1 : sh_first[i];
+    } else {
+      if (c != 0) atomicAdd(g_cnt + yi, c);
+      if (kFirst && sh_first[i] < kNoPixel) atomicMin(g_first + yi, sh_first[i]);
+    }
+  }
+}
+
 template <typename scalar_t, typename acc_t, typename label_t>
 __global__ void __launch_bounds__(kThreads)
 fused_backward_kernel(const scalar_t* __restrict__ grad_y, const acc_t* __restrict__ saved,
@@ -179,10 +292,88 @@ fused_backward_kernel(const scalar_t* __restrict__ grad_y, const acc_t* __restri
   }
 }
 
+// Blocks per plane for the plane kernel. Enough planes (B * C >= 2 per SM) fill
+// the GPU with one block each; fewer planes are cut into slices of at least
+// kThreads pixels (a multiple of 32) so that about 4 blocks per SM run.
+inline void plane_split(const FusedShape& s, int64_t& split, int64_t& chunk) {
+  const int64_t BC = s.B * s.C;
+  int dev = 0, sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0) {
+    sms = 1;
+  }
+  split = 1;
+  if (BC < 2 * static_cast<int64_t>(sms)) {
+    const int64_t want = (4 * static_cast<int64_t>(sms) + BC - 1) / BC;
+    const int64_t most = (s.P + kThreads - 1) / kThreads;
+    split = want < most ? want : most;
+    if (split < 1) split = 1;
+  }
+  chunk = (s.P + split - 1) / split;
+  chunk = (chunk + 31) / 32 * 32;
+  if (chunk > 0) split = (s.P + chunk - 1) / chunk;  // no empty slices
+  if (split < 1) split = 1;
+}
+
+// The plane forward (see fused_plane_kernel). Returns false, having done
+// nothing, when the histograms do not fit kPlaneSharedBytes; the caller then
+// runs the default kernel.
+template <typename scalar_t, typename label_t>
+bool forward_plane_typed(const void* x, const void* labels, const int32_t* counts, void* y, void* saved,
+                         int32_t* argmax, int32_t* scratch_count, int32_t* scratch_first, const FusedShape& s,
+                         double tau_m, double tau_s, double tau_grad, double v_th, double du_inv_clamp,
+                         double max_dudt_inv, cudaStream_t stream) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const bool with_first = argmax != nullptr && scratch_first != nullptr;
+  const int64_t TK = s.T * s.K;
+  const int64_t smem = TK * static_cast<int64_t>(sizeof(int32_t)) * (with_first ? 2 : 1);
+  if (smem > kPlaneSharedBytes) return false;
+  const int64_t BC = s.B * s.C;
+  const int64_t out = TK * BC;
+  // Nothing to count and nothing to save (K == 0 still saves the SRM state).
+  if (s.T == 0 || BC == 0 || (out == 0 && saved == nullptr)) return true;
+  int64_t split = 1, chunk = 0;
+  plane_split(s, split, chunk);
+  const bool direct = split == 1;
+  if (!direct && out > 0) {
+    cudaMemsetAsync(scratch_count, 0, sizeof(int32_t) * out, stream);
+    if (with_first) cudaMemsetAsync(scratch_first, 0x7f, sizeof(int32_t) * out, stream);
+  }
+  const SRMParams<acc_t> prm = make_srm_params<acc_t>(tau_m, tau_s, tau_grad, v_th);
+  const auto* xp = static_cast<const scalar_t*>(x);
+  const auto* lp = static_cast<const label_t*>(labels);
+  auto* yp = static_cast<scalar_t*>(y);
+  auto* sp = static_cast<acc_t*>(saved);
+  const acc_t c1 = static_cast<acc_t>(du_inv_clamp), c2 = static_cast<acc_t>(max_dudt_inv);
+  const unsigned int blocks = static_cast<unsigned int>(BC * split);
+  const size_t bytes = static_cast<size_t>(smem);
+  if (saved == nullptr) {
+    fused_plane_kernel<scalar_t, acc_t, label_t, false, false><<<blocks, kThreads, bytes, stream>>>(
+        xp, lp, counts, s, prm, c1, c2, nullptr, yp, nullptr, scratch_count, nullptr, split, chunk, direct);
+  } else if (!with_first) {
+    fused_plane_kernel<scalar_t, acc_t, label_t, true, false><<<blocks, kThreads, bytes, stream>>>(
+        xp, lp, counts, s, prm, c1, c2, sp, yp, nullptr, scratch_count, nullptr, split, chunk, direct);
+  } else {
+    fused_plane_kernel<scalar_t, acc_t, label_t, true, true><<<blocks, kThreads, bytes, stream>>>(
+        xp, lp, counts, s, prm, c1, c2, sp, yp, argmax, scratch_count, scratch_first, split, chunk, direct);
+  }
+  if (!direct && out > 0) {
+    fused_finish_kernel<scalar_t, acc_t><<<blocks_for(out), kThreads, 0, stream>>>(
+        scratch_count, with_first ? scratch_first : nullptr, counts, yp, with_first ? argmax : nullptr, s);
+  }
+  return true;
+}
+
 template <typename scalar_t, typename label_t>
 void forward_typed(const void* x, const void* labels, const int32_t* counts, void* y, void* saved, int32_t* argmax,
                    int32_t* scratch_count, int32_t* scratch_first, const FusedShape& s, double tau_m, double tau_s,
-                   double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv, cudaStream_t stream) {
+                   double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv, bool plane,
+                   cudaStream_t stream) {
+  if (plane && forward_plane_typed<scalar_t, label_t>(x, labels, counts, y, saved, argmax, scratch_count,
+                                                      scratch_first, s, tau_m, tau_s, tau_grad, v_th, du_inv_clamp,
+                                                      max_dudt_inv, stream)) {
+    return;
+  }
   using acc_t = typename Acc<scalar_t>::type;
   const int64_t out = s.T * s.B * s.C * s.K;
   if (out == 0) return;
@@ -271,9 +462,9 @@ void count_labels(LabelType lt, const void* labels, int32_t* counts, const Fused
 void fused_forward(DType dtype, LabelType lt, const void* x, const void* labels, const int32_t* counts, void* y,
                    void* saved, int32_t* argmax, int32_t* scratch_count, int32_t* scratch_first,
                    const FusedShape& s, double tau_m, double tau_s, double tau_grad, double v_th,
-                   double du_inv_clamp, double max_dudt_inv, cudaStream_t stream) {
+                   double du_inv_clamp, double max_dudt_inv, bool plane_kernel, cudaStream_t stream) {
   dispatch<Forward>(dtype, lt, x, labels, counts, y, saved, argmax, scratch_count, scratch_first, s, tau_m, tau_s,
-                    tau_grad, v_th, du_inv_clamp, max_dudt_inv, stream);
+                    tau_grad, v_th, du_inv_clamp, max_dudt_inv, plane_kernel, stream);
 }
 
 void fused_backward(DType dtype, LabelType lt, const void* grad_y, const void* saved, const void* labels,

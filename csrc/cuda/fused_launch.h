@@ -27,10 +27,13 @@ void count_labels(LabelType lt, const void* labels, int32_t* counts, const Fused
 // y [T, B, C, K] of `dtype`. scratch: int32 [T, B, C, K] (and another for "max"
 // when argmax != nullptr). saved: [2, T, B, C, P] accumulation type, or nullptr
 // for inference. argmax: int32 [T, B, C, K] or nullptr.
+// plane_kernel: use the experimental plane kernel (per-block shared-memory
+// histograms) where its histograms fit 48 KB of shared memory; the default
+// kernel otherwise. The glue sets it from SNNSPX_EXPERIMENTAL_CUDA.
 void fused_forward(DType dtype, LabelType lt, const void* x, const void* labels, const int32_t* counts, void* y,
                    void* saved, int32_t* argmax, int32_t* scratch_count, int32_t* scratch_first,
                    const FusedShape& s, double tau_m, double tau_s, double tau_grad, double v_th,
-                   double du_inv_clamp, double max_dudt_inv, cudaStream_t stream);
+                   double du_inv_clamp, double max_dudt_inv, bool plane_kernel, cudaStream_t stream);
 
 // grad_x [T, B, C, P] from grad_y [T, B, C, K]; tables: workspace of 2*T
 // accumulation-type elements.
