@@ -120,6 +120,19 @@ def test_fused_edge_cases(backend, device, gen):
 
 
 @pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("mode", MODES)
+def test_fused_no_superpixels_trains(backend, device, mode, gen):
+    # Every label negative and K inferred: K = 0, an empty output, and a gradient that is
+    # exactly zero (the backward still walks every neuron's saved state).
+    x = (currents(gen, (5, 2, 3, 4, 4), device=device) * 3).requires_grad_()
+    labels = torch.full((2, 4, 4), -1, dtype=torch.long, device=device)
+    y = F.srm_suppix_pool(x, labels, None, mode, backend=backend)
+    assert y.shape == (5, 2, 3, 0)
+    (y.sum() + 0 * x.sum()).backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("backend,device", GRID)
 def test_fused_noncontiguous_and_long_T(backend, device, gen):
     base = currents(gen, (2, 3, 40, 5, 6), device=device)
     x = base.permute(2, 0, 1, 3, 4)  # [T=40, B, C, H, W], not contiguous

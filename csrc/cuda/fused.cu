@@ -376,9 +376,13 @@ void forward_typed(const void* x, const void* labels, const int32_t* counts, voi
   }
   using acc_t = typename Acc<scalar_t>::type;
   const int64_t out = s.T * s.B * s.C * s.K;
-  if (out == 0) return;
-  cudaMemsetAsync(scratch_count, 0, sizeof(int32_t) * out, stream);
-  if (scratch_first != nullptr) cudaMemsetAsync(scratch_first, 0x7f, sizeof(int32_t) * out, stream);
+  // With K == 0 (every label negative) there is nothing to pool, but training
+  // still needs the saved state: the backward reads it for every neuron.
+  if (out == 0 && saved == nullptr) return;
+  if (out > 0) {
+    cudaMemsetAsync(scratch_count, 0, sizeof(int32_t) * out, stream);
+    if (scratch_first != nullptr) cudaMemsetAsync(scratch_first, 0x7f, sizeof(int32_t) * out, stream);
+  }
   const SRMParams<acc_t> prm = make_srm_params<acc_t>(tau_m, tau_s, tau_grad, v_th);
   const int64_t N = s.B * s.C * s.P;
   const auto* xp = static_cast<const scalar_t*>(x);
@@ -393,6 +397,7 @@ void forward_typed(const void* x, const void* labels, const int32_t* counts, voi
           xp, lp, s, prm, c1, c2, nullptr, scratch_count, scratch_first);
     }
   }
+  if (out == 0) return;
   fused_finish_kernel<scalar_t, acc_t><<<blocks_for(out), kThreads, 0, stream>>>(
       scratch_count, scratch_first, counts, static_cast<scalar_t*>(y), argmax, s);
 }
