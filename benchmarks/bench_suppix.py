@@ -7,10 +7,15 @@ superpixel numbers shuffled per image. The baselines take the labels expanded
 to x's size (a view), as scatter_reduce/gather need an index of that shape.
 
     python benchmarks/bench_suppix.py [--device cpu|cuda] [--write]
+
+On CUDA, extra rows time the pooling forward with SNNSPX_EXPERIMENTAL_CUDA=1 (the
+no-sort kernel), set only around those measurements.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +27,20 @@ from common import Table, parser, time_ms  # noqa: E402
 import snnspx  # noqa: E402
 from snnspx import functional as F  # noqa: E402
 from snnspx.superpixels import grid_superpixels  # noqa: E402
+
+
+@contextlib.contextmanager
+def experimental_cuda():
+    """SNNSPX_EXPERIMENTAL_CUDA=1 inside the block (the ops read it at every call)."""
+    old = os.environ.get("SNNSPX_EXPERIMENTAL_CUDA")
+    os.environ["SNNSPX_EXPERIMENTAL_CUDA"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["SNNSPX_EXPERIMENTAL_CUDA"]
+        else:
+            os.environ["SNNSPX_EXPERIMENTAL_CUDA"] = old
 
 
 def backward_ms(fn, inp: torch.Tensor, grad: torch.Tensor, min_run_time: float) -> float:
@@ -70,8 +89,9 @@ def main() -> None:
     def row(name, base, mine):
         t.add(name, base, mine, f"{base / mine:.1f}x")
 
+    bases = {}
     for mode, reduce in (("avg", "mean"), ("max", "amax"), ("sum", "sum")):
-        base = run(lambda: scatter(x, reduce))
+        base = bases[mode] = run(lambda: scatter(x, reduce))
         row(f"pool {mode}, forward (scatter_reduce {reduce!r})", base, run(lambda: ours(x, mode)))
         row(f"pool {mode}, forward, check_labels=False", base, run(lambda: ours(x, mode, check_labels=False)))
         base_b = backward_ms(lambda v: scatter(v, reduce), x, g_y, args.min_run_time)
@@ -94,6 +114,12 @@ def main() -> None:
     if dev == "cuda":
         nbytes = x.numel() * x.element_size()
         t.add("read x once (x.sum(), bandwidth floor)", run(lambda: x.sum()), "", f"{nbytes:.3g} B read")
+        for mode in ("avg", "max", "sum"):
+            with experimental_cuda():
+                mine = run(lambda: ours(x, mode))
+                mine_unchecked = run(lambda: ours(x, mode, check_labels=False))
+            row(f"pool {mode}, forward, SNNSPX_EXPERIMENTAL_CUDA=1", bases[mode], mine)
+            row(f"pool {mode}, forward, SNNSPX_EXPERIMENTAL_CUDA=1, check_labels=False", bases[mode], mine_unchecked)
     t.emit(dev, args.write, f"Threads: {torch.get_num_threads()}. snnspx backend: {kernel}.")
 
 

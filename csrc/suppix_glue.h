@@ -56,13 +56,17 @@ inline void check_suppix_labels(const at::Tensor& labels, const at::Tensor& data
               labels.device(), " and ", data.device());
 }
 
+// The range check's verdict on `top`, the largest label.
+inline void check_suppix_label_top(int64_t top, int64_t K) {
+  TORCH_CHECK_VALUE(top < K, "labels must be < num_superpixels = ", K, " (negative labels mark ignored pixels), got a label ",
+              top);
+}
+
 // Every label < K. One max over the label map; on a GPU that is one read-back
 // (the Python wrappers say so, and let callers who know their labels skip it).
 inline void check_suppix_label_range(const at::Tensor& labels, int64_t K) {
   if (labels.numel() == 0) return;
-  const int64_t top = labels.max().item<int64_t>();
-  TORCH_CHECK_VALUE(top < K, "labels must be < num_superpixels = ", K, " (negative labels mark ignored pixels), got a label ",
-              top);
+  check_suppix_label_top(labels.max().item<int64_t>(), K);
 }
 
 inline void check_num_superpixels(int64_t K) {

@@ -503,6 +503,227 @@ def test_cuda_matches_cpp_on_large_inputs(mode, dtype, HW, K, gen):
     torch.testing.assert_close(gx[0].cpu(), gx_c, **tol)
 
 
+# --------------------------------------------------------------------------- experimental no-sort CUDA pooling
+# SNNSPX_EXPERIMENTAL_CUDA=1 (read at every call) selects the no-sort pooling forward
+# where its shared-memory rows fit; "cuda.suppix_pool_nosort" counts its runs.
+NOSORT = "cuda.suppix_pool_nosort"
+ALL_MODES = ["sum", "avg", "max", "avg_spike"]
+
+
+def _experimental(monkeypatch):
+    monkeypatch.setenv("SNNSPX_EXPERIMENTAL_CUDA", "1")
+    F.suppix_counts(torch.zeros(1, 1, dtype=torch.int64, device="cuda"), 1)  # loads the cuda library
+
+
+def _fwd_mode(mode):
+    """(functional mode, grad) of an op mode."""
+    return ("avg", "spike") if mode == "avg_spike" else (mode, "exact")
+
+
+def _op_labels(labels, form, T, B, P):
+    L, Bl = {"shared": (1, 1), "per_image": (1, B), "per_step": (T, B)}[form]
+    return labels.reshape(L, Bl, P)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ALL_MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=["f32", "f64", "f16"])
+@pytest.mark.parametrize("form", LABEL_FORMS)
+@pytest.mark.parametrize("label_dtype", [torch.int32, torch.int64], ids=["i32", "i64"])
+def test_experimental_cuda_pool_matches_reference(mode, dtype, form, label_dtype, gen, monkeypatch):
+    """Every mode, label form and dtype against the reference; P = 407: several warps and a
+    partial last step. aux (counts, argmax, m) equals the CPU kernel's exactly."""
+    _experimental(monkeypatch)
+    T, B, C, H, W, K = 3, 2, 2, 11, 37, 9
+    P = H * W
+    shape = (T, B, C, H, W)
+    x = spikes(gen, shape, dtype, "cuda") if mode == "avg_spike" else rand_x(gen, shape, dtype, "cuda")
+    labels = rand_labels(gen, form, T, B, H, W, K, "cuda", dtype=label_dtype)
+    w = rand_x(gen, (T, B, C, K), dtype, "cuda")
+    fmode, grad = _fwd_mode(mode)
+    before = snnspx.kernel_calls(NOSORT)
+    y, gx = pool_and_grad(x, labels, K, fmode, "cuda", w, grad=grad)
+    assert snnspx.kernel_calls(NOSORT) == before + 1, "the no-sort kernel must have run"
+    assert y.dtype == dtype and not torch.isnan(y).any()
+    assert torch.all(y[..., K - 1] == 0), "an empty superpixel must pool to 0"
+    if dtype == torch.float16:
+        ry, rgx = ref_pool_and_grad(x.float(), labels, K, fmode, w.float(), grad=grad)
+        tol = dict(atol=1e-2, rtol=1e-2)
+        torch.testing.assert_close(y.cpu().float(), ry, **tol)
+        torch.testing.assert_close(gx.cpu().float(), rgx, **tol)
+    else:
+        ry, rgx = ref_pool_and_grad(x, labels, K, fmode, w, grad=grad)
+        close(y, ry, f"y ({mode}, {form})")
+        close(gx, rgx, f"grad_x ({mode}, {form})")
+    lab = _op_labels(labels, form, T, B, P)
+    xo = x.reshape(T, B, C, P)
+    y_gpu, aux_gpu = torch.ops.snnspx.suppix_pool(xo, lab, K, mode, True)
+    y_cpu, aux_cpu = torch.ops.snnspx.suppix_pool(xo.cpu(), lab.cpu(), K, mode, True)
+    assert torch.equal(aux_gpu.cpu(), aux_cpu), "counts / argmax / non-zero counts are exact"
+    if mode == "max":
+        assert torch.equal(y_gpu.cpu(), y_cpu), "max is exact"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=["f32", "f64", "f16"])
+def test_experimental_cuda_max_ties_and_nan(dtype, gen, monkeypatch):
+    """Many ties within a warp step, across steps and across warps (P = 4480: 8 warps): the
+    lowest pixel wins; NaN propagates (the lowest NaN is the argmax). Bitwise the CPU's."""
+    _experimental(monkeypatch)
+    T, B, C, H, W, K = 2, 2, 3, 64, 70, 50
+    P = H * W
+    x = torch.randint(-2, 3, (T, B, C, P), generator=gen).to(dtype)
+    x[1, 1, 2] = 1.0  # a constant plane: every argmax is its superpixel's first pixel
+    x[0, 0, 1, ::97] = math.nan
+    lab = torch.randint(-1, K - 1, (1, B, P), generator=gen)
+    lab[0, 0, 1000:3000] = 7  # one superpixel over several warps
+    before = snnspx.kernel_calls(NOSORT)
+    y, aux = torch.ops.snnspx.suppix_pool(x.cuda(), lab.cuda(), K, "max", True)
+    assert snnspx.kernel_calls(NOSORT) == before + 1
+    y_cpu, aux_cpu = torch.ops.snnspx.suppix_pool(x, lab, K, "max", True)
+    assert torch.equal(aux.cpu(), aux_cpu)
+    torch.testing.assert_close(y.cpu(), y_cpu, rtol=0, atol=0, equal_nan=True)
+    pix = torch.arange(P)
+    valid = lab[0, 1] >= 0
+    first = torch.full((K,), P).scatter_reduce(0, lab[0, 1][valid], pix[valid], "amin")
+    first = torch.where(first == P, -1, first).to(torch.int32)
+    assert torch.equal(aux[1, 1, 2].cpu(), first)
+    assert torch.equal(aux[..., K - 1].cpu(), torch.full((T, B, C), -1, dtype=torch.int32))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_experimental_cuda_edge_cases(mode, gen, monkeypatch):
+    """All labels negative, K = 1 (one group of up to 32 lanes per step), one pixel per
+    superpixel (the identity, bit for bit), with P not a multiple of 32."""
+    _experimental(monkeypatch)
+    ops = torch.ops.snnspx
+    fmode, grad = _fwd_mode(mode)
+    T, B, C, H, W = 2, 2, 3, 37, 45
+    P = H * W
+    x = rand_x(gen, (T, B, C, H, W), torch.float64, "cuda")
+    if mode == "avg_spike":
+        x = torch.where(x > 0.3, x, 0)
+    before = snnspx.kernel_calls(NOSORT)
+    # every pixel ignored
+    neg = torch.full((1, B, P), -1, dtype=torch.int64, device="cuda")
+    y, aux = ops.suppix_pool(x.reshape(T, B, C, P), neg, 3, mode, True)
+    assert torch.all(y == 0) and not torch.isnan(y).any()
+    want_aux = -1 if mode == "max" else 0
+    assert torch.all(aux == want_aux)
+    # K = 1: a plain reduction over the image
+    zeros = torch.zeros(H, W, dtype=torch.int64, device="cuda")
+    y1 = F.suppix_pool(x, zeros, 1, fmode, grad=grad, backend="cuda")
+    flat = x.reshape(T, B, C, P)
+    want = {"sum": flat.sum(-1), "avg": flat.mean(-1), "max": flat.amax(-1), "avg_spike": flat.mean(-1)}[mode]
+    close(y1[..., 0], want, "K = 1")
+    # one pixel per superpixel: the identity, bit for bit (a plane whose K rows fit)
+    xi = x[..., :13, :17]
+    ident = torch.arange(13 * 17, device="cuda").reshape(13, 17)
+    yk = F.suppix_pool(xi, ident, 13 * 17, fmode, grad=grad, backend="cuda")
+    assert torch.equal(yk, xi.reshape(T, B, C, -1)), "one pixel per superpixel must copy x"
+    assert snnspx.kernel_calls(NOSORT) == before + 3
+    # a tiny plane: one warp, one partial step
+    small = rand_x(gen, (T, B, C, 4, 5), torch.float32, "cuda")
+    lab = rand_labels(gen, "per_image", T, B, 4, 5, 6, "cuda")
+    want = R.suppix_pool(small.cpu(), lab.cpu(), 6, fmode)
+    close(F.suppix_pool(small, lab, 6, fmode, grad=grad, backend="cuda"), want, "tiny plane")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ALL_MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+def test_experimental_cuda_large_runs_are_bitwise_identical(mode, dtype, gen, monkeypatch):
+    """A large input (many planes, 8 warps, long runs of one label): three runs give the same
+    bits; y matches the CPU kernel, aux exactly; the backward takes the new aux."""
+    _experimental(monkeypatch)
+    T, B, C, H, W, K = 2, 3, 8, 96, 80, 300
+    P = H * W
+    x = spikes(gen, (T, B, C, P), dtype) if mode == "avg_spike" else rand_x(gen, (T, B, C, P), dtype)
+    lab = torch.randint(-2, K, (T, B, P), generator=gen, dtype=torch.int64).int()
+    lab[:, :, : 4 * W] = torch.arange(4 * W, dtype=torch.int32) % 7  # long runs and big superpixels
+    ops = torch.ops.snnspx
+    before = snnspx.kernel_calls(NOSORT)
+    runs = [ops.suppix_pool(x.cuda(), lab.cuda(), K, mode, True) for _ in range(3)]
+    assert snnspx.kernel_calls(NOSORT) == before + 3
+    for y, aux in runs[1:]:
+        assert torch.equal(y, runs[0][0]) and torch.equal(aux, runs[0][1])
+    y_c, aux_c = ops.suppix_pool(x, lab, K, mode, True)
+    tol = dict(atol=2e-2, rtol=2e-2) if dtype == torch.float16 else {}
+    torch.testing.assert_close(runs[0][0].cpu(), y_c, **tol)
+    assert torch.equal(runs[0][1].cpu(), aux_c)
+    g = rand_x(gen, (T, B, C, K), dtype)
+    gx = ops.suppix_pool_backward(g.cuda(), lab.cuda(), runs[0][1], mode)
+    torch.testing.assert_close(gx.cpu(), ops.suppix_pool_backward(g, lab, aux_c, mode), **tol)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "dtype,mode,K,nosort",
+    [
+        (torch.float32, "sum", 1536, True),  # 8 warps * 1536 * 4 B = 48 KiB: fits
+        (torch.float32, "sum", 1537, False),
+        (torch.float32, "avg_spike", 768, True),  # 8 * 768 * (4 + 4) B
+        (torch.float32, "avg_spike", 769, False),
+        (torch.float64, "max", 512, True),  # 8 * 512 * (8 + 4) B
+        (torch.float64, "max", 513, False),
+        (torch.float16, "avg", 1536, True),  # float accumulators
+        (torch.float32, "avg", 5000, False),
+    ],
+)
+def test_experimental_cuda_falls_back_when_rows_do_not_fit(dtype, mode, K, nosort, gen, monkeypatch):
+    """Rows over 48 KiB of shared memory: the sorted path takes the call, same results."""
+    _experimental(monkeypatch)
+    T, B, C, P = 2, 2, 3, 1024  # 8 warps
+    x = spikes(gen, (T, B, C, P), dtype) if mode == "avg_spike" else rand_x(gen, (T, B, C, P), dtype)
+    lab = torch.randint(-1, K, (1, B, P), generator=gen)
+    ops = torch.ops.snnspx
+    before, calls = snnspx.kernel_calls(NOSORT), snnspx.kernel_calls("cuda.suppix_pool")
+    y, aux = ops.suppix_pool(x.cuda(), lab.cuda(), K, mode, True)
+    assert snnspx.kernel_calls(NOSORT) - before == int(nosort)
+    assert snnspx.kernel_calls("cuda.suppix_pool") - calls == 1
+    y_c, aux_c = ops.suppix_pool(x, lab, K, mode, True)
+    tol = dict(atol=1e-2, rtol=1e-2) if dtype == torch.float16 else {}
+    torch.testing.assert_close(y.cpu(), y_c, **tol)
+    assert torch.equal(aux.cpu(), aux_c)
+
+
+@pytest.mark.cuda
+def test_experimental_cuda_label_checks_and_empty_shapes(gen, monkeypatch):
+    """The range check (read back after the kernels), unchecked labels >= K ignored, and the
+    empty shapes (sorted path); "0" or unset keeps the sorted path."""
+    _experimental(monkeypatch)
+    x = rand_x(gen, (2, 2, 3, 4, 5), torch.float64, "cuda")
+    labels = torch.randint(-1, 9, (2, 4, 5), generator=gen).cuda()
+    masked = torch.where(labels >= 5, -1, labels)
+    bad = labels.clone()
+    bad[1, 2, 3] = 8
+    for mode in MODES:
+        with pytest.raises(ValueError, match="labels must be < num_superpixels = 5.*got a label 8"):
+            F.suppix_pool(x, bad, 5, mode, backend="cuda")
+        got = F.suppix_pool(x, labels, 5, mode, check_labels=False, backend="cuda")
+        assert torch.equal(got, F.suppix_pool(x, masked, 5, mode, backend="cuda"))
+        _, n = F.suppix_pool(x, masked, 5, mode, return_counts=True, backend="cuda")
+        want = torch.stack([torch.bincount(m[m >= 0], minlength=5) for m in masked.reshape(2, -1).cpu()])
+        assert torch.equal(n.cpu(), want)
+    with pytest.raises(ValueError, match="labels must be < num_superpixels = 0"):
+        F.suppix_pool(x, labels.clamp(min=0), 0, backend="cuda")
+    for shape in [(0, 2, 3, 4, 4), (2, 2, 0, 4, 4), (2, 2, 3, 0, 4)]:
+        z = torch.zeros(shape, device="cuda")
+        lab = torch.zeros(shape[1], shape[3], shape[4], dtype=torch.int64, device="cuda")
+        for mode in MODES:
+            y = F.suppix_pool(z, lab, 3, mode, backend="cuda")
+            assert y.shape == (*shape[:3], 3) and torch.all(y == 0)
+    for value in ("0", None):
+        if value is None:
+            monkeypatch.delenv("SNNSPX_EXPERIMENTAL_CUDA")
+        else:
+            monkeypatch.setenv("SNNSPX_EXPERIMENTAL_CUDA", value)
+        before = snnspx.kernel_calls(NOSORT)
+        F.suppix_pool(x, masked, 5, "avg", backend="cuda")
+        assert snnspx.kernel_calls(NOSORT) == before
+
+
 # --------------------------------------------------------------------------- modules
 @pytest.mark.parametrize("backend,device", GRID)
 def test_modules(backend, device, gen):

@@ -7,13 +7,23 @@
 // ascending within each superpixel) and a searchsorted of 0..K in the sorted
 // labels gives `offsets`. Negative labels sort before offsets[0] and labels >= K
 // (possible only without the range check) after offsets[K]: both are skipped.
+//
+// Experimental (SNNSPX_EXPERIMENTAL_CUDA=1, read at every call): the pooling
+// forward runs the no-sort kernel instead when its shared-memory rows fit (see
+// suppix_pool_nosort_fits), with the counts (and the largest label, for the range
+// check) from one small count kernel; the range check then reads that label back
+// after the kernels are queued, so the read-back waits on the GPU work instead of
+// delaying its launch. Otherwise, and without the variable, the sorted path runs.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <limits>
+#include <optional>
 
 #include "../kernel_counter.h"
 #include "../suppix_glue.h"
@@ -54,12 +64,51 @@ at::Tensor counts_from_offsets(const at::Tensor& offsets, int64_t K) {
   return (offsets.narrow(2, 1, K) - offsets.narrow(2, 0, K)).contiguous();
 }
 
-std::tuple<at::Tensor, at::Tensor> suppix_pool_cuda(const at::Tensor& x, const at::Tensor& labels,
-                                                    int64_t num_superpixels, c10::string_view mode,
-                                                    bool check_labels) {
-  cuda::check_cuda_tensor(x, "x");
-  c10::cuda::CUDAGuard guard(x.device());
-  auto a = prepare_suppix_pool(x, labels, num_superpixels, mode, check_labels);
+bool experimental_cuda() {
+  const char* v = std::getenv("SNNSPX_EXPERIMENTAL_CUDA");
+  return v != nullptr && std::strcmp(v, "1") == 0;
+}
+
+// The no-sort forward, or nullopt (nothing run) when the sorted path must take the call.
+// `a` was prepared without the range check, which runs here when check_labels.
+std::optional<std::tuple<at::Tensor, at::Tensor>> suppix_pool_nosort_cuda(const SupPixPoolArgs& a,
+                                                                          bool check_labels) {
+  const auto& d = a.d;
+  const auto dtype = cuda::launch_dtype(a.x.scalar_type());
+  if (d.planes() == 0 || d.P == 0 || d.K == 0 || !cuda::suppix_pool_nosort_fits(dtype, a.mode, d.P, d.K)) {
+    return std::nullopt;
+  }
+  TORCH_INTERNAL_ASSERT(d.K * int64_t(sizeof(int32_t)) <= 48 * 1024);  // the count kernel's histogram
+  const auto shape = launch_shape(d);
+  auto [y, aux] = allocate_suppix_pool(a);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const bool labels64 = a.labels.scalar_type() == at::kLong;
+  at::Tensor counts;  // int32 [L, Bl, K]: sum/avg's aux itself, avg_spike's divisor
+  if (a.mode == SupPixMode::Sum || a.mode == SupPixMode::Avg) {
+    counts = aux.zero_();
+  } else if (a.mode == SupPixMode::AvgSpike) {
+    counts = at::zeros({d.L, d.Bl, d.K}, aux.options());
+  }
+  at::Tensor top;
+  if (check_labels) top = at::full({1}, std::numeric_limits<int64_t>::min(), a.labels.options().dtype(at::kLong));
+  if (counts.defined() || check_labels) {
+    cuda::suppix_count(a.labels.data_ptr(), labels64, counts.defined() ? counts.data_ptr<int32_t>() : nullptr,
+                       check_labels ? top.data_ptr<int64_t>() : nullptr, d.L * d.Bl, d.P, d.K, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  const bool aux_out = a.mode == SupPixMode::Max || a.mode == SupPixMode::AvgSpike;
+  cuda::suppix_pool_nosort(dtype, a.mode, a.x.data_ptr(), a.labels.data_ptr(), labels64,
+                           counts.defined() ? counts.data_ptr<int32_t>() : nullptr, y.data_ptr(),
+                           aux_out ? aux.data_ptr<int32_t>() : nullptr, shape, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // Labels >= K were ignored by both kernels (never out of bounds); now the verdict.
+  if (check_labels) check_suppix_label_top(top.item<int64_t>(), d.K);
+  count_kernel("cuda.suppix_pool_nosort");
+  return std::make_tuple(y, aux);
+}
+
+// The sorted path, for prepared arguments (range already checked where asked).
+std::tuple<at::Tensor, at::Tensor> suppix_pool_sorted_cuda(const SupPixPoolArgs& a) {
   auto [y, aux] = allocate_suppix_pool(a);
   const auto shape = launch_shape(a.d);
   Segments seg = build_segments(a.labels, a.d.K);
@@ -69,8 +118,28 @@ std::tuple<at::Tensor, at::Tensor> suppix_pool_cuda(const at::Tensor& x, const a
                     shape, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (!aux_out) aux.copy_(counts_from_offsets(seg.offsets, a.d.K));
-  count_kernel("cuda.suppix_pool");
   return {y, aux};
+}
+
+std::tuple<at::Tensor, at::Tensor> suppix_pool_cuda(const at::Tensor& x, const at::Tensor& labels,
+                                                    int64_t num_superpixels, c10::string_view mode,
+                                                    bool check_labels) {
+  cuda::check_cuda_tensor(x, "x");
+  c10::cuda::CUDAGuard guard(x.device());
+  if (experimental_cuda()) {
+    auto a = prepare_suppix_pool(x, labels, num_superpixels, mode, /*check_labels=*/false);
+    auto out = suppix_pool_nosort_cuda(a, check_labels);
+    if (!out) {
+      if (check_labels) check_suppix_label_range(a.labels, a.d.K);
+      out = suppix_pool_sorted_cuda(a);
+    }
+    count_kernel("cuda.suppix_pool");
+    return *out;
+  }
+  auto a = prepare_suppix_pool(x, labels, num_superpixels, mode, check_labels);
+  auto out = suppix_pool_sorted_cuda(a);
+  count_kernel("cuda.suppix_pool");
+  return out;
 }
 
 void run_gather_cuda(SupPixGatherArgs& a) {

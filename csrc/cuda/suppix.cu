@@ -7,6 +7,14 @@
 //    lane assignment and a fixed xor-shuffle tree;
 //  * the backward and unpooling are gathers: one thread writes each output pixel
 //    from its superpixel's value (max: only at the argmax pixel).
+// Experimental (SNNSPX_EXPERIMENTAL_CUDA=1, chosen by the glue): a pooling forward
+// with no per-call sort. A block takes one (t, b, c) plane; each warp walks its own
+// contiguous run of pixels 32 at a time and folds each step's lanes into a
+// warp-private row of K accumulators in shared memory (lanes with the same label
+// are grouped with __match_any_sync and summed by their lowest lane in ascending
+// lane order: one writer per row entry, steps in order), then the rows are folded
+// in warp order. The pixel counts come from a small integer-atomic count kernel
+// (integer sums do not depend on the order).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -31,6 +39,16 @@ constexpr int64_t kGatherTile = int64_t(kGatherThreads) * kGatherItems;
 constexpr int64_t kMaxStageBytes = 48 * 1024;
 // Pooling blocks wanted in flight: with fewer (t, b, c) planes than this, one block per plane.
 constexpr int64_t kPoolBlocksWanted = 4096;
+// No-sort pooling: at most kPoolWarps warps per block, each walking runs of
+// kNoSortUnroll * 32 pixels (loads of kNoSortUnroll steps in flight at once); fewer
+// warps for small planes. Its rows must fit the default dynamic shared memory.
+constexpr int kNoSortUnroll = 4;
+constexpr int64_t kNoSortRun = 32 * kNoSortUnroll;
+constexpr int64_t kNoSortMaxSmem = 48 * 1024;
+constexpr int64_t kMaxGridBlocks = int64_t(1) << 30;
+constexpr int kCountThreads = 256;
+constexpr int64_t kCountTile = int64_t(kCountThreads) * 32;
+constexpr long long kMinLabel = -0x7fffffffffffffffLL - 1;
 
 template <typename acc_t> __device__ __forceinline__ acc_t neg_inf();
 template <> __device__ __forceinline__ float neg_inf<float>() { return -__int_as_float(0x7f800000); }
@@ -114,6 +132,247 @@ suppix_pool_kernel(const scalar_t* __restrict__ x, const int32_t* __restrict__ o
       }
     }
   }
+}
+
+// ---------------------------------------------------------------- no-sort pooling (experimental)
+
+// Pixels per warp run and warps per block of the no-sort kernel for a plane of P pixels.
+inline int nosort_warps(int64_t P) {
+  return static_cast<int>(std::min<int64_t>(kPoolWarps, std::max<int64_t>(1, (P + kNoSortRun - 1) / kNoSortRun)));
+}
+
+inline int64_t nosort_smem_bytes(int64_t acc_bytes, SupPixMode mode, int64_t P, int64_t K) {
+  const bool idx = mode == SupPixMode::Max || mode == SupPixMode::AvgSpike;
+  return int64_t(nosort_warps(P)) * K * (acc_bytes + (idx ? int64_t(sizeof(int32_t)) : 0));
+}
+
+// One 32-pixel step of a warp: lane `lane` holds pixel `pix` with value v and
+// superpixel `key` (-1: ignored or past the warp's run). The lanes with the same
+// key form a group; its lowest lane (the leader) pulls the others in ascending
+// lane order and folds the group into the warp's row. Every lane of the warp
+// must call this (full-mask shuffles).
+template <typename acc_t, SupPixMode kMode>
+__device__ __forceinline__ void nosort_step(int32_t key, acc_t v, int32_t pix, int lane, acc_t* row,
+                                            int32_t* row_idx) {
+  const unsigned peers = __match_any_sync(kFullMask, key);
+  const bool leader = key >= 0 && lane == __ffs(peers) - 1;
+  unsigned rem = leader ? (peers & (peers - 1u)) : 0u;  // the other members, lowest lane first
+  if (kMode == SupPixMode::Max) {
+    acc_t best = v;
+    int32_t arg = pix;
+    const int32_t pix0 = pix - lane;  // the step's first pixel: lane j holds pix0 + j
+    while (__any_sync(kFullMask, rem != 0u)) {
+      const int src = rem != 0u ? __ffs(rem) - 1 : lane;
+      const acc_t ov = __shfl_sync(kFullMask, v, src);
+      if (rem != 0u) {
+        if (max_prefer<acc_t>(ov, pix0 + src, best, arg)) best = ov, arg = pix0 + src;
+        rem &= rem - 1u;
+      }
+    }
+    if (leader && max_prefer<acc_t>(best, arg, row[key], row_idx[key])) row[key] = best, row_idx[key] = arg;
+  } else {
+    int32_t nonzero = 0;
+    if (kMode == SupPixMode::AvgSpike) nonzero = __popc(peers & __ballot_sync(kFullMask, v != acc_t(0)));
+    acc_t sum = v;
+    while (__any_sync(kFullMask, rem != 0u)) {
+      const int src = rem != 0u ? __ffs(rem) - 1 : lane;
+      const acc_t ov = __shfl_sync(kFullMask, v, src);
+      if (rem != 0u) {
+        sum += ov;
+        rem &= rem - 1u;
+      }
+    }
+    if (leader) {
+      row[key] += sum;
+      if (kMode == SupPixMode::AvgSpike) row_idx[key] += nonzero;
+    }
+  }
+  __syncwarp();  // the next step's leader of the same superpixel may be another lane: order the row update
+}
+
+// grid.x = min(T * B * C, kMaxGridBlocks), blocks stride over the planes; block =
+// 32 * nosort_warps(P) threads; dynamic shared memory nosort_smem_bytes(...): acc_t
+// rows [warps][K] then (max: argmax, avg_spike: m) int32 rows [warps][K].
+// Warp w walks pixels [w * span, min(P, (w + 1) * span)). counts: int32 [L, Bl, K]
+// (read by avg and avg_spike).
+template <typename scalar_t, typename label_t, SupPixMode kMode>
+__global__ void __launch_bounds__(kPoolThreads)
+suppix_pool_nosort_kernel(const scalar_t* __restrict__ x, const label_t* __restrict__ labels,
+                          const int32_t* __restrict__ counts, scalar_t* __restrict__ y, int32_t* __restrict__ aux,
+                          SupPixShape s, int64_t span) {
+  using acc_t = typename Acc<scalar_t>::type;
+  constexpr bool kIdx = kMode == SupPixMode::Max || kMode == SupPixMode::AvgSpike;
+  const int64_t K = s.K, P = s.P;
+  const int64_t planes = s.T * s.B * s.C;
+  const int warps = static_cast<int>(blockDim.x / 32);
+  const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
+  const int64_t rows = int64_t(warps) * K;
+  acc_t* acc = reinterpret_cast<acc_t*>(suppix_smem);
+  int32_t* idx = reinterpret_cast<int32_t*>(acc + rows);
+  acc_t* row = acc + int64_t(warp) * K;
+  int32_t* row_idx = idx + int64_t(warp) * K;
+  const int64_t w0 = int64_t(warp) * span;
+  const int64_t w1 = w0 + span < P ? w0 + span : P;
+
+  for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
+    const int64_t tb = plane / s.C;
+    const int64_t b = tb % s.B, t = tb / s.B;
+    const int64_t map = (s.L == 1 ? 0 : t) * s.Bl + (s.Bl == 1 ? 0 : b);
+    const label_t* lab = labels + map * P;
+    const scalar_t* xp = x + plane * P;
+
+    __syncthreads();  // the previous plane's rows have been read
+    for (int64_t i = threadIdx.x; i < rows; i += blockDim.x) {
+      acc[i] = kMode == SupPixMode::Max ? neg_inf<acc_t>() : acc_t(0);
+      if (kIdx) idx[i] = kMode == SupPixMode::Max ? kNoPixel : 0;
+    }
+    __syncthreads();
+
+    // The loop bounds are the same for every lane of a warp, so all 32 lanes take
+    // every step (the full-mask intrinsics need them); lanes past w1 carry key -1.
+    for (int64_t base = w0; base < w1; base += kNoSortRun) {
+      int32_t key[kNoSortUnroll];
+      acc_t v[kNoSortUnroll];
+#pragma unroll
+      for (int u = 0; u < kNoSortUnroll; ++u) {
+        const int64_t p = base + u * 32 + lane;
+        key[u] = -1;
+        v[u] = acc_t(0);
+        if (p < w1) {
+          key[u] = static_cast<int32_t>(superpixel_of(lab[p], K));
+          v[u] = to_acc<acc_t>(xp[p]);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kNoSortUnroll; ++u) {
+        if (base + u * 32 >= w1) break;  // warp-uniform
+        nosort_step<acc_t, kMode>(key[u], v[u], static_cast<int32_t>(base + u * 32 + lane), lane, row, row_idx);
+      }
+    }
+    __syncthreads();
+
+    // Fold the rows in warp order (warp w's pixels all precede warp w + 1's).
+    scalar_t* yp = y + plane * K;
+    for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
+      if (kMode == SupPixMode::Max) {
+        acc_t best = neg_inf<acc_t>();
+        int32_t arg = kNoPixel;
+        for (int w = 0; w < warps; ++w) {
+          const acc_t ov = acc[int64_t(w) * K + k];
+          const int32_t oa = idx[int64_t(w) * K + k];
+          if (max_prefer<acc_t>(ov, oa, best, arg)) best = ov, arg = oa;
+        }
+        const bool empty = arg == kNoPixel;
+        yp[k] = from_acc<scalar_t, acc_t>(empty ? acc_t(0) : best);
+        aux[plane * K + k] = empty ? -1 : arg;
+      } else {
+        acc_t sum = acc_t(0);
+        int32_t nonzero = 0;
+        for (int w = 0; w < warps; ++w) {
+          sum += acc[int64_t(w) * K + k];
+          if (kMode == SupPixMode::AvgSpike) nonzero += idx[int64_t(w) * K + k];
+        }
+        if (kMode != SupPixMode::Sum) {
+          const int32_t n = counts[map * K + k];
+          sum = n > 0 ? sum / static_cast<acc_t>(n) : acc_t(0);
+        }
+        yp[k] = from_acc<scalar_t, acc_t>(sum);
+        if (kMode == SupPixMode::AvgSpike) aux[plane * K + k] = nonzero;
+      }
+    }
+  }
+}
+
+// grid.x = maps * chunks, chunks = ceil(P / kCountTile); block = kCountThreads;
+// dynamic shared memory K int32 when counts is given. counts (zeroed by the
+// caller): += pixels per superpixel of each map, through a block histogram and
+// integer atomics (exact whatever their order). top (preset to kMinLabel by the
+// caller): max= the largest label.
+template <typename label_t>
+__global__ void __launch_bounds__(kCountThreads)
+suppix_count_kernel(const label_t* __restrict__ labels, int32_t* __restrict__ counts, long long* __restrict__ top,
+                    int64_t P, int64_t K, int64_t chunks) {
+  const int64_t map = blockIdx.x / chunks;
+  const int64_t chunk = blockIdx.x - map * chunks;
+  int32_t* hist = reinterpret_cast<int32_t*>(suppix_smem);
+  if (counts != nullptr) {
+    for (int64_t k = threadIdx.x; k < K; k += kCountThreads) hist[k] = 0;
+    __syncthreads();
+  }
+  const label_t* lab = labels + map * P;
+  const int64_t p0 = chunk * kCountTile;
+  const int64_t p1 = p0 + kCountTile < P ? p0 + kCountTile : P;
+  long long hi = kMinLabel;
+  for (int64_t p = p0 + threadIdx.x; p < p1; p += kCountThreads) {
+    const label_t l = lab[p];
+    if (counts != nullptr) {
+      const int64_t k = superpixel_of(l, K);
+      if (k >= 0) atomicAdd(&hist[k], 1);
+    }
+    hi = static_cast<long long>(l) > hi ? static_cast<long long>(l) : hi;
+  }
+  if (top != nullptr) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const long long other = __shfl_xor_sync(kFullMask, hi, o);
+      hi = other > hi ? other : hi;
+    }
+    if (threadIdx.x % 32 == 0) atomicMax(top, hi);
+  }
+  if (counts != nullptr) {
+    __syncthreads();
+    for (int64_t k = threadIdx.x; k < K; k += kCountThreads) {
+      if (hist[k] != 0) atomicAdd(&counts[map * K + k], hist[k]);
+    }
+  }
+}
+
+template <typename scalar_t, typename label_t, SupPixMode kMode>
+void pool_nosort_typed(const void* x, const void* labels, const int32_t* counts, void* y, int32_t* aux,
+                       const SupPixShape& s, cudaStream_t stream) {
+  const int64_t planes = s.T * s.B * s.C;
+  if (planes == 0 || s.K == 0) return;
+  using acc_t = typename Acc<scalar_t>::type;
+  const int warps = nosort_warps(s.P);
+  const int64_t steps = (s.P + 31) / 32;
+  const int64_t span = (steps + warps - 1) / warps * 32;
+  const int64_t smem = nosort_smem_bytes(sizeof(acc_t), kMode, s.P, s.K);
+  const auto blocks = static_cast<unsigned int>(std::min<int64_t>(planes, kMaxGridBlocks));
+  suppix_pool_nosort_kernel<scalar_t, label_t, kMode><<<blocks, warps * 32, static_cast<size_t>(smem), stream>>>(
+      static_cast<const scalar_t*>(x), static_cast<const label_t*>(labels), counts, static_cast<scalar_t*>(y), aux,
+      s, span);
+}
+
+template <typename scalar_t, typename label_t>
+void pool_nosort_mode(SupPixMode mode, const void* x, const void* labels, const int32_t* counts, void* y,
+                      int32_t* aux, const SupPixShape& s, cudaStream_t stream) {
+  switch (mode) {
+    case SupPixMode::Sum:
+      return pool_nosort_typed<scalar_t, label_t, SupPixMode::Sum>(x, labels, counts, y, aux, s, stream);
+    case SupPixMode::Avg:
+      return pool_nosort_typed<scalar_t, label_t, SupPixMode::Avg>(x, labels, counts, y, aux, s, stream);
+    case SupPixMode::Max:
+      return pool_nosort_typed<scalar_t, label_t, SupPixMode::Max>(x, labels, counts, y, aux, s, stream);
+    case SupPixMode::AvgSpike:
+      return pool_nosort_typed<scalar_t, label_t, SupPixMode::AvgSpike>(x, labels, counts, y, aux, s, stream);
+  }
+}
+
+template <typename scalar_t>
+void pool_nosort_labels(SupPixMode mode, const void* x, const void* labels, bool labels64, const int32_t* counts,
+                        void* y, int32_t* aux, const SupPixShape& s, cudaStream_t stream) {
+  if (labels64) return pool_nosort_mode<scalar_t, int64_t>(mode, x, labels, counts, y, aux, s, stream);
+  return pool_nosort_mode<scalar_t, int32_t>(mode, x, labels, counts, y, aux, s, stream);
+}
+
+template <typename label_t>
+void count_typed(const void* labels, int32_t* counts, int64_t* top, int64_t maps, int64_t P, int64_t K,
+                 cudaStream_t stream) {
+  if (maps == 0 || P == 0 || (counts == nullptr && top == nullptr)) return;
+  const int64_t chunks = (P + kCountTile - 1) / kCountTile;
+  const size_t smem = counts != nullptr ? static_cast<size_t>(K) * sizeof(int32_t) : 0;
+  suppix_count_kernel<label_t><<<static_cast<unsigned int>(maps * chunks), kCountThreads, smem, stream>>>(
+      static_cast<const label_t*>(labels), counts, reinterpret_cast<long long*>(top), P, K, chunks);
 }
 
 // grid.x = T * B * C * chunks, chunks = ceil(P / kGatherTile); block = kGatherThreads.
@@ -225,6 +484,32 @@ void suppix_pool(DType dtype, SupPixMode mode, const void* x, const int32_t* ord
     case DType::Half: return pool_mode<__half>(mode, x, order, offsets, y, aux, s, stream);
     case DType::BFloat16: return pool_mode<__nv_bfloat16>(mode, x, order, offsets, y, aux, s, stream);
   }
+}
+
+int64_t suppix_pool_nosort_smem(DType dtype, SupPixMode mode, int64_t P, int64_t K) {
+  const int64_t acc_bytes = dtype == DType::Double ? int64_t(sizeof(double)) : int64_t(sizeof(float));
+  return nosort_smem_bytes(acc_bytes, mode, P, K);
+}
+
+bool suppix_pool_nosort_fits(DType dtype, SupPixMode mode, int64_t P, int64_t K) {
+  return suppix_pool_nosort_smem(dtype, mode, P, K) <= kNoSortMaxSmem;
+}
+
+void suppix_pool_nosort(DType dtype, SupPixMode mode, const void* x, const void* labels, bool labels64,
+                        const int32_t* counts, void* y, int32_t* aux, const SupPixShape& s, cudaStream_t stream) {
+  switch (dtype) {
+    case DType::Float: return pool_nosort_labels<float>(mode, x, labels, labels64, counts, y, aux, s, stream);
+    case DType::Double: return pool_nosort_labels<double>(mode, x, labels, labels64, counts, y, aux, s, stream);
+    case DType::Half: return pool_nosort_labels<__half>(mode, x, labels, labels64, counts, y, aux, s, stream);
+    case DType::BFloat16:
+      return pool_nosort_labels<__nv_bfloat16>(mode, x, labels, labels64, counts, y, aux, s, stream);
+  }
+}
+
+void suppix_count(const void* labels, bool labels64, int32_t* counts, int64_t* top, int64_t maps, int64_t P,
+                  int64_t K, cudaStream_t stream) {
+  if (labels64) return count_typed<int64_t>(labels, counts, top, maps, P, K, stream);
+  return count_typed<int32_t>(labels, counts, top, maps, P, K, stream);
 }
 
 void suppix_gather(DType dtype, SupPixMode mode, const void* src, const void* labels, bool labels64,

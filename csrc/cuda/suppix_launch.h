@@ -28,6 +28,31 @@ struct SupPixShape {
 void suppix_pool(DType dtype, SupPixMode mode, const void* x, const int32_t* order, const int32_t* offsets,
                  void* y, int32_t* aux, const SupPixShape& s, cudaStream_t stream);
 
+// Experimental no-sort pooling forward (the glue uses it only under
+// SNNSPX_EXPERIMENTAL_CUDA=1). labels: [L, Bl, P], int64 when labels64. One block
+// per (t, b, c) plane; each warp folds its own run of pixels into a private row of K
+// accumulators in shared memory (lanes with one label grouped by __match_any_sync,
+// summed in ascending lane order), and the rows are folded in warp order: no
+// atomics, the same bits on every run. counts: int32 [L, Bl, K] (see suppix_count),
+// read by Avg and AvgSpike, may be null otherwise. y, aux: as suppix_pool. Needs
+// T * B * C > 0, P > 0, K > 0 and suppix_pool_nosort_fits.
+void suppix_pool_nosort(DType dtype, SupPixMode mode, const void* x, const void* labels, bool labels64,
+                        const int32_t* counts, void* y, int32_t* aux, const SupPixShape& s, cudaStream_t stream);
+
+// Bytes of (dynamic) shared memory suppix_pool_nosort needs: warps * K * (accumulator
+// size + 4 for max's argmax / avg_spike's m), warps = min(8, ceil(P / 128)).
+int64_t suppix_pool_nosort_smem(DType dtype, SupPixMode mode, int64_t P, int64_t K);
+// Whether that is at most 48 KiB (the default limit of dynamic shared memory).
+bool suppix_pool_nosort_fits(DType dtype, SupPixMode mode, int64_t P, int64_t K);
+
+// Over `maps` label maps [maps, P] (int64 when labels64), each optional:
+// counts (int32 [maps, K], zeroed by the caller): += the pixels of each superpixel
+// (labels outside [0, K) skipped; integer atomics, exact); top (one int64, preset to
+// INT64_MIN by the caller): max= the largest label. K * 4 bytes of shared memory
+// (at most 48 KiB) when counts is given.
+void suppix_count(const void* labels, bool labels64, int32_t* counts, int64_t* top, int64_t maps, int64_t P,
+                  int64_t K, cudaStream_t stream);
+
 // out[t, b, c, p] = f(src[t, b, c, labels[p]]), 0 where the label is outside [0, K):
 // Sum: the value; Avg: / aux[l, b, k] (counts [L, Bl, K]); AvgSpike: / aux[t, b, c, k];
 // Max: the value where aux[t, b, c, k] == p, else 0. Labels are int64 when labels64.
