@@ -70,7 +70,8 @@ void srm_forward_kernel(const scalar_t* x, scalar_t* spikes, acc_t* du, acc_t* d
 // factors (a spike is a factor <= 0); grad_t is not written.
 //
 // Per step row: one pass computes the spike flags and factors (the divisions run
-// unconditionally, so it vectorises); a second advances each neuron's state
+// unconditionally, so it vectorises; the packed state holds the factors already
+// and is read in place); a second advances each neuron's state
 // (srm_grad_advance, vectorised); a scalar pass gathers the table entries; a
 // last one writes the gradients (srm_grad_emit, vectorised). Together these are
 // srm_grad_step. G is read everywhere but used only at spikes (selects never
@@ -94,10 +95,14 @@ void srm_backward_kernel(const scalar_t* grad, const scalar_t* spikes, const acc
         const int64_t base = t * N + n0;
         const acc_t* __restrict__ dup = du + base;
         const acc_t* __restrict__ dutp = dut + base;
-        if (kPacked) {
+        const scalar_t* __restrict__ gp = grad + base;
+        scalar_t* __restrict__ gwp = grad_w + base;
+        scalar_t* __restrict__ gtp = kPacked ? nullptr : grad_t + base;
+        if (kPacked) {  // the saved factors are read in place (a spike is a factor <= 0)
           for (int64_t i = 0; i < len; ++i) {
-            fw[i] = dup[i], ft[i] = dutp[i];
-            spk[i] = fw[i] <= acc_t(0);
+            SRMGradState<acc_t> st{aw[i], at[i], lag[i]};
+            idx[i] = srm_grad_advance<acc_t>(st, dup[i] <= acc_t(0), static_cast<acc_t>(gp[i]), dup[i], dutp[i]);
+            aw[i] = st.aw, at[i] = st.at, lag[i] = st.lag;
           }
         } else {
           const scalar_t* __restrict__ sp = spikes + base;
@@ -106,14 +111,11 @@ void srm_backward_kernel(const scalar_t* grad, const scalar_t* spikes, const acc
             fw[i] = inv_clamp(dup[i], du_inv_clamp);
             ft[i] = inv_clamp(dutp[i], max_dudt_inv);
           }
-        }
-        const scalar_t* __restrict__ gp = grad + base;
-        scalar_t* __restrict__ gwp = grad_w + base;
-        scalar_t* __restrict__ gtp = kPacked ? nullptr : grad_t + base;
-        for (int64_t i = 0; i < len; ++i) {
-          SRMGradState<acc_t> st{aw[i], at[i], lag[i]};
-          idx[i] = srm_grad_advance<acc_t>(st, spk[i] != 0, static_cast<acc_t>(gp[i]), fw[i], ft[i]);
-          aw[i] = st.aw, at[i] = st.at, lag[i] = st.lag;
+          for (int64_t i = 0; i < len; ++i) {
+            SRMGradState<acc_t> st{aw[i], at[i], lag[i]};
+            idx[i] = srm_grad_advance<acc_t>(st, spk[i] != 0, static_cast<acc_t>(gp[i]), fw[i], ft[i]);
+            aw[i] = st.aw, at[i] = st.at, lag[i] = st.lag;
+          }
         }
         for (int64_t i = 0; i < len; ++i) ew[i] = epsw[idx[i]], et[i] = epst[idx[i]];
         for (int64_t i = 0; i < len; ++i) {
