@@ -257,9 +257,11 @@ def test_module_batch_first(gen):
 EXPERIMENTAL = "SNNSPX_EXPERIMENTAL_CUDA"
 
 
-def _check_fused_cuda(x, labels, K, mode, gen, oracle=None):
-    """fused y == oracle bitwise, gradient == oracle's gradient, both repeatable bitwise."""
+def _check_fused_cuda(x, labels, K, mode, gen, oracle=None, plane=True):
+    """fused y == oracle bitwise, gradient == oracle's gradient, both repeatable bitwise;
+    plane: whether every forward must have run the plane kernel (else none may)."""
     oracle = oracle or (lambda x, lab: composed(x, lab, K, mode, du_inv_clamp=3.0))
+    ran_before = snnspx.kernel_calls("cuda.srm_suppix_pool_plane")
     T, B, C = x.shape[:3]
     w = torch.randn((T, B, C, K), generator=gen, dtype=torch.float64).to(x.dtype)
     with torch.no_grad():
@@ -281,6 +283,8 @@ def _check_fused_cuda(x, labels, K, mode, gen, oracle=None):
         y2 = F.srm_suppix_pool(xg2, labels, K, mode, du_inv_clamp=3.0, backend="cuda")
         (y2 * w.cuda()).sum().backward()
         assert torch.equal(y2, y_tr) and torch.equal(xg2.grad, xg.grad), "not repeatable bitwise"
+    ran = snnspx.kernel_calls("cuda.srm_suppix_pool_plane") - ran_before
+    assert ran == (6 if plane else 0), f"the plane kernel ran {ran} of 6 forwards"
     return xr.grad
 
 
@@ -339,7 +343,7 @@ def test_fused_cuda_experimental_falls_back(mode, gen, monkeypatch):
     T, B, C, H, W, K = 4, 2, 2, 9, 11, 4096
     x = currents(gen, (T, B, C, H, W), device="cuda") * 2
     labels = make_labels(gen, "batch", T, B, H, W, K, torch.int64, "cuda")
-    _check_fused_cuda(x, labels, K, mode, gen)
+    _check_fused_cuda(x, labels, K, mode, gen, plane=False)
 
 
 @pytest.mark.cuda

@@ -46,12 +46,14 @@ void forward_cuda(const FusedArgs& a, double tau_m, double tau_s, double tau_gra
   at::Tensor scratch = at::empty({a.T * a.B * a.C * a.K}, iopt);
   const bool want_max = argmax != nullptr && a.mode == PoolMode::Max;
   at::Tensor scratch_first = want_max ? at::empty({a.T * a.B * a.C * a.K}, iopt) : at::Tensor();
+  const bool plane = experimental_cuda();
   cuda::fused_forward(cuda::launch_dtype(a.x.scalar_type()), label_type(a.labels), a.x.data_ptr(), a.labels.data_ptr(),
                       counts.data_ptr<int32_t>(), y.data_ptr(), saved ? saved->data_ptr() : nullptr,
                       want_max ? argmax->data_ptr<int32_t>() : nullptr, scratch.data_ptr<int32_t>(),
                       want_max ? scratch_first.data_ptr<int32_t>() : nullptr, shape_of(a), tau_m, tau_s, tau_grad,
-                      v_th, du_inv_clamp, max_dudt_inv, experimental_cuda(), stream);
+                      v_th, du_inv_clamp, max_dudt_inv, plane, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (plane && cuda::fused_plane_fits(shape_of(a), want_max)) count_kernel("cuda.srm_suppix_pool_plane");
 }
 
 at::Tensor srm_suppix_pool_cuda(const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode,

@@ -292,6 +292,18 @@ fused_backward_kernel(const scalar_t* __restrict__ grad_y, const acc_t* __restri
   }
 }
 
+inline int64_t plane_shared_bytes(const FusedShape& s, bool with_first) {
+  return s.T * s.K * static_cast<int64_t>(sizeof(int32_t)) * (with_first ? 2 : 1);
+}
+
+}  // namespace
+
+bool fused_plane_fits(const FusedShape& s, bool with_argmax) {
+  return plane_shared_bytes(s, with_argmax) <= kPlaneSharedBytes;
+}
+
+namespace {
+
 // Blocks per plane for the plane kernel. Enough planes (B * C >= 2 per SM) fill
 // the GPU with one block each; fewer planes are cut into slices of at least
 // kThreads pixels (a multiple of 32) so that about 4 blocks per SM run.
@@ -326,8 +338,8 @@ bool forward_plane_typed(const void* x, const void* labels, const int32_t* count
   using acc_t = typename Acc<scalar_t>::type;
   const bool with_first = argmax != nullptr && scratch_first != nullptr;
   const int64_t TK = s.T * s.K;
-  const int64_t smem = TK * static_cast<int64_t>(sizeof(int32_t)) * (with_first ? 2 : 1);
-  if (smem > kPlaneSharedBytes) return false;
+  if (!fused_plane_fits(s, with_first)) return false;
+  const int64_t smem = plane_shared_bytes(s, with_first);
   const int64_t BC = s.B * s.C;
   const int64_t out = TK * BC;
   // Nothing to count and nothing to save (K == 0 still saves the SRM state).
