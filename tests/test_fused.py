@@ -102,6 +102,27 @@ def test_fused_many_steps_and_superpixels(backend, device, mode, gen):
 
 
 @pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_fused_half_precision(backend, device, mode, dtype, gen):
+    # Half inputs run float32 neuron state (SPEC's precision rule); the pooled spikes are
+    # then the composition's, and the gradient is the composed one in the input's dtype.
+    T, B, C, H, W, K = 8, 2, 2, 6, 7, 5
+    x = currents(gen, (T, B, C, H, W), dtype, device)
+    labels = make_labels(gen, "batch", T, B, H, W, K, device=device)
+    w = torch.randn((T, B, C, K), generator=gen, dtype=torch.float64).to(dtype).to(device)
+    xg = x.clone().requires_grad_()
+    y = F.srm_suppix_pool(xg, labels, K, mode, backend=backend)
+    (y * w).sum().backward()
+    xr = x.detach().cpu().clone().requires_grad_()
+    want = composed(xr, labels.cpu(), K, mode)
+    (want * w.cpu()).sum().backward()
+    assert y.dtype == dtype and xg.grad.dtype == dtype
+    assert torch.equal(y.detach().cpu(), want.detach())
+    torch.testing.assert_close(xg.grad.cpu(), xr.grad)
+
+
+@pytest.mark.parametrize("backend,device", GRID)
 def test_fused_edge_cases(backend, device, gen):
     # T = 1, an empty superpixel (K larger than any label), all-negative images, K = 1.
     x = currents(gen, (1, 2, 2, 3, 3), device=device) * 4
