@@ -64,6 +64,24 @@ at::Tensor counts_from_offsets(const at::Tensor& offsets, int64_t K) {
   return (offsets.narrow(2, 1, K) - offsets.narrow(2, 0, K)).contiguous();
 }
 
+// The range check (check_labels) without holding up the launches: the largest
+// label is reduced on the GPU when the check is queued, and read back (a sync)
+// only after the caller has queued its kernels. Those kernels skip labels >= K,
+// so they are safe to run before the verdict; an error still reaches the caller.
+class DeferredLabelCheck {
+ public:
+  DeferredLabelCheck(const at::Tensor& labels, int64_t K, bool enabled) : K_(K) {
+    if (enabled && labels.numel() > 0) top_ = labels.max();
+  }
+  void verify() const {
+    if (top_.defined()) check_suppix_label_top(top_.item<int64_t>(), K_);
+  }
+
+ private:
+  at::Tensor top_;
+  int64_t K_;
+};
+
 bool experimental_cuda() {
   const char* v = std::getenv("SNNSPX_EXPERIMENTAL_CUDA");
   return v != nullptr && std::strcmp(v, "1") == 0;
@@ -126,18 +144,17 @@ std::tuple<at::Tensor, at::Tensor> suppix_pool_cuda(const at::Tensor& x, const a
                                                     bool check_labels) {
   cuda::check_cuda_tensor(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
+  auto a = prepare_suppix_pool(x, labels, num_superpixels, mode, /*check_labels=*/false);
   if (experimental_cuda()) {
-    auto a = prepare_suppix_pool(x, labels, num_superpixels, mode, /*check_labels=*/false);
     auto out = suppix_pool_nosort_cuda(a, check_labels);
-    if (!out) {
-      if (check_labels) check_suppix_label_range(a.labels, a.d.K);
-      out = suppix_pool_sorted_cuda(a);
+    if (out) {
+      count_kernel("cuda.suppix_pool");
+      return *out;
     }
-    count_kernel("cuda.suppix_pool");
-    return *out;
   }
-  auto a = prepare_suppix_pool(x, labels, num_superpixels, mode, check_labels);
+  const DeferredLabelCheck check(a.labels, a.d.K, check_labels);
   auto out = suppix_pool_sorted_cuda(a);
+  check.verify();
   count_kernel("cuda.suppix_pool");
   return out;
 }
@@ -164,8 +181,9 @@ at::Tensor suppix_unpool_cuda(const at::Tensor& y, const at::Tensor& labels, boo
   cuda::check_cuda_tensor(y, "y");
   c10::cuda::CUDAGuard guard(y.device());
   auto a = prepare_suppix_gather(y, "y", labels, nullptr, SupPixMode::Sum);
-  if (check_labels) check_suppix_label_range(a.labels, a.d.K);
-  run_gather_cuda(a);
+  const DeferredLabelCheck check(a.labels, a.d.K, check_labels);
+  run_gather_cuda(a);  // writes 0 for labels >= K
+  check.verify();
   count_kernel("cuda.suppix_unpool");
   return a.out;
 }
