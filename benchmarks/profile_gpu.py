@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from collections import defaultdict
 
 import torch
@@ -38,6 +39,17 @@ def kernel_times(fn, calls: int) -> tuple[dict[str, float], float]:
     return dict(per), sum(per.values())
 
 
+def wall_us(fn, calls: int) -> float:
+    """Wall microseconds per call of fn, synchronised: above the kernels' sum when the host is the bottleneck."""
+    fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / calls * 1e6
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=20)
@@ -60,7 +72,8 @@ def main() -> None:
             for flag in ("0", "1"):
                 os.environ["SNNSPX_EXPERIMENTAL_CUDA"] = flag
                 per, total = kernel_times(fn, args.calls)
-                print(f"\n{name}, SNNSPX_EXPERIMENTAL_CUDA={flag}: {total:.1f} us of kernels per call")
+                wall = wall_us(fn, args.calls)
+                print(f"\n{name}, SNNSPX_EXPERIMENTAL_CUDA={flag}: {total:.1f} us of kernels, {wall:.1f} us wall per call")
                 for k, v in sorted(per.items(), key=lambda kv: -kv[1]):
                     print(f"  {v:9.1f} us  {k}")
     os.environ.pop("SNNSPX_EXPERIMENTAL_CUDA", None)
