@@ -79,7 +79,6 @@ void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, acc_t
   // argmax for max's backward.
   const bool track_max = kSave && a.mode == PoolMode::Max && argmax != nullptr;
   at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
-    const SRMParams<acc_t> p = prm;  // a local copy: GCC vectorises the step loop only then
     std::vector<int32_t> cnt(static_cast<size_t>(copies * H));
     std::vector<int32_t> first(track_max ? static_cast<size_t>(copies * H) : 0);
     alignas(64) acc_t m[kBlock], sy[kBlock], g[kBlock], ul[kBlock], du[kBlock], dut[kBlock];
@@ -98,14 +97,13 @@ void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, acc_t
           if (t == 0 || a.layout.L > 1) label_slots(labels + a.layout.offset(t, b) + p0, len, K, slot);
           const int64_t base = t * N + bc * P + p0;
           const scalar_t* __restrict__ xt = x + base;
-#pragma omp simd
           for (int64_t i = 0; i < len; ++i) {
             SRMState<acc_t> st{m[i], sy[i], g[i], ul[i]};
             acc_t d, dt;
-            const bool s = srm_step<acc_t>(st, static_cast<acc_t>(xt[i]), p, d, dt);
+            const bool s = srm_step<acc_t>(st, static_cast<acc_t>(xt[i]), prm, d, dt);
             m[i] = st.m, sy[i] = st.s, g[i] = st.g, ul[i] = st.u_last;
             spk[i] = s ? 1 : 0;
-            du[i] = d, dut[i] = dt;  // unconditional: a guarded store stops the vectoriser
+            du[i] = d, dut[i] = dt;  // read only when saving
           }
           if (kSave) {  // srm_neuron_fwd's compact state (see ops.cpp)
             acc_t* __restrict__ s0 = saved + base;
