@@ -6,8 +6,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <cstring>
 
 #include "../fused_glue.h"
 #include "../kernel_counter.h"
@@ -25,13 +23,6 @@ cuda::FusedShape shape_of(const FusedArgs& a) {
   return cuda::FusedShape{a.T, a.B, a.C, a.P, a.K, a.layout, a.mode};
 }
 
-// SNNSPX_EXPERIMENTAL_CUDA=1 (exactly "1", read at every call) selects the
-// experimental plane forward kernel; anything else, or unset, the default one.
-bool experimental_cuda() {
-  const char* v = std::getenv("SNNSPX_EXPERIMENTAL_CUDA");
-  return v != nullptr && std::strcmp(v, "1") == 0;
-}
-
 at::Tensor counts_cuda(const FusedArgs& a, cudaStream_t stream) {
   at::Tensor counts = at::empty({a.layout.L, a.layout.LB, a.K}, a.labels.options().dtype(at::kInt));
   cuda::count_labels(label_type(a.labels), a.labels.data_ptr(), counts.data_ptr<int32_t>(), shape_of(a), stream);
@@ -46,7 +37,7 @@ void forward_cuda(const FusedArgs& a, double tau_m, double tau_s, double tau_gra
   at::Tensor scratch = at::empty({a.T * a.B * a.C * a.K}, iopt);
   const bool want_max = argmax != nullptr && a.mode == PoolMode::Max;
   at::Tensor scratch_first = want_max ? at::empty({a.T * a.B * a.C * a.K}, iopt) : at::Tensor();
-  const bool plane = experimental_cuda();
+  const bool plane = cuda::experimental_cuda();
   cuda::fused_forward(cuda::launch_dtype(a.x.scalar_type()), label_type(a.labels), a.x.data_ptr(), a.labels.data_ptr(),
                       counts.data_ptr<int32_t>(), y.data_ptr(), saved ? saved->data_ptr() : nullptr,
                       want_max ? argmax->data_ptr<int32_t>() : nullptr, scratch.data_ptr<int32_t>(),

@@ -296,13 +296,9 @@ inline int64_t plane_shared_bytes(const FusedShape& s, bool with_first) {
   return s.T * s.K * static_cast<int64_t>(sizeof(int32_t)) * (with_first ? 2 : 1);
 }
 
-}  // namespace
-
-bool fused_plane_fits(const FusedShape& s, bool with_argmax) {
-  return plane_shared_bytes(s, with_argmax) <= kPlaneSharedBytes;
+inline bool plane_fits(const FusedShape& s, bool with_first) {
+  return plane_shared_bytes(s, with_first) <= kPlaneSharedBytes;
 }
-
-namespace {
 
 // Blocks per plane for the plane kernel. Enough planes (B * C >= 2 per SM) fill
 // the GPU with one block each; fewer planes are cut into slices of at least
@@ -338,7 +334,7 @@ bool forward_plane_typed(const void* x, const void* labels, const int32_t* count
   using acc_t = typename Acc<scalar_t>::type;
   const bool with_first = argmax != nullptr && scratch_first != nullptr;
   const int64_t TK = s.T * s.K;
-  if (!fused_plane_fits(s, with_first)) return false;
+  if (!plane_fits(s, with_first)) return false;
   const int64_t smem = plane_shared_bytes(s, with_first);
   const int64_t BC = s.B * s.C;
   const int64_t out = TK * BC;
@@ -475,6 +471,8 @@ void count_labels(LabelType lt, const void* labels, int32_t* counts, const Fused
         static_cast<const int64_t*>(labels), counts, maps, s.P, s.K);
   }
 }
+
+bool fused_plane_fits(const FusedShape& s, bool with_argmax) { return plane_fits(s, with_argmax); }
 
 void fused_forward(DType dtype, LabelType lt, const void* x, const void* labels, const int32_t* counts, void* y,
                    void* saved, int32_t* argmax, int32_t* scratch_count, int32_t* scratch_first,

@@ -3,6 +3,9 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "launch.h"
 
 namespace snnspx {
@@ -17,6 +20,13 @@ inline DType launch_dtype(at::ScalarType t) {
     case at::kBFloat16: return DType::BFloat16;
     default: TORCH_CHECK(false, "snnspx CUDA kernels take float32, float64, float16 or bfloat16, got ", t);
   }
+}
+
+// SNNSPX_EXPERIMENTAL_CUDA=1 (exactly "1", read at every call, so a program or a
+// test can switch it): the experimental kernels of docs/build.md where they apply.
+inline bool experimental_cuda() {
+  const char* v = std::getenv("SNNSPX_EXPERIMENTAL_CUDA");
+  return v != nullptr && std::strcmp(v, "1") == 0;
 }
 
 inline void check_cuda_tensor(const at::Tensor& t, const char* name) {

@@ -20,8 +20,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <limits>
 #include <optional>
 
@@ -82,11 +80,6 @@ class DeferredLabelCheck {
   int64_t K_;
 };
 
-bool experimental_cuda() {
-  const char* v = std::getenv("SNNSPX_EXPERIMENTAL_CUDA");
-  return v != nullptr && std::strcmp(v, "1") == 0;
-}
-
 // The no-sort forward, or nullopt (nothing run) when the sorted path must take the call.
 // `a` was prepared without the range check, which runs here when check_labels.
 std::optional<std::tuple<at::Tensor, at::Tensor>> suppix_pool_nosort_cuda(const SupPixPoolArgs& a,
@@ -145,7 +138,7 @@ std::tuple<at::Tensor, at::Tensor> suppix_pool_cuda(const at::Tensor& x, const a
   cuda::check_cuda_tensor(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
   auto a = prepare_suppix_pool(x, labels, num_superpixels, mode, /*check_labels=*/false);
-  if (experimental_cuda()) {
+  if (cuda::experimental_cuda()) {
     auto out = suppix_pool_nosort_cuda(a, check_labels);
     if (out) {
       count_kernel("cuda.suppix_pool");
