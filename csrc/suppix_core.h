@@ -46,4 +46,12 @@ SNNSPX_SP_HD int64_t superpixel_of(label_t label, int64_t K) {
   return (k >= 0 && k < K) ? k : int64_t(-1);
 }
 
+// The CPU kernels' accumulator slot of a pixel: its superpixel, or the dummy slot
+// K (never read) for a pixel pooled nowhere, so their inner loops need no test.
+template <typename label_t>
+SNNSPX_SP_HD int32_t superpixel_slot(label_t label, int64_t K) {
+  const int64_t k = superpixel_of(label, K);
+  return static_cast<int32_t>(k < 0 ? K : k);
+}
+
 }  // namespace snnspx

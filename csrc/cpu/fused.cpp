@@ -9,17 +9,16 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <limits>
 #include <vector>
 
 #include "../fused_glue.h"
 #include "../kernel_counter.h"
+#include "../suppix_core.h"
 
 namespace snnspx {
 namespace {
 
 constexpr int64_t kBlock = 256;
-constexpr int32_t kNoPixel = std::numeric_limits<int32_t>::max();
 
 // counts[l, lb, k] = number of pixels with label k in map (l, lb).
 template <typename label_t>
@@ -47,14 +46,10 @@ void count_labels_cpu(const label_t* labels, int32_t* counts, int64_t maps, int6
 constexpr int64_t kCopies = 4;
 constexpr int64_t kMaxScratch = int64_t(1) << 20;
 
-// The histogram slot of a pixel: its label, or K (a slot never read) for an
-// ignored (negative) label. Labels were checked against K by count_labels.
+// The histogram slots of len pixels (superpixel_slot: ignored pixels go to slot K).
 template <typename label_t>
 inline void label_slots(const label_t* lab, int64_t len, int64_t K, int32_t* slot) {
-  for (int64_t i = 0; i < len; ++i) {
-    const int64_t k = static_cast<int64_t>(lab[i]);
-    slot[i] = static_cast<int32_t>(k >= 0 ? k : K);
-  }
+  for (int64_t i = 0; i < len; ++i) slot[i] = superpixel_slot(lab[i], K);
 }
 
 // min(f, spike ? p : kNoPixel) without a branch (a spike is 0 or 1; the

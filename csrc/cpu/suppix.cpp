@@ -42,10 +42,7 @@ class SlotMap {
   const int32_t* get(int64_t map) {
     if (map != cached_) {
       const label_t* lab = labels_ + map * P_;
-      for (int64_t p = 0; p < P_; ++p) {
-        const int64_t k = superpixel_of(lab[p], K_);
-        slot_[p] = static_cast<int32_t>(k < 0 ? K_ : k);
-      }
+      for (int64_t p = 0; p < P_; ++p) slot_[p] = superpixel_slot(lab[p], K_);
       cached_ = map;
     }
     return slot_.data();
