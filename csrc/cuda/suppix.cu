@@ -93,7 +93,7 @@ suppix_pool_kernel(const scalar_t* __restrict__ x, const int32_t* __restrict__ o
       if (kMode == SupPixMode::Max) {
         acc_t best = neg_inf<acc_t>();
         int32_t arg = kNoPixel;
-        for (int32_t i = begin + lane; i < end; i += 32) {
+        for (int64_t i = begin + lane; i < end; i += 32) {  // int64: end may be near 2^31
           const int32_t p = ord[i];
           const acc_t v = to_acc<acc_t>(src[p]);
           if (max_prefer<acc_t>(v, p, best, arg)) best = v, arg = p;
@@ -112,7 +112,7 @@ suppix_pool_kernel(const scalar_t* __restrict__ x, const int32_t* __restrict__ o
       } else {
         acc_t sum = acc_t(0);
         int32_t nonzero = 0;
-        for (int32_t i = begin + lane; i < end; i += 32) {
+        for (int64_t i = begin + lane; i < end; i += 32) {  // int64: end may be near 2^31
           const acc_t v = to_acc<acc_t>(src[ord[i]]);
           sum += v;
           if (kMode == SupPixMode::AvgSpike) nonzero += (v != acc_t(0));
