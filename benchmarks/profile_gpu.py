@@ -57,6 +57,7 @@ def main() -> None:
     T, B, C, H, W, K = 16, 16, 64, 64, 64, 256
     gen = torch.Generator().manual_seed(0)
     grid = grid_superpixels(H, W, 4)
+    grid_d = grid.cuda()  # shared by the batch, for the fused op
     labels = torch.stack([torch.randperm(K, generator=gen)[grid] for _ in range(B)]).cuda()
     x = torch.randn((T, B, C, H, W), generator=gen).cuda()
     currents = (torch.randn((T, B, C, H, W), generator=gen) + 0.5).cuda()
@@ -64,7 +65,10 @@ def main() -> None:
         "suppix_pool avg": lambda: F.suppix_pool(x, labels, K, "avg"),
         "suppix_pool avg, check_labels=False": lambda: F.suppix_pool(x, labels, K, "avg", check_labels=False),
         "suppix_pool max": lambda: F.suppix_pool(x, labels, K, "max"),
-        "srm_suppix_pool avg (inference)": lambda: F.srm_suppix_pool(currents, grid.cuda(), K, "avg"),
+        "srm_suppix_pool avg (inference)": lambda: F.srm_suppix_pool(currents, grid_d, K, "avg"),
+        "srm_suppix_pool avg (inference), check_labels=False": lambda: F.srm_suppix_pool(
+            currents, grid_d, K, "avg", check_labels=False
+        ),
     }
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; T,B,C,H,W,K = {T},{B},{C},{H},{W},{K}")
     with torch.no_grad():

@@ -8,6 +8,7 @@
 
 #include "fused_core.h"
 #include "srm_glue.h"
+#include "suppix_glue.h"
 
 namespace snnspx {
 

@@ -41,15 +41,17 @@ TORCH_LIBRARY(snnspx, m) {
   // SPEC §6: SRM neuron + superpixel pooling in one pass, for the op's flattened
   // form: x [T, B, C, P] currents, labels [L, LB, P] (L in {1, T}, LB in {1, B};
   // negative = no superpixel), mode "sum" | "avg" | "max". Returns y [T, B, C, K]
-  // in x's dtype; writes no [T, B, C, P] tensor.
+  // in x's dtype; writes no [T, B, C, P] tensor. check_labels: fail on a label >= K
+  // (read back after the kernels are queued); false ignores such pixels.
   m.def("srm_suppix_pool(Tensor x, Tensor labels, int num_superpixels, str mode, float tau_m, float tau_s,"
-        " float tau_grad, float v_th) -> Tensor");
+        " float tau_grad, float v_th, bool check_labels) -> Tensor");
   // Training variant: (y, saved, counts, argmax). saved is srm_neuron_fwd's
   // compact state [2, T, B, C, P]; counts int32 [L, LB, K] pixels per superpixel;
   // argmax int32 [T, B, C, K], the lowest spiking pixel (-1: none), for "max"
   // (empty otherwise).
   m.def("srm_suppix_pool_fwd(Tensor x, Tensor labels, int num_superpixels, str mode, float tau_m, float tau_s,"
-        " float tau_grad, float v_th, float du_inv_clamp, float max_dudt_inv) -> (Tensor, Tensor, Tensor, Tensor)");
+        " float tau_grad, float v_th, float du_inv_clamp, float max_dudt_inv, bool check_labels)"
+        " -> (Tensor, Tensor, Tensor, Tensor)");
   // dL/dx [T, B, C, P] from dL/dy: SPEC §5's pooling backward composed with §3's grad_w.
   m.def("srm_suppix_pool_bwd(Tensor grad_y, Tensor saved, Tensor labels, Tensor counts, Tensor argmax, str mode,"
         " float tau_m, float tau_s, float tau_grad) -> Tensor");

@@ -172,6 +172,40 @@ def test_fused_errors(backend, device):
         F.srm_suppix_pool(x, labels[:1], 4, backend=backend)
 
 
+@pytest.mark.parametrize("backend,device", [pytest.param("reference", "cpu", id="reference-cpu"), *GRID])
+def test_fused_check_labels(backend, device, gen):
+    """A label >= K fails in inference and training; check_labels=False ignores those
+    pixels instead, exactly like negative labels."""
+    _check_labels_flag(backend, device, gen)
+
+
+@pytest.mark.cuda
+def test_fused_check_labels_cuda_experimental(gen, monkeypatch):
+    monkeypatch.setenv(EXPERIMENTAL, "1")
+    _check_labels_flag("cuda", "cuda", gen)
+
+
+def _check_labels_flag(backend, device, gen):
+    T, B, C, H, W, K = 6, 2, 3, 4, 5, 4
+    x = currents(gen, (T, B, C, H, W), device=device) * 2
+    labels = make_labels(gen, "batch", T, B, H, W, K + 3, device=device)  # labels up to K + 2
+    for grad in (False, True):
+        with pytest.raises(ValueError, match=f"labels must be < num_superpixels = {K}"):
+            F.srm_suppix_pool(x.clone().requires_grad_(grad), labels, K, "sum", backend=backend)
+    masked = torch.where(labels >= K, -1, labels)
+    for mode in MODES:
+        xg, xm = x.clone().requires_grad_(), x.clone().requires_grad_()
+        y = F.srm_suppix_pool(xg, labels, K, mode, check_labels=False, backend=backend)
+        want = F.srm_suppix_pool(xm, masked, K, mode, backend=backend)
+        assert torch.equal(y, want)
+        w = torch.randn(y.shape, generator=gen).to(device)
+        (y * w).sum().backward()
+        (want * w).sum().backward()
+        assert torch.equal(xg.grad, xm.grad)
+        with torch.no_grad():
+            assert torch.equal(F.srm_suppix_pool(x, labels, K, mode, check_labels=False, backend=backend), want)
+
+
 def test_fused_kernel_runs_and_writes_no_full_tensor(gen):
     """No-grad mode: the compiled kernel runs and no [T, B, C, H, W] buffer is allocated."""
     from torch.profiler import ProfilerActivity, profile
@@ -225,9 +259,11 @@ def test_fused_opcheck(backend, device, gen):
     F.srm_forward(torch.zeros(1, 1, device=device), backend=backend)
     args = (5.0, 3.0, 2.5, 1.0)
     for mode in MODES:
-        torch.library.opcheck(ops.srm_suppix_pool.default, (x, labels, K, mode, *args))
-        torch.library.opcheck(ops.srm_suppix_pool_fwd.default, (x.clone().requires_grad_(), labels, K, mode, *args, 4.0, 1e8))
-        y, saved, counts, argmax = ops.srm_suppix_pool_fwd.default(x, labels, K, mode, *args, 4.0, 1e8)
+        torch.library.opcheck(ops.srm_suppix_pool.default, (x, labels, K, mode, *args, True))
+        torch.library.opcheck(
+            ops.srm_suppix_pool_fwd.default, (x.clone().requires_grad_(), labels, K, mode, *args, 4.0, 1e8, False)
+        )
+        y, saved, counts, argmax = ops.srm_suppix_pool_fwd.default(x, labels, K, mode, *args, 4.0, 1e8, True)
         g = torch.randn(y.shape, generator=gen).to(device)
         torch.library.opcheck(ops.srm_suppix_pool_bwd.default, (g, saved, labels, counts, argmax, mode, 5.0, 3.0, 2.5))
 

@@ -30,8 +30,7 @@ void count_labels_cpu(const label_t* labels, int32_t* counts, int64_t maps, int6
       const label_t* lab = labels + m * P;
       for (int64_t p = 0; p < P; ++p) {
         const int64_t k = static_cast<int64_t>(lab[p]);
-        TORCH_CHECK(k < K, "labels must be < num_superpixels = ", K, ", found ", k);
-        if (k >= 0) row[k] += 1;
+        if (k >= 0 && k < K) row[k] += 1;  // labels >= K (check_labels=False) are ignored
       }
     }
   });
@@ -257,9 +256,10 @@ void run_forward(const FusedArgs& a, double tau_m, double tau_s, double tau_grad
 }
 
 at::Tensor srm_suppix_pool_cpu(const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode,
-                               double tau_m, double tau_s, double tau_grad, double v_th) {
+                               double tau_m, double tau_s, double tau_grad, double v_th, bool check_labels) {
   check_srm_taus(tau_m, tau_s, tau_grad);
   auto a = prepare_fused(x, labels, K, std::string(mode));
+  if (check_labels) check_suppix_label_range(a.labels, K);
   const at::Tensor counts = count_labels(a);
   at::Tensor y = fused_output(a);
   run_forward<false>(a, tau_m, tau_s, tau_grad, v_th, 0.0, 0.0, counts, y, nullptr, nullptr);
@@ -269,10 +269,11 @@ at::Tensor srm_suppix_pool_cpu(const at::Tensor& x, const at::Tensor& labels, in
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_cpu(
     const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode, double tau_m, double tau_s,
-    double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv) {
+    double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv, bool check_labels) {
   check_srm_taus(tau_m, tau_s, tau_grad);
   check_backward_params(du_inv_clamp, max_dudt_inv);
   auto a = prepare_fused(x, labels, K, std::string(mode));
+  if (check_labels) check_suppix_label_range(a.labels, K);
   const at::Tensor counts = count_labels(a);
   at::Tensor y = fused_output(a);
   at::Tensor saved = fused_saved(a);

@@ -20,6 +20,9 @@ cuda::LabelType label_type(const at::Tensor& labels) {
 }
 
 cuda::FusedShape shape_of(const FusedArgs& a) {
+  // One thread per neuron and per output entry, in 1-D grids of 256-thread blocks.
+  TORCH_CHECK(a.B * a.C * a.P < (int64_t(1) << 39) && a.T * a.B * a.C * a.K < (int64_t(1) << 39),
+              "srm_suppix_pool on CUDA takes fewer than 2^39 neurons per step and 2^39 outputs");
   return cuda::FusedShape{a.T, a.B, a.C, a.P, a.K, a.layout, a.mode};
 }
 
@@ -38,37 +41,41 @@ void forward_cuda(const FusedArgs& a, double tau_m, double tau_s, double tau_gra
   const bool want_max = argmax != nullptr && a.mode == PoolMode::Max;
   at::Tensor scratch_first = want_max ? at::empty({a.T * a.B * a.C * a.K}, iopt) : at::Tensor();
   const bool plane = cuda::experimental_cuda();
+  bool plane_ran = false;
   cuda::fused_forward(cuda::launch_dtype(a.x.scalar_type()), label_type(a.labels), a.x.data_ptr(), a.labels.data_ptr(),
                       counts.data_ptr<int32_t>(), y.data_ptr(), saved ? saved->data_ptr() : nullptr,
                       want_max ? argmax->data_ptr<int32_t>() : nullptr, scratch.data_ptr<int32_t>(),
                       want_max ? scratch_first.data_ptr<int32_t>() : nullptr, shape_of(a), tau_m, tau_s, tau_grad,
-                      v_th, du_inv_clamp, max_dudt_inv, plane, stream);
+                      v_th, du_inv_clamp, max_dudt_inv, plane, &plane_ran, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (plane && cuda::fused_plane_fits(shape_of(a), want_max)) count_kernel("cuda.srm_suppix_pool_plane");
+  if (plane_ran) count_kernel("cuda.srm_suppix_pool_plane");
 }
 
 at::Tensor srm_suppix_pool_cuda(const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode,
-                                double tau_m, double tau_s, double tau_grad, double v_th) {
+                                double tau_m, double tau_s, double tau_grad, double v_th, bool check_labels) {
   cuda::check_cuda_tensor(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
   check_srm_taus(tau_m, tau_s, tau_grad);
   auto a = prepare_fused(x, labels, K, std::string(mode));
+  const DeferredLabelCheck check(a.labels, K, check_labels);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor counts = counts_cuda(a, stream);
   at::Tensor y = fused_output(a);
   forward_cuda(a, tau_m, tau_s, tau_grad, v_th, 0.0, 0.0, counts, y, nullptr, nullptr, stream);
+  check.verify();  // the kernels skipped labels >= K; now the verdict
   count_kernel("cuda.srm_suppix_pool");
   return y;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_cuda(
     const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode, double tau_m, double tau_s,
-    double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv) {
+    double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv, bool check_labels) {
   cuda::check_cuda_tensor(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
   check_srm_taus(tau_m, tau_s, tau_grad);
   check_backward_params(du_inv_clamp, max_dudt_inv);
   auto a = prepare_fused(x, labels, K, std::string(mode));
+  const DeferredLabelCheck check(a.labels, K, check_labels);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor counts = counts_cuda(a, stream);
   at::Tensor y = fused_output(a);
@@ -76,6 +83,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_c
   at::Tensor argmax = a.mode == PoolMode::Max ? at::empty({a.T, a.B, a.C, a.K}, counts.options())
                                               : at::empty({0}, counts.options());
   forward_cuda(a, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, counts, y, &saved, &argmax, stream);
+  check.verify();
   count_kernel("cuda.srm_suppix_pool_fwd");
   return {y, saved, counts, argmax};
 }

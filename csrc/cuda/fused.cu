@@ -28,7 +28,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kAhead = 4;
 constexpr int64_t kSharedTableSteps = 2048;
-constexpr int32_t kNoPixel = 0x7f7f7f7f;  // what cudaMemset(0x7f) leaves in an int32
+constexpr int32_t kNoPixel = 0x7fffffff;  // above every pixel index (the glue checks P <= 2^31 - 1)
 // The plane kernel's histograms must fit the default dynamic shared memory of a
 // block (no opt-in attribute needed): T * K int32 counts, twice that with argmax.
 constexpr int64_t kPlaneSharedBytes = 48 * 1024;
@@ -37,6 +37,16 @@ constexpr int64_t kPlaneSharedBytes = 48 * 1024;
 constexpr int kPlaneAhead = 8;
 
 inline unsigned int blocks_for(int64_t n) { return static_cast<unsigned int>((n + kThreads - 1) / kThreads); }
+
+// The "no pixel" sentinel of the max scratch (a memset cannot write 0x7fffffff).
+__global__ void fill_no_pixel_kernel(int32_t* __restrict__ p, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (i < n) p[i] = kNoPixel;
+}
+
+inline void fill_no_pixel(int32_t* p, int64_t n, cudaStream_t stream) {
+  if (n > 0) fill_no_pixel_kernel<<<blocks_for(n), kThreads, 0, stream>>>(p, n);
+}
 
 template <typename label_t>
 __global__ void count_labels_kernel(const label_t* __restrict__ labels, int32_t* __restrict__ counts, int64_t maps,
@@ -144,7 +154,7 @@ __global__ void fused_finish_kernel(const int32_t* __restrict__ cnt, const int32
 // memory: cnt[T * K] (and first[T * K] when kFirst), index t * K + k.
 // direct (split == 1): the block writes y and argmax of its plane. Otherwise it
 // adds its nonzero counts to g_cnt (and mins into g_first), which the caller
-// zeroed (0x7f-filled) and turns into y with fused_finish_kernel.
+// zeroed (kNoPixel-filled) and turns into y with fused_finish_kernel.
 // No warp-synchronous operations: threads may leave the pixel loop at any time;
 // the two __syncthreads are reached by every thread of the block.
 template <typename scalar_t, typename acc_t, typename label_t, bool kSave, bool kFirst>
@@ -330,7 +340,7 @@ template <typename scalar_t, typename label_t>
 bool forward_plane_typed(const void* x, const void* labels, const int32_t* counts, void* y, void* saved,
                          int32_t* argmax, int32_t* scratch_count, int32_t* scratch_first, const FusedShape& s,
                          double tau_m, double tau_s, double tau_grad, double v_th, double du_inv_clamp,
-                         double max_dudt_inv, cudaStream_t stream) {
+                         double max_dudt_inv, bool* ran, cudaStream_t stream) {
   using acc_t = typename Acc<scalar_t>::type;
   const bool with_first = argmax != nullptr && scratch_first != nullptr;
   const int64_t TK = s.T * s.K;
@@ -345,7 +355,7 @@ bool forward_plane_typed(const void* x, const void* labels, const int32_t* count
   const bool direct = split == 1;
   if (!direct && out > 0) {
     cudaMemsetAsync(scratch_count, 0, sizeof(int32_t) * out, stream);
-    if (with_first) cudaMemsetAsync(scratch_first, 0x7f, sizeof(int32_t) * out, stream);
+    if (with_first) fill_no_pixel(scratch_first, out, stream);
   }
   const SRMParams<acc_t> prm = make_srm_params<acc_t>(tau_m, tau_s, tau_grad, v_th);
   const auto* xp = static_cast<const scalar_t*>(x);
@@ -355,6 +365,7 @@ bool forward_plane_typed(const void* x, const void* labels, const int32_t* count
   const acc_t c1 = static_cast<acc_t>(du_inv_clamp), c2 = static_cast<acc_t>(max_dudt_inv);
   const unsigned int blocks = static_cast<unsigned int>(BC * split);
   const size_t bytes = static_cast<size_t>(smem);
+  if (ran != nullptr) *ran = true;
   if (saved == nullptr) {
     fused_plane_kernel<scalar_t, acc_t, label_t, false, false><<<blocks, kThreads, bytes, stream>>>(
         xp, lp, counts, s, prm, c1, c2, nullptr, yp, nullptr, scratch_count, nullptr, split, chunk, direct);
@@ -376,10 +387,11 @@ template <typename scalar_t, typename label_t>
 void forward_typed(const void* x, const void* labels, const int32_t* counts, void* y, void* saved, int32_t* argmax,
                    int32_t* scratch_count, int32_t* scratch_first, const FusedShape& s, double tau_m, double tau_s,
                    double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv, bool plane,
-                   cudaStream_t stream) {
+                   bool* plane_ran, cudaStream_t stream) {
+  if (plane_ran != nullptr) *plane_ran = false;
   if (plane && forward_plane_typed<scalar_t, label_t>(x, labels, counts, y, saved, argmax, scratch_count,
                                                       scratch_first, s, tau_m, tau_s, tau_grad, v_th, du_inv_clamp,
-                                                      max_dudt_inv, stream)) {
+                                                      max_dudt_inv, plane_ran, stream)) {
     return;
   }
   using acc_t = typename Acc<scalar_t>::type;
@@ -389,7 +401,7 @@ void forward_typed(const void* x, const void* labels, const int32_t* counts, voi
   if (out == 0 && saved == nullptr) return;
   if (out > 0) {
     cudaMemsetAsync(scratch_count, 0, sizeof(int32_t) * out, stream);
-    if (scratch_first != nullptr) cudaMemsetAsync(scratch_first, 0x7f, sizeof(int32_t) * out, stream);
+    if (scratch_first != nullptr) fill_no_pixel(scratch_first, out, stream);
   }
   const SRMParams<acc_t> prm = make_srm_params<acc_t>(tau_m, tau_s, tau_grad, v_th);
   const int64_t N = s.B * s.C * s.P;
@@ -472,14 +484,14 @@ void count_labels(LabelType lt, const void* labels, int32_t* counts, const Fused
   }
 }
 
-bool fused_plane_fits(const FusedShape& s, bool with_argmax) { return plane_fits(s, with_argmax); }
 
 void fused_forward(DType dtype, LabelType lt, const void* x, const void* labels, const int32_t* counts, void* y,
                    void* saved, int32_t* argmax, int32_t* scratch_count, int32_t* scratch_first,
                    const FusedShape& s, double tau_m, double tau_s, double tau_grad, double v_th,
-                   double du_inv_clamp, double max_dudt_inv, bool plane_kernel, cudaStream_t stream) {
+                   double du_inv_clamp, double max_dudt_inv, bool plane_kernel, bool* plane_ran,
+                   cudaStream_t stream) {
   dispatch<Forward>(dtype, lt, x, labels, counts, y, saved, argmax, scratch_count, scratch_first, s, tau_m, tau_s,
-                    tau_grad, v_th, du_inv_clamp, max_dudt_inv, plane_kernel, stream);
+                    tau_grad, v_th, du_inv_clamp, max_dudt_inv, plane_kernel, plane_ran, stream);
 }
 
 void fused_backward(DType dtype, LabelType lt, const void* grad_y, const void* saved, const void* labels,

@@ -29,15 +29,14 @@ void count_labels(LabelType lt, const void* labels, int32_t* counts, const Fused
 // for inference. argmax: int32 [T, B, C, K] or nullptr.
 // plane_kernel: use the experimental plane kernel (per-block shared-memory
 // histograms) where its histograms fit 48 KB of shared memory; the default
-// kernel otherwise. The glue sets it from SNNSPX_EXPERIMENTAL_CUDA.
-// Whether the plane kernel takes a forward of these shapes (its histograms fit the
-// shared memory; with_argmax: mode max with a gradient). fused_forward uses the same rule.
-bool fused_plane_fits(const FusedShape& s, bool with_argmax);
+// kernel otherwise. The glue sets it from SNNSPX_EXPERIMENTAL_CUDA. *plane_ran
+// (when not null) says whether the plane kernel was launched.
 
 void fused_forward(DType dtype, LabelType lt, const void* x, const void* labels, const int32_t* counts, void* y,
                    void* saved, int32_t* argmax, int32_t* scratch_count, int32_t* scratch_first,
                    const FusedShape& s, double tau_m, double tau_s, double tau_grad, double v_th,
-                   double du_inv_clamp, double max_dudt_inv, bool plane_kernel, cudaStream_t stream);
+                   double du_inv_clamp, double max_dudt_inv, bool plane_kernel, bool* plane_ran,
+                   cudaStream_t stream);
 
 // grad_x [T, B, C, P] from grad_y [T, B, C, K]; tables: workspace of 2*T
 // accumulation-type elements.

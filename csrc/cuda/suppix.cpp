@@ -62,24 +62,6 @@ at::Tensor counts_from_offsets(const at::Tensor& offsets, int64_t K) {
   return (offsets.narrow(2, 1, K) - offsets.narrow(2, 0, K)).contiguous();
 }
 
-// The range check (check_labels) without holding up the launches: the largest
-// label is reduced on the GPU when the check is queued, and read back (a sync)
-// only after the caller has queued its kernels. Those kernels skip labels >= K,
-// so they are safe to run before the verdict; an error still reaches the caller.
-class DeferredLabelCheck {
- public:
-  DeferredLabelCheck(const at::Tensor& labels, int64_t K, bool enabled) : K_(K) {
-    if (enabled && labels.numel() > 0) top_ = labels.max();
-  }
-  void verify() const {
-    if (top_.defined()) check_suppix_label_top(top_.item<int64_t>(), K_);
-  }
-
- private:
-  at::Tensor top_;
-  int64_t K_;
-};
-
 // The no-sort forward, or nullopt (nothing run) when the sorted path must take the call.
 // `a` was prepared without the range check, which runs here when check_labels.
 std::optional<std::tuple<at::Tensor, at::Tensor>> suppix_pool_nosort_cuda(const SupPixPoolArgs& a,

@@ -23,6 +23,7 @@ def srm_suppix_pool(
     du_inv_clamp: float = 4.0,
     max_dudt_inv: float = 123456789.0,
     *,
+    check_labels: bool = True,
     backend: str | None = None,
 ) -> torch.Tensor:
     """SRM spikes of `x`, pooled per superpixel and step, in one pass.
@@ -43,7 +44,12 @@ def srm_suppix_pool(
             ``[B, H, W]`` or ``[T, B, H, W]`` (one map per step); a negative label
             marks a pixel that belongs to no superpixel.
         num_superpixels: K. None infers ``labels.max() + 1`` (a read-back from the
-            GPU). A label ``>= K`` is an error (checked with one read-back).
+            GPU before the kernels are queued).
+        check_labels: a label ``>= K`` raises ``ValueError``. The compiled ops reduce
+            the labels on the device and read the verdict back after their kernels
+            are queued (on a GPU, one sync at the end of the call, not before it).
+            ``False`` skips it: pixels with a label ``>= K`` are then ignored, like
+            negative ones.
         mode: ``"avg"`` (spike count / pixel count, 0 for an empty superpixel),
             ``"sum"`` or ``"max"`` (1 if any pixel spiked).
         tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv: as :func:`srm_neuron`.
@@ -61,22 +67,21 @@ def srm_suppix_pool(
     layout = _checks.suppix_layout(x, labels, pooled=False)
     _checks.suppix_mode(mode, "exact")
     K, inferred = _checks.num_superpixels(labels, num_superpixels)
-    if not inferred and not torch.compiler.is_compiling():
-        _checks.check_label_range(labels, K)
+    check = bool(check_labels) and not inferred  # an inferred K bounds every label
     b = resolve(backend, x.device)
     if b in ("torch", "reference"):
         from .suppix import suppix_pool
 
         spikes = srm_neuron(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, backend=b)
-        return suppix_pool(spikes, labels, K, mode, backend=b)
+        return suppix_pool(spikes, labels, K, mode, check_labels=check, backend=b)
     args = (float(tau_m), float(tau_s), float(tau_grad), float(v_th))
     xf, lab = layout.data, layout.labels
     if torch.is_grad_enabled() and x.requires_grad:
         y = torch.ops.snnspx.srm_suppix_pool_fwd.default(
-            xf, lab, K, mode, *args, float(du_inv_clamp), float(max_dudt_inv)
+            xf, lab, K, mode, *args, float(du_inv_clamp), float(max_dudt_inv), check
         )[0]
     else:
-        y = torch.ops.snnspx.srm_suppix_pool.default(xf, lab, K, mode, *args)
+        y = torch.ops.snnspx.srm_suppix_pool.default(xf, lab, K, mode, *args, check)
     return y
 
 
@@ -84,12 +89,14 @@ def _register() -> None:
     lib = "snnspx::"
 
     @torch.library.register_fake(lib + "srm_suppix_pool")
-    def _fused_fake(x, labels, num_superpixels, mode, tau_m, tau_s, tau_grad, v_th):
+    def _fused_fake(x, labels, num_superpixels, mode, tau_m, tau_s, tau_grad, v_th, check_labels):
         T, B, C, _ = x.shape
         return x.new_empty((T, B, C, num_superpixels))
 
     @torch.library.register_fake(lib + "srm_suppix_pool_fwd")
-    def _fused_fwd_fake(x, labels, num_superpixels, mode, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv):
+    def _fused_fwd_fake(
+        x, labels, num_superpixels, mode, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, check_labels
+    ):
         T, B, C, P = x.shape
         K = num_superpixels
         y = x.new_empty((T, B, C, K))
@@ -103,7 +110,7 @@ def _register() -> None:
         return grad_y.new_empty(saved.shape[1:])
 
     def _setup(ctx, inputs, output):
-        _, labels, _, mode, tau_m, tau_s, tau_grad, _, _, _ = inputs
+        _, labels, _, mode, tau_m, tau_s, tau_grad, _, _, _, _ = inputs
         _, saved, counts, argmax = output
         ctx.save_for_backward(saved, labels, counts, argmax)
         ctx.mark_non_differentiable(saved, counts, argmax)
@@ -115,6 +122,6 @@ def _register() -> None:
         grad_x = torch.ops.snnspx.srm_suppix_pool_bwd.default(
             grad_y, saved, labels, counts, argmax, mode, tau_m, tau_s, tau_grad
         )
-        return (grad_x,) + (None,) * 9
+        return (grad_x,) + (None,) * 10
 
     torch.library.register_autograd(lib + "srm_suppix_pool_fwd", _backward, setup_context=_setup)

@@ -22,6 +22,8 @@ class SRMSupPixPool(SRMModule):
         du_inv_clamp, max_dudt_inv: the event-driven backward's clamps.
         batch_first: `x` is ``[B, T, C, H, W]`` and the output ``[B, T, C, K]``.
         backend: force a backend (see :func:`snnspx.backends`).
+        check_labels: raise ``ValueError`` on a label ``>= K`` (default); ``False``
+            ignores such pixels and saves the check's read-back (see the functional form).
 
     Shape:
         - x: ``[T, B, C, H, W]`` currents (``[B, T, C, H, W]`` with ``batch_first``).
@@ -41,10 +43,11 @@ class SRMSupPixPool(SRMModule):
         max_dudt_inv: float = 123456789.0,
         batch_first: bool = False,
         backend: str | None = None,
+        check_labels: bool = True,
     ) -> None:
         super().__init__(tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, batch_first, backend)
         _checks.suppix_mode(mode, "exact")
-        self.mode, self.num_superpixels = mode, num_superpixels
+        self.mode, self.num_superpixels, self.check_labels = mode, num_superpixels, bool(check_labels)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.batch_first:
@@ -55,7 +58,7 @@ class SRMSupPixPool(SRMModule):
                 labels = labels.transpose(0, 1)
         y = srm_suppix_pool(
             x, labels, self.num_superpixels, self.mode, self.tau_m, self.tau_s, self.tau_grad, self.v_th,
-            self.du_inv_clamp, self.max_dudt_inv, backend=self.backend,
+            self.du_inv_clamp, self.max_dudt_inv, check_labels=self.check_labels, backend=self.backend,
         )
         return y.transpose(0, 1) if self.batch_first else y
 
@@ -63,4 +66,5 @@ class SRMSupPixPool(SRMModule):
         return (
             f"mode={self.mode!r}, num_superpixels={self.num_superpixels}, tau_m={self.tau_m}, tau_s={self.tau_s}, "
             f"tau_grad={self.tau_grad}, v_th={self.v_th}, batch_first={self.batch_first}"
+            + ("" if self.check_labels else ", check_labels=False")
         )
