@@ -79,6 +79,28 @@ def resolve(backend: str | None, device: torch.device) -> str:
         ValueError: unknown name, or a compiled backend asked for tensors on the wrong device.
         snnspx.BuildError: a compiled backend was requested and its library does not build.
     """
+    if torch.compiler.is_compiling():
+        return _resolve_while_tracing(backend, device.type)
+    return _resolve(backend, device)
+
+
+def _assume_constant_result(fn):
+    # What torch.compiler.assume_constant_result(fn) does, without importing Dynamo
+    # (about a second) when snnspx is imported: Dynamo then calls fn for real while
+    # it traces and keeps the answer as a constant, instead of tracing into it.
+    # tests/test_layers.py compiles a model in a fresh process to keep this honest.
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant_result
+def _resolve_while_tracing(backend: str | None, device_type: str) -> str:
+    # Building or loading a library (locks, files, subprocesses) cannot be traced, and
+    # the first snnspx op of a process may well be inside torch.compile.
+    return _resolve(backend, torch.device(device_type))
+
+
+def _resolve(backend: str | None, device: torch.device) -> str:
     source = "backend"
     if backend is None:
         env = os.environ.get("SNNSPX_BACKEND")

@@ -172,3 +172,196 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="rounding must be"):
         snnspx.nn.SRMConv2d(2, 2, 3, weight_bits=8, weight_rounding="up")
     assert "bits=8, rounding='nearest'" in repr(snnspx.nn.Quantizer())
+
+
+# --------------------------------------------------------------------------- non-finite inputs (regressions)
+NAN, INF = float("nan"), float("inf")
+
+
+def test_nan_in_training_does_not_corrupt_running_range():
+    """One NaN used to turn running_min/max into NaN and pin the scale at 1 for good."""
+    q = snnspx.nn.Quantizer(8)
+    y = q(torch.tensor([0.5, NAN]))
+    assert y[0].item() == 0.5 and torch.isnan(y[1]), "the NaN flows through, the rest is quantized"
+    assert q.running_min.item() == 0.5 and q.running_max.item() == 0.5
+    assert q.scale_exponent.item() == 7  # round(0.5 * 128) = 64 < 128, round(0.5 * 256) = 128
+    q(torch.tensor([0.5, -0.25]))
+    assert q.running_min.item() == -0.25 and q.running_max.item() == 0.5
+    assert q.scale_exponent.item() == 7
+    assert torch.equal(q(torch.tensor([0.3])), F.quantize(torch.tensor([0.3]), 2.0**7, 8))
+    q.eval()
+    assert torch.equal(q(torch.tensor([0.3, NAN]))[:1], torch.tensor([round(0.3 * 128) / 128]))
+
+
+@pytest.mark.parametrize("bad", [INF, -INF])
+def test_inf_in_training_does_not_pin_scale(bad):
+    q = snnspx.nn.Quantizer(8)
+    y = q(torch.tensor([0.5, bad]))
+    assert q.running_min.item() == 0.5 and q.running_max.item() == 0.5 and q.scale_exponent.item() == 7
+    assert y.tolist() == [0.5, (127 if bad > 0 else -127) / 128], "inf clamps to +-q_max / scale"
+    q(torch.tensor([-0.25, 0.1]))
+    assert q.running_min.item() == -0.25 and q.scale_exponent.item() == 7
+
+
+def test_batch_without_finite_values_leaves_buffers_unchanged():
+    q = snnspx.nn.Quantizer(6)
+    q(torch.tensor([-0.2, 0.4]))
+    before = {k: v.clone() for k, v in q.state_dict().items()}
+    for batch in ([NAN, NAN], [INF, -INF, NAN]):
+        q(torch.tensor(batch))
+        assert all(torch.equal(v, before[k]) for k, v in q.state_dict().items())
+
+
+def test_quantizer_that_saw_only_nonfinite_values_is_uncalibrated():
+    q = snnspx.nn.Quantizer(8)
+    y = q(torch.tensor([NAN, INF, -INF]))  # training: scale 1 while no finite value is known
+    assert torch.isnan(y[0]) and y[1:].tolist() == [127.0, -127.0]
+    assert q.scale_exponent.item() == -1
+    assert q.running_min.item() == INF and q.running_max.item() == -INF
+    q.eval()
+    with pytest.raises(RuntimeError, match="has no range yet"):
+        q(torch.ones(2))
+    q.train()
+    q(torch.tensor([1.0, NAN]))
+    q.eval()
+    assert q.scale_exponent.item() == 6
+    assert q(torch.tensor([1.0])).item() == 1.0
+
+
+def test_nan_range_from_checkpoint_is_replaced_by_finite_range():
+    q = snnspx.nn.Quantizer(8)
+    q.load_state_dict({"running_min": torch.tensor(NAN), "running_max": torch.tensor(NAN),
+                       "scale_exponent": torch.tensor(0)})
+    q(torch.tensor([-0.25, 0.5]))
+    assert q.running_min.item() == -0.25 and q.running_max.item() == 0.5 and q.scale_exponent.item() == 7
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_nonfinite_ignored_for_every_dtype(dtype):
+    q = snnspx.nn.Quantizer(8)
+    y = q(torch.tensor([0.5, -0.25, NAN, INF, -INF], dtype=dtype))
+    assert y.dtype == dtype and torch.isnan(y[2])
+    assert q.running_min.item() == -0.25 and q.running_max.item() == 0.5 and q.scale_exponent.item() == 7
+
+
+def test_quantizer_compiles_fullgraph_with_nonfinite_inputs():
+    """No read-back in forward (train or eval): the checks stay on the device."""
+    torch._dynamo.reset()
+    q = snnspx.nn.Quantizer(8)
+    c = torch.compile(q, backend="aot_eager", fullgraph=True)
+    c(torch.tensor([0.5, NAN]))
+    assert q.scale_exponent.item() == 7
+    q.eval()
+    y = c(torch.tensor([0.3, INF]))
+    assert y.tolist() == [round(0.3 * 128) / 128, 127 / 128]
+
+
+@pytest.mark.cuda
+def test_nonfinite_ignored_on_cuda():
+    x = torch.tensor([0.5, NAN, -0.25, INF])
+    cpu, gpu = snnspx.nn.Quantizer(8), snnspx.nn.Quantizer(8).cuda()
+    y_cpu, y_gpu = cpu(x), gpu(x.cuda())
+    torch.testing.assert_close(y_gpu.cpu(), y_cpu, equal_nan=True, rtol=0, atol=0)
+    assert {k: v.item() for k, v in gpu.state_dict().items()} == {k: v.item() for k, v in cpu.state_dict().items()}
+    fresh = snnspx.nn.Quantizer(8).cuda()
+    fresh(torch.tensor([NAN], device="cuda"))
+    fresh.eval()
+    with pytest.raises(RuntimeError, match="has no range yet"):
+        fresh(torch.ones(2, device="cuda"))
+
+
+# --------------------------------------------------------------------------- quantize: the scale (regressions)
+@pytest.mark.parametrize("scale", [0.0, -0.0, -2.0, 3.0, 0.3, NAN, INF, -INF, 2.0**128, 2.0**-127, 2**1000])
+def test_quantize_rejects_bad_number_scale(scale):
+    with pytest.raises(ValueError, match="scale must be a positive power of two"):
+        F.quantize(torch.ones(3), scale)
+
+
+def test_quantize_scale_range_follows_arithmetic_dtype():
+    x64 = torch.tensor([0.5], dtype=torch.float64)
+    assert F.quantize(x64, 2.0**200, 8).item() == 127 / 2.0**200  # float64 arithmetic holds 2**200
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):  # float32 arithmetic does not
+        with pytest.raises(ValueError, match="float32's normal range"):
+            F.quantize(x64.to(dtype), 2.0**200, 8)
+    assert F.quantize(torch.tensor([3.0]), 2**-2, 8).item() == 4.0  # negative exponents are powers of two too
+    assert F.quantize(torch.tensor([0.3]), 4, 8).item() == 0.25  # an int is a number
+
+
+@pytest.mark.parametrize("scale", [True, "4", None, [4.0]])
+def test_quantize_rejects_scale_of_wrong_type(scale):
+    with pytest.raises(TypeError, match="scale must be"):
+        F.quantize(torch.ones(3), scale)
+
+
+def test_quantize_tensor_scale_checks():
+    x = torch.tensor([0.3, -1.2, 5.0])
+    for ok in (torch.tensor(4.0), torch.tensor(4.0, dtype=torch.float64), torch.tensor(4), torch.tensor([4.0])):
+        y = F.quantize(x, ok, 4)
+        assert y.shape == x.shape and torch.equal(y, F.quantize(x, 4.0, 4))
+    assert F.quantize(torch.tensor(0.3), torch.tensor([[4.0]])).shape == ()
+    with pytest.raises(ValueError, match="scale must be a single value"):
+        F.quantize(x, torch.tensor([4.0, 4.0]))
+    with pytest.raises(ValueError, match="scale must be a single value"):
+        F.quantize(x, torch.ones(3, 1))
+    for dtype in (torch.bool, torch.complex64):
+        with pytest.raises(TypeError, match="scale must be a real"):
+            F.quantize(x, torch.ones((), dtype=dtype))
+
+
+@pytest.mark.parametrize("scale", [0.0, -4.0, 3.0, NAN, INF, 2.0**-140])
+def test_quantize_bad_tensor_scale_gives_nan_not_a_wrong_grid(scale):
+    """A tensor scale is not read back; a bad value makes the whole output NaN, loudly."""
+    x = torch.tensor([0.3, -1.2, 0.0], requires_grad=True)
+    y = F.quantize(x, torch.tensor(scale), 8)
+    assert torch.isnan(y).all()
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones(3))
+    with pytest.raises(ValueError, match="scale must be a positive power of two"):
+        F.quantize(x, torch.tensor(scale), 8, backend="reference")  # the loops read it anyway
+
+
+@pytest.mark.cuda
+def test_quantize_scale_checks_on_cuda():
+    x = torch.tensor([0.3, -1.2], device="cuda")
+    assert torch.equal(F.quantize(x, torch.tensor(4.0, device="cuda")).cpu(), F.quantize(x.cpu(), 4.0))
+    assert torch.isnan(F.quantize(x, torch.tensor(0.0, device="cuda"))).all()
+    with pytest.raises(ValueError, match="scale must be a positive power of two"):
+        F.quantize(x, 0.0)
+
+
+# --------------------------------------------------------------------------- pow2_scale_exponent (regressions)
+@pytest.mark.parametrize("absmax,want", [(3.0, 5), (1, 6), (0, 31), (200, 0), (INF, 0), (NAN, 0), (10**400, 0)])
+def test_scale_exponent_accepts_python_numbers(absmax, want):
+    got = F.pow2_scale_exponent(absmax, 8)
+    assert got.dtype == torch.int64 and got.shape == () and got.device.type == "cpu" and got.item() == want
+
+
+@pytest.mark.parametrize("absmax", ["3", None, True, [1.0]])
+def test_scale_exponent_rejects_wrong_type(absmax):
+    with pytest.raises(TypeError, match="absmax must be"):
+        F.pow2_scale_exponent(absmax, 8)
+
+
+def test_scale_exponent_needs_one_value():
+    for bad in (torch.tensor([1.0, 2.0]), torch.ones(2, 3), torch.zeros(0)):
+        with pytest.raises(ValueError, match="absmax must be a single value"):
+            F.pow2_scale_exponent(bad, 8)
+    for bad in (torch.tensor(True), torch.tensor(1j)):
+        with pytest.raises(TypeError, match="absmax must be a real"):
+            F.pow2_scale_exponent(bad, 8)
+    got = F.pow2_scale_exponent(torch.tensor([[1.0]]), 8)  # one element, any shape
+    assert got.shape == () and got.item() == 6
+    assert F.pow2_scale_exponent(torch.tensor(3), 8).item() == 5  # integer tensors too
+
+
+@pytest.mark.parametrize("absmax", [1.0, 0.3, 127.4, 3e-10, 0.0])
+def test_scale_exponent_of_negative_absmax_is_that_of_its_magnitude(absmax):
+    want = F.pow2_scale_exponent(absmax, 8).item()
+    assert F.pow2_scale_exponent(-absmax, 8).item() == want
+    assert F.pow2_scale_exponent(torch.tensor(-absmax), 8).item() == want
+
+
+@pytest.mark.cuda
+def test_scale_exponent_stays_on_cuda():
+    got = F.pow2_scale_exponent(torch.tensor(-1.0, device="cuda"), 8)
+    assert got.device.type == "cuda" and got.item() == 6

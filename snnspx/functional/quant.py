@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 from .. import _checks, reference
@@ -12,27 +15,87 @@ __all__ = ["quantize", "pow2_scale_exponent"]
 MAX_EXPONENT = 31  # the scale is 2**i, i in 0 .. 31 (as in the original)
 
 
-def pow2_scale_exponent(absmax: torch.Tensor, bits: int) -> torch.Tensor:
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _number_as_float(v) -> float:
+    try:
+        return float(v)
+    except OverflowError:  # a Python int beyond float64
+        return math.inf if v > 0 else -math.inf
+
+
+def _check_real_tensor(t: torch.Tensor, name: str) -> None:
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"{name} must be a real (floating or integer) tensor, got {t.dtype}")
+    if t.numel() != 1:
+        raise ValueError(
+            f"{name} must be a single value (a Python number or a one-element tensor), "
+            f"got a tensor of shape {tuple(t.shape)}"
+        )
+
+
+def pow2_scale_exponent(absmax: torch.Tensor | float, bits: int) -> torch.Tensor:
     """The exponent ``i`` of the quantizer's scale ``2**i`` for values in ``[-absmax, absmax]``.
 
-    The largest ``i`` in ``0 .. 31`` with ``round(absmax * 2**i) < 2**(bits - 1)`` (``round``
-    half to even). When even ``i = 0`` fails (``absmax >= 2**(bits - 1) - 0.5``, or it is
-    not finite), ``i = 0``: the scale is 1 and large values clamp. Computed on the device of
-    `absmax` in float64, without reading it back.
+    The largest ``i`` in ``0 .. 31`` with ``round(|absmax| * 2**i) < 2**(bits - 1)`` (``round``
+    half to even). When even ``i = 0`` fails (``|absmax| >= 2**(bits - 1) - 0.5``, or it is
+    not finite: NaN included), ``i = 0``: the scale is 1 and large values clamp.
+
+    `absmax` is read as a magnitude: a negative value gives the exponent of its absolute
+    value (the range ``[-|absmax|, |absmax|]``), the same on every device, as telling a
+    negative tensor value apart would need a read-back.
+
+    Args:
+        absmax: one value: a Python number (computed on the CPU) or a one-element real
+            tensor (any shape with one element; computed on its device in float64, without
+            reading it back). A tensor of several values raises ``ValueError``, any other
+            type (or a bool/complex tensor) ``TypeError``.
+        bits: 2 .. 32.
 
     Returns:
-        an int64 scalar tensor.
+        an int64 scalar (0-dim) tensor on the device of `absmax` (the CPU for a number).
     """
     _checks.check_quantizer_params(bits, "nearest")
-    i = torch.arange(MAX_EXPONENT + 1, dtype=torch.float64, device=absmax.device)
-    fits = torch.round(absmax.detach().to(torch.float64) * torch.exp2(i)) < 2.0 ** (bits - 1)
-    # round(absmax * 2**i) grows with i, so the exponents that fit are a prefix 0 .. n-1.
+    if isinstance(absmax, torch.Tensor):
+        _check_real_tensor(absmax, "absmax")
+        a = absmax.detach().reshape(()).to(torch.float64)
+    elif _is_number(absmax):
+        a = torch.tensor(_number_as_float(absmax), dtype=torch.float64)
+    else:
+        raise TypeError(f"absmax must be a Python number or a one-element tensor, got {type(absmax).__name__}")
+    i = torch.arange(MAX_EXPONENT + 1, dtype=torch.float64, device=a.device)
+    fits = torch.round(a.abs() * torch.exp2(i)) < 2.0 ** (bits - 1)
+    # round(|absmax| * 2**i) grows with i, so the exponents that fit are a prefix 0 .. n-1.
     return (fits.sum() - 1).clamp(min=0)
+
+
+def _scale_error(scale, acc: torch.dtype) -> ValueError:
+    fi = torch.finfo(acc)
+    return ValueError(
+        f"scale must be a positive power of two (2**i, e.g. 2 ** pow2_scale_exponent(...)) in "
+        f"{acc}'s normal range [2**{math.frexp(fi.tiny)[1] - 1}, 2**{math.frexp(fi.max)[1] - 1}] "
+        f"(the arithmetic dtype here), got {scale!r}"
+    )
+
+
+def _check_scale_value(s: float, acc: torch.dtype) -> None:
+    fi = torch.finfo(acc)
+    if not (math.isfinite(s) and fi.tiny <= s <= fi.max and math.frexp(s)[0] == 0.5):
+        raise _scale_error(s, acc)
 
 
 def _quantize(x: torch.Tensor, scale: torch.Tensor, bits: int, rounding: str) -> torch.Tensor:
     acc = _checks.acc_dtype(x.dtype)
     s = scale.to(device=x.device, dtype=acc)
+    # The value of a tensor scale is checked here, on its device (no read-back): anything but
+    # a positive power of two in acc's normal range becomes NaN, so the whole output is NaN
+    # rather than silently quantized on a wrong grid.
+    mantissa, _ = torch.frexp(s)
+    fi = torch.finfo(acc)
+    ok = (mantissa == 0.5) & (s >= fi.tiny) & (s <= fi.max)
+    s = torch.where(ok, s, torch.full_like(s, float("nan")))
     v = x.to(acc) * s
     v = torch.round(v) if rounding == "nearest" else torch.trunc(v)
     q_max = float(2 ** (bits - 1) - 1)
@@ -64,11 +127,19 @@ def quantize(
     ``"truncate"`` rounds toward zero, as the original's ``x.int()``. Arithmetic is in
     float32 for float16/bfloat16 inputs (the scale may exceed their range) and in the
     dtype of `x` otherwise; with float32 inputs, ``bits > 24`` exceeds the integers that
-    float32 represents exactly.
+    float32 represents exactly. NaN in `x` gives NaN, ``+-inf`` clamps to ``+-q_max / scale``.
+
+    What is checked about `scale`: it must be a positive power of two ``2**i`` (any integer
+    ``i``, e.g. ``2 ** pow2_scale_exponent(...)``) in the normal range of the arithmetic dtype
+    (``2**-126 .. 2**127`` for float32). A Python number that is not raises ``ValueError``. A
+    tensor must be a real one-element tensor (else ``TypeError``/``ValueError``), but its value
+    is not read back (that would synchronise a GPU and break ``torch.compile`` graphs): an
+    invalid value (0, negative, NaN, not a power of two) makes the whole output NaN instead.
+    The ``"reference"`` backend reads the value anyway and raises ``ValueError``.
 
     Args:
         x: any float tensor.
-        scale: a power of two, ``2**pow2_scale_exponent(...)`` (Python number or scalar tensor).
+        scale: a positive power of two: a Python number or a one-element real tensor.
         bits: 2 .. 32.
         rounding: ``"nearest"`` or ``"truncate"``.
         backend: ``"reference"`` runs :func:`snnspx.reference.quantize` (loops); every other
@@ -76,8 +147,17 @@ def quantize(
     """
     _checks.check_tensor(x, "x", min_dim=0)
     _checks.check_quantizer_params(bits, rounding)
-    if not isinstance(scale, torch.Tensor):
-        scale = torch.tensor(float(scale), dtype=torch.float64)
+    acc = _checks.acc_dtype(x.dtype)
+    if isinstance(scale, torch.Tensor):
+        _check_real_tensor(scale, "scale")
+        scale = scale.detach().reshape(())
+    elif _is_number(scale):
+        s = _number_as_float(scale)
+        _check_scale_value(s, acc)
+        scale = torch.tensor(s, dtype=torch.float64)
+    else:
+        raise TypeError(f"scale must be a Python number or a one-element tensor, got {type(scale).__name__}")
     if resolve_python(backend, x.device) == "reference":
+        _check_scale_value(float(scale), acc)
         return reference.quantize(x, scale, bits, rounding)
     return _StraightThrough.apply(x, scale, bits, rounding)

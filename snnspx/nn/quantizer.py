@@ -24,11 +24,20 @@ class Quantizer(nn.Module):
     gradient goes straight through (identity, also where values clamp); see
     :func:`snnspx.functional.quantize`.
 
+    Non-finite values (NaN, ``+-inf``) are left out of the running range, so one bad batch
+    cannot pin the scale: ``min``/``max`` above are over the finite values of ``x``, and a
+    batch with no finite value leaves all three buffers unchanged. They still go through the
+    quantization like any other value: NaN stays NaN in the output, ``+-inf`` clamps to
+    ``+-q_max / scale``. (A range that holds NaN, e.g. from an old checkpoint, is replaced by
+    the next batch's finite range.) Checking is done on the device: no read-back per call.
+
     Buffers (in ``state_dict``): ``running_min`` (``+inf`` until data is seen),
-    ``running_max`` (``-inf``), ``scale_exponent`` (int64, ``-1`` until data is seen; an
-    integer, so ``.half()`` cannot overflow it). A quantizer that has never seen data (nor
-    loaded a calibrated ``state_dict``) raises ``RuntimeError`` in eval mode rather than
-    pass values through unquantized.
+    ``running_max`` (``-inf``), ``scale_exponent`` (int64, ``-1`` until a finite value is
+    seen; an integer, so ``.half()`` cannot overflow it). A quantizer that has seen no
+    finite value (nor loaded a calibrated ``state_dict``) raises ``RuntimeError`` in eval
+    mode rather than pass values through unquantized; in training mode it quantizes such a
+    batch with scale 1. Whether it has is read back from the device once, when the module
+    is switched to eval mode (``.eval()``/``.train(False)``), never inside ``forward`` there.
 
     Args:
         bits: word length b, 2..32 (8 by default).
@@ -46,7 +55,10 @@ class Quantizer(nn.Module):
         self.register_buffer("running_min", torch.tensor(float("inf")))
         self.register_buffer("running_max", torch.tensor(float("-inf")))
         self.register_buffer("scale_exponent", torch.tensor(-1, dtype=torch.int64))
-        self._calibrated = False  # mirrors scale_exponent >= 0 without reading a GPU tensor back
+        # Whether scale_exponent >= 0, kept on the host so that forward never reads a GPU
+        # tensor back: True / False when known, None after training batches whose finiteness
+        # only the device knows (resolved by train(False), i.e. .eval()).
+        self._calibrated: bool | None = False
 
     @property
     def scale(self) -> torch.Tensor:
@@ -55,24 +67,44 @@ class Quantizer(nn.Module):
 
     @torch.no_grad()
     def _observe(self, x: torch.Tensor) -> None:
-        lo, hi = torch.aminmax(x.detach())
-        self.running_min.copy_(torch.minimum(self.running_min, lo.to(self.running_min.dtype)))
-        self.running_max.copy_(torch.maximum(self.running_max, hi.to(self.running_max.dtype)))
+        x = x.detach()
+        finite = torch.isfinite(x)
+        lo = x.masked_fill(~finite, float("inf")).amin()  # +inf when no value is finite
+        hi = x.masked_fill(~finite, float("-inf")).amax()
+        # fmin/fmax: a NaN already in the buffer (an old checkpoint) gives way to the batch's range.
+        self.running_min.copy_(torch.fmin(self.running_min, lo.to(self.running_min.dtype)))
+        self.running_max.copy_(torch.fmax(self.running_max, hi.to(self.running_max.dtype)))
+        seen = self.running_min <= self.running_max  # false while no finite value has been seen
         absmax = torch.maximum(self.running_min.abs(), self.running_max.abs())
-        self.scale_exponent.copy_(Q.pow2_scale_exponent(absmax, self.bits))
-        self._calibrated = True
+        fitted = Q.pow2_scale_exponent(absmax, self.bits)
+        self.scale_exponent.copy_(torch.where(seen, fitted, self.scale_exponent))
+        if self._calibrated is not True:
+            self._calibrated = None
+
+    def _resolve_calibrated(self) -> bool:
+        if self._calibrated is None:
+            self._calibrated = bool(self.scale_exponent.item() >= 0)
+        return self._calibrated
+
+    def train(self, mode: bool = True) -> "Quantizer":
+        if not mode:
+            self._resolve_calibrated()  # the one read-back, outside any forward
+        return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and x.numel() > 0:
+        _checks.check_tensor(x, "x", min_dim=0)
+        if x.numel() == 0:
+            return x.clone()  # nothing to quantize, and an empty batch carries no range
+        if self.training:
             self._observe(x)
-        elif not self._calibrated:
-            if x.numel() == 0:
-                return x.clone()
+        elif not self._resolve_calibrated():
             raise RuntimeError(
-                "Quantizer has no range yet: call it in training mode on data first (or load a "
-                "state_dict of a trained one) before using it in eval mode"
+                "Quantizer has no range yet: call it in training mode on data with finite values "
+                "first (or load a state_dict of a trained one) before using it in eval mode"
             )
-        return Q.quantize(x, self.scale, self.bits, self.rounding)
+        # In training, before any finite value was seen (scale_exponent -1), scale 1.
+        scale = torch.exp2(self.scale_exponent.clamp(min=0).to(torch.float64))
+        return Q.quantize(x, scale, self.bits, self.rounding)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
