@@ -56,6 +56,15 @@ def _check_T(T) -> int:
     return T
 
 
+def _is_finite(value: int | float) -> bool:
+    """math.isfinite, also for ints too large for a float (those count as not finite here:
+    the encoders compute in floating point)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     """Comparisons run in float32 (float64 for float64 images) so that float16 and
     bfloat16 images keep a fine grid of probabilities and times."""
@@ -90,7 +99,8 @@ def poisson_encode(
         spikes ``[T, B, C, H, W]``, 0/1 values in the dtype and on the device of `images`.
 
     Raises:
-        TypeError: `images` is not a tensor, `T` not an int.
+        TypeError: `images` is not a tensor, `T` not an int, `max_rate` not a number,
+            `generator` not a :class:`torch.Generator`.
         ValueError: `images` is not floating point or has a bad shape; ``T < 1``;
             `max_rate` outside ``[0, 1]``; `generator` on another device.
     """
@@ -100,6 +110,8 @@ def poisson_encode(
         raise TypeError(f"max_rate must be a Python number, got {type(max_rate).__name__}")
     if not 0.0 <= max_rate <= 1.0:
         raise ValueError(f"max_rate must be in [0, 1] (a probability per step), got {max_rate}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be None or a torch.Generator, got {type(generator).__name__}")
     if generator is not None and generator.device.type != x.device.type:
         raise ValueError(f"generator must be on the device of images ({x.device}), got one on {generator.device}")
     work = _work_dtype(x.dtype)
@@ -139,20 +151,21 @@ def latency_encode(
         `images`, with at most one spike per pixel.
 
     Raises:
-        TypeError: `images` is not a tensor, `T` not an int.
+        TypeError: `images` is not a tensor, `T` not an int, `tau` or `threshold` not a number.
         ValueError: `images` is not floating point or has a bad shape; ``T < 1``;
-            `tau` not > 0; `threshold` not finite.
+            `tau` not a finite number > 0; `threshold` not finite (NaN, inf, or an int too
+            large for a float).
     """
     x = _check_images(images)
     T = _check_T(T)
     if tau is not None:
         if isinstance(tau, bool) or not isinstance(tau, (int, float)):
             raise TypeError(f"tau must be None or a Python number, got {type(tau).__name__}")
-        if not (math.isfinite(tau) and tau > 0):
+        if not (_is_finite(tau) and tau > 0):
             raise ValueError(f"tau must be None (linear code) or a finite number > 0, got {tau}")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         raise TypeError(f"threshold must be a Python number, got {type(threshold).__name__}")
-    if not math.isfinite(threshold):
+    if not _is_finite(threshold):
         raise ValueError(f"threshold must be a finite number, got {threshold}")
     work = _work_dtype(x.dtype)
     xw = x.to(work)
@@ -161,8 +174,13 @@ def latency_encode(
     if tau is None:
         t = torch.round((1.0 - xc) * (T - 1))
     else:
-        # ln(1/x) for x > 0; silent pixels (x <= 0 or NaN) are masked out below.
-        t = torch.round(tau * -torch.log(xc.clamp_min(torch.finfo(work).tiny))).clamp_max(T - 1)
-    t = torch.where(fires, t, torch.full_like(t, -1)).to(torch.long)
+        # tau * ln(1/x), with ln(1/0) = inf (held at T - 1 below). x = 1 gives 0 without a
+        # product: a tau beyond float32's range is inf there, and inf * ln(1) would be NaN.
+        # A tau that large sends every x < 1 to T - 1 (tau * ln(1/x) >= 3.4e38 * 5.9e-8).
+        log_inv = -torch.log(xc)  # in [0, inf]; NaN only for NaN pixels, which never fire
+        t = torch.where(log_inv > 0, torch.round(tau * log_inv), 0.0)
+    # hold at T - 1 (the float cast of T - 1 may round up: clamp again as an integer);
+    # silent pixels get -1 before the cast, so NaN and inf never reach the integer conversion
+    t = torch.where(fires, t.clamp_max(float(T - 1)), -1.0).to(torch.long).clamp_max(T - 1)
     steps = torch.arange(T, device=x.device).view(T, 1, 1, 1, 1)
     return (steps == t.unsqueeze(0)).to(x.dtype)

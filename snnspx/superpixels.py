@@ -52,6 +52,10 @@ def grid_superpixels(
     return (rows[:, None] * cols + cells[None, :]).to(dtype)
 
 
+# The fast path's keys image * span + label are < N * span, and span itself is an int64 operand.
+_KEY_LIMIT = 2**63
+
+
 def relabel_sequential(labels: torch.Tensor) -> torch.Tensor:
     """Renumber each image's labels to ``0..K_i-1``, keeping their order; negatives stay -1.
 
@@ -59,18 +63,28 @@ def relabel_sequential(labels: torch.Tensor) -> torch.Tensor:
     ``[T, B, H, W]`` (every step of every image is relabelled on its own). Label values
     that occur in an image become consecutive, smallest first; ignored pixels (negative
     labels) become -1. Pass ``num_superpixels = int(out.max()) + 1`` (the largest
-    ``K_i``) to the pooling ops, or let them infer it.
+    ``K_i``) to the pooling ops, or let them infer it. Exact for every int32 / int64
+    label value. Synchronises with the GPU (reads the largest label).
 
     Returns:
         Tensor of the shape, dtype and device of `labels`.
     """
     _checks.check_labels_tensor(labels)
-    H, W = labels.shape[-2], labels.shape[-1]
-    flat = labels.reshape(-1, H * W).long()
-    if flat.numel() == 0:
+    if labels.numel() == 0:  # also H * W == 0, where the [-1, H * W] view below is ambiguous
         return labels.clone()
+    flat = labels.reshape(-1, labels.shape[-2] * labels.shape[-1])
+    span = max(int(flat.max()), 0) + 1
+    if flat.shape[0] * span < _KEY_LIMIT:
+        out = _relabel_by_key(flat.long(), span)
+    else:  # an (image, label) key would overflow int64
+        out = _relabel_by_sort(flat)
+    return out.reshape(labels.shape).to(labels.dtype)
+
+
+def _relabel_by_key(flat: torch.Tensor, span: int) -> torch.Tensor:
+    """The fast path for ``[N, P]`` int64 labels ``< span``, with ``N * span < 2**63``: one
+    ``torch.unique`` over a key per (image, label), ``image * span + label``."""
     valid = flat >= 0
-    span = int(flat.max().clamp(min=0)) + 1
     image = torch.arange(flat.shape[0], device=flat.device)[:, None].expand_as(flat)
     # one key per (image, label): unique ranks them in image-major, label order
     key = torch.where(valid, image * span + flat, -1)
@@ -81,5 +95,17 @@ def relabel_sequential(labels: torch.Tensor) -> torch.Tensor:
     # rank of each image's first label = distinct labels in the images before it
     per_image = torch.bincount(real // span, minlength=flat.shape[0])
     first = torch.cumsum(per_image, 0) - per_image
-    out = torch.where(valid, rank - first[:, None], -1)
-    return out.reshape(labels.shape).to(labels.dtype)
+    return torch.where(valid, rank - first[:, None], -1)
+
+
+def _relabel_by_sort(flat: torch.Tensor) -> torch.Tensor:
+    """Any ``[N, P]`` int32 / int64 labels: each row sorted on its own, then a pixel's new
+    label is the number of distinct non-negative values up to it in its sorted row, minus
+    one. Only comparisons of label values, no arithmetic on them: exact for every value."""
+    vals, order = torch.sort(flat, dim=1)  # negatives first
+    valid = vals >= 0
+    first = valid.clone()
+    first[:, 1:] &= vals[:, 1:] != vals[:, :-1]  # first pixel of each distinct value
+    rank = torch.where(valid, torch.cumsum(first, dim=1) - 1, -1).to(flat.dtype)
+    out = torch.empty(flat.shape, dtype=flat.dtype, device=flat.device)
+    return out.scatter_(1, order, rank)  # order is a permutation of each row: no collisions

@@ -189,3 +189,104 @@ def test_poisson_generator_on_another_device_is_an_error():
         poisson_encode(x, 3, generator=torch.Generator())
     s = poisson_encode(x, 3, generator=torch.Generator(device="cuda").manual_seed(0))
     assert s.is_cuda
+
+
+# --------------------------------------------------------------------------- extreme parameters and sizes
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("tau", [1e39, 1e300, 3.5e38], ids=["1e39", "1e300", "just-past-f32"])
+def test_latency_tau_beyond_float32_keeps_white_pixels(tau, dtype):
+    """tau overflowed to inf in float32 and inf * ln(1) = NaN dropped every white pixel. Every
+    pixel above the threshold fires once: intensity 1 at step 0, anything darker at T - 1."""
+    x = torch.tensor([[1.0, 0.5, 0.99, 0.0]], dtype=dtype)  # 0.99 stays < 1 in bfloat16
+    s = latency_encode(x, 5, tau=tau)[:, 0, 0, 0]
+    assert s.sum(0).tolist() == [1, 1, 1, 0]
+    assert s[:, :3].argmax(0).tolist() == [0, 4, 4]
+
+
+def test_latency_tau_beyond_float32_issue_example():
+    assert latency_encode(torch.tensor([[1.0, 0.5]]), 5, tau=1e39).sum(0).flatten().tolist() == [1, 1]
+
+
+@pytest.mark.parametrize("tau", [1e-300, 1e-30, 1e-3])
+def test_latency_tiny_tau_fires_everything_at_step_0(tau):
+    x = torch.tensor([[1.0, 0.5, 1e-6, 1e-30]])
+    s = latency_encode(x, 6, tau=tau)[:, 0, 0, 0]
+    assert s.sum(0).tolist() == [1, 1, 1, 1]
+    assert s.argmax(0).tolist() == [0, 0, 0, 0]
+
+
+def test_latency_log_black_pixel_above_negative_threshold_fires_last():
+    """x = 0 with a negative threshold: ln(1/0) = inf, held at T - 1 (it fired at the step of
+    ln(1 / tiny) = 87 when x was clamped to the smallest normal float)."""
+    x = torch.tensor([[0.0, -0.3, 1.0]])
+    s = latency_encode(x, 200, tau=1.0, threshold=-1.0)[:, 0, 0, 0]
+    assert s.sum(0).tolist() == [1, 1, 1]
+    assert s.argmax(0).tolist() == [199, 199, 0]
+
+
+def test_latency_log_subnormal_intensity_time_is_exact():
+    """A float32 subnormal x = 1e-40 fires at round(ln(1e40)) = 92, not at ln(1/tiny) = 87."""
+    x = torch.tensor([[1e-40]], dtype=torch.float32)
+    assert x.item() > 0
+    s = latency_encode(x, 200, tau=1.0)[:, 0, 0, 0]
+    assert s.argmax(0).tolist() == [round(math.log(1 / x.item()))]
+
+
+@pytest.mark.parametrize("tau", [None, 0.5, 1e39], ids=["linear", "log", "huge-tau"])
+def test_latency_T1_every_firing_pixel_fires_at_step_0(tau):
+    x = torch.tensor([[1.0, 0.5, 1e-6, 0.0, float("nan")]])
+    s = latency_encode(x, 1, tau=tau)
+    assert s.shape == (1, 1, 1, 1, 5)
+    assert s.flatten().tolist() == [1, 1, 1, 0, 0]
+
+
+@pytest.mark.parametrize("threshold", [1e300, 1e39, -1e39, -1e300])
+def test_latency_threshold_beyond_float32(threshold):
+    """A finite threshold past float32's range compares as +-inf: all or nothing (but NaN)."""
+    x = torch.tensor([[1.0, 0.5, 0.0, float("nan")]])
+    count = latency_encode(x, 4, tau=2.0, threshold=threshold).sum(0).flatten().tolist()
+    assert count == ([1, 1, 1, 0] if threshold < 0 else [0, 0, 0, 0])
+
+
+@pytest.mark.parametrize("encode", [poisson_encode, latency_encode], ids=["poisson", "latency"])
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 0, 4, 4), (2, 3, 0, 4), (0, 0), (3, 0)])
+@pytest.mark.parametrize("T", [1, 3])
+def test_zero_size_images_give_empty_spikes(encode, shape, T):
+    x = torch.zeros(shape)
+    s = encode(x, T)
+    want = {4: (T, *shape), 2: (T, 1, 1, *shape)}[len(shape)]
+    assert s.shape == want and s.dtype == x.dtype
+    if encode is latency_encode:
+        assert latency_encode(x, T, tau=1e39).shape == want
+
+
+def test_poisson_T1(gen):
+    s = poisson_encode(torch.tensor([[0.0, 1.0, 0.5]]), 1, generator=gen)
+    assert s.shape == (1, 1, 1, 1, 3)
+    assert s[0, 0, 0, 0, :2].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "call, err, match",
+    [
+        (lambda x: latency_encode(x, 5, tau=float("nan")), ValueError, "tau must be"),
+        (lambda x: latency_encode(x, 5, tau=float("-inf")), ValueError, "tau must be"),
+        (lambda x: latency_encode(x, 5, tau=-1.0), ValueError, "tau must be"),
+        (lambda x: latency_encode(x, 5, tau=10**400), ValueError, "tau must be"),
+        (lambda x: latency_encode(x, 5, tau="2"), TypeError, "tau must be None or a Python number"),
+        (lambda x: latency_encode(x, 5, tau=True), TypeError, "tau must be None or a Python number"),
+        (lambda x: latency_encode(x, 5, threshold=float("inf")), ValueError, "threshold must be a finite"),
+        (lambda x: latency_encode(x, 5, threshold=-(10**400)), ValueError, "threshold must be a finite"),
+        (lambda x: latency_encode(x, 5, threshold=None), TypeError, "threshold must be a Python number"),
+        (lambda x: latency_encode(x, 5.0), TypeError, "T must be a Python int"),
+        (lambda x: latency_encode(x, True), TypeError, "T must be a Python int"),
+        (lambda x: poisson_encode(x, 5, max_rate=float("nan")), ValueError, "max_rate must be in"),
+        (lambda x: poisson_encode(x, 5, max_rate=float("inf")), ValueError, "max_rate must be in"),
+        (lambda x: poisson_encode(x, 5, max_rate=10**400), ValueError, "max_rate must be in"),
+        (lambda x: poisson_encode(x, 5, max_rate="1"), TypeError, "max_rate must be a Python number"),
+        (lambda x: poisson_encode(x, 5, generator=0), TypeError, "generator must be None or a torch.Generator"),
+    ],
+)
+def test_bad_parameters_name_the_argument(call, err, match):
+    with pytest.raises(err, match=match):
+        call(torch.rand(2, 1, 3, 3))
