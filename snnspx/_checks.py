@@ -19,19 +19,36 @@ def check_tensor(x, name: str, *, min_dim: int = 1) -> None:
         raise ValueError(f"{name} must have at least {min_dim} dimension(s) ([T, ...]), got shape {tuple(x.shape)}")
 
 
+# The number checks below use comparisons only (no math.isfinite / math.isnan): under
+# torch.compile a float argument can be symbolic, and a comparison of it is a guard
+# Dynamo can trace, while math.* calls on it cannot be traced. NaN fails every comparison.
+
+
+def _finite(val) -> bool:
+    return -math.inf < val < math.inf
+
+
 def check_srm_params(tau_m: float, tau_s: float, tau_grad: float, v_th: float | None = None) -> None:
     for name, val in (("tau_m", tau_m), ("tau_s", tau_s), ("tau_grad", tau_grad)):
         if not isinstance(val, (int, float)) or isinstance(val, bool):
             raise TypeError(f"{name} must be a Python number, got {type(val).__name__}")
-        if not (math.isfinite(val) and val > 1.0):
+        if not (_finite(val) and val > 1.0):
             raise ValueError(f"{name} must be a finite number > 1, got {val}")
     if tau_m == tau_s:
         raise ValueError(f"tau_m and tau_s must differ (the SRM kernel divides by tau_m - tau_s), got {tau_m} for both")
     if v_th is not None:
         if not isinstance(v_th, (int, float)) or isinstance(v_th, bool):
             raise TypeError(f"v_th must be a Python number, got {type(v_th).__name__}")
-        if math.isnan(v_th):
+        if v_th != v_th:
             raise ValueError("v_th must not be NaN")
+
+
+def check_backend_name(backend) -> None:
+    """A module's `backend` argument, checked when the module is built rather than at its first call."""
+    from ._backend import BACKENDS
+
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
 
 
 def check_backward_params(du_inv_clamp: float, max_dudt_inv: float) -> None:
@@ -136,7 +153,20 @@ def suppix_layout(data: torch.Tensor, labels: torch.Tensor, *, pooled: bool) -> 
 def num_superpixels(labels: torch.Tensor, K) -> tuple[int, bool]:
     """(K, inferred): `K` checked, or ``labels.max() + 1`` (0 for all-negative or empty labels)."""
     if K is None:
-        return (max(int(labels.max()) + 1, 0) if labels.numel() else 0), True
+        if torch.compiler.is_compiling():
+            raise ValueError(
+                "num_superpixels must be given under torch.compile: inferring it reads labels.max() back, "
+                "and the output's shape would depend on the data"
+            )
+        if not labels.numel():
+            return 0, True
+        K = int(labels.max()) + 1
+        if K >= 2**31 - 1:
+            raise ValueError(
+                f"labels.max() + 1 = {K} superpixels (num_superpixels inferred from the labels): "
+                "at most 2^31 - 2 are supported; relabel with snnspx.superpixels.relabel_sequential"
+            )
+        return max(K, 0), True
     if not isinstance(K, int) or isinstance(K, bool):
         raise TypeError(f"num_superpixels must be an int or None, got {type(K).__name__}")
     if not 0 <= K < 2**31 - 1:
@@ -145,7 +175,15 @@ def num_superpixels(labels: torch.Tensor, K) -> tuple[int, bool]:
 
 
 def check_label_range(labels: torch.Tensor, K: int) -> None:
-    """Every label < K (one read-back on a GPU). Same message as the compiled ops."""
+    """Every label < K (one read-back on a GPU). Same message as the compiled ops.
+
+    Under torch.compile the verdict cannot steer Python: it becomes an asynchronous
+    assertion (a RuntimeError on the CPU, a device-side assert on a GPU)."""
+    if labels.numel() and torch.compiler.is_compiling():
+        torch._assert_async(
+            labels.max() < K, f"labels must be < num_superpixels = {K} (negative labels mark ignored pixels)"
+        )
+        return
     if labels.numel():
         top = int(labels.max())
         if top >= K:
@@ -226,6 +264,8 @@ def check_srm_conv2d(s_in, weight, groups: int) -> None:
             f"s_in has {s_in.shape[2]} channels, but weight {tuple(weight.shape)} with groups={groups} "
             f"expects {weight.shape[1] * groups}"
         )
+    if weight.shape[0] == 0:
+        raise ValueError(f"weight must have at least one output channel, got shape {tuple(weight.shape)}")
     if weight.shape[0] % groups:
         raise ValueError(f"weight's {weight.shape[0]} output channels are not divisible by groups={groups}")
 
@@ -252,7 +292,7 @@ def _check_pair(s_in, weight) -> None:
 def check_input_grad_scale(input_grad_scale) -> None:
     if not isinstance(input_grad_scale, (int, float)) or isinstance(input_grad_scale, bool):
         raise TypeError(f"input_grad_scale must be a Python number, got {type(input_grad_scale).__name__}")
-    if not math.isfinite(input_grad_scale):
+    if not _finite(input_grad_scale):
         raise ValueError(f"input_grad_scale must be finite, got {input_grad_scale}")
 
 
