@@ -12,11 +12,11 @@
 namespace snnspx {
 
 inline void check_srm_taus(double tau_m, double tau_s, double tau_grad) {
-  TORCH_CHECK(std::isfinite(tau_m) && tau_m > 1.0, "tau_m must be a finite number > 1, got ", tau_m);
-  TORCH_CHECK(std::isfinite(tau_s) && tau_s > 1.0, "tau_s must be a finite number > 1, got ", tau_s);
-  TORCH_CHECK(std::isfinite(tau_grad) && tau_grad > 1.0, "tau_grad must be a finite number > 1, got ",
+  TORCH_CHECK_VALUE(std::isfinite(tau_m) && tau_m > 1.0, "tau_m must be a finite number > 1, got ", tau_m);
+  TORCH_CHECK_VALUE(std::isfinite(tau_s) && tau_s > 1.0, "tau_s must be a finite number > 1, got ", tau_s);
+  TORCH_CHECK_VALUE(std::isfinite(tau_grad) && tau_grad > 1.0, "tau_grad must be a finite number > 1, got ",
               tau_grad);
-  TORCH_CHECK(tau_m != tau_s, "tau_m and tau_s must differ (the SRM kernel divides by tau_m - tau_s), got ",
+  TORCH_CHECK_VALUE(tau_m != tau_s, "tau_m and tau_s must differ (the SRM kernel divides by tau_m - tau_s), got ",
               tau_m, " for both");
 }
 
@@ -45,13 +45,18 @@ struct SRMForwardOut {
   int64_t T, N;
 };
 
+// The neuron's constants: the time constants, and a threshold that is not NaN.
+inline void check_srm_neuron_params(double tau_m, double tau_s, double tau_grad, double v_th) {
+  check_srm_taus(tau_m, tau_s, tau_grad);
+  TORCH_CHECK_VALUE(!std::isnan(v_th), "v_th must not be NaN");
+}
+
 // packed=false: the public srm_forward outputs. packed=true: srm_neuron_fwd's
 // compact saved state, one [2, T, ...] tensor in `du` (see ops.cpp).
 inline SRMForwardOut prepare_srm_forward(const at::Tensor& x_in, double tau_m, double tau_s,
                                          double tau_grad, double v_th, bool packed) {
   check_float_input(x_in, "x");
-  check_srm_taus(tau_m, tau_s, tau_grad);
-  TORCH_CHECK(!std::isnan(v_th), "v_th must not be NaN");
+  check_srm_neuron_params(tau_m, tau_s, tau_grad, v_th);
   SRMForwardOut o;
   o.x = x_in.contiguous();
   o.T = x_in.size(0);

@@ -9,6 +9,8 @@ the same order as the kernels, so spikes agree exactly.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -43,7 +45,7 @@ def _np_dtype(dtype: torch.dtype):
 def _as_2d(t: torch.Tensor, np_dtype) -> np.ndarray:
     """[T, ...] -> numpy [T, N] in np_dtype (a copy)."""
     t = t.detach().to("cpu", torch.float64 if np_dtype is np.float64 else torch.float32)
-    return t.reshape(t.shape[0], -1).numpy().copy()
+    return t.reshape(t.shape[0], math.prod(t.shape[1:])).numpy().copy()  # no -1: T or a size may be 0
 
 
 def _clamp(v, lo, hi):
@@ -355,7 +357,7 @@ def srm_linear_forward(s_in, weight, tau_m=5.0, tau_s=3.0, tau_grad=2.5, v_th=1.
     """``x[..., o] = sum_i s_in[..., i] * weight[o, i]`` by loops, then :func:`srm_forward`."""
     _checks.check_srm_linear(s_in, weight)
     f = _np_dtype(s_in.dtype)
-    s = _np(s_in, f).reshape(-1, s_in.shape[-1])
+    s = _np(s_in, f).reshape(math.prod(s_in.shape[:-1]), s_in.shape[-1])
     w = _np(weight, f)
     x = np.zeros((s.shape[0], w.shape[0]), f)
     for o in range(w.shape[0]):
@@ -376,10 +378,10 @@ def srm_linear_backward(
     """
     grad_w, grad_t = srm_backward(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv)
     f = _np_dtype(du.dtype)
-    s = _np(s_in, f).reshape(-1, s_in.shape[-1])
+    s = _np(s_in, f).reshape(math.prod(s_in.shape[:-1]), s_in.shape[-1])
     w = _np(weight, f)
-    gw = _np(grad_w, f).reshape(-1, w.shape[0])
-    gt = _np(grad_t, f).reshape(-1, w.shape[0])
+    gw = _np(grad_w, f).reshape(math.prod(grad_w.shape[:-1]), w.shape[0])
+    gt = _np(grad_t, f).reshape(math.prod(grad_t.shape[:-1]), w.shape[0])
     grad_weight = np.zeros(w.shape, f)
     grad_in = np.zeros(s.shape, f)
     for o in range(w.shape[0]):
@@ -436,7 +438,7 @@ def spike_avg_pool2d_backward(grad_y, x, kernel_size=2):
     kernel = _checks.kernel_pair(kernel_size)
     f = _np_dtype(grad_y.dtype)
     H, W = x.shape[-2:]
-    xs = _np(x, f).reshape(-1, H, W)
+    xs = _np(x, f).reshape(math.prod(x.shape[:-2]), H, W)
     gy = _np(grad_y, f).reshape(xs.shape[0], H // kernel[0], W // kernel[1])
     gx = np.zeros(xs.shape, f)
     for p in range(xs.shape[0]):
@@ -493,7 +495,7 @@ def suppix_counts(labels: torch.Tensor, num_superpixels: int | None = None) -> t
     K, inferred = _checks.num_superpixels(labels, num_superpixels)
     if not inferred:
         _checks.check_label_range(labels, K)
-    flat = labels.detach().cpu().reshape(-1, labels.shape[-2] * labels.shape[-1]).numpy()
+    flat = labels.detach().cpu().reshape(math.prod(labels.shape[:-2]), labels.shape[-2] * labels.shape[-1]).numpy()
     n = np.zeros((flat.shape[0], K), np.int64)
     for i in range(flat.shape[0]):
         for p in range(flat.shape[1]):
@@ -554,7 +556,7 @@ class _ReferenceSpikePool(torch.autograd.Function):
     def forward(ctx, x, kernel):
         f = _np_dtype(x.dtype)
         H, W = x.shape[-2:]
-        xs = _np(x, f).reshape(-1, H, W)
+        xs = _np(x, f).reshape(math.prod(x.shape[:-2]), H, W)
         y = np.zeros((xs.shape[0], H // kernel[0], W // kernel[1]), f)
         for p in range(xs.shape[0]):
             for oh, ow, pixels in _windows(H, W, kernel):

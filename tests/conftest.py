@@ -23,6 +23,8 @@ GRID = [
     pytest.param("torch", "cuda", marks=pytest.mark.cuda, id="torch-cuda"),
     pytest.param("cuda", "cuda", marks=pytest.mark.cuda, id="cuda-cuda"),
 ]
+# GRID and the reference backend itself (for edge cases the oracle must survive too).
+ALL_BACKENDS = [pytest.param("reference", "cpu", id="reference-cpu"), *GRID]
 # Only the compiled ones (for opcheck, sentinels, torch.compile).
 COMPILED = [
     pytest.param("cpp", "cpu", id="cpp-cpu"),

@@ -13,7 +13,7 @@ import torch
 import snnspx
 from snnspx import functional as F
 from snnspx import reference as R
-from conftest import COMPILED, DTYPES, GRID
+from conftest import ALL_BACKENDS, COMPILED, DTYPES, GRID
 
 SRM = dict(tau_m=5.0, tau_s=3.0, tau_grad=2.5, du_inv_clamp=4.0, max_dudt_inv=123456789.0)
 
@@ -177,6 +177,37 @@ def test_conv_short_and_empty(backend, device, gen):
             want_s, want_w = R.srm_conv2d_backward(grad.cpu(), s_in.cpu(), weight.cpu(), *st)
             torch.testing.assert_close(gs.cpu(), want_s)
             torch.testing.assert_close(gw.cpu(), want_w)
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+def test_zero_size_weights(backend, device, gen):
+    """A linear layer with no inputs or no outputs trains (empty gradients); a convolution
+    needs one output channel or more on every backend (conv2d itself rejects none)."""
+    for shape in [(4, 0), (0, 6)]:
+        w = torch.randn(shape, generator=gen).to(device).requires_grad_()
+        s_in = torch.ones(3, 2, shape[1], device=device, requires_grad=True)
+        out = F.srm_linear(s_in, w, backend=backend)
+        assert out.shape == (3, 2, shape[0])
+        out.sum().backward()
+        assert w.grad.shape == shape and s_in.grad.shape == s_in.shape and torch.all(s_in.grad == 0)
+    with pytest.raises(ValueError, match="weight must have at least one output channel"):
+        F.srm_conv2d(torch.zeros(2, 2, 3, 5, 5, device=device), torch.randn(0, 3, 3, 3, device=device), backend=backend)
+
+
+def test_modules_check_arguments_when_built():
+    for build in (
+        lambda: snnspx.nn.SRMConv2d(1, 2, 3, backend="CPP"),
+        lambda: snnspx.nn.SRMLinear(2, 3, backend="gpu"),
+        lambda: snnspx.nn.SpikeAvgPool2d(2, backend="gpu"),
+        lambda: snnspx.nn.SupPixUnpool(backend="gpu"),
+        lambda: snnspx.nn.SRMSupPixPool(backend="gpu"),
+    ):
+        with pytest.raises(ValueError, match="backend must be one of"):
+            build()
+    with pytest.raises(ValueError, match="num_superpixels must be in"):
+        snnspx.nn.SRMSupPixPool(num_superpixels=-1)
+    with pytest.raises(TypeError, match="num_superpixels must be an int"):
+        snnspx.nn.SRMSupPixPool(num_superpixels=5.0)
 
 
 def test_conv_saves_little(gen):

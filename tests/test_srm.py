@@ -10,7 +10,7 @@ import torch
 import snnspx
 from snnspx import functional as F
 from snnspx import reference as R
-from conftest import COMPILED, DTYPES, GRID
+from conftest import ALL_BACKENDS, COMPILED, DTYPES, GRID
 
 PARAMS = dict(tau_m=5.0, tau_s=3.0, tau_grad=2.5)
 
@@ -59,13 +59,24 @@ def test_forward_noncontiguous(backend, device, gen):
         assert_forward_equal(got, R.srm_forward(x))
 
 
-@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 def test_forward_empty_T(backend, device):
-    x = torch.zeros(0, 3, 4, device=device)
-    spikes, du, dut = F.srm_forward(x, backend=backend)
-    assert spikes.shape == du.shape == dut.shape == (0, 3, 4)
-    gw, gt = F.srm_backward(spikes, spikes, du, dut, backend=backend)
-    assert gw.shape == gt.shape == (0, 3, 4)
+    for shape in [(0, 3, 4), (0,), (3, 0)]:
+        x = torch.zeros(shape, device=device)
+        spikes, du, dut = F.srm_forward(x, backend=backend)
+        assert spikes.shape == du.shape == dut.shape == shape
+        gw, gt = F.srm_backward(spikes, spikes, du, dut, backend=backend)
+        assert gw.shape == gt.shape == shape
+        xg = x.clone().requires_grad_()
+        F.srm_neuron(xg, backend=backend).sum().backward()
+        assert xg.grad.shape == shape
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+def test_backward_spikes_must_be_float(backend, device):
+    s, du, dut = F.srm_forward(torch.randn(4, 3, device=device), backend=backend)
+    with pytest.raises(TypeError, match="spikes must be float32"):
+        F.srm_backward(s, s.bool(), du, dut, backend=backend)
 
 
 @pytest.mark.parametrize("backend,device", GRID)
@@ -183,7 +194,7 @@ def test_neuron_autograd_matches_reference(backend, device, dtype, gen):
 def test_srm_forward_gradient_flows_through_spikes(backend, device, gen):
     x = currents(gen, (9, 4), torch.float64, device).requires_grad_()
     spikes, du, dut = F.srm_forward(x, backend=backend)
-    assert not du.requires_grad or backend in ("cpp", "cuda")
+    assert not du.requires_grad and not dut.requires_grad  # documented: not differentiable, on every backend
     spikes.sum().backward()
     rs, rdu, rdut = R.srm_forward(x.detach())
     rw, _ = R.srm_backward(torch.ones_like(rs), rs, rdu, rdut)
@@ -300,8 +311,16 @@ def test_compiled_op_checks_its_arguments():
     """The C++ checks stand on their own, for callers of torch.ops.snnspx directly."""
     F.srm_forward(torch.zeros(1, 1), backend="cpp")
     ops = torch.ops.snnspx
-    with pytest.raises(RuntimeError, match="tau_m and tau_s must differ"):
+    with pytest.raises(ValueError, match="tau_m and tau_s must differ"):  # the Python layer's type too
         ops.srm_forward(torch.randn(3, 2), 3.0, 3.0, 2.5, 1.0)
+    with pytest.raises(ValueError, match="v_th must not be NaN"):
+        ops.srm_forward(torch.randn(3, 2), 5.0, 3.0, 2.5, float("nan"))
+    # The fused ops check the threshold like srm_forward.
+    x, labels, nan = torch.randn(3, 1, 1, 2), torch.zeros(1, 1, 2, dtype=torch.long), float("nan")
+    with pytest.raises(ValueError, match="v_th must not be NaN"):
+        ops.srm_suppix_pool(x, labels, 1, "sum", 5.0, 3.0, 2.5, nan, True)
+    with pytest.raises(ValueError, match="v_th must not be NaN"):
+        ops.srm_suppix_pool_fwd(x, labels, 1, "sum", 5.0, 3.0, 2.5, nan, 4.0, 1e8, True)
     with pytest.raises(RuntimeError, match="x must be a floating-point tensor"):
         ops.srm_forward(torch.ones(3, 2, dtype=torch.int32), 5.0, 3.0, 2.5, 1.0)
     x = torch.randn(3, 2)

@@ -13,7 +13,7 @@ import snnspx
 from snnspx import functional as F
 from snnspx import reference as R
 from snnspx import superpixels as S
-from conftest import COMPILED, DTYPES, GRID
+from conftest import ALL_BACKENDS, COMPILED, DTYPES, GRID
 
 MODES = ["sum", "avg", "max"]
 LABEL_FORMS = ["shared", "per_image", "per_step"]
@@ -261,15 +261,36 @@ def test_runs_are_bitwise_identical(backend, device, mode, gen):
         assert torch.equal(y, runs[0][0]) and torch.equal(gx, runs[0][1])
 
 
-@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 def test_empty_shapes(backend, device):
-    for shape in [(0, 2, 3, 4, 4), (2, 2, 0, 4, 4), (2, 2, 3, 0, 4)]:
+    for shape in [(0, 2, 3, 4, 4), (2, 2, 0, 4, 4), (2, 2, 3, 0, 4), (2, 2, 3, 4, 0)]:
         x = torch.zeros(shape, device=device)
         labels = torch.zeros(shape[1], shape[3], shape[4], dtype=torch.int64, device=device)
         for mode in MODES:
             y = F.suppix_pool(x, labels, 3, mode, backend=backend)
             assert y.shape == (*shape[:3], 3) and torch.all(y == 0)
         assert F.suppix_unpool(torch.zeros(*shape[:3], 3, device=device), labels, backend=backend).shape == shape
+        n = F.suppix_counts(labels, 3, backend=backend)
+        want = torch.zeros(shape[1], 3, dtype=torch.int64)
+        want[:, 0] = shape[3] * shape[4]  # every pixel has label 0
+        assert torch.equal(n.cpu(), want)
+        y = F.srm_suppix_pool(x, labels, 3, "avg", backend=backend)
+        assert y.shape == (*shape[:3], 3) and torch.all(y == 0)
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+def test_inferred_k_too_large(backend, device):
+    """A huge label with K inferred: one clear error, not an allocation of K entries."""
+    labels = torch.zeros(2, 2, dtype=torch.int64, device=device)
+    labels[0, 0] = 10**10
+    x = torch.randn(1, 1, 1, 2, 2, device=device)
+    for call in (
+        lambda: F.suppix_pool(x, labels, backend=backend),
+        lambda: F.suppix_counts(labels, backend=backend),
+        lambda: F.srm_suppix_pool(x, labels, backend=backend),
+    ):
+        with pytest.raises(ValueError, match="labels.max\\(\\) \\+ 1 = 10000000001 superpixels"):
+            call()
 
 
 @pytest.mark.parametrize("backend,device", GRID)

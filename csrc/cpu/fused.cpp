@@ -257,7 +257,7 @@ void run_forward(const FusedArgs& a, double tau_m, double tau_s, double tau_grad
 
 at::Tensor srm_suppix_pool_cpu(const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode,
                                double tau_m, double tau_s, double tau_grad, double v_th, bool check_labels) {
-  check_srm_taus(tau_m, tau_s, tau_grad);
+  check_srm_neuron_params(tau_m, tau_s, tau_grad, v_th);
   auto a = prepare_fused(x, labels, K, std::string(mode));
   if (check_labels) check_suppix_label_range(a.labels, K);
   const at::Tensor counts = count_labels(a);
@@ -270,7 +270,7 @@ at::Tensor srm_suppix_pool_cpu(const at::Tensor& x, const at::Tensor& labels, in
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_cpu(
     const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode, double tau_m, double tau_s,
     double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv, bool check_labels) {
-  check_srm_taus(tau_m, tau_s, tau_grad);
+  check_srm_neuron_params(tau_m, tau_s, tau_grad, v_th);
   check_backward_params(du_inv_clamp, max_dudt_inv);
   auto a = prepare_fused(x, labels, K, std::string(mode));
   if (check_labels) check_suppix_label_range(a.labels, K);

@@ -55,7 +55,7 @@ at::Tensor srm_suppix_pool_cuda(const at::Tensor& x, const at::Tensor& labels, i
                                 double tau_m, double tau_s, double tau_grad, double v_th, bool check_labels) {
   cuda::check_cuda_tensor(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
-  check_srm_taus(tau_m, tau_s, tau_grad);
+  check_srm_neuron_params(tau_m, tau_s, tau_grad, v_th);
   auto a = prepare_fused(x, labels, K, std::string(mode));
   const DeferredLabelCheck check(a.labels, K, check_labels);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -72,7 +72,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_c
     double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv, bool check_labels) {
   cuda::check_cuda_tensor(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
-  check_srm_taus(tau_m, tau_s, tau_grad);
+  check_srm_neuron_params(tau_m, tau_s, tau_grad, v_th);
   check_backward_params(du_inv_clamp, max_dudt_inv);
   auto a = prepare_fused(x, labels, K, std::string(mode));
   const DeferredLabelCheck check(a.labels, K, check_labels);

@@ -19,6 +19,8 @@ spike needs earlier spikes); ``tests/test_layers.py`` trains a network that way.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as TF
 
@@ -159,7 +161,8 @@ class _SRMLinear(torch.autograd.Function):
         s_in, weight, grad_w, grad_t = _neuron_backward(ctx, grad_spikes)
         grad_in = grad_weight = None
         if ctx.needs_input_grad[1]:
-            grad_weight = grad_w.reshape(-1, weight.shape[0]).T @ s_in.reshape(-1, weight.shape[1])
+            rows = math.prod(s_in.shape[:-1])  # not -1: a size may be 0
+            grad_weight = grad_w.reshape(rows, weight.shape[0]).T @ s_in.reshape(rows, weight.shape[1])
         if ctx.needs_input_grad[0]:
             grad_in = (grad_t @ weight) * ctx.input_grad_scale
         return grad_in, grad_weight, None, None, None

@@ -163,6 +163,7 @@ def srm_backward(
     """
     _checks.check_tensor(grad_spikes, "grad_spikes")
     _checks.check_same_shape(grad_spikes, "grad_spikes", spikes=spikes, du=du, dut=dut)
+    _checks.check_tensor(spikes, "spikes")  # the 0/1 floats srm_forward returned, on every backend
     _checks.check_srm_params(tau_m, tau_s, tau_grad)
     _checks.check_backward_params(du_inv_clamp, max_dudt_inv)
     if du.dtype != _checks.acc_dtype(grad_spikes.dtype) or dut.dtype != du.dtype:
@@ -242,6 +243,7 @@ def _register() -> None:
         _, tau_m, tau_s, tau_grad, _ = inputs
         spikes, du, dut = output
         ctx.save_for_backward(spikes, du, dut)
+        ctx.mark_non_differentiable(du, dut)  # as documented, and as the Python backends do
         ctx.params = (tau_m, tau_s, tau_grad, _DEFAULTS["du_inv_clamp"], _DEFAULTS["max_dudt_inv"])
 
     def _fwd_backward(ctx, grad_spikes, _grad_du, _grad_dut):
@@ -255,6 +257,7 @@ def _register() -> None:
     def _neuron_setup(ctx, inputs, output):
         _, tau_m, tau_s, tau_grad, _, du_inv_clamp, max_dudt_inv = inputs
         ctx.save_for_backward(output[1])
+        ctx.mark_non_differentiable(output[1])
         ctx.params = (tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv)
 
     def _neuron_backward(ctx, grad_spikes, _grad_saved):

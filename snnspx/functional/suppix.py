@@ -262,7 +262,9 @@ def suppix_counts(
         return reference.suppix_counts(labels, K)
     if not inferred:
         _checks.check_label_range(labels, K)
-    lab = labels.reshape(labels.shape[0] if labels.dim() == 4 else 1, -1, labels.shape[-2] * labels.shape[-1])
+    L = labels.shape[0] if labels.dim() == 4 else 1
+    Bl = labels.shape[-3] if labels.dim() >= 3 else 1
+    lab = labels.reshape(L, Bl, labels.shape[-2] * labels.shape[-1])  # no -1: H * W may be 0
     if b == "torch":
         counts = _counts_torch(lab, K)
     else:

@@ -15,6 +15,7 @@ class SRMModule(nn.Module):
         super().__init__()
         _checks.check_srm_params(tau_m, tau_s, tau_grad, v_th)
         _checks.check_backward_params(du_inv_clamp, max_dudt_inv)
+        _checks.check_backend_name(backend)
         self.tau_m, self.tau_s, self.tau_grad, self.v_th = float(tau_m), float(tau_s), float(tau_grad), float(v_th)
         self.du_inv_clamp, self.max_dudt_inv = float(du_inv_clamp), float(max_dudt_inv)
         self.batch_first = batch_first

@@ -47,6 +47,8 @@ class SRMSupPixPool(SRMModule):
     ) -> None:
         super().__init__(tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, batch_first, backend)
         _checks.suppix_mode(mode, "exact")
+        if num_superpixels is not None:
+            _checks.num_superpixels(torch.empty(0), num_superpixels)
         self.mode, self.num_superpixels, self.check_labels = mode, num_superpixels, bool(check_labels)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -242,6 +242,7 @@ class SpikeAvgPool2d(nn.Module):
     def __init__(self, kernel_size=2, batch_first: bool = False, backend: str | None = None) -> None:
         super().__init__()
         self.kernel_size = _checks.kernel_pair(kernel_size)
+        _checks.check_backend_name(backend)
         self.batch_first = batch_first
         self.backend = backend
 

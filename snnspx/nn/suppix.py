@@ -50,6 +50,7 @@ class SupPixPool(nn.Module):
     ) -> None:
         super().__init__()
         _checks.suppix_mode(mode, grad)
+        _checks.check_backend_name(backend)
         if num_superpixels is not None:
             _checks.num_superpixels(torch.empty(0), num_superpixels)
         self.mode, self.grad, self.num_superpixels = mode, grad, num_superpixels
@@ -86,6 +87,7 @@ class SupPixUnpool(nn.Module):
 
     def __init__(self, check_labels: bool = True, batch_first: bool = False, backend: str | None = None) -> None:
         super().__init__()
+        _checks.check_backend_name(backend)
         self.check_labels, self.batch_first, self.backend = check_labels, batch_first, backend
 
     def forward(self, y: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
