@@ -56,6 +56,9 @@ if [ "$only" = all ]; then
   for b in benchmarks/bench_srm.py benchmarks/bench_layers.py; do
     timeout 240 python3 "$b" --device cuda ${BENCH_ARGS:-} || status=1
   done
+
+  step "do C++ exceptions from JIT-built extensions reach Python here?"
+  timeout 240 python3 benchmarks/diag_extension_exceptions.py || status=1
 fi
 step "done, status $status"
 } 2>&1 | tee "$log"
