@@ -1,4 +1,4 @@
-// Fused SRM + superpixel pooling (SPEC §6): the pieces shared by the CPU and
+// Fused SRM + superpixel pooling (docs/maths.md §6): the pieces shared by the CPU and
 // CUDA kernels. Host-and-device inline code only (see srm_core.h).
 //
 // Spikes are 0 or 1, so a superpixel's pooled spikes at one step follow from an
@@ -38,7 +38,7 @@ SNNSPX_HD acc_t pooled_from_count(PoolMode mode, int32_t count, int32_t n) {
   }
 }
 
-// dL/dspike of pixel p from g = dL/dy[t, b, c, k] (SPEC §5's backward): sum
+// dL/dspike of pixel p from g = dL/dy[t, b, c, k] (docs/maths.md §5's backward): sum
 // passes g, avg g / n, max g to the argmax pixel (the lowest spiking pixel index)
 // only. Pixels with negative labels get 0.
 template <typename acc_t>

@@ -5,11 +5,11 @@
 #include "kernel_counter.h"
 
 TORCH_LIBRARY(snnspx, m) {
-  // SPEC §2: one pass over T. Returns (spikes, du, dut); du and dut are float32
+  // docs/maths.md §2: one pass over T. Returns (spikes, du, dut); du and dut are float32
   // for float32/float16/bfloat16 inputs and float64 for float64 inputs.
   m.def("srm_forward(Tensor x, float tau_m, float tau_s, float tau_grad, float v_th)"
         " -> (Tensor, Tensor, Tensor)");
-  // SPEC §3: the event-driven backward. Returns (grad_w, grad_t).
+  // docs/maths.md §3: the event-driven backward. Returns (grad_w, grad_t).
   m.def("srm_backward(Tensor grad_spikes, Tensor spikes, Tensor du, Tensor dut, float tau_m,"
         " float tau_s, float tau_grad, float du_inv_clamp, float max_dudt_inv) -> (Tensor, Tensor)");
   // The autograd pair behind functional.srm_neuron. srm_neuron_fwd returns
@@ -21,7 +21,7 @@ TORCH_LIBRARY(snnspx, m) {
         " float du_inv_clamp, float max_dudt_inv) -> (Tensor, Tensor)");
   m.def("srm_neuron_bwd(Tensor grad_spikes, Tensor saved, float tau_m, float tau_s, float tau_grad,"
         " float du_inv_clamp, float max_dudt_inv) -> Tensor");
-  // SPEC §5, superpixel pooling, on canonical layouts (see suppix_glue.h):
+  // docs/maths.md §5, superpixel pooling, on canonical layouts (see suppix_glue.h):
   // x [T, B, C, P], labels [L, Bl, P] int32/int64 with L in {1, T}, Bl in {1, B};
   // negative labels are ignored pixels. mode: "sum" | "avg" | "max" | "avg_spike"
   // ("avg" whose backward is the spike form g / m). Returns (y [T, B, C, K], aux int32):
@@ -38,7 +38,7 @@ TORCH_LIBRARY(snnspx, m) {
   m.def("suppix_unpool(Tensor y, Tensor labels, bool check_labels) -> Tensor");
   // Pixels per superpixel: int32 [L, Bl, K] (labels outside [0, K) are not counted).
   m.def("suppix_counts(Tensor labels, int num_superpixels) -> Tensor");
-  // SPEC §6: SRM neuron + superpixel pooling in one pass, for the op's flattened
+  // docs/maths.md §6: SRM neuron + superpixel pooling in one pass, for the op's flattened
   // form: x [T, B, C, P] currents, labels [L, LB, P] (L in {1, T}, LB in {1, B};
   // negative = no superpixel), mode "sum" | "avg" | "max". Returns y [T, B, C, K]
   // in x's dtype; writes no [T, B, C, P] tensor. check_labels: fail on a label >= K
@@ -52,7 +52,7 @@ TORCH_LIBRARY(snnspx, m) {
   m.def("srm_suppix_pool_fwd(Tensor x, Tensor labels, int num_superpixels, str mode, float tau_m, float tau_s,"
         " float tau_grad, float v_th, float du_inv_clamp, float max_dudt_inv, bool check_labels)"
         " -> (Tensor, Tensor, Tensor, Tensor)");
-  // dL/dx [T, B, C, P] from dL/dy: SPEC §5's pooling backward composed with §3's grad_w.
+  // dL/dx [T, B, C, P] from dL/dy: docs/maths.md §5's pooling backward composed with §3's grad_w.
   m.def("srm_suppix_pool_bwd(Tensor grad_y, Tensor saved, Tensor labels, Tensor counts, Tensor argmax, str mode,"
         " float tau_m, float tau_s, float tau_grad) -> Tensor");
   // Test sentinel: how many times the named compiled kernel has run in this

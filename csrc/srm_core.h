@@ -1,4 +1,4 @@
-// SRM neuron maths shared by the CPU and CUDA kernels (SPEC §2-§3).
+// SRM neuron maths shared by the CPU and CUDA kernels (docs/maths.md §2-§3).
 //
 // Host-and-device inline functions only: no ATen, no CUDA runtime. Every
 // backend advances one neuron by one step through these functions, so the C++
@@ -25,7 +25,7 @@ struct SRMParams {
   acc_t a_m, a_s, a_g, c, v_th;
 };
 
-// The constants of SPEC §2 from the time constants, in double, rounded once.
+// The constants of docs/maths.md §2 from the time constants, in double, rounded once.
 template <typename acc_t>
 inline SRMParams<acc_t> make_srm_params(double tau_m, double tau_s, double tau_grad, double v_th) {
   SRMParams<acc_t> p;
@@ -37,7 +37,7 @@ inline SRMParams<acc_t> make_srm_params(double tau_m, double tau_s, double tau_g
   return p;
 }
 
-// Entry d of the backward's kernel tables (SPEC §3), in double, rounded once:
+// Entry d of the backward's kernel tables (docs/maths.md §3), in double, rounded once:
 // tables[d] = epsw[d] = c (a_m^(d+1) - a_s^(d+1)), tables[T + d] = epst[d] = -a_g^(d+1).
 // Both the host loop (fill_srm_tables) and the CUDA table kernel use it.
 template <typename acc_t>
@@ -92,7 +92,7 @@ struct SRMGradState {
   int32_t lag = -1;
 };
 
-// The spike-time factor of SPEC §3: clamp(-1/d, -bound, 0). -1/0 = -inf clamps
+// The spike-time factor of docs/maths.md §3: clamp(-1/d, -bound, 0). -1/0 = -inf clamps
 // to -bound; the result is never positive (NaN only for a NaN d).
 template <typename acc_t>
 SNNSPX_HD acc_t inv_clamp(acc_t d, acc_t bound) {
@@ -106,7 +106,7 @@ SNNSPX_HD acc_t silent_mark() {
   return acc_t(1);
 }
 
-// One backward step (SPEC §3), walking t from T-1 down to 0, in two halves so
+// One backward step (docs/maths.md §3), walking t from T-1 down to 0, in two halves so
 // that a CPU loop can run each half vectorised and gather the table entries in
 // between (SSE2 has no gather): srm_grad_advance moves the state and returns the
 // table index d; srm_grad_emit turns the state and the entries epsw[d], epst[d]

@@ -1,4 +1,4 @@
-// Superpixel pooling pieces shared by the CPU and CUDA kernels (SPEC §5).
+// Superpixel pooling pieces shared by the CPU and CUDA kernels (docs/maths.md §5).
 //
 // Host-and-device inline functions only: no ATen, no CUDA runtime, so the .cu
 // files can include this without parsing torch headers.

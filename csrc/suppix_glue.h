@@ -1,4 +1,4 @@
-// Argument checks and output allocation of the superpixel ops (SPEC §5), shared
+// Argument checks and output allocation of the superpixel ops (docs/maths.md §5), shared
 // by the CPU and CUDA registrations. Host-only (ATen); never included by .cu files.
 //
 // Canonical layouts (the Python wrappers reshape to them; the ops check them):

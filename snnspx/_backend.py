@@ -1,10 +1,10 @@
 """Which implementation runs an op: ``cuda``, ``cpp``, ``torch`` or ``reference``.
 
-The rule (SPEC §8): an explicit ``backend=`` argument wins, then the environment
-variable ``SNNSPX_BACKEND``; both are requests, and a request that cannot run is
-an error. With neither, CUDA tensors go to ``cuda`` and CPU tensors to ``cpp``;
-if that library does not build, the op runs on ``torch`` after one warning that
-carries the build error.
+The rule (docs/build.md, "The four backends"): an explicit ``backend=`` argument
+wins, then the environment variable ``SNNSPX_BACKEND``; both are requests, and a
+request that cannot run is an error. With neither, CUDA tensors go to ``cuda``
+and CPU tensors to ``cpp``; if that library does not build, the op runs on
+``torch`` after one warning that carries the build error.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ class BackendInfo(NamedTuple):
 def backends() -> dict[str, BackendInfo]:
     """Which backends can run here, and why not for the others.
 
-    Builds the compiled libraries if they have not been built yet (this can take a
-    minute or two on first use; later calls load the cached build).
+    Builds the compiled libraries if they have not been built yet (about 30 s each on
+    a 2-core machine with an empty cache; later calls load the cached build).
 
     Returns:
         ``{"cuda": BackendInfo(available, reason), "cpp": ..., "torch": ..., "reference": ...}``

@@ -10,8 +10,10 @@ and ninja, on first use, never at import:
   which is therefore loaded first.
 
 Builds land in ``$SNNSPX_CACHE_DIR`` (default ``~/.cache/snnspx``), in a folder
-named after a hash of the sources, the flags and the PyTorch version, so an edited
-kernel is rebuilt and an unchanged one is loaded straight from disk.
+named after a hash of the sources, the source folder's path, the flags and the
+PyTorch, CUDA and Python versions, so an edited kernel (or a moved checkout) is
+rebuilt and an unchanged one is loaded straight from disk. A build takes about 30 s
+per library on 2 cores.
 
 Environment:
 
@@ -24,7 +26,8 @@ Environment:
 ``SNNSPX_CACHE_DIR``, ``MAX_JOBS``, ``SNNSPX_VERBOSE_BUILD=1``
     Build folder, parallel compile jobs, and the full compiler output.
 ``SNNSPX_EXTRA_CFLAGS``, ``SNNSPX_EXTRA_LDFLAGS``
-    Extra compiler / linker flags (space-separated) for both libraries.
+    Extra compiler / linker flags (space-separated) for both libraries; the compiler
+    flags reach the ``.cpp`` files only, not ``nvcc``.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -75,19 +76,19 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def srm_constants(tau_m: float, tau_s: float, tau_grad: float) -> tuple[float, float, float, float]:
-    """(a_m, a_s, a_g, c) in double precision (SPEC §2)."""
+    """(a_m, a_s, a_g, c) in double precision (docs/maths.md §2)."""
     return 1.0 - 1.0 / tau_m, 1.0 - 1.0 / tau_s, 1.0 - 1.0 / tau_grad, tau_m / (tau_m - tau_s)
 
 
 def srm_tables(T: int, tau_m: float, tau_s: float, tau_grad: float) -> tuple[list[float], list[float]]:
-    """epsw[d] = c (a_m^(d+1) - a_s^(d+1)), epst[d] = -a_g^(d+1), d < T, in double (SPEC §3)."""
+    """epsw[d] = c (a_m^(d+1) - a_s^(d+1)), epst[d] = -a_g^(d+1), d < T, in double (docs/maths.md §3)."""
     a_m, a_s, a_g, c = srm_constants(tau_m, tau_s, tau_grad)
     epsw = [c * (a_m ** (d + 1) - a_s ** (d + 1)) for d in range(T)]
     epst = [-(a_g ** (d + 1)) for d in range(T)]
     return epsw, epst
 
 
-# --------------------------------------------------------------------------- superpixel pooling (SPEC §1, §5)
+# ------------------------------------------------------------- superpixel pooling (docs/maths.md §1, §5)
 LABEL_DTYPES = (torch.int32, torch.int64)
 
 
@@ -307,3 +308,28 @@ def check_quantizer_params(bits, rounding) -> None:
         raise ValueError(f"bits must be an int in [2, 32], got {bits!r}")
     if rounding not in ("nearest", "truncate"):
         raise ValueError(f"rounding must be 'nearest' or 'truncate', got {rounding!r}")
+
+
+# --------------------------------------------------------------------------- single values (quantizer)
+def is_real_number(v) -> bool:
+    """A Python real number (bool excluded)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def number_as_float(v) -> float:
+    """float(v), with Python ints beyond float64 as +-inf."""
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf
+
+
+def check_one_value_tensor(t: torch.Tensor, name: str) -> None:
+    """`t` holds one real value (any shape with one element)."""
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"{name} must be a real (floating or integer) tensor, got {t.dtype}")
+    if t.numel() != 1:
+        raise ValueError(
+            f"{name} must be a single value (a Python number or a one-element tensor), "
+            f"got a tensor of shape {tuple(t.shape)}"
+        )

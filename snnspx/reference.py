@@ -1,4 +1,4 @@
-"""The oracle: per-element Python loops written straight from the SPEC.
+"""The oracle: per-element Python loops written straight from the definitions in docs/maths.md.
 
 Slow on purpose (one Python iteration per neuron and step); every other backend
 is tested against these on small inputs. Same signatures as
@@ -53,7 +53,7 @@ def _clamp(v, lo, hi):
 
 
 def srm_forward(x: torch.Tensor, tau_m: float = 5.0, tau_s: float = 3.0, tau_grad: float = 2.5, v_th: float = 1.0):
-    """SPEC §2 by explicit loops. Returns ``(spikes, du, dut)``, each shaped like `x`."""
+    """docs/maths.md §2 by explicit loops. Returns ``(spikes, du, dut)``, each shaped like `x`."""
     _checks.check_tensor(x, "x")
     _checks.check_srm_params(tau_m, tau_s, tau_grad, v_th)
     f = _np_dtype(x.dtype)
@@ -98,7 +98,7 @@ def srm_backward(
     du_inv_clamp: float = 4.0,
     max_dudt_inv: float = 123456789.0,
 ):
-    """SPEC §3 by explicit loops. Returns ``(grad_w, grad_t)`` in the dtype of `grad_spikes`."""
+    """docs/maths.md §3 by explicit loops. Returns ``(grad_w, grad_t)`` in the dtype of `grad_spikes`."""
     _checks.check_tensor(grad_spikes, "grad_spikes")
     _checks.check_same_shape(grad_spikes, "grad_spikes", spikes=spikes, du=du, dut=dut)
     _checks.check_srm_params(tau_m, tau_s, tau_grad)
@@ -161,12 +161,12 @@ def srm_neuron(
     du_inv_clamp: float = 4.0,
     max_dudt_inv: float = 123456789.0,
 ) -> torch.Tensor:
-    """Spikes of `x` with the event-driven gradient dL/dx = grad_w (SPEC §3)."""
+    """Spikes of `x` with the event-driven gradient dL/dx = grad_w (docs/maths.md §3)."""
     _checks.check_backward_params(du_inv_clamp, max_dudt_inv)
     return _ReferenceNeuron.apply(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv)
 
 
-# --------------------------------------------------------------------------- superpixel pooling (SPEC §5)
+# ------------------------------------------------------------------ superpixel pooling (docs/maths.md §5)
 # One Python iteration per pixel, in ascending pixel order, accumulating in NumPy
 # scalars of float32 (float64 for float64 inputs). Each (t, b, c) plane reads the
 # label map of its step and image: labels[l, bl, p], l = t or 0, bl = b or 0.
@@ -232,7 +232,7 @@ def _unpool_loops(Y: np.ndarray, label_map, P: int, f, scale=None, arg=None):
                         elif scale[t, b, c, k] > 0:
                             z[t, b, c, p] = Y[t, b, c, k] / f(scale[t, b, c, k])
     return z
-# =========================================================================== SRM layers (SPEC §4)
+# ========================================================================== SRM layers (docs/maths.md §4)
 def _np(t: torch.Tensor, f) -> np.ndarray:
     return t.detach().to("cpu", torch.float64 if f is np.float64 else torch.float32).numpy().copy()
 
@@ -301,7 +301,7 @@ def srm_conv2d_backward(
     grad_spikes, s_in, weight, spikes, du, dut, stride=1, padding=0, dilation=1, groups=1,
     tau_m=5.0, tau_s=3.0, tau_grad=2.5, du_inv_clamp=4.0, max_dudt_inv=123456789.0, input_grad_scale=0.85,
 ):
-    """SPEC §4 backward by loops. Returns ``(grad_s_in, grad_weight)``::
+    """docs/maths.md §4 backward by loops. Returns ``(grad_s_in, grad_weight)``::
 
     grad_weight = conv weight-gradient(input=s_in, grad_output=grad_w)
     grad_s_in   = conv input-gradient(grad_t, weight) * s_in * input_grad_scale
@@ -371,7 +371,7 @@ def srm_linear_backward(
     grad_spikes, s_in, weight, spikes, du, dut, tau_m=5.0, tau_s=3.0, tau_grad=2.5,
     du_inv_clamp=4.0, max_dudt_inv=123456789.0, input_grad_scale=0.85,
 ):
-    """SPEC §4 backward of the dense layer by loops. Returns ``(grad_s_in, grad_weight)``::
+    """docs/maths.md §4 backward of the dense layer by loops. Returns ``(grad_s_in, grad_weight)``::
 
     grad_weight[o, i] = sum over rows of grad_w[., o] * s_in[., i]
     grad_s_in[., i]   = sum_o grad_t[., o] * weight[o, i] * input_grad_scale    (no s_in mask)
@@ -490,7 +490,7 @@ class _ReferenceUnpool(torch.autograd.Function):
 
 
 def suppix_counts(labels: torch.Tensor, num_superpixels: int | None = None) -> torch.Tensor:
-    """Pixels per superpixel, int64 ``labels.shape[:-2] + (K,)`` (SPEC §5's n)."""
+    """Pixels per superpixel, int64 ``labels.shape[:-2] + (K,)`` (docs/maths.md §5's n)."""
     _checks.check_labels_tensor(labels)
     K, inferred = _checks.num_superpixels(labels, num_superpixels)
     if not inferred:
@@ -514,7 +514,8 @@ def suppix_pool(
     return_counts: bool = False,
     check_labels: bool = True,
 ):
-    """SPEC §5 by explicit loops: ``[T, B, C, H, W]`` (or ``[B, C, H, W]``) -> ``[T, B, C, K]`` (or ``[B, C, K]``).
+    """docs/maths.md §5 by explicit loops: ``[T, B, C, H, W]`` -> ``[T, B, C, K]``, or
+    ``[B, C, H, W]`` -> ``[B, C, K]``.
 
     Differentiable in `x` with the backward of `mode` (and `grad` for "avg"). Labels
     >= K are an error unless ``check_labels=False``, which ignores them.
@@ -534,7 +535,7 @@ def suppix_pool(
 
 
 def suppix_unpool(y: torch.Tensor, labels: torch.Tensor, *, check_labels: bool = True) -> torch.Tensor:
-    """SPEC §5 unpooling by explicit loops: ``z[p] = y[label(p)]``, 0 for negative labels.
+    """docs/maths.md §5 unpooling by explicit loops: ``z[p] = y[label(p)]``, 0 for negative labels.
 
     ``[T, B, C, K]`` (or ``[B, C, K]``) -> ``[T, B, C, H, W]`` (or ``[B, C, H, W]``); its
     backward is sum pooling of the gradient.
@@ -578,17 +579,34 @@ def spike_avg_pool2d(x, kernel_size=2):
     return _ReferenceSpikePool.apply(x, kernel)
 
 
-# =========================================================================== quantizer (SPEC §7)
+# =========================================================================== quantizer (docs/maths.md §7)
+def _one_value(v, name: str) -> float:
+    """A Python number or a one-element real tensor, as a float (the checks of functional.quant)."""
+    if isinstance(v, torch.Tensor):
+        _checks.check_one_value_tensor(v, name)
+        return float(v.detach().reshape(()).double())
+    if _checks.is_real_number(v):
+        return _checks.number_as_float(v)
+    raise TypeError(f"{name} must be a Python number or a one-element tensor, got {type(v).__name__}")
+
+
 def pow2_scale_exponent(absmax, bits):
-    """Largest ``i`` in 0..31 with ``round(absmax * 2**i) < 2**(bits-1)`` (ties to even), else 0."""
+    """Largest ``i`` in 0..31 with ``round(|absmax| * 2**i) < 2**(bits-1)`` (ties to even), else 0.
+
+    `absmax`: a Python number or a one-element real tensor, read as a magnitude (a negative
+    value gives the exponent of its absolute value); NaN and infinities give 0. Returns an
+    int64 0-dim tensor on the device of `absmax` (the CPU for a number).
+    """
     _checks.check_quantizer_params(bits, "nearest")
-    a = float(absmax)
+    device = absmax.device if isinstance(absmax, torch.Tensor) else torch.device("cpu")
+    a = abs(_one_value(absmax, "absmax"))
     best = 0
-    if np.isfinite(a):
+    if math.isfinite(a):
         for i in range(32):
-            if round(a * 2.0**i) < 2 ** (bits - 1):  # Python's round: ties to even
+            v = a * 2.0**i
+            if math.isfinite(v) and round(v) < 2 ** (bits - 1):  # Python's round: ties to even
                 best = i
-    return torch.tensor(best, dtype=torch.int64)
+    return torch.tensor(best, dtype=torch.int64, device=device)
 
 
 class _ReferenceStraightThrough(torch.autograd.Function):
@@ -602,10 +620,26 @@ class _ReferenceStraightThrough(torch.autograd.Function):
 
 
 def quantize(x, scale, bits=8, rounding="nearest"):
-    """Element by element ``clamp(round(x * scale), -q_max, q_max) / scale``; gradient straight through."""
+    """Element by element ``clamp(round(x * scale), -q_max, q_max) / scale``; gradient straight through.
+
+    `scale` must be a positive power of two within the normal range of the arithmetic dtype
+    (float64 for float64 `x`, float32 otherwise): a Python number or a one-element real
+    tensor. Its value is read, and a bad one raises ``ValueError`` (a tensor of several
+    elements ``ValueError``, another type ``TypeError``).
+    """
+    _checks.check_tensor(x, "x", min_dim=0)
     _checks.check_quantizer_params(bits, rounding)
+    acc = _checks.acc_dtype(x.dtype)
+    s_val = _one_value(scale, "scale")
+    fi = torch.finfo(acc)
+    if not (math.isfinite(s_val) and fi.tiny <= s_val <= fi.max and math.frexp(s_val)[0] == 0.5):
+        raise ValueError(
+            f"scale must be a positive power of two (2**i, e.g. 2 ** pow2_scale_exponent(...)) in "
+            f"{acc}'s normal range [2**{math.frexp(fi.tiny)[1] - 1}, 2**{math.frexp(fi.max)[1] - 1}] "
+            f"(the arithmetic dtype here), got {scale!r}"
+        )
     f = np.float64 if x.dtype == torch.float64 else np.float32
-    s = f(float(scale))
+    s = f(s_val)
     q_max = f(2 ** (bits - 1) - 1)
     xs = _np(x, f).reshape(-1)
     out = np.empty_like(xs)
@@ -628,9 +662,21 @@ def srm_suppix_pool(
     v_th: float = 1.0,
     du_inv_clamp: float = 4.0,
     max_dudt_inv: float = 123456789.0,
+    *,
+    check_labels: bool = True,
 ) -> torch.Tensor:
-    """SPEC §6 by definition: the reference pooling of the reference SRM spikes (differentiable)."""
+    """docs/maths.md §6 by definition: reference pooling of the reference SRM spikes (differentiable).
+
+    A label ``>= K`` raises ``ValueError`` (before the neuron loops run); with
+    ``check_labels=False`` such pixels are ignored like negative ones, as in
+    :func:`suppix_pool`.
+    """
     if not isinstance(x, torch.Tensor) or x.dim() != 5:
         raise ValueError(f"x must be a [T, B, C, H, W] tensor, got {getattr(x, 'shape', type(x))}")
+    lay = _checks.suppix_layout(x, labels, pooled=False)
+    _checks.suppix_mode(mode, "exact")
+    K, inferred = _checks.num_superpixels(lay.labels, num_superpixels)
+    if check_labels and not inferred:
+        _checks.check_label_range(lay.labels, K)
     spikes = srm_neuron(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv)
-    return suppix_pool(spikes, labels, num_superpixels, mode)
+    return suppix_pool(spikes, labels, K, mode, check_labels=False)

@@ -17,13 +17,34 @@ def test_cpu_library_builds():
     assert torch._C._dispatch_has_kernel_for_dispatch_key("snnspx::srm_forward", "CPU")
 
 
+def _snnspx_ops() -> list[str]:
+    """Every operator registered in the snnspx namespace, from the dispatcher's own list."""
+    return sorted(name for name in torch._C._dispatch_get_all_op_names() if name.startswith("snnspx::"))
+
+
+def _device_independent(op: str) -> bool:
+    """The test sentinels (_kernel_calls, _cuda_kernel_calls) have one kernel for every device
+    (CompositeImplicitAutograd, registered with their schema) instead of a CPU and a CUDA one."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key(op, "CompositeImplicitAutograd")
+
+
 @pytest.mark.skipif(torch.version.cuda is None, reason="needs a CUDA build of PyTorch")
 @pytest.mark.skipif(_build.find_cuda_home() is None, reason="needs the CUDA toolkit (nvcc)")
 def test_cuda_extension_compiles_and_links():
-    """Runs in CI on machines with no GPU: a broken kernel fails here, not on a user's GPU."""
+    """Runs in CI on machines with no GPU: a broken kernel fails here, not on a user's GPU.
+
+    Every operator of the snnspx namespace (the list comes from the dispatcher, not from
+    this file) has a CPU and a CUDA kernel, apart from the device-independent sentinels."""
     _build.load_library("cuda")
-    for op in ("srm_forward", "srm_backward", "srm_neuron_fwd", "srm_neuron_bwd"):
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"snnspx::{op}", "CUDA"), op
+    ops = _snnspx_ops()
+    device_ops = [op for op in ops if not _device_independent(op)]
+    sentinels = sorted(set(ops) - set(device_ops))
+    assert sentinels == ["snnspx::_cuda_kernel_calls", "snnspx::_kernel_calls"], sentinels
+    assert len(device_ops) >= 11, device_ops  # srm_* (4), suppix_* (4), srm_suppix_pool* (3) at least
+    assert "snnspx::srm_suppix_pool_bwd" in device_ops and "snnspx::suppix_counts" in device_ops
+    for key in ("CPU", "CUDA"):
+        missing = [op for op in device_ops if not torch._C._dispatch_has_kernel_for_dispatch_key(op, key)]
+        assert not missing, f"no {key} kernel registered for {missing}"
 
 
 def test_backends_report():

@@ -1,4 +1,4 @@
-"""Fused SRM + superpixel pooling (SPEC §6) against the composition of the unfused ops."""
+"""Fused SRM + superpixel pooling (docs/maths.md §6) against the composition of the unfused ops."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def test_fused_many_steps_and_superpixels(backend, device, mode, gen):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 def test_fused_half_precision(backend, device, mode, dtype, gen):
-    # Half inputs run float32 neuron state (SPEC's precision rule); the pooled spikes are
+    # Half inputs run float32 neuron state (docs/maths.md's precision rule); the pooled spikes are
     # then the composition's, and the gradient is the composed one in the input's dtype.
     T, B, C, H, W, K = 8, 2, 2, 6, 7, 5
     x = currents(gen, (T, B, C, H, W), dtype, device)
@@ -422,3 +422,69 @@ def test_fused_cuda_experimental_edge_cases(gen, monkeypatch):
                 m.delenv(EXPERIMENTAL)
                 default = F.srm_suppix_pool(x, labels, 11, mode, backend="cuda")
             assert torch.equal(got, default)
+
+
+# --------------------------------------------------------------------------- what the docs promise
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_gradient_is_the_cpp_composition_bit_for_bit(mode, dtype, gen):
+    """float32/float64: the C++ fused gradient has the bits of srm_neuron then suppix_pool (cpp)."""
+    T, B, C, H, W, K = 10, 2, 3, 6, 7, 5
+    x = currents(gen, (T, B, C, H, W), dtype)
+    labels = make_labels(gen, "batch", T, B, H, W, K)
+    w = torch.randn((T, B, C, K), generator=gen, dtype=torch.float64).to(dtype)
+    xf, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    (F.srm_suppix_pool(xf, labels, K, mode, backend="cpp") * w).sum().backward()
+    (F.suppix_pool(F.srm_neuron(xc, backend="cpp"), labels, K, mode, backend="cpp") * w).sum().backward()
+    assert xc.grad.abs().sum() > 0, "the test should exercise a non-zero gradient"
+    assert torch.equal(xf.grad, xc.grad)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_fused_half_gradient_rounds_once(mode, dtype, gen):
+    """float16/bfloat16 on the C++ backend: "sum" and "max" give the composition's bits; "avg"
+    is at most one unit in the last place away from it and never farther from the exact value
+    (the float32 composition: half inputs run float32 neuron state, so the spikes are the same)."""
+    T, B, C, H, W, K = 10, 2, 3, 6, 7, 5
+    x = currents(gen, (T, B, C, H, W), dtype)
+    labels = make_labels(gen, "batch", T, B, H, W, K)
+    w = torch.randn((T, B, C, K), generator=gen, dtype=torch.float64).to(dtype)
+    xf, xc, x32 = x.clone().requires_grad_(), x.clone().requires_grad_(), x.float().requires_grad_()
+    (F.srm_suppix_pool(xf, labels, K, mode, backend="cpp") * w).sum().backward()
+    (F.suppix_pool(F.srm_neuron(xc, backend="cpp"), labels, K, mode, backend="cpp") * w).sum().backward()
+    (F.suppix_pool(F.srm_neuron(x32, backend="cpp"), labels, K, mode, backend="cpp") * w.float()).sum().backward()
+    assert x32.grad.abs().sum() > 0, "the test should exercise a non-zero gradient"
+    if mode != "avg":
+        assert torch.equal(xf.grad, xc.grad)
+        return
+    fused, comp, exact = xf.grad, xc.grad, x32.grad.double()
+    big = torch.maximum(fused.abs(), comp.abs())
+    ulp = (torch.nextafter(big, torch.full_like(big, float("inf"))) - big).double()
+    assert torch.all((fused.double() - comp.double()).abs() <= ulp), "more than one rounding apart"
+    assert torch.all((fused.double() - exact).abs() <= (comp.double() - exact).abs())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reference_fused_check_labels_matches_cpp(mode, gen):
+    """reference.srm_suppix_pool takes check_labels like the functional op, with the same meaning."""
+    T, B, C, H, W, K = 5, 2, 2, 4, 5, 4
+    x = currents(gen, (T, B, C, H, W)) * 2
+    labels = make_labels(gen, "batch", T, B, H, W, K + 3)  # labels up to K + 2, one of them K + 2
+    for fn in (R.srm_suppix_pool, lambda *a, **k: F.srm_suppix_pool(*a, **k, backend="cpp")):
+        with pytest.raises(ValueError, match=f"labels must be < num_superpixels = {K}"):
+            fn(x, labels, K, mode)
+        with pytest.raises(ValueError, match=f"labels must be < num_superpixels = {K}"):
+            fn(x, labels, K, mode, check_labels=True)
+    w = torch.randn((T, B, C, K), generator=gen, dtype=torch.float64).float()
+    xr, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    want = F.srm_suppix_pool(xc, labels, K, mode, check_labels=False, backend="cpp")
+    got = R.srm_suppix_pool(xr, labels, K, mode, check_labels=False)
+    assert torch.equal(got, want)
+    masked = torch.where(labels >= K, -1, labels)
+    assert torch.equal(got, R.srm_suppix_pool(x, masked, K, mode))
+    (got * w).sum().backward()
+    (want * w).sum().backward()
+    torch.testing.assert_close(xr.grad, xc.grad)
+    # An inferred K bounds every label: nothing to check, the same result either way.
+    assert torch.equal(R.srm_suppix_pool(x, labels, None, mode), F.srm_suppix_pool(x, labels, None, mode, backend="cpp"))

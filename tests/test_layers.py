@@ -1,4 +1,4 @@
-"""SRM layers (SPEC §4): SRMConv2d, SRMLinear, SpikeAvgPool2d against snnspx.reference.
+"""SRM layers (docs/maths.md §4): SRMConv2d, SRMLinear, SpikeAvgPool2d against snnspx.reference.
 
 Weights in the comparisons are small dyadic fractions (k / 16) and inputs are 0/1 spikes, so
 every synaptic current is exact in float32 whatever the summation order: the spikes of every
@@ -512,7 +512,7 @@ class _TimeGradient(torch.autograd.Function):
     """Identity whose backward hands a spike-count gradient to the layers as a spike-*time* gradient.
 
     The layers read dL/dspikes at a spike as the derivative with respect to that spike's time
-    (SPEC §3: grad_w = G * (-1/du) * eps). An extra spike needs earlier spikes, so a loss on
+    (docs/maths.md §3: grad_w = G * (-1/du) * eps). An extra spike needs earlier spikes, so a loss on
     spike counts passes ``-dL/dcount``.
     """
 

@@ -1,4 +1,4 @@
-"""Quantizer (SPEC §7): the power-of-two scale, rounding, straight-through gradient, running range."""
+"""Quantizer (docs/maths.md §7): the power-of-two scale, rounding, straight-through gradient, running range."""
 
 from __future__ import annotations
 
@@ -365,3 +365,56 @@ def test_scale_exponent_of_negative_absmax_is_that_of_its_magnitude(absmax):
 def test_scale_exponent_stays_on_cuda():
     got = F.pow2_scale_exponent(torch.tensor(-1.0, device="cuda"), 8)
     assert got.device.type == "cuda" and got.item() == 6
+
+
+# --------------------------------------------------------------------------- the reference follows the same rules
+@pytest.mark.parametrize("absmax", [1.0, -1.0, 0.3, -0.3, 127.4, -127.4, 3e-10, -3e-10, 0.0, -200.0, 1e300, INF, -INF, NAN])
+def test_reference_scale_exponent_matches_functional(absmax):
+    """A negative absmax is read as its magnitude by both (-1.0 gives 6, not 31)."""
+    for bits in (2, 8, 16):
+        want = F.pow2_scale_exponent(absmax, bits)
+        for arg in (absmax, torch.tensor(float(absmax), dtype=torch.float64)):
+            got = R.pow2_scale_exponent(arg, bits)
+            assert got.dtype == torch.int64 and got.shape == () and got.item() == want.item(), (arg, bits)
+    assert R.pow2_scale_exponent(-1.0, 8).item() == 6
+
+
+def test_reference_scale_exponent_argument_checks():
+    assert R.pow2_scale_exponent(10**400, 8).item() == F.pow2_scale_exponent(10**400, 8).item() == 0
+    for bad in ("3", None, True, [1.0], torch.tensor(True), torch.tensor(1j)):
+        with pytest.raises(TypeError, match="absmax must be"):
+            R.pow2_scale_exponent(bad, 8)
+    for bad in (torch.tensor([1.0, 2.0]), torch.zeros(0)):
+        with pytest.raises(ValueError, match="absmax must be a single value"):
+            R.pow2_scale_exponent(bad, 8)
+    assert R.pow2_scale_exponent(torch.tensor([[-1.0]]), 8).item() == 6  # one element, any shape
+    assert R.pow2_scale_exponent(torch.tensor(3), 8).item() == 5  # integer tensors too
+
+
+@pytest.mark.parametrize("scale", [0.0, -0.0, -2.0, 3.0, 0.3, NAN, INF, -INF, 2.0**128, 2.0**-127, 2**1000])
+def test_reference_quantize_rejects_bad_scale(scale):
+    """The reference reads the scale, number or tensor, and raises ValueError for a bad one."""
+    x = torch.ones(3)
+    with pytest.raises(ValueError, match="scale must be a positive power of two"):
+        R.quantize(x, scale)
+    if isinstance(scale, float):
+        with pytest.raises(ValueError, match="scale must be a positive power of two"):
+            R.quantize(x, torch.tensor(scale, dtype=torch.float64))
+    with pytest.raises(ValueError, match="scale must be a positive power of two"):
+        F.quantize(x, scale)  # the functional form agrees for numbers
+
+
+def test_reference_quantize_scale_types_and_range():
+    x = torch.tensor([0.3, -1.2, 5.0])
+    for bad in (True, "4", None, [4.0], torch.ones((), dtype=torch.bool), torch.ones((), dtype=torch.complex64)):
+        with pytest.raises(TypeError, match="scale must be"):
+            R.quantize(x, bad)
+    with pytest.raises(ValueError, match="scale must be a single value"):
+        R.quantize(x, torch.tensor([4.0, 4.0]))
+    for ok in (4.0, 4, torch.tensor(4.0), torch.tensor([4.0]), torch.tensor(4), 2.0**-2):
+        assert torch.equal(R.quantize(x, ok, 4), F.quantize(x, ok, 4))
+    x64 = torch.tensor([0.5], dtype=torch.float64)
+    assert R.quantize(x64, 2.0**200, 8).item() == F.quantize(x64, 2.0**200, 8).item()  # float64 arithmetic
+    with pytest.raises(ValueError, match="float32's normal range"):
+        R.quantize(x64.float(), 2.0**200, 8)
+    assert R.quantize(torch.tensor(0.3), 4.0).shape == ()  # 0-dim inputs, as the functional form

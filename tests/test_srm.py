@@ -1,4 +1,4 @@
-"""SRM neuron (SPEC §2-§3): every backend against snnspx.reference, elementwise."""
+"""SRM neuron (docs/maths.md §2-§3): every backend against snnspx.reference, elementwise."""
 
 from __future__ import annotations
 

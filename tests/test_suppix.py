@@ -1,4 +1,4 @@
-"""Superpixel pooling (SPEC §5): every backend against snnspx.reference elementwise,
+"""Superpixel pooling (docs/maths.md §5): every backend against snnspx.reference elementwise,
 against torch.Tensor.scatter_reduce where the semantics agree, gradients, edge
 cases, determinism, the registered ops and the label makers."""
 

@@ -1,4 +1,4 @@
-// CPU kernels of the fused SRM + superpixel pooling (SPEC §6). Work is split by
+// CPU kernels of the fused SRM + superpixel pooling (docs/maths.md §6). Work is split by
 // (b, c) plane: a task runs the SRM recurrence for blocks of the plane's pixels
 // and counts spikes per (step, superpixel) in task-private integer counters, so
 // the result does not depend on the thread count or schedule. No [T, B, C, H, W]

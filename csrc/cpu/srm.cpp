@@ -1,4 +1,4 @@
-// CPU kernels of the SRM neuron (SPEC §2-§3), parallel over neurons with
+// CPU kernels of the SRM neuron (docs/maths.md §2-§3), parallel over neurons with
 // at::parallel_for. Each task walks a block of kBlock neurons through all T
 // steps, step-major, so the reads of x[t, n0:n0+kBlock] are contiguous and the
 // per-neuron state stays in cache.

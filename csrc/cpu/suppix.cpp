@@ -1,4 +1,4 @@
-// CPU kernels of superpixel pooling (SPEC §5), parallel over (t, b, c) planes
+// CPU kernels of superpixel pooling (docs/maths.md §5), parallel over (t, b, c) planes
 // with at::parallel_for. Each plane is scanned in ascending pixel order into K
 // accumulators, so every sum is taken in ascending pixel order, on every run and
 // with any thread count (no segment sort is needed on the CPU: the scan order is

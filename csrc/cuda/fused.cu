@@ -1,4 +1,4 @@
-// CUDA kernels of the fused SRM + superpixel pooling (SPEC §6).
+// CUDA kernels of the fused SRM + superpixel pooling (docs/maths.md §6).
 //
 // Forward: one thread per pixel-neuron walks all T steps (coalesced like the SRM
 // kernel). At each step the spiking lanes of a warp that share a superpixel are

@@ -1,4 +1,4 @@
-// CUDA kernels of the SRM neuron (SPEC §2-§3): one thread per neuron walks all
+// CUDA kernels of the SRM neuron (docs/maths.md §2-§3): one thread per neuron walks all
 // T steps; at each step the threads of a warp touch consecutive neurons, so
 // every load and store is coalesced. The maths lives in ../srm_core.h.
 #include <cmath>

@@ -1,4 +1,4 @@
-// CUDA kernels of superpixel pooling (SPEC §5). No float atomics anywhere, so
+// CUDA kernels of superpixel pooling (docs/maths.md §5). No float atomics anywhere, so
 // every result has the same bits on every run:
 //  * pooling walks segments: the glue sorts each label map's pixels by label once
 //    (stable, so a superpixel's pixels stay in ascending order); a block takes one

@@ -1,4 +1,4 @@
-"""Fused SRM neuron + superpixel pooling (SPEC §6): wrapper, fake kernels, autograd."""
+"""Fused SRM neuron + superpixel pooling (docs/maths.md §6): wrapper, fake kernels, autograd."""
 
 from __future__ import annotations
 
@@ -31,12 +31,26 @@ def srm_suppix_pool(
     Equal, element for element, to
     ``suppix_pool(srm_neuron(x, ...), labels, num_superpixels, mode)``; bitwise for
     ``"sum"`` and ``"max"``, and ``"avg"`` divides the same integer spike count by
-    the same pixel count. On the compiled backends no ``[T, B, C, H, W]`` tensor is
-    written when no gradient is needed; in training the op keeps the SRM neuron's
-    compact backward state (8 bytes per float32 neuron-step) and its gradient for
-    `x` is SPEC §5's pooling backward composed with SPEC §3's event-driven
-    ``grad_w``. Deterministic: spike counts are integers, so the result does not
-    depend on the order in which pixels are added.
+    the same pixel count. Deterministic: spike counts are integers, so the result
+    does not depend on the order in which pixels are added.
+
+    Memory: the ``"cuda"`` and ``"cpp"`` backends write no ``[T, B, C, H, W]`` tensor
+    when no gradient is needed, provided `x` is contiguous in its ``[T, B, C, H, W]``
+    order; any other `x` (e.g. the transposed ``[B, T, ...]`` input of
+    ``SRMSupPixPool(batch_first=True)``) is first copied to a contiguous tensor. In training
+    they keep the SRM neuron's compact backward state (8 bytes per float32 neuron-step).
+    The ``"torch"`` and ``"reference"`` backends run the unfused ops and write the spikes.
+
+    Gradient for `x`: docs/maths.md §5's pooling backward composed with §3's event-driven
+    ``grad_w``. In float32 and float64 the C++ kernel gives the same bits as
+    ``srm_neuron`` followed by ``suppix_pool`` on the same backend. In float16/bfloat16,
+    ``"sum"`` and ``"max"`` give the same bits too, but ``"avg"`` may differ by one unit
+    in the last place: the fused kernel keeps ``g / n`` in float32 and rounds once, at
+    the end, where the composition also rounds ``g / n`` to the input dtype before the
+    neuron's backward; the fused value is never the farther of the two from the exact
+    one. tests/test_fused.py checks all of this on the C++ backend, and every backend
+    against the reference composition with ``torch.testing.assert_close`` (the dtype's
+    default tolerances).
 
     Args:
         x: input currents ``[T, B, C, H, W]``.

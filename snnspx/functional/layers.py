@@ -1,5 +1,5 @@
-"""SRM layers (SPEC §4): synapses (a convolution or a dense map) feeding SRM neurons, trained
-with the split spike-time gradient, and the spike-count average pooling between them.
+"""SRM layers (docs/maths.md §4): synapses (a convolution or a dense map) feeding SRM neurons,
+trained with the split spike-time gradient, and the spike-count average pooling between them.
 
 Backward of a synapse + neuron layer with input spikes ``s_in``, weight ``W``, currents
 ``x = W * s_in`` and output spikes: :func:`srm_backward` turns ``dL/dspikes`` into
@@ -50,7 +50,7 @@ def _neuron_forward(ctx, s_in, weight, x, srm, input_grad_scale, backend):
 
 
 def _neuron_backward(ctx, grad_spikes):
-    """``(s_in, weight, grad_w, grad_t)`` from dL/dspikes (SPEC §3)."""
+    """``(s_in, weight, grad_w, grad_t)`` from dL/dspikes (docs/maths.md §3)."""
     s_in, weight, spikes, du, dut = ctx.saved_tensors
     tau_m, tau_s, tau_grad, _, du_inv_clamp, max_dudt_inv = ctx.srm
     grad_w, grad_t = srm_backward(
@@ -108,7 +108,7 @@ def srm_conv2d(
     *,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """Convolution of input spikes into SRM neurons, with the split spike-time gradient (SPEC §4).
+    """Convolution of input spikes into SRM neurons, split spike-time gradient (docs/maths.md §4).
 
     Forward: ``x = conv2d(s_in[t], weight)`` for every step (no bias), then the SRM neuron of
     :func:`srm_forward` over the T steps. Backward, from :func:`srm_backward`'s
@@ -181,7 +181,7 @@ def srm_linear(
     *,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """Dense synapses into SRM neurons, with the split spike-time gradient (SPEC §4).
+    """Dense synapses into SRM neurons, with the split spike-time gradient (docs/maths.md §4).
 
     Forward: ``x = s_in @ weight.T`` (no bias), then :func:`srm_forward` over the T steps.
     Backward, from :func:`srm_backward`'s ``(grad_w, grad_t)``::
@@ -222,8 +222,8 @@ def standardize_weight(
     """Each row of `weight` standardised over its inputs, then scaled and shifted per row.
 
     ``(w - mean(w)) / sqrt(var(w) + eps) * bn_weight + bn_bias`` with the unbiased variance,
-    row by row (SPEC §4, the weight norm of :class:`snnspx.nn.SRMLinear`). Ordinary autograd
-    ops: gradients flow to all three tensors.
+    row by row (docs/maths.md §4, the weight norm of :class:`snnspx.nn.SRMLinear`). Ordinary
+    autograd ops: gradients flow to all three tensors.
 
     Args:
         weight: ``[out_features, in_features]``, ``in_features >= 2``.
@@ -278,8 +278,8 @@ def spike_avg_pool2d(x: torch.Tensor, kernel_size=2, *, backend: str | None = No
 
     Forward: :func:`torch.nn.functional.avg_pool2d` with ``stride = kernel_size`` on every
     ``[H, W]`` plane (floor mode: trailing rows and columns that fill no window are dropped).
-    Backward (SPEC §4, the original ``PoolFunc``): every input pixel of a window receives
-    ``g / n``, ``n`` the number of non-zero inputs in that window, and 0 where ``n = 0``;
+    Backward (docs/maths.md §4, the original ``PoolFunc``): every input pixel of a window
+    receives ``g / n``, ``n`` the number of non-zero inputs in that window, and 0 where ``n = 0``;
     dropped pixels receive 0. Where all inputs of a window are non-zero this is the exact
     gradient of the average.
 

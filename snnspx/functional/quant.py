@@ -1,9 +1,8 @@
-"""Power-of-two fixed-point quantization with a straight-through gradient (SPEC §7)."""
+"""Power-of-two fixed-point quantization with a straight-through gradient (docs/maths.md §7)."""
 
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 
@@ -13,27 +12,6 @@ from .._backend import resolve_python
 __all__ = ["quantize", "pow2_scale_exponent"]
 
 MAX_EXPONENT = 31  # the scale is 2**i, i in 0 .. 31 (as in the original)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
-def _number_as_float(v) -> float:
-    try:
-        return float(v)
-    except OverflowError:  # a Python int beyond float64
-        return math.inf if v > 0 else -math.inf
-
-
-def _check_real_tensor(t: torch.Tensor, name: str) -> None:
-    if t.dtype == torch.bool or t.is_complex():
-        raise TypeError(f"{name} must be a real (floating or integer) tensor, got {t.dtype}")
-    if t.numel() != 1:
-        raise ValueError(
-            f"{name} must be a single value (a Python number or a one-element tensor), "
-            f"got a tensor of shape {tuple(t.shape)}"
-        )
 
 
 def pow2_scale_exponent(absmax: torch.Tensor | float, bits: int) -> torch.Tensor:
@@ -59,10 +37,10 @@ def pow2_scale_exponent(absmax: torch.Tensor | float, bits: int) -> torch.Tensor
     """
     _checks.check_quantizer_params(bits, "nearest")
     if isinstance(absmax, torch.Tensor):
-        _check_real_tensor(absmax, "absmax")
+        _checks.check_one_value_tensor(absmax, "absmax")
         a = absmax.detach().reshape(()).to(torch.float64)
-    elif _is_number(absmax):
-        a = torch.tensor(_number_as_float(absmax), dtype=torch.float64)
+    elif _checks.is_real_number(absmax):
+        a = torch.tensor(_checks.number_as_float(absmax), dtype=torch.float64)
     else:
         raise TypeError(f"absmax must be a Python number or a one-element tensor, got {type(absmax).__name__}")
     i = torch.arange(MAX_EXPONENT + 1, dtype=torch.float64, device=a.device)
@@ -149,10 +127,10 @@ def quantize(
     _checks.check_quantizer_params(bits, rounding)
     acc = _checks.acc_dtype(x.dtype)
     if isinstance(scale, torch.Tensor):
-        _check_real_tensor(scale, "scale")
+        _checks.check_one_value_tensor(scale, "scale")
         scale = scale.detach().reshape(())
-    elif _is_number(scale):
-        s = _number_as_float(scale)
+    elif _checks.is_real_number(scale):
+        s = _checks.number_as_float(scale)
         _check_scale_value(s, acc)
         scale = torch.tensor(s, dtype=torch.float64)
     else:

@@ -1,4 +1,4 @@
-"""The SRM neuron (SPEC §2-§3): wrappers, the vectorised ``torch`` backend, fake
+"""The SRM neuron (docs/maths.md §2-§3): wrappers, the vectorised ``torch`` backend, fake
 kernels and autograd for the compiled ops."""
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def srm_forward(
     *,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run the SRM neuron over all T steps in one pass (SPEC §2).
+    """Run the SRM neuron over all T steps in one pass (docs/maths.md §2).
 
     Args:
         x: input currents ``[T, ...]`` (any trailing shape, any strides), float32,
@@ -121,8 +121,9 @@ def srm_forward(
         ``(spikes, du, dut)``, each ``[T, ...]``. ``spikes`` has the dtype of `x`
         and values 0 or 1; ``du[t] = u[t] - u_last`` and ``dut[t]`` (the gradient
         trace g) are float64 for float64 `x` and float32 otherwise. Gradients flow
-        to `x` through ``spikes`` only (the event-driven ``grad_w`` of SPEC §3,
-        with the default clamps); ``du`` and ``dut`` are not differentiable.
+        to `x` through ``spikes`` only (the event-driven ``grad_w`` of
+        docs/maths.md §3, with the default clamps); ``du`` and ``dut`` are not
+        differentiable.
     """
     _checks.check_tensor(x, "x")
     _checks.check_srm_params(tau_m, tau_s, tau_grad, v_th)
@@ -146,7 +147,7 @@ def srm_backward(
     *,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The event-driven backward of the SRM neuron (SPEC §3).
+    """The event-driven backward of the SRM neuron (docs/maths.md §3).
 
     Args:
         grad_spikes: dL/dspikes ``[T, ...]``; only read where ``spikes == 1``.

@@ -1,4 +1,4 @@
-"""Superpixel pooling (SPEC §5): wrappers, the vectorised ``torch`` backend, fake
+"""Superpixel pooling (docs/maths.md §5): wrappers, the vectorised ``torch`` backend, fake
 kernels and autograd for the compiled ops.
 
 Every backend is deterministic: the same inputs give the same bits on every run.
@@ -146,7 +146,7 @@ def suppix_pool(
     check_labels: bool = True,
     backend: str | None = None,
 ):
-    """Pool each step's channels over superpixels (SPEC §5).
+    """Pool each step's channels over superpixels (docs/maths.md §5).
 
     With ``n[k]`` the pixels labelled k:
 
@@ -157,10 +157,10 @@ def suppix_pool(
     Gradients (labels get none): ``"sum"`` sends ``g[k]`` to every pixel of k; ``"avg"``
     sends ``g[k] / n[k]`` (``grad="exact"``) or ``g[k] / m[t, b, c, k]`` with m the number
     of non-zero inputs of k at that step and channel, 0 where ``m = 0`` (``grad="spike"``:
-    the superpixel form of SpikeAvgPool2d's backward, SPEC §4; like it, every pixel of
-    k gets the share, zero inputs included); ``"max"`` sends ``g[k]`` to one pixel, the
-    argmax (the lowest flat pixel index ``h * W + w`` among equal maxima). Ignored
-    pixels (negative labels) get 0.
+    the superpixel form of SpikeAvgPool2d's backward, docs/maths.md §4; like it, every
+    pixel of k gets the share, zero inputs included); ``"max"`` sends ``g[k]`` to one
+    pixel, the argmax (the lowest flat pixel index ``h * W + w`` among equal maxima).
+    Ignored pixels (negative labels) get 0.
 
     Every backend gives the same bits on every run (sums have a fixed order; no
     float atomics on the GPU). Backends agree to rounding: the CPU kernel and the
@@ -220,7 +220,8 @@ def suppix_unpool(
 ) -> torch.Tensor:
     """Spread superpixel values back to their pixels: ``z[p] = y[label(p)]``, 0 for negative labels.
 
-    The backward is sum pooling of the gradient (SPEC §5). Deterministic on every backend.
+    The backward is sum pooling of the gradient (docs/maths.md §5). Deterministic on every
+    backend.
 
     Args:
         y: ``[T, B, C, K]``, or ``[B, C, K]`` for one step; float.

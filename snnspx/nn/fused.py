@@ -12,16 +12,19 @@ __all__ = ["SRMSupPixPool"]
 
 
 class SRMSupPixPool(SRMModule):
-    """SRM spikes pooled per superpixel and step, fused in one kernel (SPEC §6).
+    """SRM spikes pooled per superpixel and step, fused in one kernel (docs/maths.md §6).
 
     Args:
-        mode: ``"avg"`` | ``"sum"`` | ``"max"``.
-        num_superpixels: K, or None to infer ``labels.max() + 1`` on every call
-            (a GPU read-back).
+        mode: ``"avg"`` (default) | ``"sum"`` | ``"max"``.
+        num_superpixels: K, or None (default) to infer ``labels.max() + 1`` on every call
+            (a GPU read-back; give K under ``torch.compile``).
         tau_m, tau_s, tau_grad, v_th: SRM constants (defaults 5, 3, 2.5, 1).
-        du_inv_clamp, max_dudt_inv: the event-driven backward's clamps.
-        batch_first: `x` is ``[B, T, C, H, W]`` and the output ``[B, T, C, K]``.
-        backend: force a backend (see :func:`snnspx.backends`).
+        du_inv_clamp, max_dudt_inv: the event-driven backward's clamps (defaults 4,
+            123456789).
+        batch_first: `x` is ``[B, T, C, H, W]`` and the output ``[B, T, C, K]``; per-step
+            labels are then ``[B, T, H, W]``. Default False. With True the fused kernels
+            work on a time-major copy of `x`.
+        backend: force a backend (see :func:`snnspx.backends`); None (default) picks one.
         check_labels: raise ``ValueError`` on a label ``>= K`` (default); ``False``
             ignores such pixels and saves the check's read-back (see the functional form).
 

@@ -1,4 +1,4 @@
-"""SRM layers (SPEC §4): SRMConv2d, SRMLinear and SpikeAvgPool2d."""
+"""SRM layers (docs/maths.md §4): SRMConv2d, SRMLinear and SpikeAvgPool2d."""
 
 from __future__ import annotations
 
@@ -59,15 +59,19 @@ class SRMConv2d(_SRMLayer):
 
     Args:
         in_channels, out_channels: channels of the input spikes and of the neurons.
-        kernel_size, stride, padding, dilation: ints or pairs (padding: numbers only).
-        groups: blocked connections, as :class:`torch.nn.Conv2d`.
+        kernel_size: int or pair.
+        stride, padding, dilation: ints or pairs, as :class:`torch.nn.Conv2d` (padding:
+            numbers only, not ``"same"``). Defaults 1, 0, 1.
+        groups: blocked connections, as :class:`torch.nn.Conv2d`. Default 1.
         tau_m, tau_s, tau_grad, v_th: the neuron. Defaults 5, 3, 2.5, 1.
         input_grad_scale: factor of the input-spike gradient. Default 0.85 (the original).
         du_inv_clamp, max_dudt_inv: clamps of the backward. Defaults 4, 123456789.
         batch_first: inputs and outputs are ``[B, T, ...]`` instead of ``[T, B, ...]``.
+            Default False.
         weight_bits: if set, the weight passes through a :class:`Quantizer` of that many
-            bits (``self.weight_quantizer``) in every forward; its gradient goes straight through.
-        weight_rounding: the quantizer's rounding, ``"nearest"`` or ``"truncate"``.
+            bits (``self.weight_quantizer``) in every forward; its gradient goes straight
+            through. Default None (no quantization).
+        weight_rounding: the quantizer's rounding, ``"nearest"`` (default) or ``"truncate"``.
         backend: the SRM neuron's backend (see :func:`snnspx.backends`); None picks one.
 
     Shape:
@@ -232,7 +236,13 @@ class SpikeAvgPool2d(nn.Module):
         kernel_size: int or pair, also the stride. Default 2.
         batch_first: accepted for symmetry with the other layers; pooling acts on each
             ``[H, W]`` plane, so both layouts pass through unchanged.
-        backend: ``"reference"`` runs the loops; any other value the PyTorch ops.
+        backend: None (default) or ``"torch"``: the PyTorch ops; ``"reference"``: the loops.
+            There is no compiled kernel, but ``"cpp"`` and ``"cuda"`` are still requests:
+            the device is checked (``"cuda"`` with CPU tensors, or ``"cpp"`` with CUDA
+            tensors, raises ``ValueError``) and their library is built or loaded
+            (``BuildError`` if it fails) before the PyTorch ops run. An unknown name raises
+            ``ValueError`` here, when the module is built. ``SNNSPX_BACKEND`` is read as
+            by the other ops when `backend` is None.
 
     Shape:
         - Input: ``[T, B, C, H, W]`` (or ``[B, T, C, H, W]``; any ``[..., H, W]`` with >= 3 dims).

@@ -17,7 +17,7 @@ class SRMNeuron(SRMModule):
         tau_m, tau_s: membrane and synaptic time constants (> 1, different). Default 5, 3.
         tau_grad: time constant of the spike-time gradient trace (> 1). Default 2.5.
         v_th: firing threshold, strict ``u > v_th``. Default 1.
-        du_inv_clamp, max_dudt_inv: clamps of the backward (SPEC §3). Defaults 4, 123456789.
+        du_inv_clamp, max_dudt_inv: clamps of the backward (docs/maths.md §3). Defaults 4, 123456789.
         batch_first: inputs are ``[B, T, ...]`` instead of ``[T, B, ...]``.
         backend: force a backend (see :func:`snnspx.backends`); None picks one.
 

@@ -1,4 +1,4 @@
-"""The power-of-two fixed-point quantizer (SPEC §7) as a module with a running range."""
+"""The power-of-two fixed-point quantizer (docs/maths.md §7) as a module with a running range."""
 
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ class Quantizer(nn.Module):
 
     @property
     def scale(self) -> torch.Tensor:
-        """``2**scale_exponent`` as a float64 scalar tensor."""
+        """``2**scale_exponent`` as a float64 scalar tensor (0.5 until a finite value is seen,
+        when ``scale_exponent`` is -1; ``forward`` then uses 1)."""
         return torch.exp2(self.scale_exponent.to(torch.float64))
 
     @torch.no_grad()

@@ -1,4 +1,4 @@
-"""nn.Module wrappers of superpixel pooling and unpooling (SPEC §5)."""
+"""nn.Module wrappers of superpixel pooling and unpooling (docs/maths.md §5)."""
 
 from __future__ import annotations
 
