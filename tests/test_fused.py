@@ -488,3 +488,33 @@ def test_reference_fused_check_labels_matches_cpp(mode, gen):
     torch.testing.assert_close(xr.grad, xc.grad)
     # An inferred K bounds every label: nothing to check, the same result either way.
     assert torch.equal(R.srm_suppix_pool(x, labels, None, mode), F.srm_suppix_pool(x, labels, None, mode, backend="cpp"))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("experimental", [False, True], ids=["default", "experimental"])
+def test_cuda_graph_capture(experimental, gen, monkeypatch):
+    """Under CUDA graph capture the ops read nothing back (the label range check, a
+    read-back, is skipped there) and the replay gives the eager results."""
+    if experimental:
+        monkeypatch.setenv(EXPERIMENTAL, "1")
+    x = currents(gen, (6, 2, 3, 8, 8), device="cuda")
+    labels = make_labels(gen, "batch", 6, 2, 8, 8, 5, device="cuda")
+
+    def run():
+        y = F.srm_suppix_pool(x, labels, 5, "avg", backend="cuda")
+        z = F.suppix_unpool(F.suppix_pool(x, labels, 5, "max", backend="cuda"), labels, backend="cuda")
+        return y, z
+
+    want = run()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph asks
+        run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = run()
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, ref in zip(out, want):
+        assert torch.equal(got, ref)

@@ -57,7 +57,7 @@ at::Tensor srm_suppix_pool_cuda(const at::Tensor& x, const at::Tensor& labels, i
   c10::cuda::CUDAGuard guard(x.device());
   check_srm_neuron_params(tau_m, tau_s, tau_grad, v_th);
   auto a = prepare_fused(x, labels, K, std::string(mode));
-  const DeferredLabelCheck check(a.labels, K, check_labels);
+  const DeferredLabelCheck check(a.labels, K, check_labels && cuda::can_read_back());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor counts = counts_cuda(a, stream);
   at::Tensor y = fused_output(a);
@@ -75,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_c
   check_srm_neuron_params(tau_m, tau_s, tau_grad, v_th);
   check_backward_params(du_inv_clamp, max_dudt_inv);
   auto a = prepare_fused(x, labels, K, std::string(mode));
-  const DeferredLabelCheck check(a.labels, K, check_labels);
+  const DeferredLabelCheck check(a.labels, K, check_labels && cuda::can_read_back());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor counts = counts_cuda(a, stream);
   at::Tensor y = fused_output(a);

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -27,6 +28,14 @@ inline DType launch_dtype(at::ScalarType t) {
 inline bool experimental_cuda() {
   const char* v = std::getenv("SNNSPX_EXPERIMENTAL_CUDA");
   return v != nullptr && std::strcmp(v, "1") == 0;
+}
+
+// Whether an op may read a value back to the host now: not while the current stream
+// is captured into a CUDA graph (torch.cuda.graph, torch.compile's "reduce-overhead"
+// mode), where a read-back is an error. The label range check is skipped then; the
+// kernels ignore labels >= K in any case.
+inline bool can_read_back() {
+  return c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None;
 }
 
 inline void check_cuda_tensor(const at::Tensor& t, const char* name) {

@@ -120,16 +120,17 @@ std::tuple<at::Tensor, at::Tensor> suppix_pool_cuda(const at::Tensor& x, const a
   cuda::check_cuda_tensor(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
   auto a = prepare_suppix_pool(x, labels, num_superpixels, mode, /*check_labels=*/false);
+  const bool check = check_labels && cuda::can_read_back();
   if (cuda::experimental_cuda()) {
-    auto out = suppix_pool_nosort_cuda(a, check_labels);
+    auto out = suppix_pool_nosort_cuda(a, check);
     if (out) {
       count_kernel("cuda.suppix_pool");
       return *out;
     }
   }
-  const DeferredLabelCheck check(a.labels, a.d.K, check_labels);
+  const DeferredLabelCheck deferred(a.labels, a.d.K, check);
   auto out = suppix_pool_sorted_cuda(a);
-  check.verify();
+  deferred.verify();
   count_kernel("cuda.suppix_pool");
   return out;
 }
@@ -156,7 +157,7 @@ at::Tensor suppix_unpool_cuda(const at::Tensor& y, const at::Tensor& labels, boo
   cuda::check_cuda_tensor(y, "y");
   c10::cuda::CUDAGuard guard(y.device());
   auto a = prepare_suppix_gather(y, "y", labels, nullptr, SupPixMode::Sum);
-  const DeferredLabelCheck check(a.labels, a.d.K, check_labels);
+  const DeferredLabelCheck check(a.labels, a.d.K, check_labels && cuda::can_read_back());
   run_gather_cuda(a);  // writes 0 for labels >= K
   check.verify();
   count_kernel("cuda.suppix_unpool");
