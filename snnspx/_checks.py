@@ -46,10 +46,10 @@ def check_srm_params(tau_m: float, tau_s: float, tau_grad: float, v_th: float | 
 
 def check_backend_name(backend) -> None:
     """A module's `backend` argument, checked when the module is built rather than at its first call."""
-    from ._backend import BACKENDS
+    from ._backend import _check_name
 
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+    if backend is not None:
+        _check_name(backend, "backend")
 
 
 def check_backward_params(du_inv_clamp: float, max_dudt_inv: float) -> None:
