@@ -75,6 +75,16 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def to_acc_float(v: float, dtype: torch.dtype) -> float:
+    """`v` as the kernels hold it in the neuron-state dtype of `dtype` inputs: a value beyond
+    float32's range is +-inf there (for float32/float16/bfloat16 inputs), not an error."""
+    v = float(v)
+    if acc_dtype(dtype) == torch.float64:
+        return v
+    hi = torch.finfo(torch.float32).max
+    return math.inf if v > hi else (-math.inf if v < -hi else v)
+
+
 def srm_constants(tau_m: float, tau_s: float, tau_grad: float) -> tuple[float, float, float, float]:
     """(a_m, a_s, a_g, c) in double precision (docs/maths.md §2)."""
     return 1.0 - 1.0 / tau_m, 1.0 - 1.0 / tau_s, 1.0 - 1.0 / tau_grad, tau_m / (tau_m - tau_s)

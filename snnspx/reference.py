@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from . import _checks
 
@@ -58,7 +59,7 @@ def srm_forward(x: torch.Tensor, tau_m: float = 5.0, tau_s: float = 3.0, tau_gra
     _checks.check_srm_params(tau_m, tau_s, tau_grad, v_th)
     f = _np_dtype(x.dtype)
     a_m, a_s, a_g, c = (f(v) for v in _checks.srm_constants(tau_m, tau_s, tau_grad))
-    vth = f(v_th)
+    vth = f(_checks.to_acc_float(v_th, x.dtype))
     xs = _as_2d(x, f)
     T, N = xs.shape
     spikes = np.zeros((T, N), f)
@@ -112,7 +113,8 @@ def srm_backward(
     epsw_d, epst_d = _checks.srm_tables(T, tau_m, tau_s, tau_grad)
     epsw = [f(v) for v in epsw_d]
     epst = [f(v) for v in epst_d]
-    lo_w, lo_t, zero, minus_one = -f(du_inv_clamp), -f(max_dudt_inv), f(0), f(-1)
+    lo_w, lo_t = -f(_checks.to_acc_float(du_inv_clamp, du.dtype)), -f(_checks.to_acc_float(max_dudt_inv, du.dtype))
+    zero, minus_one = f(0), f(-1)
     grad_w = np.zeros((T, N), f)
     grad_t = np.zeros((T, N), f)
     with np.errstate(all="ignore"):
@@ -138,6 +140,8 @@ def srm_backward(
 
 
 class _ReferenceNeuron(torch.autograd.Function):
+    """The event-driven gradient is a surrogate, not a derivative: it has none of its own."""
+
     @staticmethod
     def forward(ctx, x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv):
         spikes, du, dut = srm_forward(x, tau_m, tau_s, tau_grad, v_th)
@@ -146,6 +150,7 @@ class _ReferenceNeuron(torch.autograd.Function):
         return spikes
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_spikes):
         spikes, du, dut = ctx.saved_tensors
         grad_w, _ = srm_backward(grad_spikes, spikes, du, dut, *ctx.params)
@@ -172,8 +177,8 @@ def srm_neuron(
 # label map of its step and image: labels[l, bl, p], l = t or 0, bl = b or 0.
 
 
-def _maps(lay):
-    lab = lay.labels.detach().cpu().numpy()
+def _maps(labels: torch.Tensor):
+    lab = labels.detach().cpu().numpy()
     return lambda t, b: lab[t if lab.shape[0] > 1 else 0, b if lab.shape[1] > 1 else 0]
 
 
@@ -449,44 +454,85 @@ def spike_avg_pool2d_backward(grad_y, x, kernel_size=2):
     return torch.from_numpy(gx).reshape(x.shape).to(device=x.device, dtype=grad_y.dtype)
 
 
+def _pool_adjoint_loops(V: np.ndarray, label_map, K: int, f, scale=None, arg=None):
+    """The adjoint of :func:`_unpool_loops` (same `scale` and `arg`): y[t, b, c, k] = the sum of
+    V[t, b, c, p] over the pixels p of k (only p = arg[t, b, c, k]), / scale[t, b, c, k], 0 where
+    that is 0."""
+    T, B, C, P = V.shape
+    y = np.zeros((T, B, C, K), f)
+    with np.errstate(all="ignore"):
+        for t in range(T):
+            for b in range(B):
+                lab = label_map(t, b)
+                for c in range(C):
+                    for p in range(P):
+                        k = int(lab[p])
+                        if k >= 0 and (arg is None or arg[t, b, c, k] == p):
+                            y[t, b, c, k] = f(y[t, b, c, k] + V[t, b, c, p])
+                    if scale is not None:
+                        for k in range(K):
+                            n = scale[t, b, c, k]
+                            y[t, b, c, k] = y[t, b, c, k] / f(n) if n > 0 else f(0)
+    return y
+
+
 class _ReferencePool(torch.autograd.Function):
+    """Pooling by loops; its backward is :class:`_ReferencePoolGrad`, itself differentiable."""
+
     @staticmethod
-    def forward(ctx, x4, lay, K, mode, grad):
+    def forward(ctx, x4, labels, K, mode, grad):
         f = _np_dtype(x4.dtype)
-        X = x4.detach().to("cpu", torch.float64 if f is np.float64 else torch.float32).numpy()
-        y, arg, n, m = _pool_loops(X, _maps(lay), K, mode, f)
-        ctx.lay, ctx.mode, ctx.grad, ctx.P = lay, mode, grad, x4.shape[-1]
-        ctx.arg, ctx.n, ctx.m = arg, n, m
+        y, arg, n, m = _pool_loops(_np(x4, f), _maps(labels), K, mode, f)
+        ctx.save_for_backward(labels)
+        ctx.P = x4.shape[-1]
+        # what the backward reads besides the labels: the argmax, or the divisor of "avg"
+        ctx.arg = arg if mode == "max" else None
+        ctx.scale = None if mode in ("sum", "max") else (n if grad == "exact" else m)
         return torch.from_numpy(y).to(device=x4.device, dtype=x4.dtype)
 
     @staticmethod
     def backward(ctx, grad_y):
+        (labels,) = ctx.saved_tensors
+        grad_x = _ReferencePoolGrad.apply(grad_y, labels, ctx.P, ctx.scale, ctx.arg)
+        return grad_x, None, None, None, None
+
+
+class _ReferencePoolGrad(torch.autograd.Function):
+    """Pooling's backward, grad_x[p] = grad_y[label(p)] (/ scale, only at the argmax); linear in
+    grad_y, so its own backward is the adjoint loop (a second derivative of pooling)."""
+
+    @staticmethod
+    def forward(ctx, grad_y, labels, P, scale, arg):
         f = _np_dtype(grad_y.dtype)
-        G = grad_y.detach().to("cpu", torch.float64 if f is np.float64 else torch.float32).numpy()
-        if ctx.mode == "sum":
-            z = _unpool_loops(G, _maps(ctx.lay), ctx.P, f)
-        elif ctx.mode == "max":
-            z = _unpool_loops(G, _maps(ctx.lay), ctx.P, f, arg=ctx.arg)
-        else:  # avg: g / n (exact) or g / m, m the non-zero inputs (spike)
-            z = _unpool_loops(G, _maps(ctx.lay), ctx.P, f, scale=ctx.n if ctx.grad == "exact" else ctx.m)
-        return torch.from_numpy(z).to(device=grad_y.device, dtype=grad_y.dtype), None, None, None, None
+        z = _unpool_loops(_np(grad_y, f), _maps(labels), P, f, scale=scale, arg=arg)
+        ctx.save_for_backward(labels)
+        ctx.K, ctx.scale, ctx.arg = grad_y.shape[-1], scale, arg
+        return torch.from_numpy(z).to(device=grad_y.device, dtype=grad_y.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, v):
+        (labels,) = ctx.saved_tensors
+        f = _np_dtype(v.dtype)
+        y = _pool_adjoint_loops(_np(v, f), _maps(labels), ctx.K, f, scale=ctx.scale, arg=ctx.arg)
+        return torch.from_numpy(y).to(device=v.device, dtype=v.dtype), None, None, None, None
 
 
 class _ReferenceUnpool(torch.autograd.Function):
+    """Unpooling by loops; its backward is sum pooling, itself differentiable."""
+
     @staticmethod
-    def forward(ctx, y4, lay):
+    def forward(ctx, y4, labels):
         f = _np_dtype(y4.dtype)
-        Y = y4.detach().to("cpu", torch.float64 if f is np.float64 else torch.float32).numpy()
-        ctx.lay, ctx.K = lay, y4.shape[-1]
-        z = _unpool_loops(Y, _maps(lay), lay.labels.shape[-1], f)
+        ctx.save_for_backward(labels)
+        ctx.K = y4.shape[-1]
+        z = _unpool_loops(_np(y4, f), _maps(labels), labels.shape[-1], f)
         return torch.from_numpy(z).to(device=y4.device, dtype=y4.dtype)
 
     @staticmethod
     def backward(ctx, grad_z):
-        f = _np_dtype(grad_z.dtype)
-        G = grad_z.detach().to("cpu", torch.float64 if f is np.float64 else torch.float32).numpy()
-        gy, _, _, _ = _pool_loops(G, _maps(ctx.lay), ctx.K, "sum", f)
-        return torch.from_numpy(gy).to(device=grad_z.device, dtype=grad_z.dtype), None
+        (labels,) = ctx.saved_tensors
+        return _ReferencePool.apply(grad_z, labels, ctx.K, "sum", "exact"), None
 
 
 def suppix_counts(labels: torch.Tensor, num_superpixels: int | None = None) -> torch.Tensor:
@@ -527,7 +573,7 @@ def suppix_pool(
         _checks.check_label_range(lay.labels, K)
     if not check_labels:  # labels >= K are ignored pixels, as in the kernels
         lay = lay._replace(labels=torch.where(lay.labels >= K, -1, lay.labels))
-    y = _ReferencePool.apply(lay.data, lay, K, "avg" if internal == "avg_spike" else internal, grad)
+    y = _ReferencePool.apply(lay.data, lay.labels, K, "avg" if internal == "avg_spike" else internal, grad)
     y = y[0] if lay.single_step else y
     if return_counts:
         return y, suppix_counts(torch.where(labels >= K, -1, labels), K)
@@ -546,7 +592,7 @@ def suppix_unpool(y: torch.Tensor, labels: torch.Tensor, *, check_labels: bool =
         _checks.check_label_range(lay.labels, K)
     else:
         lay = lay._replace(labels=torch.where(lay.labels >= K, -1, lay.labels))
-    z = _ReferenceUnpool.apply(lay.data, lay)
+    z = _ReferenceUnpool.apply(lay.data, lay.labels)
     H, W = lay.spatial
     z = z.reshape(*z.shape[:3], H, W)
     return z[0] if lay.single_step else z

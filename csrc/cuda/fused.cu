@@ -362,7 +362,7 @@ bool forward_plane_typed(const void* x, const void* labels, const int32_t* count
   const auto* lp = static_cast<const label_t*>(labels);
   auto* yp = static_cast<scalar_t*>(y);
   auto* sp = static_cast<acc_t*>(saved);
-  const acc_t c1 = static_cast<acc_t>(du_inv_clamp), c2 = static_cast<acc_t>(max_dudt_inv);
+  const acc_t c1 = to_acc<acc_t>(du_inv_clamp), c2 = to_acc<acc_t>(max_dudt_inv);
   const unsigned int blocks = static_cast<unsigned int>(BC * split);
   const size_t bytes = static_cast<size_t>(smem);
   if (ran != nullptr) *ran = true;
@@ -407,7 +407,7 @@ void forward_typed(const void* x, const void* labels, const int32_t* counts, voi
   const int64_t N = s.B * s.C * s.P;
   const auto* xp = static_cast<const scalar_t*>(x);
   const auto* lp = static_cast<const label_t*>(labels);
-  const acc_t c1 = static_cast<acc_t>(du_inv_clamp), c2 = static_cast<acc_t>(max_dudt_inv);
+  const acc_t c1 = to_acc<acc_t>(du_inv_clamp), c2 = to_acc<acc_t>(max_dudt_inv);
   if (N > 0) {
     if (saved != nullptr) {
       fused_forward_kernel<scalar_t, acc_t, label_t, true><<<blocks_for(N), kThreads, 0, stream>>>(

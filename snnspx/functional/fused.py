@@ -6,7 +6,7 @@ import torch
 
 from .. import _checks
 from .._backend import resolve
-from .srm import srm_neuron
+from .srm import register_once_differentiable, srm_neuron
 
 __all__ = ["srm_suppix_pool"]
 
@@ -101,6 +101,7 @@ def srm_suppix_pool(
 
 def _register() -> None:
     lib = "snnspx::"
+    register_once_differentiable(lib + "srm_suppix_pool_bwd")
 
     @torch.library.register_fake(lib + "srm_suppix_pool")
     def _fused_fake(x, labels, num_superpixels, mode, tau_m, tau_s, tau_grad, v_th, check_labels):

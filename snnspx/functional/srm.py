@@ -4,6 +4,7 @@ kernels and autograd for the compiled ops."""
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .. import _checks, reference
 from .._backend import resolve
@@ -18,7 +19,7 @@ def _forward_torch(x, tau_m, tau_s, tau_grad, v_th):
     """Vectorised over neurons, a Python loop over T; same operation order as the kernels."""
     acc = _checks.acc_dtype(x.dtype)
     a_m, a_s, a_g, c = (torch.tensor(v, dtype=acc, device=x.device) for v in _checks.srm_constants(tau_m, tau_s, tau_grad))
-    vth = torch.tensor(v_th, dtype=acc, device=x.device)
+    vth = torch.tensor(_checks.to_acc_float(v_th, x.dtype), dtype=acc, device=x.device)
     spikes = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     du = torch.empty(x.shape, dtype=acc, device=x.device)
     dut = torch.empty(x.shape, dtype=acc, device=x.device)
@@ -48,6 +49,8 @@ def _backward_torch(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_inv
     epsw_l, epst_l = _checks.srm_tables(max(T, 1), tau_m, tau_s, tau_grad)
     epsw = torch.tensor(epsw_l, dtype=torch.float64, device=dev).to(acc)
     epst = torch.tensor(epst_l, dtype=torch.float64, device=dev).to(acc)
+    lo_w = -_checks.to_acc_float(du_inv_clamp, acc)  # inf beyond float32's range, as in the kernels
+    lo_t = -_checks.to_acc_float(max_dudt_inv, acc)
     shape = grad_spikes.shape[1:]
     zero = torch.zeros((), dtype=acc, device=dev)
     a_w = torch.zeros(shape, dtype=acc, device=dev)
@@ -59,8 +62,8 @@ def _backward_torch(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_inv
     for t in range(T - 1, -1, -1):
         spk = spikes[t] == 1
         g = grad_spikes[t].to(acc)
-        a_w = torch.where(spk, g * torch.clamp(torch.reciprocal(-du[t]), -du_inv_clamp, 0.0), a_w)
-        a_t = torch.where(spk, g * torch.clamp(torch.reciprocal(-dut[t]), -max_dudt_inv, 0.0), a_t)
+        a_w = torch.where(spk, g * torch.clamp(torch.reciprocal(-du[t]), lo_w, 0.0), a_w)
+        a_t = torch.where(spk, g * torch.clamp(torch.reciprocal(-dut[t]), lo_t, 0.0), a_t)
         lag = torch.where(spk, 0, torch.where(seen, lag + 1, lag))
         seen = seen | spk
         grad_w[t] = torch.where(seen, a_w * epsw[lag], zero)
@@ -89,6 +92,7 @@ class _PyNeuron(torch.autograd.Function):
         return spikes, du, dut
 
     @staticmethod
+    @once_differentiable  # the event-driven gradient is a surrogate with no derivative of its own
     def backward(ctx, grad_spikes, _grad_du, _grad_dut):
         spikes, du, dut = ctx.saved_tensors
         _, bwd = _PY_IMPLS[ctx.backend]
@@ -167,6 +171,8 @@ def srm_backward(
     _checks.check_tensor(spikes, "spikes")  # the 0/1 floats srm_forward returned, on every backend
     _checks.check_srm_params(tau_m, tau_s, tau_grad)
     _checks.check_backward_params(du_inv_clamp, max_dudt_inv)
+    if spikes.dtype != grad_spikes.dtype:
+        raise TypeError(f"spikes must have the dtype of grad_spikes ({grad_spikes.dtype}), got {spikes.dtype}")
     if du.dtype != _checks.acc_dtype(grad_spikes.dtype) or dut.dtype != du.dtype:
         raise TypeError(
             f"du and dut must be {_checks.acc_dtype(grad_spikes.dtype)} for grad_spikes of dtype "
@@ -218,9 +224,30 @@ def srm_neuron(
 
 
 # --------------------------------------------------------------------------- registrations
+def register_once_differentiable(op: str) -> None:
+    """Give the backward op `op` an autograd formula that raises: the event-driven gradient is
+    a surrogate, not the derivative of a function, so it has no derivative of its own. A double
+    backward (``create_graph=True``, then a backward through the gradient) fails with this
+    message instead of silently giving None, as ``once_differentiable`` does for Python
+    functions."""
+
+    def setup(ctx, inputs, output):
+        pass
+
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"snnspx: double backward through {op} is not supported: the SRM neuron's "
+            "event-driven gradient (docs/maths.md §3) has no derivative of its own"
+        )
+
+    torch.library.register_autograd(op, backward, setup_context=setup)
+
+
 def _register() -> None:
     """Fake kernels and autograd of the compiled SRM ops (called once the schemas exist)."""
     lib = "snnspx::"
+    register_once_differentiable(lib + "srm_backward")
+    register_once_differentiable(lib + "srm_neuron_bwd")
 
     @torch.library.register_fake(lib + "srm_forward")
     def _srm_forward_fake(x, tau_m, tau_s, tau_grad, v_th):

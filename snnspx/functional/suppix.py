@@ -273,6 +273,19 @@ def suppix_counts(
     return _counts_shape(labels, counts, K)
 
 
+def _pool_adjoint(v: torch.Tensor, labels: torch.Tensor, aux: torch.Tensor, mode: str, K: int) -> torch.Tensor:
+    """The adjoint of ``suppix_pool_backward(., labels, aux, mode)``: [T, B, C, P] -> [T, B, C, K]."""
+    if mode in ("sum", "avg"):  # sum / n with n the pixel count, 0 where n = 0
+        return torch.ops.snnspx.suppix_pool.default(v, labels, K, mode, False)[0]
+    if mode == "avg_spike":  # sum / m with m = aux, the non-zero inputs per (t, b, c, k)
+        s = torch.ops.snnspx.suppix_pool.default(v, labels, K, "sum", False)[0]
+        return torch.where(aux > 0, s.to(_acc(s.dtype)) / aux.clamp(min=1), 0).to(s.dtype)
+    # max: the value at the argmax pixel, 0 for an empty superpixel (aux = -1)
+    if v.shape[-1] == 0:
+        return v.new_zeros(aux.shape)
+    return torch.where(aux >= 0, v.gather(-1, aux.clamp(min=0).long()), 0)
+
+
 # --------------------------------------------------------------------------- registrations
 def _register() -> None:
     """Fake kernels and autograd of the compiled superpixel ops (called once the schemas exist)."""
@@ -314,6 +327,21 @@ def _register() -> None:
         return grad_x, None, None, None, None
 
     torch.library.register_autograd(lib + "suppix_pool", _pool_backward, setup_context=_pool_setup)
+
+    # Pooling's backward is linear in grad_y; its derivative (for a double backward) is the
+    # adjoint map: pooling again with the same divisor, or a read at the argmax.
+    def _pool_backward_setup(ctx, inputs, output):
+        grad_y, labels, aux, mode = inputs
+        ctx.save_for_backward(labels, aux)
+        ctx.mode, ctx.K = mode, grad_y.shape[-1]
+
+    def _pool_backward_backward(ctx, gg):
+        labels, aux = ctx.saved_tensors
+        return _pool_adjoint(gg, labels, aux, ctx.mode, ctx.K), None, None, None
+
+    torch.library.register_autograd(
+        lib + "suppix_pool_backward", _pool_backward_backward, setup_context=_pool_backward_setup
+    )
 
     # The backward of unpooling is sum pooling (labels >= K were ignored forward, and are here).
     def _unpool_setup(ctx, inputs, output):

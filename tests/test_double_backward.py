@@ -1,0 +1,93 @@
+"""Second derivatives: pooling and unpooling are linear, so their backwards are differentiable
+again on every backend; the SRM neuron's event-driven gradient is a surrogate with no derivative,
+so a double backward through it is an error on every backend (never a silent None or zero)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.autograd import gradgradcheck
+
+import snnspx.functional as F
+from conftest import ALL_BACKENDS, GRID
+
+
+def _labels(gen, shape, K):
+    lab = torch.randint(-1, K, shape, generator=gen)
+    lab[lab == K - 2] = -1  # superpixel K - 2 is empty everywhere; -1 marks ignored pixels
+    return lab
+
+
+def _max_input(gen, shape, device):
+    """float64 values without ties (max pooling's derivative is defined there)."""
+    n = 1
+    for s in shape:
+        n *= s
+    x = torch.randperm(n, generator=gen).to(torch.float64).reshape(shape) / n
+    return x.to(device)
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("mode", ["sum", "avg", "max"])
+@pytest.mark.parametrize("label_form", ["shared", "per_image", "per_step"])
+def test_pool_gradgradcheck(backend, device, mode, label_form, gen):
+    T, B, C, H, W, K = 3, 2, 2, 3, 4, 5
+    lab_shape = {"shared": (H, W), "per_image": (B, H, W), "per_step": (T, B, H, W)}[label_form]
+    lab = _labels(gen, lab_shape, K).to(device)
+    x = _max_input(gen, (T, B, C, H, W), device).requires_grad_()
+
+    def f(x):
+        return F.suppix_pool(x, lab, K, mode, backend=backend)
+
+    assert gradgradcheck(f, (x,))
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+def test_unpool_gradgradcheck(backend, device, gen):
+    T, B, C, H, W, K = 3, 2, 2, 3, 4, 5
+    lab = _labels(gen, (B, H, W), K).to(device)
+    y = torch.randn(T, B, C, K, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    assert gradgradcheck(lambda y: F.suppix_unpool(y, lab, backend=backend), (y,))
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("mode,grad", [("sum", "exact"), ("avg", "exact"), ("avg", "spike"), ("max", "exact")])
+def test_pool_second_derivative_matches_reference(backend, device, mode, grad, gen):
+    """d/d(grad_y) of pooling's backward, elementwise against the reference: spike inputs
+    (many zeros and ties) included, where gradgradcheck does not apply."""
+    T, B, C, H, W, K = 4, 2, 3, 4, 4, 6
+    lab = _labels(gen, (B, H, W), K)
+    x = (torch.rand(T, B, C, H, W, generator=gen, dtype=torch.float64) < 0.4).to(torch.float64)
+    gy = torch.randn(T, B, C, K, generator=gen, dtype=torch.float64)
+    v = torch.randn(T, B, C, H, W, generator=gen, dtype=torch.float64)
+
+    def second(b, dev):
+        xx = x.to(dev).requires_grad_()
+        g = gy.to(dev).requires_grad_()
+        y = F.suppix_pool(xx, lab.to(dev), K, mode, grad=grad, backend=b)
+        (gx,) = torch.autograd.grad(y, xx, g, create_graph=True)
+        (ggy,) = torch.autograd.grad(gx, g, v.to(dev))
+        return ggy.cpu()
+
+    ref = second("reference", "cpu")
+    assert ref.abs().sum() > 0
+    torch.testing.assert_close(second(backend, device), ref)
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("op", ["srm_neuron", "srm_forward", "srm_suppix_pool"])
+def test_srm_double_backward_raises(backend, device, op, gen):
+    x = (4 * torch.randn(8, 2, 2, 3, 3, generator=gen)).to(device).requires_grad_()
+    lab = torch.arange(9).reshape(3, 3).remainder(4).to(device)
+    if op == "srm_neuron":
+        out = F.srm_neuron(x, backend=backend)
+    elif op == "srm_forward":
+        out = F.srm_forward(x, backend=backend)[0]
+    else:
+        out = F.srm_suppix_pool(x, lab, 4, "sum", backend=backend)
+    assert out.sum() > 0, "nothing spiked: the test would not reach the backward"
+    loss = (out.sum() - 1) ** 2  # dL/dout depends on out: the backward is recorded for a second pass
+    (gx,) = torch.autograd.grad(loss, x, create_graph=True)
+    assert gx.requires_grad
+    with pytest.raises(RuntimeError, match="double backward|differentiate twice"):
+        gx.sum().backward()

@@ -1,0 +1,39 @@
+"""SRM parameters beyond float32's range: the neuron state of float32/float16/bfloat16 inputs is
+float32, where such a value is +-inf. Every backend treats it so, never as an error."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import snnspx.functional as F
+from conftest import ALL_BACKENDS
+
+HUGE = [pytest.param(1e300, id="1e300"), pytest.param(math.inf, id="inf"), pytest.param(3.5e38, id="3.5e38")]
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("clamp", HUGE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_backward_clamps_beyond_float32(backend, device, clamp, dtype, gen):
+    x = (4 * torch.randn(12, 5, 7, generator=gen)).to(device, dtype)
+    s, du, dut = F.srm_forward(x, backend="reference" if device == "cpu" else backend)
+    du[3] = 0  # a zero difference: -1/du is -inf, kept by an infinite clamp
+    g = torch.randn(x.shape, generator=gen).to(device, dtype)
+    got = F.srm_backward(g, s, du, dut, du_inv_clamp=clamp, max_dudt_inv=clamp, backend=backend)
+    want = F.srm_backward(g.cpu(), s.cpu(), du.cpu(), dut.cpu(), du_inv_clamp=clamp, max_dudt_inv=clamp, backend="reference")
+    assert s.sum() > 0
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.cpu(), b, equal_nan=True, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("v_th,spiking", [(1e300, False), (-1e300, True)])
+def test_threshold_beyond_float32(backend, device, v_th, spiking, gen):
+    x = torch.randn(6, 4, 3, generator=gen).to(device)
+    s, _, _ = F.srm_forward(x, v_th=v_th, backend=backend)
+    assert bool((s == 1).all()) if spiking else not bool(s.any())
+    y = F.srm_suppix_pool(x[:, :, None, :, None].expand(6, 4, 1, 3, 2), torch.zeros(3, 2, dtype=torch.long), 1, "sum", v_th=v_th, backend=backend)
+    assert bool((y == 6).all()) if spiking else not bool(y.any())
