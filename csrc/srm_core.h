@@ -30,7 +30,7 @@ struct SRMParams {
 // acc_t's range becomes +-infinity (a plain conversion of an out-of-range double
 // to float is undefined behaviour in C++). Host only.
 template <typename acc_t>
-inline acc_t to_acc(double v) {
+inline acc_t param_to_acc(double v) {
   constexpr double hi = static_cast<double>(std::numeric_limits<acc_t>::max());
   if (v > hi) return std::numeric_limits<acc_t>::infinity();
   if (v < -hi) return -std::numeric_limits<acc_t>::infinity();
@@ -45,7 +45,7 @@ inline SRMParams<acc_t> make_srm_params(double tau_m, double tau_s, double tau_g
   p.a_s = static_cast<acc_t>(1.0 - 1.0 / tau_s);
   p.a_g = static_cast<acc_t>(1.0 - 1.0 / tau_grad);
   p.c = static_cast<acc_t>(tau_m / (tau_m - tau_s));
-  p.v_th = to_acc<acc_t>(v_th);
+  p.v_th = param_to_acc<acc_t>(v_th);
   return p;
 }
 

@@ -248,7 +248,7 @@ void run_forward(const FusedArgs& a, double tau_m, double tau_s, double tau_grad
     const auto prm = make_srm_params<acc_t>(tau_m, tau_s, tau_grad, v_th);
     AT_DISPATCH_INDEX_TYPES(a.labels.scalar_type(), "srm_suppix_pool_cpu_labels", [&] {
       fused_forward_kernel<scalar_t, acc_t, index_t, kSave>(
-          a, prm, to_acc<acc_t>(du_inv_clamp), to_acc<acc_t>(max_dudt_inv), counts.data_ptr<int32_t>(),
+          a, prm, param_to_acc<acc_t>(du_inv_clamp), param_to_acc<acc_t>(max_dudt_inv), counts.data_ptr<int32_t>(),
           y.data_ptr<scalar_t>(), saved ? saved->data_ptr<acc_t>() : nullptr,
           argmax && argmax->numel() ? argmax->data_ptr<int32_t>() : nullptr);
     });

@@ -154,7 +154,7 @@ std::tuple<at::Tensor, at::Tensor> srm_neuron_fwd_cpu(const at::Tensor& x, doubl
     srm_forward_kernel<scalar_t, acc_t, true>(o.x.data_ptr<scalar_t>(), o.spikes.data_ptr<scalar_t>(), saved,
                                               saved + o.T * o.N, o.T, o.N,
                                               make_srm_params<acc_t>(tau_m, tau_s, tau_grad, v_th),
-                                              to_acc<acc_t>(du_inv_clamp), to_acc<acc_t>(max_dudt_inv));
+                                              param_to_acc<acc_t>(du_inv_clamp), param_to_acc<acc_t>(max_dudt_inv));
   });
   count_kernel("cpu.srm_neuron_fwd");
   return {o.spikes, o.du};
@@ -182,7 +182,7 @@ std::tuple<at::Tensor, at::Tensor> srm_backward_cpu(const at::Tensor& grad_spike
     srm_backward_kernel<scalar_t, acc_t, false>(
         a.grad.data_ptr<scalar_t>(), spk.data_ptr<scalar_t>(), a.du.data_ptr<acc_t>(), a.dut.data_ptr<acc_t>(),
         a.grad_w.data_ptr<scalar_t>(), a.grad_t.data_ptr<scalar_t>(), tables.data(), a.T, a.N,
-        to_acc<acc_t>(du_inv_clamp), to_acc<acc_t>(max_dudt_inv));
+        param_to_acc<acc_t>(du_inv_clamp), param_to_acc<acc_t>(max_dudt_inv));
   });
   count_kernel("cpu.srm_backward");
   return {a.grad_w, a.grad_t};
@@ -200,8 +200,8 @@ at::Tensor srm_neuron_bwd_cpu(const at::Tensor& grad_spikes, const at::Tensor& s
     const acc_t* saved_p = a.du.data_ptr<acc_t>();
     srm_backward_kernel<scalar_t, acc_t, true>(a.grad.data_ptr<scalar_t>(), nullptr, saved_p,
                                                saved_p + a.T * a.N, a.grad_w.data_ptr<scalar_t>(), nullptr,
-                                               tables.data(), a.T, a.N, to_acc<acc_t>(du_inv_clamp),
-                                               to_acc<acc_t>(max_dudt_inv));
+                                               tables.data(), a.T, a.N, param_to_acc<acc_t>(du_inv_clamp),
+                                               param_to_acc<acc_t>(max_dudt_inv));
   });
   count_kernel("cpu.srm_neuron_bwd");
   return a.grad_w;

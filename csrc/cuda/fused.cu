@@ -203,7 +203,7 @@ fused_plane_kernel(const scalar_t* __restrict__ x, const label_t* __restrict__ l
 #pragma unroll
       for (int j = 0; j < kPlaneAhead; ++j) {
         xs[j] = t0 + j < s.T ? to_acc<acc_t>(__ldcs(xq)) : acc_t(0);
-        xq += N;
+        if (t0 + j + 1 < s.T) xq += N;  // never past the last step (no out-of-range pointer)
       }
 #pragma unroll
       for (int j = 0; j < kPlaneAhead; ++j) {
@@ -213,7 +213,6 @@ fused_plane_kernel(const scalar_t* __restrict__ x, const label_t* __restrict__ l
         if (kSave) {
           __stcs(sq, spike ? inv_clamp(d, du_inv_clamp) : silent_mark<acc_t>());
           __stcs(sq + s.T * N, spike ? inv_clamp(dt, max_dudt_inv) : acc_t(0));
-          sq += N;
         }
         if (spike) {
           int k = k0;
@@ -226,7 +225,10 @@ fused_plane_kernel(const scalar_t* __restrict__ x, const label_t* __restrict__ l
             if (kFirst) atomicMin(sh_first + row + k, static_cast<int32_t>(p));
           }
         }
-        lq += lab_step;
+        if (t0 + j + 1 < s.T) {  // advance to step t + 1 only if it exists
+          if (kSave) sq += N;
+          lq += lab_step;
+        }
         row += K;
       }
     }
@@ -362,7 +364,7 @@ bool forward_plane_typed(const void* x, const void* labels, const int32_t* count
   const auto* lp = static_cast<const label_t*>(labels);
   auto* yp = static_cast<scalar_t*>(y);
   auto* sp = static_cast<acc_t*>(saved);
-  const acc_t c1 = to_acc<acc_t>(du_inv_clamp), c2 = to_acc<acc_t>(max_dudt_inv);
+  const acc_t c1 = param_to_acc<acc_t>(du_inv_clamp), c2 = param_to_acc<acc_t>(max_dudt_inv);
   const unsigned int blocks = static_cast<unsigned int>(BC * split);
   const size_t bytes = static_cast<size_t>(smem);
   if (ran != nullptr) *ran = true;
@@ -407,7 +409,7 @@ void forward_typed(const void* x, const void* labels, const int32_t* counts, voi
   const int64_t N = s.B * s.C * s.P;
   const auto* xp = static_cast<const scalar_t*>(x);
   const auto* lp = static_cast<const label_t*>(labels);
-  const acc_t c1 = to_acc<acc_t>(du_inv_clamp), c2 = to_acc<acc_t>(max_dudt_inv);
+  const acc_t c1 = param_to_acc<acc_t>(du_inv_clamp), c2 = param_to_acc<acc_t>(max_dudt_inv);
   if (N > 0) {
     if (saved != nullptr) {
       fused_forward_kernel<scalar_t, acc_t, label_t, true><<<blocks_for(N), kThreads, 0, stream>>>(

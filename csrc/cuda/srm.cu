@@ -130,7 +130,7 @@ void forward_typed(const void* x, void* spikes, void* du, void* dut, int64_t T, 
   auto* sp = static_cast<scalar_t*>(spikes);
   auto* dup = static_cast<acc_t*>(du);
   auto* dutp = static_cast<acc_t*>(dut);
-  const acc_t c1 = to_acc<acc_t>(du_inv_clamp), c2 = to_acc<acc_t>(max_dudt_inv);
+  const acc_t c1 = param_to_acc<acc_t>(du_inv_clamp), c2 = param_to_acc<acc_t>(max_dudt_inv);
   if (packed) {
     srm_forward_kernel<scalar_t, acc_t, true>
         <<<blocks_for(N), kThreads, 0, stream>>>(xp, sp, dup, dutp, T, N, p, c1, c2);
@@ -154,7 +154,7 @@ void backward_typed(const void* grad, const void* spikes, const void* du, const 
   const auto* dutp = static_cast<const acc_t*>(dut);
   auto* gw = static_cast<scalar_t*>(grad_w);
   auto* gt = static_cast<scalar_t*>(grad_t);
-  const acc_t c1 = to_acc<acc_t>(du_inv_clamp), c2 = to_acc<acc_t>(max_dudt_inv);
+  const acc_t c1 = param_to_acc<acc_t>(du_inv_clamp), c2 = param_to_acc<acc_t>(max_dudt_inv);
   const size_t smem = T <= kSharedTableSteps ? static_cast<size_t>(2 * T) * sizeof(acc_t) : 0;
   if (spikes == nullptr) {
     srm_backward_kernel<scalar_t, acc_t, true>
