@@ -103,6 +103,8 @@ inline SRMBackwardArgs prepare_srm_backward(const at::Tensor& grad_spikes, const
   check_same_shape(grad_spikes, "grad_spikes", spikes, "spikes");
   check_same_shape(grad_spikes, "grad_spikes", du, "du");
   check_same_shape(grad_spikes, "grad_spikes", dut, "dut");
+  TORCH_CHECK_TYPE(spikes.scalar_type() == grad_spikes.scalar_type(), "spikes must have the dtype of grad_spikes (",
+                   grad_spikes.scalar_type(), "), got ", spikes.scalar_type());
   TORCH_CHECK(du.scalar_type() == dut.scalar_type(), "du and dut must have the same dtype, got ",
               du.scalar_type(), " and ", dut.scalar_type());
   TORCH_CHECK(du.scalar_type() == at::kFloat || du.scalar_type() == at::kDouble,

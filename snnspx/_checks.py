@@ -75,6 +75,17 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def check_srm_backward_dtypes(grad_spikes: torch.Tensor, spikes: torch.Tensor, du: torch.Tensor, dut: torch.Tensor) -> None:
+    """srm_backward's dtype rules: spikes in the dtype of grad_spikes, du and dut in its state dtype."""
+    if spikes.dtype != grad_spikes.dtype:
+        raise TypeError(f"spikes must have the dtype of grad_spikes ({grad_spikes.dtype}), got {spikes.dtype}")
+    if du.dtype != acc_dtype(grad_spikes.dtype) or dut.dtype != du.dtype:
+        raise TypeError(
+            f"du and dut must be {acc_dtype(grad_spikes.dtype)} for grad_spikes of dtype "
+            f"{grad_spikes.dtype}, got {du.dtype} and {dut.dtype}"
+        )
+
+
 def to_acc_float(v: float, dtype: torch.dtype) -> float:
     """`v` as the kernels hold it in the neuron-state dtype of `dtype` inputs: a value beyond
     float32's range is +-inf there (for float32/float16/bfloat16 inputs), not an error."""

@@ -1,5 +1,6 @@
-"""SRM parameters beyond float32's range: the neuron state of float32/float16/bfloat16 inputs is
-float32, where such a value is +-inf. Every backend treats it so, never as an error."""
+"""SRM parameters and inputs at the edges: values beyond float32's range (the neuron state of
+float32/float16/bfloat16 inputs is float32, where such a value is +-inf; every backend treats it
+so, never as an error) and srm_backward's dtype rule."""
 
 from __future__ import annotations
 
@@ -37,3 +38,14 @@ def test_threshold_beyond_float32(backend, device, v_th, spiking, gen):
     assert bool((s == 1).all()) if spiking else not bool(s.any())
     y = F.srm_suppix_pool(x[:, :, None, :, None].expand(6, 4, 1, 3, 2), torch.zeros(3, 2, dtype=torch.long), 1, "sum", v_th=v_th, backend=backend)
     assert bool((y == 6).all()) if spiking else not bool(y.any())
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+def test_backward_spikes_dtype_must_match(backend, device, gen):
+    x = torch.randn(5, 3, generator=gen).to(device)
+    s, du, dut = F.srm_forward(x, backend=backend)
+    with pytest.raises(TypeError, match="spikes must have the dtype of grad_spikes"):
+        F.srm_backward(torch.ones_like(s), s.double(), du, dut, backend=backend)
+    if backend in ("cpp", "cuda"):  # the op checks too, for callers of torch.ops.snnspx directly
+        with pytest.raises(TypeError, match="spikes must have the dtype of grad_spikes"):
+            torch.ops.snnspx.srm_backward.default(torch.ones_like(s), s.half(), du, dut, 5.0, 3.0, 2.5, 4.0, 1e8)

@@ -171,13 +171,7 @@ def srm_backward(
     _checks.check_tensor(spikes, "spikes")  # the 0/1 floats srm_forward returned, on every backend
     _checks.check_srm_params(tau_m, tau_s, tau_grad)
     _checks.check_backward_params(du_inv_clamp, max_dudt_inv)
-    if spikes.dtype != grad_spikes.dtype:
-        raise TypeError(f"spikes must have the dtype of grad_spikes ({grad_spikes.dtype}), got {spikes.dtype}")
-    if du.dtype != _checks.acc_dtype(grad_spikes.dtype) or dut.dtype != du.dtype:
-        raise TypeError(
-            f"du and dut must be {_checks.acc_dtype(grad_spikes.dtype)} for grad_spikes of dtype "
-            f"{grad_spikes.dtype}, got {du.dtype} and {dut.dtype}"
-        )
+    _checks.check_srm_backward_dtypes(grad_spikes, spikes, du, dut)
     b = resolve(backend, grad_spikes.device)
     args = (float(tau_m), float(tau_s), float(tau_grad), float(du_inv_clamp), float(max_dudt_inv))
     if b == "reference":
