@@ -19,10 +19,10 @@ from conftest import GRID
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_OP_COMPILED = r"""
-import torch, snnspx
+import sys, torch, snnspx
 from snnspx import _build
 assert not _build._loaded, "nothing may be loaded before the compiled call"
-torch.manual_seed(0)
+torch.manual_seed(int(sys.argv[1]))  # the test's printed seed: weights and input
 net = torch.nn.Sequential(
     snnspx.nn.SRMConv2d(1, 4, 3, padding=1, v_th=0.3),
     torch.nn.Flatten(2),
@@ -36,13 +36,13 @@ print("ok")
 """
 
 
-def test_first_op_of_a_process_can_be_compiled():
+def test_first_op_of_a_process_can_be_compiled(seed):
     """Loading the C++ library while Dynamo traces (the first snnspx op of a fresh process)."""
     F.srm_forward(torch.zeros(1, 1), backend="cpp")  # build here (cached) so the child only loads it
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     env.pop("SNNSPX_BACKEND", None)
     proc = subprocess.run(
-        [sys.executable, "-c", FIRST_OP_COMPILED], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT
+        [sys.executable, "-c", FIRST_OP_COMPILED, str(seed)], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT
     )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
@@ -61,16 +61,19 @@ def test_compile_with_changing_float_arguments(backend, device, gen):
 
 
 @pytest.mark.parametrize("backend,device", GRID)
-def test_compile_dynamic_modules(backend, device, gen):
+def test_compile_dynamic_modules(backend, device, gen, seed):
     """dynamic=True: every module of the package, shapes and floats symbolic (SRMConv2d aside:
     training a plain conv2d on such shapes fails inside Inductor, see docs/build.md)."""
     K = 5
     x5 = torch.randn((4, 2, 3, 6, 7), generator=gen).to(device) * 2
     labels = torch.randint(-1, K, (6, 7), generator=gen).to(device)
     spikes = (torch.rand((4, 2, 12), generator=gen) > 0.5).float().to(device)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # SRMLinear's initial weights come from the global RNG
+        linear = snnspx.nn.SRMLinear(12, 5, v_th=0.3, backend=backend)
     cases = [
         (snnspx.nn.SRMNeuron(v_th=0.5, backend=backend), (x5,)),
-        (snnspx.nn.SRMLinear(12, 5, v_th=0.3, backend=backend), (spikes,)),
+        (linear, (spikes,)),
         (snnspx.nn.SRMSupPixPool("avg", K, backend=backend), (x5, labels)),
         (snnspx.nn.SupPixPool("max", num_superpixels=K, backend=backend), (x5, labels)),
         (snnspx.nn.SupPixUnpool(backend=backend), (torch.randn((4, 2, 3, K), generator=gen).to(device), labels)),
@@ -83,10 +86,10 @@ def test_compile_dynamic_modules(backend, device, gen):
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
-def test_compiled_label_check(backend):
+def test_compiled_label_check(backend, gen):
     """Under torch.compile the range check still runs: an error, never a silent result."""
     torch._dynamo.reset()
-    x = torch.randn(3, 1, 2, 2, 2)
+    x = torch.randn((3, 1, 2, 2, 2), generator=gen)
     bad = torch.tensor([[0, 1], [2, 7]])
     pool = torch.compile(snnspx.nn.SupPixPool("sum", num_superpixels=4, backend=backend), backend="aot_eager")
     fused = torch.compile(snnspx.nn.SRMSupPixPool("sum", 4, backend=backend), backend="aot_eager")
@@ -108,3 +111,59 @@ def test_compile_needs_num_superpixels(gen):
         torch.compile(module, backend="aot_eager", fullgraph=True)(x, labels)
     torch._dynamo.reset()
     assert torch.equal(torch.compile(module, backend="aot_eager")(x, labels), module(x, labels))
+
+
+class _InductorNet(torch.nn.Module):
+    """Pointwise ops for Inductor to generate code for around the package's ops: the neuron,
+    the fused neuron + pooling, pooling and unpooling."""
+
+    def __init__(self, backend, K):
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.tensor(1.5))
+        self.bias = torch.nn.Parameter(torch.tensor(0.25))
+        self.neuron = snnspx.nn.SRMNeuron(v_th=0.5, backend=backend)
+        self.fused = snnspx.nn.SRMSupPixPool("avg", K, v_th=0.5, backend=backend)
+        self.maxpool = snnspx.nn.SupPixPool("max", num_superpixels=K, backend=backend)
+        self.unpool = snnspx.nn.SupPixUnpool(backend=backend)
+
+    def forward(self, x, labels):
+        cur = x * self.gain + self.bias
+        spikes = self.neuron(torch.relu(cur) - 0.5 * x)
+        y = self.fused(cur, labels) + self.maxpool(spikes, labels)
+        return self.unpool(y * 2.0, labels) + spikes
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_inductor_matches_eager(backend, gen):
+    """Inductor (the default torch.compile backend) on the CPU, forward and backward. The
+    inputs are multiples of 1/16 below 8 in magnitude and gain and bias are dyadic, so the
+    currents Inductor computes are exact: the spikes, and so the outputs, equal eager's
+    bitwise; parameter gradients are reductions that Inductor may order differently
+    (the dtype's default tolerance)."""
+    torch._dynamo.reset()
+    K = 5
+    x = (torch.randn((6, 2, 3, 5, 6), generator=gen) * 24).round().clamp(-127, 127) / 16
+    labels = torch.randint(-1, K, (2, 5, 6), generator=gen)
+    w = torch.randn((6, 2, 3, 5, 6), generator=gen)
+    model = _InductorNet(backend, K)
+    results = []
+    names = ["cpu.srm_neuron_fwd", "cpu.srm_neuron_bwd", "cpu.srm_suppix_pool_fwd", "cpu.srm_suppix_pool_bwd",
+             "cpu.suppix_pool", "cpu.suppix_pool_backward", "cpu.suppix_unpool"]
+    for run in (torch.compile(model, backend="inductor", fullgraph=True), model):
+        model.zero_grad()
+        xg = x.clone().requires_grad_()
+        before = {n: snnspx.kernel_calls(n) for n in names}
+        out = run(xg, labels)
+        (out * w).sum().backward()
+        ran = {n: snnspx.kernel_calls(n) - before[n] for n in names}
+        # The compiled graph calls the C++ kernels (the torch backend: none of them); pooling
+        # runs twice, the second time as the unpooling's backward.
+        want = {n: 2 if n == "cpu.suppix_pool" else 1 for n in names} if backend == "cpp" else dict.fromkeys(names, 0)
+        assert ran == want, ran
+        results.append((out.detach(), xg.grad, [p.grad.clone() for p in model.parameters()]))
+    (out_c, gx_c, gp_c), (out_e, gx_e, gp_e) = results
+    assert out_e.abs().sum() > 0 and gx_e.abs().sum() > 0, "the test should exercise spikes and gradients"
+    assert torch.equal(out_c, out_e)
+    torch.testing.assert_close(gx_c, gx_e)
+    for gc, ge in zip(gp_c, gp_e):
+        torch.testing.assert_close(gc, ge)
