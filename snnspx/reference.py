@@ -104,6 +104,7 @@ def srm_backward(
     _checks.check_same_shape(grad_spikes, "grad_spikes", spikes=spikes, du=du, dut=dut)
     _checks.check_srm_params(tau_m, tau_s, tau_grad)
     _checks.check_backward_params(du_inv_clamp, max_dudt_inv)
+    _checks.check_srm_backward_dtypes(grad_spikes, spikes, du, dut)
     f = _np_dtype(du.dtype)
     G = _as_2d(grad_spikes, f)
     S = _as_2d(spikes, f)
@@ -309,7 +310,7 @@ def srm_conv2d_backward(
     """docs/maths.md §4 backward by loops. Returns ``(grad_s_in, grad_weight)``::
 
     grad_weight = conv weight-gradient(input=s_in, grad_output=grad_w)
-    grad_s_in   = conv input-gradient(grad_t, weight) * s_in * input_grad_scale
+    grad_s_in   = conv input-gradient(grad_t, weight) * s_in * input_grad_scale   (exactly 0 where s_in is 0)
     """
     conv = _checks.conv2d_params(stride, padding, dilation, groups)
     grad_w, grad_t = srm_backward(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv)
@@ -319,8 +320,11 @@ def srm_conv2d_backward(
     w = _np(weight, f)
     gw = _np(grad_w, f).reshape(T * B, *grad_w.shape[2:])
     gt = _np(grad_t, f).reshape(T * B, *grad_t.shape[2:])
-    grad_weight = _conv2d_weight_grad(x, gw, w.shape, conv)
-    grad_in = _conv2d_input_grad(gt, w, x.shape, conv) * x * f(input_grad_scale)
+    with np.errstate(all="ignore"):  # a half-precision grad_t may hold inf
+        grad_weight = _conv2d_weight_grad(x, gw, w.shape, conv)
+        # masked by select: where s_in is 0 the gradient is 0 even if the sum overflowed to inf
+        # (inf * 0 would be NaN), as in snnspx.functional.srm_conv2d
+        grad_in = np.where(x != 0, _conv2d_input_grad(gt, w, x.shape, conv) * x * f(input_grad_scale), f(0))
     return (
         torch.from_numpy(grad_in).reshape(s_in.shape).to(device=s_in.device, dtype=s_in.dtype),
         torch.from_numpy(grad_weight).to(device=weight.device, dtype=weight.dtype),
@@ -338,6 +342,7 @@ class _ReferenceLayer(torch.autograd.Function):
         return spikes
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_spikes):
         s_in, weight, spikes, du, dut = ctx.saved_tensors
         grad_in, grad_weight = ctx.bwd(grad_spikes, s_in, weight, spikes, du, dut, *ctx.bwd_args)
@@ -389,10 +394,11 @@ def srm_linear_backward(
     gt = _np(grad_t, f).reshape(math.prod(grad_t.shape[:-1]), w.shape[0])
     grad_weight = np.zeros(w.shape, f)
     grad_in = np.zeros(s.shape, f)
-    for o in range(w.shape[0]):
-        for i in range(w.shape[1]):
-            grad_weight[o, i] = np.dot(gw[:, o], s[:, i])
-            grad_in[:, i] += gt[:, o] * w[o, i]
+    with np.errstate(all="ignore"):  # a half-precision grad_t may hold inf
+        for o in range(w.shape[0]):
+            for i in range(w.shape[1]):
+                grad_weight[o, i] = np.dot(gw[:, o], s[:, i])
+                grad_in[:, i] += gt[:, o] * w[o, i]
     grad_in *= f(input_grad_scale)
     return (
         torch.from_numpy(grad_in).reshape(s_in.shape).to(device=s_in.device, dtype=s_in.dtype),

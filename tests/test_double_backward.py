@@ -91,3 +91,22 @@ def test_srm_double_backward_raises(backend, device, op, gen):
     assert gx.requires_grad
     with pytest.raises(RuntimeError, match="double backward|differentiate twice"):
         gx.sum().backward()
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("layer", ["srm_conv2d", "srm_linear"])
+def test_layer_double_backward_raises(backend, device, layer, gen):
+    s_in = (torch.rand(6, 2, 3, 5, 5, generator=gen) < 0.5).float().to(device)
+    if layer == "srm_conv2d":
+        w = (2 * torch.randn(4, 3, 3, 3, generator=gen)).to(device).requires_grad_()
+        out = F.srm_conv2d(s_in, w, padding=1, backend=backend)
+    else:
+        s_in = s_in.flatten(2)
+        w = (2 * torch.randn(7, 75, generator=gen)).to(device).requires_grad_()
+        out = F.srm_linear(s_in, w, backend=backend)
+    assert out.sum() > 0, "nothing spiked: the test would not reach the backward"
+    loss = (out.sum() - 1) ** 2
+    (gw,) = torch.autograd.grad(loss, w, create_graph=True)
+    assert gw.requires_grad
+    with pytest.raises(RuntimeError, match="double backward|differentiate twice"):
+        gw.sum().backward()

@@ -364,6 +364,23 @@ def test_pool_gradient_rule():
     assert x.grad[0, 0].tolist() == want
 
 
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype,k", [(torch.float16, 47), (torch.bfloat16, 17)], ids=["f16", "bf16"])
+def test_pool_gradient_counts_exactly_in_half(backend, device, dtype, k, gen):
+    """Windows of 47 x 47 = 2209 (float16) or 17 x 17 = 289 (bfloat16) non-zero inputs: more
+    than the dtype holds exactly (2048, 256). The count and the division are in float32, and
+    g / n is rounded once to the dtype."""
+    x = torch.ones(2, 32, 1, k, k, dtype=dtype, device=device)
+    x[1, :, :, 0, 0] = 0  # n = k*k - 1 in half of the windows
+    g = randn(gen, (2, 32, 1, 1, 1), dtype, device)
+    xg = x.clone().requires_grad_()
+    F.spike_avg_pool2d(xg, k, backend=backend).backward(g)
+    n = torch.tensor([k * k, k * k - 1], dtype=torch.float32, device=device).reshape(2, 1, 1, 1, 1)
+    want = (g.float() / n).to(dtype).expand(x.shape)  # every pixel of the window, zeros included
+    assert xg.grad.dtype == dtype
+    assert torch.equal(xg.grad, want), f"{int((xg.grad != want).sum())} of {x.numel()} gradients differ"
+
+
 def test_pool_gradcheck(gen):
     """With no zero input the spike-count rule is the exact gradient of the average."""
     x = (torch.rand(2, 2, 3, 5, 7, generator=gen, dtype=torch.float64) + 0.5).requires_grad_()
@@ -482,6 +499,32 @@ def test_half_inputs(backend, device, dtype, gen):
     lin_in = spike_train(gen, (4, 2, 6), dtype, device).requires_grad_()
     F.srm_linear(lin_in, dyadic(gen, (3, 6), dtype, device), v_th=0.3, backend=backend).sum().backward()
     assert lin_in.grad.dtype == dtype
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+def test_half_conv_input_gradient_masked_not_nan(backend, device, gen):
+    """float16, v_th < 0: a neuron with no current fires at once with dut = 0, so its grad_t is
+    G * max_dudt_inv (about 1e8), inf in float16. The input gradient where s_in is 0 must still
+    be exactly 0: the mask is a select, not a product (inf * 0 is NaN)."""
+    s_in = spike_train(gen, (4, 2, 2, 5, 5), torch.float16, device).requires_grad_()
+    weight = dyadic(gen, (3, 2, 3, 3), torch.float16, device)
+    spikes, gs, gw = layer_grads(lambda s, w: F.srm_conv2d(s, w, padding=1, v_th=-0.5, backend=backend),
+                                 s_in.detach(), weight, torch.ones(4, 2, 3, 5, 5, dtype=torch.float16, device=device))
+    silent = s_in.detach() == 0
+    assert silent.any() and (~silent).any()
+    assert not torch.isfinite(gs[~silent]).all(), "the test should overflow the float16 input gradient"
+    assert torch.all(gs[silent] == 0), f"{int(gs[silent].isnan().sum())} NaN where s_in is 0"
+    assert torch.isfinite(gw).all()
+    if backend != "reference":  # the finite values agree with the oracle's
+        st = R.srm_conv2d_forward(s_in.detach().cpu(), weight.cpu(), padding=1, v_th=-0.5)
+        want_s, want_w = R.srm_conv2d_backward(torch.ones_like(st[0]), s_in.detach().cpu(), weight.cpu(), *st,
+                                               padding=1)
+        assert_spikes_equal(spikes.cpu(), st[0])
+        assert torch.all(want_s[silent.cpu()] == 0)
+        both = torch.isfinite(gs.cpu()) & torch.isfinite(want_s)
+        # a float16 convolution output rounded, then scaled and rounded again: an ulp or two
+        torch.testing.assert_close(gs.cpu()[both], want_s[both], rtol=4e-3, atol=2e-2)
+        torch.testing.assert_close(gw.cpu(), want_w, rtol=4e-3, atol=2e-2)
 
 
 @pytest.mark.parametrize("backend,device", COMPILED)

@@ -23,6 +23,7 @@ import math
 
 import torch
 import torch.nn.functional as TF
+from torch.autograd.function import once_differentiable
 
 from .. import _checks, reference
 from .._backend import resolve, resolve_python
@@ -70,6 +71,7 @@ class _SRMConv2d(torch.autograd.Function):
         return _neuron_forward(ctx, s_in, weight, x.reshape(T, B, *x.shape[1:]), srm, input_grad_scale, backend)
 
     @staticmethod
+    @once_differentiable  # the SRM gradient is a surrogate (docs/maths.md §3)
     def backward(ctx, grad_spikes):
         s_in, weight, grad_w, grad_t = _neuron_backward(ctx, grad_spikes)
         stride, padding, dilation, groups = ctx.conv
@@ -86,8 +88,11 @@ class _SRMConv2d(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_weight = conv_backward(grad_w, [False, True, False])[1]
         if ctx.needs_input_grad[0]:
-            grad_in = conv_backward(grad_t, [True, False, False])[0]
-            grad_in = grad_in.reshape(s_in.shape) * s_in * ctx.input_grad_scale
+            grad_in = conv_backward(grad_t, [True, False, False])[0].reshape(s_in.shape)
+            # The mask by select, not by product: in half precision grad_t can overflow to inf
+            # (e.g. v_th <= 0, a spike with dut = 0, -1/dut clamped to -max_dudt_inv), and
+            # inf * 0 would put NaN where s_in is 0; there the gradient is exactly 0.
+            grad_in = torch.where(s_in != 0, grad_in * s_in * ctx.input_grad_scale, grad_in.new_zeros(()))
         return grad_in, grad_weight, None, None, None, None
 
 
@@ -157,6 +162,7 @@ class _SRMLinear(torch.autograd.Function):
         return _neuron_forward(ctx, s_in, weight, TF.linear(s_in, weight), srm, input_grad_scale, backend)
 
     @staticmethod
+    @once_differentiable  # the SRM gradient is a surrogate (docs/maths.md §3)
     def backward(ctx, grad_spikes):
         s_in, weight, grad_w, grad_t = _neuron_backward(ctx, grad_spikes)
         grad_in = grad_weight = None
@@ -266,9 +272,12 @@ class _SpikeAvgPool2d(torch.autograd.Function):
     def backward(ctx, grad_y):
         (x,) = ctx.saved_tensors
         kh, kw = ctx.kernel
-        n = _window_sum((x != 0).to(grad_y.dtype), ctx.kernel)  # exact small integers
-        g = torch.where(n > 0, grad_y / n.clamp(min=1), torch.zeros((), dtype=grad_y.dtype, device=grad_y.device))
-        g = g.repeat_interleave(kh, dim=-2).repeat_interleave(kw, dim=-1)
+        # Count and divide in float32 (float64 for float64), rounding once to grad_y's dtype:
+        # a half-precision count would round above 2048 (float16) or 256 (bfloat16) inputs.
+        acc = _checks.acc_dtype(grad_y.dtype)
+        n = _window_sum((x != 0).to(acc), ctx.kernel)  # exact integers (float32: up to 2**24)
+        g = torch.where(n > 0, grad_y.to(acc) / n.clamp(min=1), n.new_zeros(()))
+        g = g.to(grad_y.dtype).repeat_interleave(kh, dim=-2).repeat_interleave(kw, dim=-1)
         H, W = x.shape[-2:]
         return TF.pad(g, (0, W - g.shape[-1], 0, H - g.shape[-2])), None
 
