@@ -220,9 +220,35 @@ def test_fused_kernel_runs_and_writes_no_full_tensor(gen):
     biggest = max((e.cpu_memory_usage for e in prof.events()), default=0)
     assert biggest < x.numel() * x.element_size() // 4, f"an allocation of {biggest} bytes"
     # With a gradient wanted, the training kernel runs instead.
-    before = snnspx.kernel_calls("cpu.srm_suppix_pool_fwd")
+    before = snnspx.kernel_calls("cpu.srm_suppix_pool_fwd"), snnspx.kernel_calls("cpu.srm_suppix_pool_bwd")
     F.srm_suppix_pool(x.clone().requires_grad_(), labels, 10, backend="cpp").sum().backward()
-    assert snnspx.kernel_calls("cpu.srm_suppix_pool_fwd") == before + 1
+    assert snnspx.kernel_calls("cpu.srm_suppix_pool_fwd") == before[0] + 1
+    assert snnspx.kernel_calls("cpu.srm_suppix_pool_bwd") == before[1] + 1
+
+
+@pytest.mark.cuda
+def test_fused_cuda_kernels_actually_run(gen, monkeypatch):
+    """With no backend given, CUDA tensors go to the fused CUDA kernels: the inference kernel
+    without a gradient, the training forward and its backward with one; without
+    SNNSPX_EXPERIMENTAL_CUDA the plane kernel never runs."""
+    monkeypatch.delenv(EXPERIMENTAL, raising=False)
+    names = ["cuda.srm_suppix_pool", "cuda.srm_suppix_pool_fwd", "cuda.srm_suppix_pool_bwd", "cuda.srm_suppix_pool_plane"]
+    x = currents(gen, (6, 2, 3, 8, 8), device="cuda")
+    labels = make_labels(gen, "batch", 6, 2, 8, 8, 5, device="cuda")
+    before = {n: snnspx.kernel_calls(n) for n in names}
+    with torch.no_grad():
+        F.srm_suppix_pool(x, labels, 5)
+    ran = {n: snnspx.kernel_calls(n) - before[n] for n in names}
+    assert ran == {"cuda.srm_suppix_pool": 1, "cuda.srm_suppix_pool_fwd": 0, "cuda.srm_suppix_pool_bwd": 0,
+                   "cuda.srm_suppix_pool_plane": 0}, ran
+    y = F.srm_suppix_pool(x.clone().requires_grad_(), labels, 5)
+    ran = {n: snnspx.kernel_calls(n) - before[n] for n in names}
+    assert ran == {"cuda.srm_suppix_pool": 1, "cuda.srm_suppix_pool_fwd": 1, "cuda.srm_suppix_pool_bwd": 0,
+                   "cuda.srm_suppix_pool_plane": 0}, ran
+    y.sum().backward()
+    ran = {n: snnspx.kernel_calls(n) - before[n] for n in names}
+    assert ran == {"cuda.srm_suppix_pool": 1, "cuda.srm_suppix_pool_fwd": 1, "cuda.srm_suppix_pool_bwd": 1,
+                   "cuda.srm_suppix_pool_plane": 0}, ran
 
 
 @pytest.mark.cuda

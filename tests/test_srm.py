@@ -276,9 +276,11 @@ def test_saved_state_is_compact(gen):
 
 # --------------------------------------------------------------------------- sentinels and errors
 def test_cpp_kernel_actually_runs():
-    before = snnspx.kernel_calls("cpu.srm_forward")
-    F.srm_forward(torch.randn(3, 4), backend="cpp")
-    assert snnspx.kernel_calls("cpu.srm_forward") == before + 1
+    before = snnspx.kernel_calls("cpu.srm_forward"), snnspx.kernel_calls("cpu.srm_backward")
+    s, du, dut = F.srm_forward(torch.randn(3, 4), backend="cpp")
+    F.srm_backward(torch.ones_like(s), s, du, dut, backend="cpp")
+    assert (snnspx.kernel_calls("cpu.srm_forward"), snnspx.kernel_calls("cpu.srm_backward")) == (
+        before[0] + 1, before[1] + 1)
     # With no backend given, CPU tensors go to the compiled kernel when it builds, not to a fallback.
     before_fwd, before_bwd = snnspx.kernel_calls("cpu.srm_neuron_fwd"), snnspx.kernel_calls("cpu.srm_neuron_bwd")
     x = torch.randn(5, 4).requires_grad_()
@@ -288,10 +290,16 @@ def test_cpp_kernel_actually_runs():
 
 
 @pytest.mark.cuda
-def test_cuda_kernel_actually_runs():
-    before = snnspx.kernel_calls("cuda.srm_neuron_fwd")
-    F.srm_neuron(torch.randn(3, 4, device="cuda"))
-    assert snnspx.kernel_calls("cuda.srm_neuron_fwd") == before + 1
+def test_cuda_kernel_actually_runs(gen):
+    """Every CUDA kernel of the neuron runs once per call (the counters are the C++ side's);
+    with no backend given, CUDA tensors go to the compiled kernels."""
+    names = ["cuda.srm_forward", "cuda.srm_backward", "cuda.srm_neuron_fwd", "cuda.srm_neuron_bwd"]
+    before = {n: snnspx.kernel_calls(n) for n in names}
+    x = currents(gen, (6, 4), device="cuda")
+    s, du, dut = F.srm_forward(x, backend="cuda")
+    F.srm_backward(torch.ones_like(s), s, du, dut, backend="cuda")
+    F.srm_neuron(x.clone().requires_grad_()).sum().backward()
+    assert {n: snnspx.kernel_calls(n) - before[n] for n in names} == dict.fromkeys(names, 1)
 
 
 @pytest.mark.parametrize("backend", ["reference", "torch", "cpp"])

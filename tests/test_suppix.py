@@ -473,13 +473,14 @@ def test_cpp_kernels_actually_run(gen):
 
 @pytest.mark.cuda
 def test_cuda_kernels_actually_run(gen):
-    names = ["cuda.suppix_pool", "cuda.suppix_pool_backward", "cuda.suppix_unpool"]
+    names = ["cuda.suppix_pool", "cuda.suppix_pool_backward", "cuda.suppix_unpool", "cuda.suppix_counts"]
     F.suppix_counts(torch.zeros(2, 2, dtype=torch.int64, device="cuda"), 1)
     before = {n: snnspx.kernel_calls(n) for n in names}
     x = rand_x(gen, (2, 2, 3, 4, 4), device="cuda").requires_grad_()
     labels = torch.zeros(4, 4, dtype=torch.int64, device="cuda")
     F.suppix_pool(x, labels, 2, "avg").sum().backward()
     F.suppix_unpool(torch.ones(2, 2, 3, 2, device="cuda"), labels)
+    F.suppix_counts(labels, 2)
     assert {n: snnspx.kernel_calls(n) - before[n] for n in names} == dict.fromkeys(names, 1)
 
 
