@@ -197,6 +197,33 @@ def test_neuron_autograd_matches_reference(backend, device, dtype, gen):
 
 
 @pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_half_gradients_match_reference(backend, device, dtype, gen):
+    """float16/bfloat16: the state and the backward run in float32 and the gradients come back
+    in the input's dtype (docs/maths.md, Precision), as the reference does on the same half
+    inputs; compared with the dtype's default tolerances."""
+    x = currents(gen, (16, 3, 5), dtype, device)
+    w = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype).to(device)
+    kw = dict(du_inv_clamp=3.0, max_dudt_inv=50.0)
+    rs, rdu, rdut = R.srm_forward(x)
+    rw, rt = R.srm_backward(w, rs, rdu, rdut, **kw)
+    assert rw.dtype == rt.dtype == dtype
+    assert rs.sum() > 0 and rw.abs().sum() > 0, "the test should exercise spikes and a non-zero gradient"
+    # srm_neuron through autograd (the compact saved state on the compiled backends)
+    xg = x.clone().requires_grad_()
+    spikes = F.srm_neuron(xg, backend=backend, **kw)
+    (spikes * w).sum().backward()
+    assert torch.equal(spikes.detach().cpu(), rs.cpu())
+    assert xg.grad.dtype == dtype
+    torch.testing.assert_close(xg.grad.cpu(), rw.cpu(), msg=lambda m: f"srm_neuron grad ({backend}): {m}")
+    # srm_backward on srm_forward's outputs
+    gw, gt = F.srm_backward(w, rs.to(device), rdu.to(device), rdut.to(device), backend=backend, **kw)
+    assert gw.dtype == gt.dtype == dtype
+    torch.testing.assert_close(gw.cpu(), rw.cpu(), msg=lambda m: f"grad_w ({backend}): {m}")
+    torch.testing.assert_close(gt.cpu(), rt.cpu(), msg=lambda m: f"grad_t ({backend}): {m}")
+
+
+@pytest.mark.parametrize("backend,device", GRID)
 def test_srm_forward_gradient_flows_through_spikes(backend, device, gen):
     x = currents(gen, (9, 4), torch.float64, device).requires_grad_()
     spikes, du, dut = F.srm_forward(x, backend=backend)
