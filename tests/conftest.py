@@ -3,7 +3,8 @@
 Every test that draws random inputs takes the ``gen`` fixture: a fresh
 ``torch.Generator`` seeded from ``SNNSPX_TEST_SEED`` or, if unset, from the OS.
 The seed is printed (pytest shows it with any failure) so a failure can be
-replayed with ``SNNSPX_TEST_SEED=<seed> pytest ...``.
+replayed with ``SNNSPX_TEST_SEED=<seed> pytest ...``. The global torch and
+``random`` generators are seeded with the same value before every test.
 """
 
 from __future__ import annotations
@@ -53,3 +54,11 @@ def seed(request) -> int:
 @pytest.fixture
 def gen(seed) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(autouse=True)
+def _seeded_global_rng(seed):
+    """Global generators (e.g. the initial weights of torch.nn layers) follow the printed seed
+    too, so every failure replays from it."""
+    torch.manual_seed(seed)
+    random.seed(seed)
