@@ -318,6 +318,21 @@ def check_input_grad_scale(input_grad_scale) -> None:
         raise ValueError(f"input_grad_scale must be finite, got {input_grad_scale}")
 
 
+def check_flag(v, name: str) -> bool:
+    """A constructor's on/off argument: a Python bool (so that ``"no"`` is not silently true)."""
+    if not isinstance(v, bool):
+        raise TypeError(f"{name} must be True or False, got {v!r}")
+    return v
+
+
+def check_eps(eps) -> float:
+    if not is_real_number(eps):
+        raise TypeError(f"eps must be a Python number, got {type(eps).__name__}")
+    if not (_finite(eps) and eps >= 0):
+        raise ValueError(f"eps must be finite and >= 0, got {eps}")
+    return float(eps)
+
+
 def check_pool_input(x, kernel: tuple[int, int]) -> None:
     check_tensor(x, "x", min_dim=3)
     if x.shape[-2] < kernel[0] or x.shape[-1] < kernel[1]:
@@ -327,8 +342,12 @@ def check_pool_input(x, kernel: tuple[int, int]) -> None:
 def check_quantizer_params(bits, rounding) -> None:
     if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 32:
         raise ValueError(f"bits must be an int in [2, 32], got {bits!r}")
+    check_rounding(rounding)
+
+
+def check_rounding(rounding, name: str = "rounding") -> None:
     if rounding not in ("nearest", "truncate"):
-        raise ValueError(f"rounding must be 'nearest' or 'truncate', got {rounding!r}")
+        raise ValueError(f"{name} must be 'nearest' or 'truncate', got {rounding!r}")
 
 
 # --------------------------------------------------------------------------- single values (quantizer)

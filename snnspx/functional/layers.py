@@ -40,6 +40,19 @@ def _srm_args(tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, input_gr
     return tuple(float(v) for v in (tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv)), float(input_grad_scale)
 
 
+def _autocast_synapse(s_in: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inside ``torch.autocast`` the synapse (conv2d or linear) runs in the autocast dtype, as
+    the plain PyTorch ops would. The cast happens here, before the autograd Function, so its
+    backward sees the dtypes its forward used (a cast made by autocast inside the Function's
+    forward would leave the backward mixing float32 and the autocast dtype). Like autocast,
+    it casts float32 tensors only; the spikes come out in the autocast dtype."""
+    dev = s_in.device.type
+    if torch.is_autocast_enabled(dev):
+        dtype = torch.get_autocast_dtype(dev)
+        s_in, weight = (t.to(dtype) if t.dtype == torch.float32 else t for t in (s_in, weight))
+    return s_in, weight
+
+
 def _neuron_forward(ctx, s_in, weight, x, srm, input_grad_scale, backend):
     """Run the neurons on currents ``x`` [T, ...] and keep what the backward needs."""
     spikes, du, dut = srm_forward(x, *srm[:4], backend=backend)
@@ -143,12 +156,14 @@ def srm_conv2d(
             runs :func:`snnspx.reference.srm_conv2d` (loops, convolution included).
 
     Returns:
-        spikes ``[T, B, C_out, H', W']``, dtype of `s_in`, values 0 or 1.
+        spikes ``[T, B, C_out, H', W']``, dtype of `s_in` (inside ``torch.autocast``, the
+        autocast dtype: the convolution runs in it), values 0 or 1.
     """
     conv = _checks.conv2d_params(stride, padding, dilation, groups)
     _checks.check_srm_conv2d(s_in, weight, conv[3])
     _checks.conv2d_output_size(s_in.shape[-2:], weight.shape[-2:], *conv[:3])
     srm, scale = _srm_args(tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, input_grad_scale)
+    s_in, weight = _autocast_synapse(s_in, weight)
     b = resolve(backend, s_in.device)
     if b == "reference":
         return reference.srm_conv2d(s_in, weight, *conv, *srm, scale)
@@ -209,10 +224,12 @@ def srm_linear(
         Others: as :func:`srm_conv2d`.
 
     Returns:
-        spikes ``[T, ..., out_features]``, dtype of `s_in`, values 0 or 1.
+        spikes ``[T, ..., out_features]``, dtype of `s_in` (the autocast dtype inside
+        ``torch.autocast``), values 0 or 1.
     """
     _checks.check_srm_linear(s_in, weight)
     srm, scale = _srm_args(tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, input_grad_scale)
+    s_in, weight = _autocast_synapse(s_in, weight)
     b = resolve(backend, s_in.device)
     if b == "reference":
         return reference.srm_linear(s_in, weight, *srm, scale)

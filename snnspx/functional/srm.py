@@ -114,7 +114,8 @@ def srm_forward(
 
     Args:
         x: input currents ``[T, ...]`` (any trailing shape, any strides), float32,
-            float64, float16 or bfloat16. ``T = 0`` returns empty tensors.
+            float64, float16 or bfloat16. ``T = 0`` returns empty tensors. Not checked for
+            NaN/inf: a neuron whose state becomes NaN never spikes again (docs/maths.md §2).
         tau_m, tau_s: membrane and synaptic time constants, > 1 and different.
         tau_grad: time constant of the spike-time gradient trace, > 1.
         v_th: threshold; a neuron spikes when ``u > v_th`` (strict), then resets.

@@ -18,5 +18,13 @@ class SRMModule(nn.Module):
         _checks.check_backend_name(backend)
         self.tau_m, self.tau_s, self.tau_grad, self.v_th = float(tau_m), float(tau_s), float(tau_grad), float(v_th)
         self.du_inv_clamp, self.max_dudt_inv = float(du_inv_clamp), float(max_dudt_inv)
-        self.batch_first = batch_first
+        self.batch_first = _checks.check_flag(batch_first, "batch_first")
         self.backend = backend
+
+    def _neuron_repr(self) -> str:
+        """The neuron constants, the layout flag and a forced backend, for extra_repr."""
+        return (
+            f"tau_m={self.tau_m}, tau_s={self.tau_s}, tau_grad={self.tau_grad}, v_th={self.v_th}, "
+            f"du_inv_clamp={self.du_inv_clamp}, max_dudt_inv={self.max_dudt_inv}, batch_first={self.batch_first}"
+            + (f", backend={self.backend!r}" if self.backend is not None else "")
+        )

@@ -52,7 +52,8 @@ class SRMSupPixPool(SRMModule):
         _checks.suppix_mode(mode, "exact")
         if num_superpixels is not None:
             _checks.num_superpixels(torch.empty(0), num_superpixels)
-        self.mode, self.num_superpixels, self.check_labels = mode, num_superpixels, bool(check_labels)
+        self.mode, self.num_superpixels = mode, num_superpixels
+        self.check_labels = _checks.check_flag(check_labels, "check_labels")
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.batch_first:
@@ -69,7 +70,6 @@ class SRMSupPixPool(SRMModule):
 
     def extra_repr(self) -> str:
         return (
-            f"mode={self.mode!r}, num_superpixels={self.num_superpixels}, tau_m={self.tau_m}, tau_s={self.tau_s}, "
-            f"tau_grad={self.tau_grad}, v_th={self.v_th}, batch_first={self.batch_first}"
+            f"mode={self.mode!r}, num_superpixels={self.num_superpixels}, " + self._neuron_repr()
             + ("" if self.check_labels else ", check_labels=False")
         )

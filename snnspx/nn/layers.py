@@ -13,6 +13,18 @@ from .quantizer import Quantizer
 __all__ = ["SRMConv2d", "SRMLinear", "SpikeAvgPool2d"]
 
 
+@torch.no_grad()
+def _orthogonal_(w: torch.Tensor) -> None:
+    """nn.init.orthogonal_, computed in float32 for float16/bfloat16 weights (its QR has no
+    half-precision kernel) and rounded once: the same values as a float32 layer's, rounded."""
+    if w.dtype in (torch.float16, torch.bfloat16):
+        w32 = torch.empty(w.shape, dtype=torch.float32, device=w.device)
+        nn.init.orthogonal_(w32)
+        w.copy_(w32)
+    else:
+        nn.init.orthogonal_(w)
+
+
 class _SRMLayer(SRMModule):
     """The SRM constants, the layout flag and the optional weight quantizer shared by the layers."""
 
@@ -21,7 +33,12 @@ class _SRMLayer(SRMModule):
         super().__init__(tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, batch_first, backend)
         _checks.check_input_grad_scale(input_grad_scale)
         self.input_grad_scale = float(input_grad_scale)
+        _checks.check_rounding(weight_rounding, "weight_rounding")
         self.weight_quantizer = None if weight_bits is None else Quantizer(weight_bits, weight_rounding)
+
+    def _reset_quantizer(self) -> None:
+        if self.weight_quantizer is not None:
+            self.weight_quantizer.reset_running_stats()
 
     def _srm_kwargs(self) -> dict:
         return dict(
@@ -41,12 +58,7 @@ class _SRMLayer(SRMModule):
         return x
 
     def _srm_repr(self) -> str:
-        return (
-            f"tau_m={self.tau_m}, tau_s={self.tau_s}, tau_grad={self.tau_grad}, v_th={self.v_th}, "
-            f"input_grad_scale={self.input_grad_scale}, du_inv_clamp={self.du_inv_clamp}, "
-            f"max_dudt_inv={self.max_dudt_inv}, batch_first={self.batch_first}"
-            + (f", backend={self.backend!r}" if self.backend is not None else "")
-        )
+        return f"input_grad_scale={self.input_grad_scale}, " + self._neuron_repr()
 
 
 class SRMConv2d(_SRMLayer):
@@ -119,7 +131,8 @@ class SRMConv2d(_SRMLayer):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.orthogonal_(self.weight)
+        _orthogonal_(self.weight)
+        self._reset_quantizer()
 
     def forward(self, s_in: torch.Tensor) -> torch.Tensor:
         out = F.srm_conv2d(
@@ -187,7 +200,8 @@ class SRMLinear(_SRMLayer):
         if weight_norm and in_features < 2:
             raise ValueError(f"weight_norm needs in_features >= 2 (an unbiased variance per row), got {in_features}")
         self.in_features, self.out_features = in_features, out_features
-        self.weight_norm, self.eps = weight_norm, float(eps)
+        self.weight_norm = _checks.check_flag(weight_norm, "weight_norm")
+        self.eps = _checks.check_eps(eps)
         kw = dict(device=device, dtype=dtype)
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **kw))
         if weight_norm:
@@ -199,7 +213,8 @@ class SRMLinear(_SRMLayer):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.orthogonal_(self.weight)
+        _orthogonal_(self.weight)
+        self._reset_quantizer()
         if self.weight_norm:
             nn.init.ones_(self.bn_weight)
             nn.init.zeros_(self.bn_bias)
@@ -253,11 +268,13 @@ class SpikeAvgPool2d(nn.Module):
         super().__init__()
         self.kernel_size = _checks.kernel_pair(kernel_size)
         _checks.check_backend_name(backend)
-        self.batch_first = batch_first
+        self.batch_first = _checks.check_flag(batch_first, "batch_first")
         self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.spike_avg_pool2d(x, self.kernel_size, backend=self.backend)
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, batch_first={self.batch_first}"
+        return f"kernel_size={self.kernel_size}, batch_first={self.batch_first}" + (
+            f", backend={self.backend!r}" if self.backend is not None else ""
+        )

@@ -51,7 +51,4 @@ class SRMNeuron(SRMModule):
         return out.transpose(0, 1) if self.batch_first else out
 
     def extra_repr(self) -> str:
-        return (
-            f"tau_m={self.tau_m}, tau_s={self.tau_s}, tau_grad={self.tau_grad}, v_th={self.v_th}, "
-            f"batch_first={self.batch_first}"
-        )
+        return self._neuron_repr()

@@ -60,6 +60,15 @@ class Quantizer(nn.Module):
         # only the device knows (resolved by train(False), i.e. .eval()).
         self._calibrated: bool | None = False
 
+    @torch.no_grad()
+    def reset_running_stats(self) -> None:
+        """Forget the range: the buffers back to ``+inf``, ``-inf`` and ``-1``, as when built
+        (also what a module made on the ``meta`` device needs after ``to_empty``)."""
+        self.running_min.fill_(float("inf"))
+        self.running_max.fill_(float("-inf"))
+        self.scale_exponent.fill_(-1)
+        self._calibrated = False
+
     @property
     def scale(self) -> torch.Tensor:
         """``2**scale_exponent`` as a float64 scalar tensor (0.5 until a finite value is seen,

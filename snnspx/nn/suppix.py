@@ -16,6 +16,12 @@ def _time_major(t: torch.Tensor, full_dim: int) -> torch.Tensor:
     return t.transpose(0, 1) if t.dim() == full_dim else t
 
 
+def _flags_repr(m: nn.Module) -> str:
+    return f"check_labels={m.check_labels}, batch_first={m.batch_first}" + (
+        f", backend={m.backend!r}" if m.backend is not None else ""
+    )
+
+
 class SupPixPool(nn.Module):
     """Superpixel pooling of every step and channel: sum, average or max over each superpixel.
 
@@ -54,7 +60,9 @@ class SupPixPool(nn.Module):
         if num_superpixels is not None:
             _checks.num_superpixels(torch.empty(0), num_superpixels)
         self.mode, self.grad, self.num_superpixels = mode, grad, num_superpixels
-        self.check_labels, self.batch_first, self.backend = check_labels, batch_first, backend
+        self.check_labels = _checks.check_flag(check_labels, "check_labels")
+        self.batch_first = _checks.check_flag(batch_first, "batch_first")
+        self.backend = backend
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.batch_first:
@@ -66,7 +74,7 @@ class SupPixPool(nn.Module):
         return _time_major(y, 4) if self.batch_first else y
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, grad={self.grad!r}, num_superpixels={self.num_superpixels}"
+        return f"mode={self.mode!r}, grad={self.grad!r}, num_superpixels={self.num_superpixels}, " + _flags_repr(self)
 
 
 class SupPixUnpool(nn.Module):
@@ -88,10 +96,15 @@ class SupPixUnpool(nn.Module):
     def __init__(self, check_labels: bool = True, batch_first: bool = False, backend: str | None = None) -> None:
         super().__init__()
         _checks.check_backend_name(backend)
-        self.check_labels, self.batch_first, self.backend = check_labels, batch_first, backend
+        self.check_labels = _checks.check_flag(check_labels, "check_labels")
+        self.batch_first = _checks.check_flag(batch_first, "batch_first")
+        self.backend = backend
 
     def forward(self, y: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.batch_first:
             y, labels = _time_major(y, 4), _time_major(labels, 4)
         z = F.suppix_unpool(y, labels, check_labels=self.check_labels, backend=self.backend)
         return _time_major(z, 5) if self.batch_first else z
+
+    def extra_repr(self) -> str:
+        return _flags_repr(self)

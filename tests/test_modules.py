@@ -1,0 +1,112 @@
+"""The nn modules as a PyTorch user meets them: autocast, half-precision construction, the meta
+device, argument checks at construction, and an extra_repr that shows every setting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import snnspx
+from conftest import ALL_BACKENDS
+
+
+def _layers(backend):
+    return {
+        "linear": (snnspx.nn.SRMLinear(32, 8, v_th=0.5, backend=backend), (4, 2, 32)),
+        "conv": (snnspx.nn.SRMConv2d(3, 4, 3, padding=1, v_th=0.5, backend=backend), (4, 2, 3, 6, 6)),
+    }
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("layer", ["linear", "conv"])
+def test_layers_under_autocast(backend, device, layer, gen):
+    """Inside torch.autocast the synapse runs in the autocast dtype, forward and backward,
+    and the gradients equal those of the same layer run in that dtype without autocast."""
+    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    m, shape = _layers(backend)[layer]
+    m = m.to(device)
+    s = (torch.rand(shape, generator=gen) < 0.5).float().to(device).requires_grad_()
+    with torch.autocast(device, dtype=dtype):
+        y = m(s)
+    assert y.dtype == dtype and y.sum() > 0
+    y.sum().backward()
+    assert s.grad.dtype == torch.float32 and m.weight.grad.dtype == torch.float32
+
+    # the same computation by hand: weight and input cast to dtype, no autocast
+    m2, _ = _layers(backend)[layer]
+    m2 = m2.to(device)
+    m2.load_state_dict(m.state_dict())
+    s2 = s.detach().clone().requires_grad_()
+    w = m2.weight
+    if layer == "linear":
+        w_hat = snnspx.functional.standardize_weight(w, m2.bn_weight, m2.bn_bias, m2.eps)
+        y2 = snnspx.functional.srm_linear(s2.to(dtype), w_hat.to(dtype), v_th=0.5, backend=backend)
+    else:
+        y2 = snnspx.functional.srm_conv2d(s2.to(dtype), w.to(dtype), padding=1, v_th=0.5, backend=backend)
+    y2.sum().backward()
+    assert torch.equal(y, y2)
+    torch.testing.assert_close(s.grad, s2.grad)
+    torch.testing.assert_close(m.weight.grad, m2.weight.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_layers_construct(dtype, seed):
+    """orthogonal_ has no half-precision QR: the layers initialise in float32 and round once."""
+    for make in (lambda **kw: snnspx.nn.SRMConv2d(2, 4, 3, **kw), lambda **kw: snnspx.nn.SRMLinear(8, 4, **kw)):
+        torch.manual_seed(seed)
+        half = make(dtype=dtype)
+        torch.manual_seed(seed)
+        full = make()
+        assert half.weight.dtype == dtype
+        assert torch.equal(half.weight, full.weight.detach().to(dtype))
+
+
+def test_meta_device_then_reset_parameters():
+    with torch.device("meta"):
+        m = snnspx.nn.SRMLinear(8, 4, weight_bits=4)
+    m = m.to_empty(device="cpu")
+    m.reset_parameters()
+    q = m.weight_quantizer
+    assert q.running_min.item() == float("inf") and q.running_max.item() == float("-inf")
+    assert q.scale_exponent.item() == -1
+    torch.testing.assert_close(m.weight @ m.weight.T, torch.eye(4), atol=1e-5, rtol=0)
+    m(torch.ones(2, 1, 8))  # calibrates in training mode
+    assert q.scale_exponent.item() >= 0
+    q.reset_running_stats()
+    with pytest.raises(RuntimeError, match="no range yet"):
+        q.eval()(torch.ones(3))
+
+
+@pytest.mark.parametrize(
+    "make,error,match",
+    [
+        (lambda: snnspx.nn.SRMLinear(8, 4, eps=float("nan")), ValueError, "eps must be finite"),
+        (lambda: snnspx.nn.SRMLinear(8, 4, eps=-1.0), ValueError, "eps must be finite and >= 0"),
+        (lambda: snnspx.nn.SRMLinear(8, 4, eps="1e-5"), TypeError, "eps must be a Python number"),
+        (lambda: snnspx.nn.SRMLinear(8, 4, weight_norm=1), TypeError, "weight_norm must be True or False"),
+        (lambda: snnspx.nn.SRMLinear(8, 4, weight_rounding="floor"), ValueError, "weight_rounding"),
+        (lambda: snnspx.nn.SRMConv2d(2, 4, 3, batch_first="yes"), TypeError, "batch_first must be True or False"),
+        (lambda: snnspx.nn.SRMNeuron(batch_first=None), TypeError, "batch_first"),
+        (lambda: snnspx.nn.SpikeAvgPool2d(batch_first=1), TypeError, "batch_first"),
+        (lambda: snnspx.nn.SupPixPool(check_labels="no"), TypeError, "check_labels must be True or False"),
+        (lambda: snnspx.nn.SupPixUnpool(batch_first="no"), TypeError, "batch_first"),
+        (lambda: snnspx.nn.SRMSupPixPool(check_labels=0), TypeError, "check_labels"),
+    ],
+)
+def test_constructor_checks(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_extra_repr_shows_every_setting():
+    kw = dict(du_inv_clamp=2.0, max_dudt_inv=10.0, batch_first=True, backend="torch")
+    for m in (snnspx.nn.SRMNeuron(**kw), snnspx.nn.SRMSupPixPool(num_superpixels=4, **kw),
+              snnspx.nn.SRMLinear(8, 4, **kw), snnspx.nn.SRMConv2d(2, 4, 3, **kw)):
+        r = repr(m)
+        for text in ("du_inv_clamp=2.0", "max_dudt_inv=10.0", "batch_first=True", "backend='torch'"):
+            assert text in r, f"{text!r} missing from {r}"
+    r = repr(snnspx.nn.SupPixPool(check_labels=False, batch_first=True, backend="torch"))
+    assert "check_labels=False" in r and "batch_first=True" in r and "backend='torch'" in r
+    r = repr(snnspx.nn.SupPixUnpool(check_labels=False, backend="cpp"))
+    assert r == "SupPixUnpool(check_labels=False, batch_first=False, backend='cpp')"
+    assert "backend='reference'" in repr(snnspx.nn.SpikeAvgPool2d(backend="reference"))
