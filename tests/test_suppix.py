@@ -831,3 +831,66 @@ def test_cuda_kernels_compile_and_register():
     snnspx._build.load_library("cuda")
     for op in ("suppix_pool", "suppix_pool_backward", "suppix_unpool", "suppix_counts"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"snnspx::{op}", "CUDA"), op
+
+
+# --------------------------------------------------------------------------- the CPU's AVX-512 lookup
+def _cpu_has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx512f" in f.read()
+    except OSError:
+        return False
+
+
+SIMD = "cpu.suppix_gather_avx512"
+
+
+@pytest.mark.skipif(not _cpu_has_avx512(), reason="needs a CPU with AVX-512F")
+@pytest.mark.parametrize("K", [1, 5, 16, 33, 64])
+@pytest.mark.parametrize("P", [(4, 4), (5, 7), (32, 33)])
+@pytest.mark.parametrize("form", ["shared", "per_step"])
+def test_cpu_simd_lookup_matches_scalar_and_reference(K, P, form, gen, monkeypatch):
+    """float32 unpooling and the sum/avg/avg_spike backward gathers take the AVX-512 lookup for
+    K <= 64; bitwise equal to the scalar loop (SNNSPX_CPU_SIMD=0) and to the reference, with
+    ignored pixels, labels >= K (check_labels=False), empty superpixels and a partial last vector."""
+    T, B, C = 3, 2, 2
+    H, W = P
+    shape = {"shared": (H, W), "per_step": (T, B, H, W)}[form]
+    labels = torch.randint(-2, K + 2, shape, generator=gen)
+    y = rand_x(gen, (T, B, C, K))
+    x = spikes(gen, (T, B, C, H, W), p=0.5)
+    w = rand_x(gen, (T, B, C, K))
+
+    def run():
+        out = {"unpool": F.suppix_unpool(y, labels, check_labels=False, backend="cpp")}
+        for mode, grad in (("sum", "exact"), ("avg", "exact"), ("avg", "spike")):
+            xg = x.clone().requires_grad_()
+            (F.suppix_pool(xg, labels, K, mode, grad=grad, check_labels=False, backend="cpp") * w).sum().backward()
+            out[mode + grad] = xg.grad
+        return out
+
+    before = snnspx.kernel_calls(SIMD)
+    fast = run()
+    assert snnspx.kernel_calls(SIMD) - before == 4, "the AVX-512 lookup must have run"
+    monkeypatch.setenv("SNNSPX_CPU_SIMD", "0")
+    before = snnspx.kernel_calls(SIMD)
+    slow = run()
+    assert snnspx.kernel_calls(SIMD) == before, "SNNSPX_CPU_SIMD=0 must turn it off"
+    for name in fast:
+        assert torch.equal(fast[name], slow[name]), name
+    assert torch.equal(fast["unpool"], R.suppix_unpool(y, labels, check_labels=False))
+    for mode, grad in (("sum", "exact"), ("avg", "exact"), ("avg", "spike")):
+        _, want = ref_pool_and_grad(x, torch.where(labels >= K, -1, labels), K, mode, w, grad)
+        assert torch.equal(fast[mode + grad], want), mode + grad
+
+
+@pytest.mark.skipif(not _cpu_has_avx512(), reason="needs a CPU with AVX-512F")
+def test_cpu_simd_lookup_only_where_it_applies(gen):
+    """K > 64, float64 and max's backward keep the scalar loop."""
+    labels = torch.randint(0, 65, (6, 6), generator=gen)
+    before = snnspx.kernel_calls(SIMD)
+    F.suppix_unpool(rand_x(gen, (2, 1, 1, 65)), labels, backend="cpp")
+    F.suppix_unpool(rand_x(gen, (2, 1, 1, 64), torch.float64), labels.clamp(max=63), backend="cpp")
+    x = rand_x(gen, (2, 1, 1, 6, 6)).requires_grad_()
+    F.suppix_pool(x, labels.clamp(max=63), 64, "max", backend="cpp").sum().backward()
+    assert snnspx.kernel_calls(SIMD) == before

@@ -13,8 +13,16 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <type_traits>
+#include <cstring>
 #include <limits>
 #include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define SNNSPX_CPU_AVX512 1
+#include <immintrin.h>
+#endif
 
 #include "../kernel_counter.h"
 #include "../suppix_core.h"
@@ -137,11 +145,72 @@ void pool_kernel(const scalar_t* x, const label_t* labels, const int32_t* counts
   });
 }
 
+// The float32 table lookup out[p] = table[slot[p]] (0 for slot[p] == K, the ignored
+// pixels) with AVX-512 when K <= 64: the table sits in four registers and two
+// two-register permutes plus a blend look up 16 pixels at once, where the scalar
+// loop does one load per pixel. Exact (a copy), so both paths give the same bits.
+// Chosen at run time: a build for any x86-64 runs it only on CPUs with AVX-512F,
+// and SNNSPX_CPU_SIMD=0 turns it off (tests compare both paths).
+constexpr int64_t kLookupMaxK = 64;
+
+inline bool cpu_simd_enabled() {
+  const char* v = std::getenv("SNNSPX_CPU_SIMD");
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
+#ifdef SNNSPX_CPU_AVX512
+inline bool cpu_has_avx512() {
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+}
+
+__attribute__((target("avx512f"))) inline __m512 lookup16(const __m512i idx, const __m512 t0, const __m512 t1,
+                                                          const __m512 t2, const __m512 t3, const __m512i kk) {
+  // permutex2var reads idx bits 0..4 (bit 4 picks the register); bit 5 picks the pair.
+  const __m512 lo = _mm512_permutex2var_ps(t0, idx, t1);
+  const __m512 hi = _mm512_permutex2var_ps(t2, idx, t3);
+  const __m512 v = _mm512_mask_blend_ps(_mm512_test_epi32_mask(idx, _mm512_set1_epi32(32)), lo, hi);
+  return _mm512_maskz_mov_ps(_mm512_cmplt_epi32_mask(idx, kk), v);  // slot K -> 0
+}
+
+__attribute__((target("avx512f"))) void lookup_avx512(const float* table, int64_t K, const int32_t* slot,
+                                                      float* out, int64_t P) {
+  alignas(64) float t[kLookupMaxK] = {};
+  std::copy(table, table + K, t);
+  const __m512 t0 = _mm512_load_ps(t), t1 = _mm512_load_ps(t + 16);
+  const __m512 t2 = _mm512_load_ps(t + 32), t3 = _mm512_load_ps(t + 48);
+  const __m512i kk = _mm512_set1_epi32(static_cast<int>(K));
+  int64_t p = 0;
+  for (; p + 16 <= P; p += 16) {
+    const __m512i idx = _mm512_loadu_si512(static_cast<const void*>(slot + p));
+    _mm512_storeu_ps(out + p, lookup16(idx, t0, t1, t2, t3, kk));
+  }
+  if (p < P) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (P - p)) - 1u);
+    const __m512i idx = _mm512_maskz_loadu_epi32(m, slot + p);
+    _mm512_mask_storeu_ps(out + p, m, lookup16(idx, t0, t1, t2, t3, kk));
+  }
+}
+#endif
+
+// Whether the gathers of this call take the AVX-512 lookup (counted by the caller).
+template <typename scalar_t>
+bool use_simd_lookup(int64_t K) {
+#ifdef SNNSPX_CPU_AVX512
+  return std::is_same<scalar_t, float>::value && K > 0 && K <= kLookupMaxK && cpu_has_avx512() &&
+         cpu_simd_enabled();
+#else
+  (void)K;
+  return false;
+#endif
+}
+
 // out[t, b, c, p] from src[t, b, c, label(p)]; see SupPixMode for the scaling.
 template <typename scalar_t, typename acc_t, typename label_t, SupPixMode kMode>
 void gather_kernel(const scalar_t* src, const label_t* labels, const int32_t* aux, scalar_t* out,
                    const SupPixDims& d) {
   const int64_t P = d.P, K = d.K;
+  const bool simd = kMode != SupPixMode::Max && use_simd_lookup<scalar_t>(K);
   if (K == 0) {  // every pixel is ignored
     std::fill(out, out + d.planes() * P, scalar_t(0));
     return;
@@ -176,9 +245,18 @@ void gather_kernel(const scalar_t* src, const label_t* labels, const int32_t* au
         }
         continue;
       }
+#ifdef SNNSPX_CPU_AVX512
+      if constexpr (std::is_same<scalar_t, float>::value) {
+        if (simd) {
+          lookup_avx512(val.data(), K, slot, o, P);
+          continue;
+        }
+      }
+#endif
       for (int64_t p = 0; p < P; ++p) o[p] = val[slot[p]];
     }
   });
+  if (simd) count_kernel("cpu.suppix_gather_avx512");
 }
 
 std::tuple<at::Tensor, at::Tensor> suppix_pool_cpu(const at::Tensor& x, const at::Tensor& labels,
