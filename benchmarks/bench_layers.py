@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as TF
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Table, parser, time_ms  # noqa: E402
+from common import Table, add_keep_freed_memory, keep_freed_memory, parser, time_ms  # noqa: E402
 
 import snnspx  # noqa: E402
 from snnspx.functional import srm as S  # noqa: E402
@@ -50,21 +50,6 @@ class EagerSRMConv2d(torch.autograd.Function):
         return d_in.view_as(s_in) * s_in * 0.85, d_weight
 
 
-def keep_freed_memory() -> None:
-    """glibc: serve large tensors from the heap and never trim it (mallopt M_MMAP_THRESHOLD, M_TRIM_THRESHOLD).
-
-    By default glibc maps each large block afresh and unmaps it when freed, so every new
-    tensor of a few MB pays page faults; whether an op hits that depends on the allocation
-    pattern around it, which makes CPU timings of equal maths differ by several ms.
-    """
-    import ctypes
-
-    libc = ctypes.CDLL("libc.so.6")
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    if not (libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)):
-        raise RuntimeError("mallopt failed: --keep-freed-memory needs glibc")
-
-
 def saved_bytes(fn, s_in, weight) -> float:
     """Bytes autograd keeps that are not the input, the weight or the output, per output neuron-step."""
     saved = []
@@ -77,9 +62,7 @@ def saved_bytes(fn, s_in, weight) -> float:
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
-    p.add_argument("--keep-freed-memory", action="store_true",
-                   help="CPU: glibc keeps freed memory for reuse (as jemalloc/tcmalloc do), so timings "
-                        "measure compute rather than first-touch page faults of fresh tensors")
+    add_keep_freed_memory(p)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

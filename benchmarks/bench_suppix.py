@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Table, parser, time_ms  # noqa: E402
+from common import Table, add_keep_freed_memory, keep_freed_memory, parser, time_ms  # noqa: E402
 
 import snnspx  # noqa: E402
 from snnspx import functional as F  # noqa: E402
@@ -53,9 +53,12 @@ def backward_ms(fn, inp: torch.Tensor, grad: torch.Tensor, min_run_time: float) 
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads before timing (CPU)")
+    add_keep_freed_memory(p)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        keep_freed_memory()
     dev = args.device
     T, B, C, H, W = (16, 16, 64, 64, 64) if dev == "cuda" else (16, 4, 32, 32, 32)
     K = 256 if dev == "cuda" else 64
@@ -120,7 +123,11 @@ def main() -> None:
                 mine_unchecked = run(lambda: ours(x, mode, check_labels=False))
             row(f"pool {mode}, forward, SNNSPX_EXPERIMENTAL_CUDA=1", bases[mode], mine)
             row(f"pool {mode}, forward, SNNSPX_EXPERIMENTAL_CUDA=1, check_labels=False", bases[mode], mine_unchecked)
-    t.emit(dev, args.write, f"Threads: {torch.get_num_threads()}. snnspx backend: {kernel}.")
+    t.emit(
+        dev, args.write,
+        f"Threads: {torch.get_num_threads()}. snnspx backend: {kernel}"
+        + ("; glibc keeps freed memory (--keep-freed-memory)." if args.keep_freed_memory else "."),
+    )
 
 
 if __name__ == "__main__":

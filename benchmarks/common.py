@@ -28,6 +28,27 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def keep_freed_memory() -> None:
+    """glibc: serve large tensors from the heap and never trim it (mallopt M_MMAP_THRESHOLD, M_TRIM_THRESHOLD).
+
+    By default glibc maps each large block afresh and unmaps it when freed, so every new
+    tensor of a few MB pays page faults; whether an op hits that depends on the allocation
+    pattern around it, which makes CPU timings of equal maths differ by several ms.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    if not (libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)):
+        raise RuntimeError("mallopt failed: --keep-freed-memory needs glibc")
+
+
+def add_keep_freed_memory(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="CPU: glibc keeps freed memory for reuse (as jemalloc/tcmalloc do), so timings "
+                        "measure compute rather than first-touch page faults of fresh tensors")
+
+
 def time_ms(fn, min_run_time: float = 0.5) -> float:
     """Median wall time of fn() in milliseconds (CUDA-synchronised by torch.utils.benchmark)."""
     fn()  # warm-up: builds, caches, autotuning
