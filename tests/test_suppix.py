@@ -446,6 +446,8 @@ def test_opcheck(backend, device, label_dtype, gen):
                 torch.library.opcheck(ops.suppix_pool.default, (x.clone().requires_grad_(), lab, K, mode, False))
                 _, aux = ops.suppix_pool.default(x, lab, K, mode, True)
                 torch.library.opcheck(ops.suppix_pool_backward.default, (g, lab, aux, mode))
+                # its own autograd formula (a double backward of pooling)
+                torch.library.opcheck(ops.suppix_pool_backward.default, (g.clone().requires_grad_(), lab, aux, mode))
             torch.library.opcheck(ops.suppix_unpool.default, (g, lab, True))
             torch.library.opcheck(ops.suppix_unpool.default, (g.clone().requires_grad_(), lab, False))
             torch.library.opcheck(ops.suppix_counts.default, (lab, K))
