@@ -183,6 +183,15 @@ def _maps(labels: torch.Tensor):
     return lambda t, b: lab[t if lab.shape[0] > 1 else 0, b if lab.shape[1] > 1 else 0]
 
 
+def _planes(T: int, B: int, C: int, label_map):
+    """(t, b, c, the label map of (t, b)) for every plane, in (t, b, c) order."""
+    for t in range(T):
+        for b in range(B):
+            lab = label_map(t, b)
+            for c in range(C):
+                yield t, b, c, lab
+
+
 def _pool_loops(X: np.ndarray, label_map, K: int, mode: str, f):
     """X [T, B, C, P] numpy. Returns y [T, B, C, K], argmax (or -1), n, m (non-zero inputs)."""
     T, B, C, P = X.shape
@@ -191,32 +200,29 @@ def _pool_loops(X: np.ndarray, label_map, K: int, mode: str, f):
     n = np.zeros((T, B, C, K), np.int64)
     m = np.zeros((T, B, C, K), np.int64)
     with np.errstate(all="ignore"):
-        for t in range(T):
-            for b in range(B):
-                lab = label_map(t, b)
-                for c in range(C):
-                    acc = [f(0)] * K
-                    for p in range(P):
-                        k = int(lab[p])
-                        if k < 0:
-                            continue
-                        v = X[t, b, c, p]
-                        n[t, b, c, k] += 1
-                        m[t, b, c, k] += v != 0
-                        if mode == "max":
-                            best = acc[k]
-                            # the first pixel, a larger value, or a NaN over a number; ties keep the first
-                            if arg[t, b, c, k] < 0 or v > best or (np.isnan(v) and not np.isnan(best)):
-                                acc[k], arg[t, b, c, k] = v, p
-                        else:
-                            acc[k] = f(acc[k] + v)
-                    for k in range(K):
-                        if mode == "sum":
-                            y[t, b, c, k] = acc[k]
-                        elif mode == "max":
-                            y[t, b, c, k] = acc[k] if n[t, b, c, k] > 0 else f(0)
-                        else:
-                            y[t, b, c, k] = acc[k] / f(n[t, b, c, k]) if n[t, b, c, k] > 0 else f(0)
+        for t, b, c, lab in _planes(T, B, C, label_map):
+            acc = [f(0)] * K
+            for p in range(P):
+                k = int(lab[p])
+                if k < 0:
+                    continue
+                v = X[t, b, c, p]
+                n[t, b, c, k] += 1
+                m[t, b, c, k] += v != 0
+                if mode == "max":
+                    best = acc[k]
+                    # the first pixel, a larger value, or a NaN over a number; ties keep the first
+                    if arg[t, b, c, k] < 0 or v > best or (np.isnan(v) and not np.isnan(best)):
+                        acc[k], arg[t, b, c, k] = v, p
+                else:
+                    acc[k] = f(acc[k] + v)
+            for k in range(K):
+                if mode == "sum":
+                    y[t, b, c, k] = acc[k]
+                elif mode == "max":
+                    y[t, b, c, k] = acc[k] if n[t, b, c, k] > 0 else f(0)
+                else:
+                    y[t, b, c, k] = acc[k] / f(n[t, b, c, k]) if n[t, b, c, k] > 0 else f(0)
     return y, arg, n, m
 
 
@@ -225,19 +231,18 @@ def _unpool_loops(Y: np.ndarray, label_map, P: int, f, scale=None, arg=None):
     T, B, C, K = Y.shape
     z = np.zeros((T, B, C, P), f)
     with np.errstate(all="ignore"):
-        for t in range(T):
-            for b in range(B):
-                lab = label_map(t, b)
-                for c in range(C):
-                    for p in range(P):
-                        k = int(lab[p])
-                        if k < 0 or (arg is not None and arg[t, b, c, k] != p):
-                            continue
-                        if scale is None:
-                            z[t, b, c, p] = Y[t, b, c, k]
-                        elif scale[t, b, c, k] > 0:
-                            z[t, b, c, p] = Y[t, b, c, k] / f(scale[t, b, c, k])
+        for t, b, c, lab in _planes(T, B, C, label_map):
+            for p in range(P):
+                k = int(lab[p])
+                if k < 0 or (arg is not None and arg[t, b, c, k] != p):
+                    continue
+                if scale is None:
+                    z[t, b, c, p] = Y[t, b, c, k]
+                elif scale[t, b, c, k] > 0:
+                    z[t, b, c, p] = Y[t, b, c, k] / f(scale[t, b, c, k])
     return z
+
+
 # ========================================================================== SRM layers (docs/maths.md §4)
 def _np(t: torch.Tensor, f) -> np.ndarray:
     return t.detach().to("cpu", torch.float64 if f is np.float64 else torch.float32).numpy().copy()
@@ -467,18 +472,15 @@ def _pool_adjoint_loops(V: np.ndarray, label_map, K: int, f, scale=None, arg=Non
     T, B, C, P = V.shape
     y = np.zeros((T, B, C, K), f)
     with np.errstate(all="ignore"):
-        for t in range(T):
-            for b in range(B):
-                lab = label_map(t, b)
-                for c in range(C):
-                    for p in range(P):
-                        k = int(lab[p])
-                        if k >= 0 and (arg is None or arg[t, b, c, k] == p):
-                            y[t, b, c, k] = f(y[t, b, c, k] + V[t, b, c, p])
-                    if scale is not None:
-                        for k in range(K):
-                            n = scale[t, b, c, k]
-                            y[t, b, c, k] = y[t, b, c, k] / f(n) if n > 0 else f(0)
+        for t, b, c, lab in _planes(T, B, C, label_map):
+            for p in range(P):
+                k = int(lab[p])
+                if k >= 0 and (arg is None or arg[t, b, c, k] == p):
+                    y[t, b, c, k] = f(y[t, b, c, k] + V[t, b, c, p])
+            if scale is not None:
+                for k in range(K):
+                    n = scale[t, b, c, k]
+                    y[t, b, c, k] = y[t, b, c, k] / f(n) if n > 0 else f(0)
     return y
 
 
