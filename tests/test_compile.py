@@ -167,3 +167,32 @@ def test_inductor_matches_eager(backend, gen):
     torch.testing.assert_close(gx_c, gx_e)
     for gc, ge in zip(gp_c, gp_e):
         torch.testing.assert_close(gc, ge)
+
+
+@pytest.mark.parametrize("backend,device", [p for p in GRID if p.values[0] != "torch"])
+def test_torch_export(backend, device, gen):
+    """torch.export (deployment) keeps the snnspx ops as single nodes; the exported program
+    gives the eager results, also for another batch size (a dynamic dimension)."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.neuron = snnspx.nn.SRMNeuron(v_th=0.5, backend=backend)
+            self.pool = snnspx.nn.SRMSupPixPool("avg", num_superpixels=4, backend=backend)
+
+        def forward(self, x, labels):
+            y = self.pool(x, labels)  # [T, B, C, K]
+            z = F.suppix_unpool(y, labels, backend=backend)
+            return self.neuron(z + x)
+
+    H = W = 4
+    labels = (torch.arange(H * W) % 4).reshape(H, W).to(device)
+    net = Net()
+    x = (2 * torch.randn(5, 3, 2, H, W, generator=gen)).to(device)
+    batch = torch.export.Dim("batch", min=2, max=64)
+    ep = torch.export.export(net, (x, labels), dynamic_shapes=({1: batch}, None))
+    names = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert {"snnspx.srm_suppix_pool.default", "snnspx.suppix_unpool.default", "snnspx.srm_neuron_fwd.default"} <= names, names
+    assert torch.equal(ep.module()(x, labels), net(x, labels))
+    x2 = (2 * torch.randn(5, 6, 2, H, W, generator=gen)).to(device)
+    assert torch.equal(ep.module()(x2, labels), net(x2, labels))
