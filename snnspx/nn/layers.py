@@ -88,7 +88,8 @@ class SRMConv2d(_SRMLayer):
 
     Shape:
         - Input: spikes ``[T, B, C_in, H, W]`` (``[B, T, ...]`` with ``batch_first``).
-        - Output: spikes ``[T, B, C_out, H', W']``, dtype of the input, values 0 or 1.
+        - Output: spikes ``[T, B, C_out, H', W']``, dtype of the input (inside
+          ``torch.autocast``, the autocast dtype), values 0 or 1.
 
     Attributes:
         weight: ``[C_out, C_in / groups, kH, kW]``, orthogonal init (rows over
@@ -168,7 +169,8 @@ class SRMLinear(_SRMLayer):
 
     Shape:
         - Input: spikes ``[T, B, ..., in_features]`` (``[B, T, ...]`` with ``batch_first``).
-        - Output: spikes ``[T, B, ..., out_features]``, dtype of the input.
+        - Output: spikes ``[T, B, ..., out_features]``, dtype of the input (the autocast dtype
+          inside ``torch.autocast``).
 
     Attributes:
         weight: ``[out_features, in_features]``, orthogonal init.
