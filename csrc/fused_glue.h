@@ -37,6 +37,7 @@ inline FusedArgs prepare_fused_sizes(int64_t T, int64_t B, int64_t C, int64_t P,
   a.T = T, a.B = B, a.C = C, a.P = P, a.K = K;
   TORCH_CHECK(K >= 0, "num_superpixels must be >= 0, got ", K);
   TORCH_CHECK(P < (int64_t(1) << 31) && K < (int64_t(1) << 31), "at most 2^31 - 1 pixels and superpixels");
+  TORCH_CHECK_VALUE(T < (int64_t(1) << 31), "srm_suppix_pool takes at most 2^31 - 1 steps (T), got ", T);
   TORCH_CHECK(labels.size(2) == P, "labels must have ", P, " pixels per map (like x), got ", labels.size(2));
   TORCH_CHECK(labels.size(0) == 1 || labels.size(0) == T, "labels must hold 1 or T = ", T,
               " maps along dim 0, got ", labels.size(0));

@@ -65,6 +65,24 @@ inline void fill_srm_tables(acc_t* tables, int64_t T, double tau_m, double tau_s
   for (int64_t d = 0; d < T; ++d) srm_table_entry<acc_t>(tables, T, d, tau_m, tau_s, tau_grad);
 }
 
+// A product rounded on its own. nvcc may contract a product and a following sum into
+// one fused multiply-add, rounded once (even across statements, e.g. u * 1 - u_last or
+// the next step's m + x), and the GPU's state would drift from the CPU's in the last
+// place. __fmul_rn/__dmul_rn are never contracted. The CPU library is built with
+// -ffp-contract=off for the same reason (docs/build.md).
+template <typename acc_t>
+SNNSPX_HD acc_t mul_rn(acc_t a, acc_t b) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(acc_t) == sizeof(float)) {
+    return __fmul_rn(a, b);
+  } else {
+    return __dmul_rn(a, b);
+  }
+#else
+  return a * b;
+#endif
+}
+
 template <typename acc_t>
 struct SRMState {
   acc_t m = acc_t(0), s = acc_t(0), g = acc_t(0), u_last = acc_t(0);
@@ -76,10 +94,10 @@ struct SRMState {
 template <typename acc_t>
 SNNSPX_HD bool srm_step(SRMState<acc_t>& st, acc_t x, const SRMParams<acc_t>& p,
                         acc_t& du, acc_t& dut) {
-  st.m = (st.m + x) * p.a_m;
-  st.s = (st.s + x) * p.a_s;
-  st.g = (st.g + x) * p.a_g;
-  const acc_t u = p.c * (st.m - st.s);
+  st.m = mul_rn(st.m + x, p.a_m);
+  st.s = mul_rn(st.s + x, p.a_s);
+  st.g = mul_rn(st.g + x, p.a_g);
+  const acc_t u = mul_rn(p.c, st.m - st.s);
   du = u - st.u_last;
   dut = st.g;
   const bool spike = u > p.v_th;

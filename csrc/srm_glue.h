@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "srm_core.h"
@@ -81,6 +82,11 @@ inline void check_same_shape(const at::Tensor& a, const char* an, const at::Tens
               a.device(), " and ", b.device());
 }
 
+// The backward counts the steps since the next spike in int32 (srm_core.h's SRMGradState).
+inline void check_backward_steps(int64_t T) {
+  TORCH_CHECK_VALUE(T <= std::numeric_limits<int32_t>::max(), "the SRM backward takes at most 2^31 - 1 steps (T), got ", T);
+}
+
 inline void check_backward_params(double du_inv_clamp, double max_dudt_inv) {
   TORCH_CHECK(du_inv_clamp >= 0, "du_inv_clamp must be >= 0, got ", du_inv_clamp);
   TORCH_CHECK(max_dudt_inv >= 0, "max_dudt_inv must be >= 0, got ", max_dudt_inv);
@@ -113,6 +119,7 @@ inline SRMBackwardArgs prepare_srm_backward(const at::Tensor& grad_spikes, const
   check_backward_params(du_inv_clamp, max_dudt_inv);
   SRMBackwardArgs a;
   a.T = grad_spikes.size(0);
+  check_backward_steps(a.T);
   a.N = neurons_per_step(grad_spikes);
   // The kernels compute in du's dtype; grad and spikes are read in their own.
   a.grad = grad_spikes.contiguous();
@@ -139,6 +146,7 @@ inline SRMBackwardArgs prepare_srm_neuron_backward(const at::Tensor& grad_spikes
   check_backward_params(du_inv_clamp, max_dudt_inv);
   SRMBackwardArgs a;
   a.T = grad_spikes.size(0);
+  check_backward_steps(a.T);
   a.N = neurons_per_step(grad_spikes);
   a.grad = grad_spikes.contiguous();
   a.du = saved.contiguous();

@@ -135,6 +135,9 @@ struct SupPixGatherArgs {
 inline SupPixGatherArgs prepare_suppix_gather(const at::Tensor& src, const char* src_name, const at::Tensor& labels,
                                               const at::Tensor* aux, SupPixMode mode) {
   check_suppix_float(src, src_name, "[T, B, C, K]");
+  // The kernels index superpixels with int32 (as pooling's num_superpixels check ensures).
+  TORCH_CHECK_VALUE(src.size(3) < std::numeric_limits<int32_t>::max(), src_name,
+                    ".shape[-1] (the number of superpixels K) must be below 2^31 - 1, got ", src.size(3));
   check_suppix_labels(labels, src, src_name, src.size(0), src.size(1), -1);
   SupPixGatherArgs a;
   a.mode = mode;

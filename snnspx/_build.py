@@ -128,7 +128,13 @@ def _flags(kind: str) -> dict[str, list[str]]:
     if kind == "cpu":
         # -fno-trapping-math lets the compiler turn the per-neuron selects into vector
         # blends (it changes no result: the kernels never rely on FP traps).
-        return {"extra_cflags": [*cflags, "-fopenmp", "-fno-trapping-math"], "extra_ldflags": ["-fopenmp", *ldflags]}
+        # -ffp-contract=off: no fused multiply-adds, whose single rounding would make the
+        # neuron state differ from the other backends' (GCC contracts by default where the
+        # target has FMA, e.g. on ARM64).
+        return {
+            "extra_cflags": [*cflags, "-fopenmp", "-fno-trapping-math", "-ffp-contract=off"],
+            "extra_ldflags": ["-fopenmp", *ldflags],
+        }
     return {
         "extra_cflags": cflags,
         "extra_cuda_cflags": ["-O3", "--expt-relaxed-constexpr", *cuda_arch_flags()],

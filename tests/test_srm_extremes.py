@@ -49,3 +49,23 @@ def test_backward_spikes_dtype_must_match(backend, device, gen):
     if backend in ("cpp", "cuda"):  # the op checks too, for callers of torch.ops.snnspx directly
         with pytest.raises(TypeError, match="spikes must have the dtype of grad_spikes"):
             torch.ops.snnspx.srm_backward.default(torch.ones_like(s), s.half(), du, dut, 5.0, 3.0, 2.5, 4.0, 1e8)
+
+
+@pytest.mark.parametrize("backend,device", [p for p in ALL_BACKENDS if p.values[0] in ("cpp", "cuda")])
+def test_compiled_backward_rejects_2_31_steps(backend, device):
+    """The compiled backwards count steps in int32: T >= 2^31 is a clear error, checked before
+    any memory is touched (the inputs here are expanded views of one element)."""
+    g = torch.ones(1, device=device).expand(2**31 + 2, 1)
+    s = torch.zeros(1, device=device).expand(2**31 + 2, 1)
+    with pytest.raises(ValueError, match="at most 2\\^31 - 1 steps"):
+        F.srm_backward(g, s, s, s, backend=backend)
+
+
+@pytest.mark.parametrize("backend,device", [p for p in ALL_BACKENDS if p.values[0] in ("cpp", "cuda")])
+def test_compiled_unpool_rejects_2_31_superpixels(backend, device):
+    """K = y.shape[-1] >= 2^31 - 1 does not fit the kernels' int32 superpixel index (it read far
+    out of bounds before): a clear error, before any memory is touched."""
+    y = torch.ones(1, dtype=torch.bfloat16, device=device).expand(1, 1, 1, 2**31)
+    labels = torch.tensor([[-1, 0]], device=device)
+    with pytest.raises(ValueError, match="number of superpixels K"):
+        F.suppix_unpool(y, labels, check_labels=False, backend=backend)

@@ -35,6 +35,12 @@ cuda::SupPixShape launch_shape(const SupPixDims& d) {
   // Grid sizes are 32-bit: at most ~2^31 blocks of 1024 pixels.
   TORCH_CHECK(d.planes() * std::max<int64_t>(d.P, 1) < (int64_t(1) << 40) && d.planes() * d.K < (int64_t(1) << 40),
               "superpixel pooling on CUDA takes at most 2^40 elements per tensor");
+  // Each kernel's grid has at most max(T * B * C, L * Bl) * ceil(P / 1024) blocks (the gather
+  // has exactly T * B * C of them per 1024 pixels); a grid's x size is below 2^31.
+  const int64_t tiles = std::max<int64_t>(1, (d.P + 1023) / 1024);
+  TORCH_CHECK(std::max(d.planes(), d.L * d.Bl) * tiles <= std::numeric_limits<int32_t>::max(),
+              "superpixel pooling on CUDA takes T * B * C * ceil(H * W / 1024) below 2^31 (the grid size), got T * B * C = ",
+              d.planes(), " and H * W = ", d.P);
   return cuda::SupPixShape{d.T, d.B, d.C, d.P, d.K, d.L, d.Bl};
 }
 
