@@ -110,3 +110,29 @@ def test_extra_repr_shows_every_setting():
     r = repr(snnspx.nn.SupPixUnpool(check_labels=False, backend="cpp"))
     assert r == "SupPixUnpool(check_labels=False, batch_first=False, backend='cpp')"
     assert "backend='reference'" in repr(snnspx.nn.SpikeAvgPool2d(backend="reference"))
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+def test_stacked_layers_under_autocast(backend, device, gen):
+    """The README's network under autocast: the second layer receives spikes already in the
+    autocast dtype while its weight is float32; both train, the weights' gradients float32."""
+    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    net = torch.nn.Sequential(
+        snnspx.nn.SRMConv2d(2, 8, 3, padding=1, v_th=0.3, backend=backend), snnspx.nn.SpikeAvgPool2d(2),
+        torch.nn.Flatten(2), snnspx.nn.SRMLinear(8 * 4 * 4, 10, v_th=0.3, backend=backend),
+    ).to(device)
+    s = (torch.rand(6, 2, 2, 8, 8, generator=gen) < 0.4).float().to(device)
+    with torch.autocast(device, dtype=dtype):
+        out = net(s)
+    assert out.dtype == dtype and out.shape == (6, 2, 10)
+    out.float().sum().backward()
+    for p in net.parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+
+
+def test_meta_tensors_reach_the_backend_check():
+    """A device autocast does not know (meta) gets the backend's own error, not autocast's."""
+    s = torch.zeros(2, 1, 4, device="meta")
+    w = torch.zeros(3, 4, device="meta")
+    with pytest.raises(ValueError, match="runs on CPU tensors"):
+        snnspx.functional.srm_linear(s, w, backend="cpp")

@@ -45,11 +45,19 @@ def _autocast_synapse(s_in: torch.Tensor, weight: torch.Tensor) -> tuple[torch.T
     the plain PyTorch ops would. The cast happens here, before the autograd Function, so its
     backward sees the dtypes its forward used (a cast made by autocast inside the Function's
     forward would leave the backward mixing float32 and the autocast dtype). Like autocast,
-    it casts float32 tensors only; the spikes come out in the autocast dtype."""
+    it casts floating tensors other than float64, before the dtype checks: a previous layer's
+    spikes may already be in the autocast dtype while this layer's weight is float32. The
+    spikes come out in the autocast dtype."""
+    if not (isinstance(s_in, torch.Tensor) and isinstance(weight, torch.Tensor)):
+        return s_in, weight  # the checks that follow explain
     dev = s_in.device.type
-    if torch.is_autocast_enabled(dev):
+    if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
         dtype = torch.get_autocast_dtype(dev)
-        s_in, weight = (t.to(dtype) if t.dtype == torch.float32 else t for t in (s_in, weight))
+
+        def cast(t):
+            return t.to(dtype) if t.is_floating_point() and t.dtype not in (torch.float64, dtype) else t
+
+        s_in, weight = cast(s_in), cast(weight)
     return s_in, weight
 
 
@@ -160,10 +168,10 @@ def srm_conv2d(
         autocast dtype: the convolution runs in it), values 0 or 1.
     """
     conv = _checks.conv2d_params(stride, padding, dilation, groups)
+    s_in, weight = _autocast_synapse(s_in, weight)
     _checks.check_srm_conv2d(s_in, weight, conv[3])
     _checks.conv2d_output_size(s_in.shape[-2:], weight.shape[-2:], *conv[:3])
     srm, scale = _srm_args(tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, input_grad_scale)
-    s_in, weight = _autocast_synapse(s_in, weight)
     b = resolve(backend, s_in.device)
     if b == "reference":
         return reference.srm_conv2d(s_in, weight, *conv, *srm, scale)
@@ -227,9 +235,9 @@ def srm_linear(
         spikes ``[T, ..., out_features]``, dtype of `s_in` (the autocast dtype inside
         ``torch.autocast``), values 0 or 1.
     """
+    s_in, weight = _autocast_synapse(s_in, weight)
     _checks.check_srm_linear(s_in, weight)
     srm, scale = _srm_args(tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, input_grad_scale)
-    s_in, weight = _autocast_synapse(s_in, weight)
     b = resolve(backend, s_in.device)
     if b == "reference":
         return reference.srm_linear(s_in, weight, *srm, scale)
