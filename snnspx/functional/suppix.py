@@ -110,7 +110,27 @@ class _TorchPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y, _grad_aux):
         lab, aux = ctx.saved_tensors
-        return _gather_torch(grad_y.contiguous(), lab, aux, ctx.mode), None, None, None
+        return _TorchPoolGrad.apply(grad_y.contiguous(), lab, aux, ctx.mode), None, None, None
+
+
+class _TorchPoolGrad(torch.autograd.Function):
+    """Pooling's backward (a gather), with the adjoint of :func:`_pool_adjoint` as its own
+    backward: a double backward rounds once, like the compiled backends and the reference."""
+
+    @staticmethod
+    def forward(ctx, grad_y, lab, aux, mode):
+        ctx.save_for_backward(lab, aux)
+        ctx.mode, ctx.K = mode, grad_y.shape[-1]
+        return _gather_torch(grad_y, lab, aux, mode)
+
+    @staticmethod
+    def backward(ctx, v):
+        lab, aux = ctx.saved_tensors
+        return _pool_adjoint(v.contiguous(), lab, aux, ctx.mode, ctx.K, _pool_torch_y), None, None, None
+
+
+def _pool_torch_y(v, lab, K, mode):
+    return _pool_torch(v, lab, K, mode)[0]
 
 
 class _TorchUnpool(torch.autograd.Function):
@@ -273,17 +293,23 @@ def suppix_counts(
     return _counts_shape(labels, counts, K)
 
 
-def _pool_adjoint(v: torch.Tensor, labels: torch.Tensor, aux: torch.Tensor, mode: str, K: int) -> torch.Tensor:
-    """The adjoint of ``suppix_pool_backward(., labels, aux, mode)``: [T, B, C, P] -> [T, B, C, K]."""
+def _pool_adjoint(v: torch.Tensor, labels: torch.Tensor, aux: torch.Tensor, mode: str, K: int, pool) -> torch.Tensor:
+    """The adjoint of pooling's backward ``gather(., labels, aux, mode)``: [T, B, C, P] -> [T, B, C, K],
+    with ``pool(v, labels, K, mode)`` the sum/avg pooling of the backend. Sums and divides in
+    float32 (float64 for float64) and rounds once, as the reference does."""
     if mode in ("sum", "avg"):  # sum / n with n the pixel count, 0 where n = 0
-        return torch.ops.snnspx.suppix_pool.default(v, labels, K, mode, False)[0]
+        return pool(v, labels, K, mode)
     if mode == "avg_spike":  # sum / m with m = aux, the non-zero inputs per (t, b, c, k)
-        s = torch.ops.snnspx.suppix_pool.default(v, labels, K, "sum", False)[0]
-        return torch.where(aux > 0, s.to(_acc(s.dtype)) / aux.clamp(min=1), 0).to(s.dtype)
+        s = pool(v.to(_acc(v.dtype)), labels, K, "sum")
+        return torch.where(aux > 0, s / aux.clamp(min=1), 0).to(v.dtype)
     # max: the value at the argmax pixel, 0 for an empty superpixel (aux = -1)
     if v.shape[-1] == 0:
         return v.new_zeros(aux.shape)
     return torch.where(aux >= 0, v.gather(-1, aux.clamp(min=0).long()), 0)
+
+
+def _pool_op(v, labels, K, mode):
+    return torch.ops.snnspx.suppix_pool.default(v, labels, K, mode, False)[0]
 
 
 # --------------------------------------------------------------------------- registrations
@@ -337,7 +363,7 @@ def _register() -> None:
 
     def _pool_backward_backward(ctx, gg):
         labels, aux = ctx.saved_tensors
-        return _pool_adjoint(gg, labels, aux, ctx.mode, ctx.K), None, None, None
+        return _pool_adjoint(gg, labels, aux, ctx.mode, ctx.K, _pool_op), None, None, None
 
     torch.library.register_autograd(
         lib + "suppix_pool_backward", _pool_backward_backward, setup_context=_pool_backward_setup
