@@ -354,6 +354,7 @@ bool forward_plane_typed(const void* x, const void* labels, const int32_t* count
   if (s.T == 0 || BC == 0 || (out == 0 && saved == nullptr)) return true;
   int64_t split = 1, chunk = 0;
   plane_split(s, split, chunk);
+  if (BC * split > int64_t(0x7fffffff)) return false;  // beyond one grid: the default kernel runs
   const bool direct = split == 1;
   if (!direct && out > 0) {
     cudaMemsetAsync(scratch_count, 0, sizeof(int32_t) * out, stream);
