@@ -577,7 +577,7 @@ def suppix_pool(
     internal = _checks.suppix_mode(mode, grad)
     lay = _checks.suppix_layout(x, labels, pooled=False)
     K, inferred = _checks.num_superpixels(lay.labels, num_superpixels)
-    if check_labels and not inferred:
+    if _checks.check_flag(check_labels, "check_labels") and not inferred:
         _checks.check_label_range(lay.labels, K)
     if not check_labels:  # labels >= K are ignored pixels, as in the kernels
         lay = lay._replace(labels=torch.where(lay.labels >= K, -1, lay.labels))
@@ -596,7 +596,7 @@ def suppix_unpool(y: torch.Tensor, labels: torch.Tensor, *, check_labels: bool =
     """
     lay = _checks.suppix_layout(y, labels, pooled=True)
     K = y.shape[-1]
-    if check_labels:
+    if _checks.check_flag(check_labels, "check_labels"):
         _checks.check_label_range(lay.labels, K)
     else:
         lay = lay._replace(labels=torch.where(lay.labels >= K, -1, lay.labels))
@@ -730,7 +730,7 @@ def srm_suppix_pool(
     lay = _checks.suppix_layout(x, labels, pooled=False)
     _checks.suppix_mode(mode, "exact")
     K, inferred = _checks.num_superpixels(lay.labels, num_superpixels)
-    if check_labels and not inferred:
+    if _checks.check_flag(check_labels, "check_labels") and not inferred:
         _checks.check_label_range(lay.labels, K)
     spikes = srm_neuron(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv)
     return suppix_pool(spikes, labels, K, mode, check_labels=False)

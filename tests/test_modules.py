@@ -110,6 +110,7 @@ def test_extra_repr_shows_every_setting():
     r = repr(snnspx.nn.SupPixUnpool(check_labels=False, backend="cpp"))
     assert r == "SupPixUnpool(check_labels=False, batch_first=False, backend='cpp')"
     assert "backend='reference'" in repr(snnspx.nn.SpikeAvgPool2d(backend="reference"))
+    assert "check_labels=True" in repr(snnspx.nn.SRMSupPixPool())
 
 
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)
@@ -136,3 +137,15 @@ def test_meta_tensors_reach_the_backend_check():
     w = torch.zeros(3, 4, device="meta")
     with pytest.raises(ValueError, match="runs on CPU tensors"):
         snnspx.functional.srm_linear(s, w, backend="cpp")
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "cpp"])
+def test_functional_check_labels_must_be_bool(backend):
+    x = torch.zeros(2, 1, 1, 2, 2)
+    lab = torch.zeros(2, 2, dtype=torch.long)
+    with pytest.raises(TypeError, match="check_labels must be True or False"):
+        snnspx.functional.suppix_pool(x, lab, 1, check_labels="no", backend=backend)
+    with pytest.raises(TypeError, match="check_labels must be True or False"):
+        snnspx.functional.suppix_unpool(torch.zeros(2, 1, 1, 1), lab, check_labels=None, backend=backend)
+    with pytest.raises(TypeError, match="check_labels must be True or False"):
+        snnspx.functional.srm_suppix_pool(x, lab, 1, check_labels=1, backend=backend)

@@ -47,8 +47,8 @@ def srm_suppix_pool(
     ``"sum"`` and ``"max"`` give the same bits too, but ``"avg"`` may differ by one unit
     in the last place: the fused kernel keeps ``g / n`` in float32 and rounds once, at
     the end, where the composition also rounds ``g / n`` to the input dtype before the
-    neuron's backward; the fused value is never the farther of the two from the exact
-    one. tests/test_fused.py checks all of this on the C++ backend, and every backend
+    neuron's backward; the fused value is never the farther of the two from the same
+    computation in float32. tests/test_fused.py checks all of this on the C++ backend, and every backend
     against the reference composition with ``torch.testing.assert_close`` (the dtype's
     default tolerances).
 
@@ -81,7 +81,7 @@ def srm_suppix_pool(
     layout = _checks.suppix_layout(x, labels, pooled=False)
     _checks.suppix_mode(mode, "exact")
     K, inferred = _checks.num_superpixels(labels, num_superpixels)
-    check = bool(check_labels) and not inferred  # an inferred K bounds every label
+    check = _checks.check_flag(check_labels, "check_labels") and not inferred  # an inferred K bounds every label
     b = resolve(backend, x.device)
     if b in ("torch", "reference"):
         from .suppix import suppix_pool

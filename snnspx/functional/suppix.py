@@ -212,7 +212,7 @@ def suppix_pool(
     internal = _checks.suppix_mode(mode, grad)
     lay = _checks.suppix_layout(x, labels, pooled=False)
     K, inferred = _checks.num_superpixels(lay.labels, num_superpixels)
-    check = bool(check_labels) and not inferred
+    check = _checks.check_flag(check_labels, "check_labels") and not inferred
     b = resolve(backend, x.device)
     if b == "reference":
         return reference.suppix_pool(x, labels, K, mode, grad=grad, return_counts=return_counts, check_labels=check)
@@ -255,6 +255,7 @@ def suppix_unpool(
         z ``[T, B, C, H, W]`` (``[B, C, H, W]`` for 3-D `y`), dtype of `y`.
     """
     lay = _checks.suppix_layout(y, labels, pooled=True)
+    _checks.check_flag(check_labels, "check_labels")
     b = resolve(backend, y.device)
     if b == "reference":
         return reference.suppix_unpool(y, labels, check_labels=check_labels)
@@ -263,7 +264,7 @@ def suppix_unpool(
             _checks.check_label_range(lay.labels, y.shape[-1])
         z = _TorchUnpool.apply(lay.data, lay.labels)
     else:
-        z = torch.ops.snnspx.suppix_unpool.default(lay.data, lay.labels, bool(check_labels))
+        z = torch.ops.snnspx.suppix_unpool.default(lay.data, lay.labels, check_labels)
     z = z.unflatten(-1, lay.spatial)
     return z[0] if lay.single_step else z
 

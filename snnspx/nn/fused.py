@@ -71,5 +71,5 @@ class SRMSupPixPool(SRMModule):
     def extra_repr(self) -> str:
         return (
             f"mode={self.mode!r}, num_superpixels={self.num_superpixels}, " + self._neuron_repr()
-            + ("" if self.check_labels else ", check_labels=False")
+            + f", check_labels={self.check_labels}"
         )
