@@ -311,6 +311,15 @@ def _check_pair(s_in, weight) -> None:
         raise ValueError(f"weight must be on s_in's device {s_in.device}, got {weight.device}")
 
 
+def check_standardize_args(weight, bn_weight, bn_bias) -> None:
+    check_tensor(weight, "weight")
+    if weight.dim() != 2 or weight.shape[1] < 2:
+        raise ValueError(f"weight must be [out_features, in_features >= 2], got shape {tuple(weight.shape)}")
+    for name, t in (("bn_weight", bn_weight), ("bn_bias", bn_bias)):
+        if t is not None and tuple(t.shape) != (weight.shape[0],):
+            raise ValueError(f"{name} must be [{weight.shape[0]}] (one per output unit), got shape {tuple(t.shape)}")
+
+
 def check_input_grad_scale(input_grad_scale) -> None:
     if not isinstance(input_grad_scale, (int, float)) or isinstance(input_grad_scale, bool):
         raise TypeError(f"input_grad_scale must be a Python number, got {type(input_grad_scale).__name__}")

@@ -425,7 +425,11 @@ def srm_linear(
 
 
 def standardize_weight(weight, bn_weight=None, bn_bias=None, eps=1e-5):
-    """Row by row: ``(w - mean) / sqrt(unbiased var + eps) * bn_weight + bn_bias`` (float64 loops, no autograd)."""
+    """Row by row: ``(w - mean) / sqrt(unbiased var + eps) * bn_weight + bn_bias`` (float64 loops, no autograd).
+
+    A zero denominator (a constant row with ``eps = 0``) divides as IEEE floats do: NaN for
+    0 / 0, like the functional form."""
+    _checks.check_standardize_args(weight, bn_weight, bn_bias)
     w = weight.detach().cpu().double()
     out = torch.empty_like(w)
     n = w.shape[1]
@@ -435,8 +439,10 @@ def standardize_weight(weight, bn_weight=None, bn_bias=None, eps=1e-5):
         var = sum((v - mean) ** 2 for v in row) / (n - 1)
         gain = 1.0 if bn_weight is None else float(bn_weight.detach()[o])
         shift = 0.0 if bn_bias is None else float(bn_bias.detach()[o])
-        for i in range(n):
-            out[o, i] = (row[i] - mean) / (var + eps) ** 0.5 * gain + shift
+        den = np.float64((var + eps) ** 0.5)
+        with np.errstate(all="ignore"):  # den = 0: IEEE division (NaN or +-inf), not an exception
+            for i in range(n):
+                out[o, i] = float(np.float64(row[i] - mean) / den * gain + shift)
     return out.to(device=weight.device, dtype=weight.dtype)
 
 

@@ -601,3 +601,24 @@ def test_two_layer_network_learns(backend, device):
     assert sum(losses[-5:]) / 5 < 0.5 * losses[0], f"loss did not fall: {[round(v, 2) for v in losses]}"
     wrong = _train(backend, device, sign=+1, steps=10)
     assert wrong[-1] > 2 * wrong[0], f"ascent should raise the loss: {[round(v, 2) for v in wrong]}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_standardize_weight_half_standardises_in_float32(dtype):
+    """A float16 variance overflows for a spread of a few hundred ((400 - 0)^2 / 2 > 65504);
+    the rows are standardised in float32 and rounded once, as the reference does."""
+    w = torch.tensor([[0.0, 400.0], [1.0, -3.0]], dtype=dtype, requires_grad=True)
+    got = F.standardize_weight(w)
+    assert got.dtype == dtype
+    assert torch.equal(got, R.standardize_weight(w))
+    got.sum().backward()
+    assert torch.isfinite(w.grad).all()
+
+
+def test_standardize_weight_edge_cases_agree_with_reference():
+    """eps = 0 on a constant row divides 0 by 0 (NaN) on both; one input is a ValueError on both."""
+    w = torch.ones(1, 3)
+    assert F.standardize_weight(w, eps=0.0).isnan().all() and R.standardize_weight(w, eps=0.0).isnan().all()
+    for fn in (F.standardize_weight, R.standardize_weight):
+        with pytest.raises(ValueError, match="in_features >= 2"):
+            fn(torch.ones(2, 1))

@@ -260,20 +260,22 @@ def standardize_weight(
         weight: ``[out_features, in_features]``, ``in_features >= 2``.
         bn_weight, bn_bias: ``[out_features]`` or None (no scaling / no shift).
         eps: added to the variance.
+
+    Returns:
+        ``[out_features, in_features]`` in the dtype of `weight`. float16/bfloat16 weights are
+        standardised in float32 and rounded once (a float16 variance overflows already for a
+        spread of a few hundred).
     """
-    _checks.check_tensor(weight, "weight")
-    if weight.dim() != 2 or weight.shape[1] < 2:
-        raise ValueError(f"weight must be [out_features, in_features >= 2], got shape {tuple(weight.shape)}")
-    for name, t in (("bn_weight", bn_weight), ("bn_bias", bn_bias)):
-        if t is not None and tuple(t.shape) != (weight.shape[0],):
-            raise ValueError(f"{name} must be [{weight.shape[0]}] (one per output unit), got shape {tuple(t.shape)}")
-    var, mean = torch.var_mean(weight, dim=1, correction=1, keepdim=True)
-    w = (weight - mean) / torch.sqrt(var + eps)
+    _checks.check_standardize_args(weight, bn_weight, bn_bias)
+    acc = _checks.acc_dtype(weight.dtype)
+    w = weight.to(acc)
+    var, mean = torch.var_mean(w, dim=1, correction=1, keepdim=True)
+    w = (w - mean) / torch.sqrt(var + eps)
     if bn_weight is not None:
-        w = w * bn_weight[:, None]
+        w = w * bn_weight.to(acc)[:, None]
     if bn_bias is not None:
-        w = w + bn_bias[:, None]
-    return w
+        w = w + bn_bias.to(acc)[:, None]
+    return w.to(weight.dtype)
 
 
 # --------------------------------------------------------------------------- pooling
