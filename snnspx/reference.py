@@ -472,21 +472,20 @@ def spike_avg_pool2d_backward(grad_y, x, kernel_size=2):
 
 
 def _pool_adjoint_loops(V: np.ndarray, label_map, K: int, f, scale=None, arg=None):
-    """The adjoint of :func:`_unpool_loops` (same `scale` and `arg`): y[t, b, c, k] = the sum of
-    V[t, b, c, p] over the pixels p of k (only p = arg[t, b, c, k]), / scale[t, b, c, k], 0 where
-    that is 0."""
-    T, B, C, P = V.shape
-    y = np.zeros((T, B, C, K), f)
-    with np.errstate(all="ignore"):
-        for t, b, c, lab in _planes(T, B, C, label_map):
-            for p in range(P):
-                k = int(lab[p])
-                if k >= 0 and (arg is None or arg[t, b, c, k] == p):
-                    y[t, b, c, k] = f(y[t, b, c, k] + V[t, b, c, p])
-            if scale is not None:
-                for k in range(K):
-                    n = scale[t, b, c, k]
-                    y[t, b, c, k] = y[t, b, c, k] / f(n) if n > 0 else f(0)
+    """The adjoint of :func:`_unpool_loops` (same `scale` and `arg`): sum pooling of V, divided
+    by scale[t, b, c, k] (0 where that is 0); with `arg`, the value at pixel arg[t, b, c, k]
+    alone (0 for an empty superpixel, arg = -1)."""
+    if arg is not None:
+        y = np.zeros((*V.shape[:3], K), f)
+        for t, b, c, k in np.ndindex(y.shape):
+            if arg[t, b, c, k] >= 0:
+                y[t, b, c, k] = V[t, b, c, arg[t, b, c, k]]
+        return y
+    y = _pool_loops(V, label_map, K, "sum", f)[0]
+    if scale is not None:
+        with np.errstate(all="ignore"):
+            for i in np.ndindex(y.shape):
+                y[i] = y[i] / f(scale[i]) if scale[i] > 0 else f(0)
     return y
 
 
