@@ -52,13 +52,14 @@ class Quantizer(nn.Module):
         super().__init__()
         _checks.check_quantizer_params(bits, rounding)
         self.bits, self.rounding = bits, rounding
-        self.register_buffer("running_min", torch.tensor(float("inf")))
-        self.register_buffer("running_max", torch.tensor(float("-inf")))
-        self.register_buffer("scale_exponent", torch.tensor(-1, dtype=torch.int64))
+        self.register_buffer("running_min", torch.empty(()))
+        self.register_buffer("running_max", torch.empty(()))
+        self.register_buffer("scale_exponent", torch.empty((), dtype=torch.int64))
         # Whether scale_exponent >= 0, kept on the host so that forward never reads a GPU
         # tensor back: True / False when known, None after training batches whose finiteness
         # only the device knows (resolved by train(False), i.e. .eval()).
         self._calibrated: bool | None = False
+        self.reset_running_stats()  # the initial values
 
     @torch.no_grad()
     def reset_running_stats(self) -> None:
