@@ -7,6 +7,11 @@ from torch import nn
 from .. import _checks
 
 
+def backend_repr(backend: str | None) -> str:
+    """The ``extra_repr`` suffix of a module's `backend`: empty unless one is forced."""
+    return "" if backend is None else f", backend={backend!r}"
+
+
 class SRMModule(nn.Module):
     """Checks and stores ``tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv`` (as floats),
     ``batch_first`` and ``backend`` for SRMNeuron, SRMSupPixPool and the SRM layers."""
@@ -26,5 +31,5 @@ class SRMModule(nn.Module):
         return (
             f"tau_m={self.tau_m}, tau_s={self.tau_s}, tau_grad={self.tau_grad}, v_th={self.v_th}, "
             f"du_inv_clamp={self.du_inv_clamp}, max_dudt_inv={self.max_dudt_inv}, batch_first={self.batch_first}"
-            + (f", backend={self.backend!r}" if self.backend is not None else "")
+            + backend_repr(self.backend)
         )

@@ -7,7 +7,7 @@ from torch import nn
 
 from .. import _checks
 from ..functional import layers as F
-from ._base import SRMModule
+from ._base import SRMModule, backend_repr
 from .quantizer import Quantizer
 
 __all__ = ["SRMConv2d", "SRMLinear", "SpikeAvgPool2d"]
@@ -277,6 +277,4 @@ class SpikeAvgPool2d(nn.Module):
         return F.spike_avg_pool2d(x, self.kernel_size, backend=self.backend)
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, batch_first={self.batch_first}" + (
-            f", backend={self.backend!r}" if self.backend is not None else ""
-        )
+        return f"kernel_size={self.kernel_size}, batch_first={self.batch_first}" + backend_repr(self.backend)

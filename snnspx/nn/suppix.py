@@ -7,6 +7,7 @@ from torch import nn
 
 from .. import _checks
 from ..functional import suppix as F
+from ._base import backend_repr
 
 __all__ = ["SupPixPool", "SupPixUnpool"]
 
@@ -17,9 +18,7 @@ def _time_major(t: torch.Tensor, full_dim: int) -> torch.Tensor:
 
 
 def _flags_repr(m: nn.Module) -> str:
-    return f"check_labels={m.check_labels}, batch_first={m.batch_first}" + (
-        f", backend={m.backend!r}" if m.backend is not None else ""
-    )
+    return f"check_labels={m.check_labels}, batch_first={m.batch_first}" + backend_repr(m.backend)
 
 
 class SupPixPool(nn.Module):
