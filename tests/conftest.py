@@ -62,3 +62,15 @@ def _seeded_global_rng(seed):
     too, so every failure replays from it."""
     torch.manual_seed(seed)
     random.seed(seed)
+
+
+# --------------------------------------------------------------------------- random inputs (superpixels)
+def rand_x(gen, shape, dtype=torch.float32, device="cpu"):
+    """Gaussian values drawn in float64 (no ties, with probability 1), then cast."""
+    return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype).to(device)
+
+
+def rand_labels(gen, form, T, B, H, W, K, device="cpu", low=-1, dtype=torch.int64):
+    """Labels in [low, K - 2]: some pixels ignored (-1), superpixel K - 1 always empty."""
+    shape = {"shared": (H, W), "per_image": (B, H, W), "per_step": (T, B, H, W)}[form]
+    return torch.randint(low, K - 1, shape, generator=gen).to(dtype).to(device)

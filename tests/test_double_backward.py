@@ -9,22 +9,7 @@ import torch
 from torch.autograd import gradgradcheck
 
 import snnspx.functional as F
-from conftest import ALL_BACKENDS, GRID
-
-
-def _labels(gen, shape, K):
-    lab = torch.randint(-1, K, shape, generator=gen)
-    lab[lab == K - 2] = -1  # superpixel K - 2 is empty everywhere; -1 marks ignored pixels
-    return lab
-
-
-def _max_input(gen, shape, device):
-    """float64 values without ties (max pooling's derivative is defined there)."""
-    n = 1
-    for s in shape:
-        n *= s
-    x = torch.randperm(n, generator=gen).to(torch.float64).reshape(shape) / n
-    return x.to(device)
+from conftest import ALL_BACKENDS, GRID, rand_labels, rand_x
 
 
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)
@@ -32,9 +17,8 @@ def _max_input(gen, shape, device):
 @pytest.mark.parametrize("label_form", ["shared", "per_image", "per_step"])
 def test_pool_gradgradcheck(backend, device, mode, label_form, gen):
     T, B, C, H, W, K = 3, 2, 2, 3, 4, 5
-    lab_shape = {"shared": (H, W), "per_image": (B, H, W), "per_step": (T, B, H, W)}[label_form]
-    lab = _labels(gen, lab_shape, K).to(device)
-    x = _max_input(gen, (T, B, C, H, W), device).requires_grad_()
+    lab = rand_labels(gen, label_form, T, B, H, W, K, device)
+    x = rand_x(gen, (T, B, C, H, W), torch.float64, device).requires_grad_()  # no ties: max is differentiable
 
     def f(x):
         return F.suppix_pool(x, lab, K, mode, backend=backend)
@@ -45,8 +29,8 @@ def test_pool_gradgradcheck(backend, device, mode, label_form, gen):
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 def test_unpool_gradgradcheck(backend, device, gen):
     T, B, C, H, W, K = 3, 2, 2, 3, 4, 5
-    lab = _labels(gen, (B, H, W), K).to(device)
-    y = torch.randn(T, B, C, K, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    lab = rand_labels(gen, "per_image", T, B, H, W, K, device)
+    y = rand_x(gen, (T, B, C, K), torch.float64, device).requires_grad_()
     assert gradgradcheck(lambda y: F.suppix_unpool(y, lab, backend=backend), (y,))
 
 
@@ -59,10 +43,10 @@ def test_pool_second_derivative_matches_reference(backend, device, mode, grad, d
     sums and divisions run in float32 and round once: bitwise equal to the reference on the CPU
     (same pixel order), to the dtype's tolerance on CUDA (another fixed order)."""
     T, B, C, H, W, K = 4, 2, 3, 8, 8, 6
-    lab = _labels(gen, (B, H, W), K)
+    lab = rand_labels(gen, "per_image", T, B, H, W, K)
     x = (torch.rand(T, B, C, H, W, generator=gen, dtype=torch.float64) < 0.4).to(dtype)
-    gy = torch.randn(T, B, C, K, generator=gen, dtype=torch.float64).to(dtype)
-    v = torch.randn(T, B, C, H, W, generator=gen, dtype=torch.float64).to(dtype)
+    gy = rand_x(gen, (T, B, C, K), dtype)
+    v = rand_x(gen, (T, B, C, H, W), dtype)
 
     def second(b, dev):
         xx = x.to(dev).requires_grad_()

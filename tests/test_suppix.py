@@ -13,20 +13,10 @@ import snnspx
 from snnspx import functional as F
 from snnspx import reference as R
 from snnspx import superpixels as S
-from conftest import ALL_BACKENDS, COMPILED, DTYPES, GRID
+from conftest import ALL_BACKENDS, COMPILED, DTYPES, GRID, rand_labels, rand_x
 
 MODES = ["sum", "avg", "max"]
 LABEL_FORMS = ["shared", "per_image", "per_step"]
-
-
-def rand_x(gen, shape, dtype=torch.float32, device="cpu"):
-    return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype).to(device)
-
-
-def rand_labels(gen, form, T, B, H, W, K, device="cpu", low=-1, dtype=torch.int64):
-    """Labels in [low, K - 2]: some pixels ignored (-1), superpixel K - 1 always empty."""
-    shape = {"shared": (H, W), "per_image": (B, H, W), "per_step": (T, B, H, W)}[form]
-    return torch.randint(low, K - 1, shape, generator=gen).to(dtype).to(device)
 
 
 def spikes(gen, shape, dtype=torch.float32, device="cpu", p=0.3):
