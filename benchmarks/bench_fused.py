@@ -7,21 +7,19 @@ unfused pair (``srm_neuron`` + ``suppix_pool``). Shapes: GPU T,B,C,H,W,K =
 
     python benchmarks/bench_fused.py [--device cpu|cuda] [--write]
 
-On CUDA the fused op is timed a second time with SNNSPX_EXPERIMENTAL_CUDA=1 (the
-experimental plane forward kernel, docs/build.md), set only around that measurement.
+On CUDA the fused op is timed a second time with SNNSPX_LEGACY_CUDA=1 (the earlier
+default forward, global integer atomics; docs/build.md), set only around that measurement.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Table, parser, time_ms  # noqa: E402
+from common import LEGACY, Table, legacy_cuda, parser, time_ms  # noqa: E402
 
 import snnspx  # noqa: E402
 from snnspx import superpixels  # noqa: E402
@@ -34,23 +32,6 @@ def eager_pool(spikes: torch.Tensor, index: torch.Tensor, K: int) -> torch.Tenso
     flat = spikes.reshape(T, B, C, -1)
     out = flat.new_zeros(T, B, C, K + 1)
     return out.scatter_reduce(3, index, flat, "mean", include_self=False)[..., :K]
-
-
-EXPERIMENTAL = "SNNSPX_EXPERIMENTAL_CUDA"
-
-
-@contextlib.contextmanager
-def experimental_cuda():
-    """SNNSPX_EXPERIMENTAL_CUDA=1 inside the block (the C++ side reads it at every call)."""
-    old = os.environ.get(EXPERIMENTAL)
-    os.environ[EXPERIMENTAL] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ[EXPERIMENTAL]
-        else:
-            os.environ[EXPERIMENTAL] = old
 
 
 def main() -> None:
@@ -120,17 +101,15 @@ def main() -> None:
     if dev == "cuda":
         with torch.no_grad():
             y_default = fused_inf()
-        with experimental_cuda():
+        with legacy_cuda():
             with torch.no_grad():
                 same = torch.equal(fused_inf(), y_default)
                 x_inf = run(fused_inf)
-                x_unchecked = run(fused_inf_unchecked)
             x_tr = run(fused_train)
-        row = f"snnspx fused, {EXPERIMENTAL}=1"
+        row = f"snnspx fused, {LEGACY}=1"
         t.add("inference", row, x_inf, f"{x_inf / f_inf:.2f}x")
-        t.add("inference", row + ", check_labels=False", x_unchecked, f"{x_unchecked / f_inf:.2f}x")
         t.add("training fwd+bwd", row, x_tr, f"{x_tr / f_tr:.2f}x")
-        notes += f" {EXPERIMENTAL}=1 output bitwise equal to the default kernel's: {'yes' if same else 'NO'}."
+        notes += f" {LEGACY}=1 output bitwise equal to the default kernel's: {'yes' if same else 'NO'}."
     if dev == "cuda":
         nbytes = x.numel() * x.element_size()
         notes += f" Reading x once: {run(lambda: x.sum()):.3f} ms ({nbytes / 1e6:.0f} MB, torch.sum)."

@@ -8,39 +8,23 @@ to x's size (a view), as scatter_reduce/gather need an index of that shape.
 
     python benchmarks/bench_suppix.py [--device cpu|cuda] [--write]
 
-On CUDA, extra rows time the pooling forward with SNNSPX_EXPERIMENTAL_CUDA=1 (the
-no-sort kernel), set only around those measurements.
+On CUDA, extra rows time the earlier default kernels (SNNSPX_LEGACY_CUDA=1: sorted
+pooling, one-pixel gather), set only around those measurements.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Table, add_keep_freed_memory, keep_freed_memory, parser, time_ms  # noqa: E402
+from common import LEGACY, Table, add_keep_freed_memory, keep_freed_memory, legacy_cuda, parser, time_ms  # noqa: E402
 
 import snnspx  # noqa: E402
 from snnspx import functional as F  # noqa: E402
 from snnspx.superpixels import grid_superpixels  # noqa: E402
-
-
-@contextlib.contextmanager
-def experimental_cuda():
-    """SNNSPX_EXPERIMENTAL_CUDA=1 inside the block (the ops read it at every call)."""
-    old = os.environ.get("SNNSPX_EXPERIMENTAL_CUDA")
-    os.environ["SNNSPX_EXPERIMENTAL_CUDA"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["SNNSPX_EXPERIMENTAL_CUDA"]
-        else:
-            os.environ["SNNSPX_EXPERIMENTAL_CUDA"] = old
 
 
 def backward_ms(fn, inp: torch.Tensor, grad: torch.Tensor, min_run_time: float) -> float:
@@ -117,12 +101,12 @@ def main() -> None:
     if dev == "cuda":
         nbytes = x.numel() * x.element_size()
         t.add("read x once (x.sum(), bandwidth floor)", run(lambda: x.sum()), "", f"{nbytes:.3g} B read")
-        for mode in ("avg", "max", "sum"):
-            with experimental_cuda():
-                mine = run(lambda: ours(x, mode))
-                mine_unchecked = run(lambda: ours(x, mode, check_labels=False))
-            row(f"pool {mode}, forward, SNNSPX_EXPERIMENTAL_CUDA=1", bases[mode], mine)
-            row(f"pool {mode}, forward, SNNSPX_EXPERIMENTAL_CUDA=1, check_labels=False", bases[mode], mine_unchecked)
+        with legacy_cuda():
+            for mode in ("avg", "max", "sum"):
+                row(f"pool {mode}, forward, {LEGACY}=1", bases[mode], run(lambda: ours(x, mode)))
+            row(f"pool avg, backward, {LEGACY}=1", backward_ms(lambda v: scatter(v, "mean"), x, g_y, args.min_run_time),
+                backward_ms(lambda v: ours(v, "avg"), x, g_y, args.min_run_time))
+            row(f"unpool, forward, {LEGACY}=1", base, run(lambda: unpool(g_y)))
     t.emit(
         dev, args.write,
         f"Threads: {torch.get_num_threads()}. snnspx backend: {kernel}"

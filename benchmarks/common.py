@@ -8,6 +8,7 @@ and the date.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
@@ -81,3 +82,22 @@ class Table:
         if write:
             with DOCS.open("a") as f:
                 f.write("\n" + block)
+
+
+LEGACY = "SNNSPX_LEGACY_CUDA"
+
+
+@contextlib.contextmanager
+def legacy_cuda():
+    """SNNSPX_LEGACY_CUDA=1 inside the block: the earlier default CUDA kernels (sorted
+    pooling, the global-atomic fused forward, the one-pixel gather). The ops read the
+    variable at every call."""
+    old = os.environ.get(LEGACY)
+    os.environ[LEGACY] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[LEGACY]
+        else:
+            os.environ[LEGACY] = old

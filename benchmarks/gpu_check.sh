@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check: on a CUDA machine with only this checkout (no install needed),
-# build the kernels, run the CUDA tests (also with the experimental kernels switched
-# on), a per-kernel profile and the GPU benchmarks, print a short table.
+# build the kernels, run the CUDA tests (also with the earlier default kernels,
+# SNNSPX_LEGACY_CUDA=1), a per-kernel profile and the GPU benchmarks, print a short table.
 #   bash benchmarks/gpu_check.sh            (logs also go to $OUT when it is set)
-#   ONLY=experimental BENCH_ARGS="--min-run-time 0.2" bash benchmarks/gpu_check.sh
+#   ONLY=kernels BENCH_ARGS="--min-run-time 0.2" bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -30,16 +30,22 @@ PY
 
 # pytest-xdist, where installed, runs tests in 8 workers and survives a crashing test.
 xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
-# ONLY=experimental: just the candidate kernels' tests, profile and benchmarks (fits a
-# short device session); the default runs everything, the open questions first.
+# ONLY=kernels: just the pooling and fused tests, profile and benchmarks (fits a short
+# device session); the default runs every test and benchmark.
 only="${ONLY:-all}"
+tests="tests"
+[ "$only" = all ] || tests="tests/test_suppix.py tests/test_fused.py"
 
-step "tests with SNNSPX_EXPERIMENTAL_CUDA=1 (the candidate pooling and fused kernels)"
-SNNSPX_EXPERIMENTAL_CUDA=1 python3 -m pytest -q -p no:cacheprovider -p no:logging $xdist -m cuda \
+step "tests ($tests; the CUDA ones run here)"
+python3 -m pytest -q -p no:cacheprovider -p no:logging $xdist ${TEST_ARGS:-$tests} 2>&1 | tail -n 60
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+
+step "tests with SNNSPX_LEGACY_CUDA=1 (the earlier default pooling, gather and fused kernels)"
+SNNSPX_LEGACY_CUDA=1 python3 -m pytest -q -p no:cacheprovider -p no:logging $xdist -m cuda \
   tests/test_suppix.py tests/test_fused.py 2>&1 | tail -n 30
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
-step "per-kernel profile (default and experimental kernels)"
+step "per-kernel profile (default and legacy kernels)"
 timeout 180 python3 benchmarks/profile_gpu.py || status=1
 
 step "benchmarks: pooling and fused"
@@ -48,10 +54,6 @@ for b in benchmarks/bench_fused.py benchmarks/bench_suppix.py; do
 done
 
 if [ "$only" = all ]; then
-  step "tests (all; the CUDA ones run here)"
-  python3 -m pytest -q -p no:cacheprovider -p no:logging $xdist ${TEST_ARGS:-tests} 2>&1 | tail -n 60
-  [ "${PIPESTATUS[0]}" = 0 ] || status=1
-
   step "benchmarks: SRM and layers"
   for b in benchmarks/bench_srm.py benchmarks/bench_layers.py; do
     timeout 240 python3 "$b" --device cuda ${BENCH_ARGS:-} || status=1

@@ -1,6 +1,6 @@
 """Where the GPU time of one call goes: per-kernel device time (torch.profiler) of the
-superpixel pooling forward and the fused inference pass at the benchmark shapes, with the
-default kernels and with SNNSPX_EXPERIMENTAL_CUDA=1. A diagnostic, not a benchmark: the
+superpixel ops and the fused op (inference and training) at the benchmark shapes, with the
+default kernels and with SNNSPX_LEGACY_CUDA=1 (the earlier defaults). A diagnostic, not a benchmark: the
 ratios in docs/benchmarks.md come from the bench_*.py scripts.
 
     python benchmarks/profile_gpu.py [--calls 20]
@@ -61,27 +61,40 @@ def main() -> None:
     labels = torch.stack([torch.randperm(K, generator=gen)[grid] for _ in range(B)]).cuda()
     x = torch.randn((T, B, C, H, W), generator=gen).cuda()
     currents = (torch.randn((T, B, C, H, W), generator=gen) + 0.5).cuda()
+    y = torch.randn((T, B, C, K), generator=gen).cuda()
+    xg = currents.clone().requires_grad_()
+
+    def fused_train():
+        with torch.enable_grad():
+            F.srm_suppix_pool(xg, grid_d, K, "avg").sum().backward()
+
     cases = {
         "suppix_pool avg": lambda: F.suppix_pool(x, labels, K, "avg"),
         "suppix_pool avg, check_labels=False": lambda: F.suppix_pool(x, labels, K, "avg", check_labels=False),
         "suppix_pool max": lambda: F.suppix_pool(x, labels, K, "max"),
+        "suppix_unpool": lambda: F.suppix_unpool(y, labels),
         "srm_suppix_pool avg (inference)": lambda: F.srm_suppix_pool(currents, grid_d, K, "avg"),
         "srm_suppix_pool avg (inference), check_labels=False": lambda: F.srm_suppix_pool(
             currents, grid_d, K, "avg", check_labels=False
         ),
+        "srm_suppix_pool avg (inference), no spikes (v_th=1e9)": lambda: F.srm_suppix_pool(
+            currents, grid_d, K, "avg", v_th=1e9
+        ),
+        "srm_suppix_pool avg (training fwd+bwd, grad accumulated)": fused_train,
     }
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; T,B,C,H,W,K = {T},{B},{C},{H},{W},{K}")
     with torch.no_grad():
         for name, fn in cases.items():
             for flag in ("0", "1"):
-                os.environ["SNNSPX_EXPERIMENTAL_CUDA"] = flag
+                os.environ["SNNSPX_LEGACY_CUDA"] = flag
                 per, total = kernel_times(fn, args.calls)
                 wall = wall_us(fn, args.calls)
-                print(f"\n{name}, SNNSPX_EXPERIMENTAL_CUDA={flag}: {total:.1f} us of kernels, {wall:.1f} us wall per call")
+                print(f"\n{name}, SNNSPX_LEGACY_CUDA={flag}: {total:.1f} us of kernels, {wall:.1f} us wall per call")
                 for k, v in sorted(per.items(), key=lambda kv: -kv[1]):
                     print(f"  {v:9.1f} us  {k}")
-    os.environ.pop("SNNSPX_EXPERIMENTAL_CUDA", None)
-    names = ["cuda.suppix_pool", "cuda.srm_suppix_pool"]
+    os.environ.pop("SNNSPX_LEGACY_CUDA", None)
+    names = ["cuda.suppix_pool", "cuda.suppix_pool_nosort", "cuda.suppix_gather_tiled", "cuda.srm_suppix_pool",
+             "cuda.srm_suppix_pool_quad", "cuda.srm_suppix_pool_plane"]
     print("\ncompiled kernel calls:", {n: snnspx.kernel_calls(n) for n in names})
 
 

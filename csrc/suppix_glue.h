@@ -62,25 +62,6 @@ inline void check_suppix_label_top(int64_t top, int64_t K) {
               top);
 }
 
-// The range check (check_labels) without holding up the launches: the largest
-// label is reduced on the device when the check is queued, and read back (on a
-// GPU, a sync) by verify() only after the caller has queued its kernels. Those
-// kernels skip labels >= K, so they are safe to run before the verdict; an error
-// still reaches the caller, and the outputs are never returned.
-class DeferredLabelCheck {
- public:
-  DeferredLabelCheck(const at::Tensor& labels, int64_t K, bool enabled) : K_(K) {
-    if (enabled && labels.numel() > 0) top_ = labels.max();
-  }
-  void verify() const {
-    if (top_.defined()) check_suppix_label_top(top_.item<int64_t>(), K_);
-  }
-
- private:
-  at::Tensor top_;
-  int64_t K_;
-};
-
 // Every label < K. One max over the label map; on a GPU that is one read-back
 // (the Python wrappers say so, and let callers who know their labels skip it).
 inline void check_suppix_label_range(const at::Tensor& labels, int64_t K) {

@@ -8,6 +8,7 @@ import torch
 import snnspx
 from snnspx import functional as F
 from snnspx import reference as R
+from snnspx import superpixels as S
 from conftest import COMPILED, DTYPES, GRID, HAS_CUDA
 
 MODES = ["sum", "avg", "max"]
@@ -180,8 +181,8 @@ def test_fused_check_labels(backend, device, gen):
 
 
 @pytest.mark.cuda
-def test_fused_check_labels_cuda_experimental(gen, monkeypatch):
-    monkeypatch.setenv(EXPERIMENTAL, "1")
+def test_fused_check_labels_cuda_legacy(gen, monkeypatch):
+    monkeypatch.setenv(LEGACY, "1")
     _check_labels_flag("cuda", "cuda", gen)
 
 
@@ -227,28 +228,34 @@ def test_fused_kernel_runs_and_writes_no_full_tensor(gen):
 
 
 @pytest.mark.cuda
-def test_fused_cuda_kernels_actually_run(gen, monkeypatch):
+@pytest.mark.parametrize("legacy", [False, True], ids=["default", "legacy"])
+def test_fused_cuda_kernels_actually_run(legacy, gen, monkeypatch):
     """With no backend given, CUDA tensors go to the fused CUDA kernels: the inference kernel
-    without a gradient, the training forward and its backward with one; without
-    SNNSPX_EXPERIMENTAL_CUDA the plane kernel never runs."""
-    monkeypatch.delenv(EXPERIMENTAL, raising=False)
-    names = ["cuda.srm_suppix_pool", "cuda.srm_suppix_pool_fwd", "cuda.srm_suppix_pool_bwd", "cuda.srm_suppix_pool_plane"]
+    without a gradient, the training forward and its backward with one. By default the
+    inference counts spikes in the quad kernel (one label map per image, P % 4 == 0) and the
+    training forward in the plane kernel; with SNNSPX_LEGACY_CUDA=1 neither runs."""
+    if legacy:
+        monkeypatch.setenv(LEGACY, "1")
+    else:
+        monkeypatch.delenv(LEGACY, raising=False)
+    names = ["cuda.srm_suppix_pool", "cuda.srm_suppix_pool_fwd", "cuda.srm_suppix_pool_bwd", *SHARED_KERNELS]
     x = currents(gen, (6, 2, 3, 8, 8), device="cuda")
     labels = make_labels(gen, "batch", 6, 2, 8, 8, 5, device="cuda")
+    on = 0 if legacy else 1
     before = {n: snnspx.kernel_calls(n) for n in names}
     with torch.no_grad():
         F.srm_suppix_pool(x, labels, 5)
     ran = {n: snnspx.kernel_calls(n) - before[n] for n in names}
     assert ran == {"cuda.srm_suppix_pool": 1, "cuda.srm_suppix_pool_fwd": 0, "cuda.srm_suppix_pool_bwd": 0,
-                   "cuda.srm_suppix_pool_plane": 0}, ran
+                   "cuda.srm_suppix_pool_plane": 0, "cuda.srm_suppix_pool_quad": on}, ran
     y = F.srm_suppix_pool(x.clone().requires_grad_(), labels, 5)
     ran = {n: snnspx.kernel_calls(n) - before[n] for n in names}
     assert ran == {"cuda.srm_suppix_pool": 1, "cuda.srm_suppix_pool_fwd": 1, "cuda.srm_suppix_pool_bwd": 0,
-                   "cuda.srm_suppix_pool_plane": 0}, ran
+                   "cuda.srm_suppix_pool_plane": on, "cuda.srm_suppix_pool_quad": on}, ran
     y.sum().backward()
     ran = {n: snnspx.kernel_calls(n) - before[n] for n in names}
     assert ran == {"cuda.srm_suppix_pool": 1, "cuda.srm_suppix_pool_fwd": 1, "cuda.srm_suppix_pool_bwd": 1,
-                   "cuda.srm_suppix_pool_plane": 0}, ran
+                   "cuda.srm_suppix_pool_plane": on, "cuda.srm_suppix_pool_quad": on}, ran
 
 
 @pytest.mark.cuda
@@ -326,17 +333,25 @@ def test_module_batch_first(gen):
     assert "mode='sum'" in repr(m)
 
 
-# The experimental CUDA forward (SNNSPX_EXPERIMENTAL_CUDA=1, the "plane" kernel with
-# per-block shared-memory histograms; see docs/build.md). The C++ side reads the
-# variable at every call, so monkeypatch.setenv switches it for one test.
-EXPERIMENTAL = "SNNSPX_EXPERIMENTAL_CUDA"
+# The CUDA forward kernels (docs/build.md): by default the quad kernel (inference, one
+# label map per image, P % 4 == 0, aligned) or else the plane kernel (per-block
+# shared-memory histograms) where its histograms fit, the atomic kernel otherwise;
+# SNNSPX_LEGACY_CUDA=1 runs the atomic kernel always. The C++ side reads the variable at
+# every call, so monkeypatch switches it for one test.
+LEGACY = "SNNSPX_LEGACY_CUDA"
+SHARED_KERNELS = ("cuda.srm_suppix_pool_plane", "cuda.srm_suppix_pool_quad")
+
+
+def _shared_memory_runs() -> int:
+    return sum(snnspx.kernel_calls(n) for n in SHARED_KERNELS)
 
 
 def _check_fused_cuda(x, labels, K, mode, gen, oracle=None, plane=True):
     """fused y == oracle bitwise, gradient == oracle's gradient, both repeatable bitwise;
-    plane: whether every forward must have run the plane kernel (else none may)."""
+    plane: whether every forward must have run a shared-memory kernel, plane or quad (else
+    none may). Also the legacy atomic kernel's y, bit for bit."""
     oracle = oracle or (lambda x, lab: composed(x, lab, K, mode, du_inv_clamp=3.0))
-    ran_before = snnspx.kernel_calls("cuda.srm_suppix_pool_plane")
+    ran_before = _shared_memory_runs()
     T, B, C = x.shape[:3]
     w = torch.randn((T, B, C, K), generator=gen, dtype=torch.float64).to(x.dtype)
     with torch.no_grad():
@@ -358,8 +373,17 @@ def _check_fused_cuda(x, labels, K, mode, gen, oracle=None, plane=True):
         y2 = F.srm_suppix_pool(xg2, labels, K, mode, du_inv_clamp=3.0, backend="cuda")
         (y2 * w.cuda()).sum().backward()
         assert torch.equal(y2, y_tr) and torch.equal(xg2.grad, xg.grad), "not repeatable bitwise"
-    ran = snnspx.kernel_calls("cuda.srm_suppix_pool_plane") - ran_before
-    assert ran == (6 if plane else 0), f"the plane kernel ran {ran} of 6 forwards"
+    ran = _shared_memory_runs() - ran_before
+    assert ran == (6 if plane else 0), f"a shared-memory kernel ran {ran} of 6 forwards"
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv(LEGACY, "1")
+        with torch.no_grad():
+            assert torch.equal(F.srm_suppix_pool(x, labels, K, mode, backend="cuda"), y), "legacy kernel differs"
+        xl = x.clone().requires_grad_()
+        y_l = F.srm_suppix_pool(xl, labels, K, mode, du_inv_clamp=3.0, backend="cuda")
+        (y_l * w.cuda()).sum().backward()
+        assert torch.equal(y_l, y_tr) and torch.equal(xl.grad, xg.grad), "legacy training kernels differ"
+    assert _shared_memory_runs() - ran_before == ran
     return xr.grad
 
 
@@ -368,8 +392,8 @@ def _check_fused_cuda(x, labels, K, mode, gen, oracle=None, plane=True):
 @pytest.mark.parametrize("form", ["shared", "batch", "step"])
 @pytest.mark.parametrize("label_dtype", [torch.int32, torch.int64], ids=["i32", "i64"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_fused_cuda_experimental_equals_composition(mode, form, label_dtype, dtype, gen, monkeypatch):
-    monkeypatch.setenv(EXPERIMENTAL, "1")
+def test_fused_cuda_shared_memory_equals_composition(mode, form, label_dtype, dtype, gen, monkeypatch):
+    monkeypatch.delenv(LEGACY, raising=False)
     # B * C = 6 planes of 35 pixels: one block per plane (the direct path).
     T, B, C, H, W, K = 9, 2, 3, 5, 7, 6
     x = currents(gen, (T, B, C, H, W), dtype, "cuda")
@@ -380,11 +404,11 @@ def test_fused_cuda_experimental_equals_composition(mode, form, label_dtype, dty
 @pytest.mark.cuda
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("form", ["shared", "step"])
-def test_fused_cuda_experimental_split_planes(mode, form, gen, monkeypatch):
+def test_fused_cuda_shared_memory_split_planes(mode, form, gen, monkeypatch):
     # One plane of 96 x 96 pixels: too few planes for the GPU, so each is split over
     # several blocks that add their counts into the global scratch (argmax: lowest
     # spiking pixel over all blocks). Few superpixels, each spanning many blocks.
-    monkeypatch.setenv(EXPERIMENTAL, "1")
+    monkeypatch.delenv(LEGACY, raising=False)
     T, B, C, H, W, K = 5, 1, 1, 96, 96, 7
     x = currents(gen, (T, B, C, H, W), device="cuda") * 0.7
     labels = make_labels(gen, form, T, B, H, W, K, torch.int32, "cuda")
@@ -394,11 +418,11 @@ def test_fused_cuda_experimental_split_planes(mode, form, gen, monkeypatch):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("mode", MODES)
-def test_fused_cuda_experimental_many_planes(mode, gen, monkeypatch):
+def test_fused_cuda_shared_memory_many_planes(mode, gen, monkeypatch):
     # 320 planes (>= 2 per SM on GPUs with up to 160 SMs) of 400 pixels: one block per
     # plane whose threads walk two pixels each. The oracle is the torch backend's
     # composition (itself bitwise equal to the reference), the reference being slow here.
-    monkeypatch.setenv(EXPERIMENTAL, "1")
+    monkeypatch.delenv(LEGACY, raising=False)
     T, B, C, H, W, K = 6, 4, 80, 20, 20, 9
     x = currents(gen, (T, B, C, H, W), device="cuda")
     labels = make_labels(gen, "batch", T, B, H, W, K, torch.int64, "cuda")
@@ -411,10 +435,10 @@ def test_fused_cuda_experimental_many_planes(mode, gen, monkeypatch):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("mode", MODES)
-def test_fused_cuda_experimental_falls_back(mode, gen, monkeypatch):
+def test_fused_cuda_shared_memory_falls_back(mode, gen, monkeypatch):
     # T * K * 4 bytes = 64 KB of histograms exceed the plane kernel's 48 KB: the
     # default kernel runs, with the same results.
-    monkeypatch.setenv(EXPERIMENTAL, "1")
+    monkeypatch.delenv(LEGACY, raising=False)
     T, B, C, H, W, K = 4, 2, 2, 9, 11, 4096
     x = currents(gen, (T, B, C, H, W), device="cuda") * 2
     labels = make_labels(gen, "batch", T, B, H, W, K, torch.int64, "cuda")
@@ -422,10 +446,74 @@ def test_fused_cuda_experimental_falls_back(mode, gen, monkeypatch):
 
 
 @pytest.mark.cuda
-def test_fused_cuda_experimental_edge_cases(gen, monkeypatch):
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("form", ["shared", "batch", "grid"])
+@pytest.mark.parametrize("label_dtype", [torch.int32, torch.int64], ids=["i32", "i64"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["f32", "f16", "bf16"])
+def test_fused_cuda_quad_kernel(mode, form, label_dtype, dtype, gen, monkeypatch):
+    """The quad kernel (inference, one label map per image, P % 4 == 0, one block per plane
+    once there are >= 2 planes per SM): 320 planes of 12 x 100 pixels, so each thread walks
+    two quads (300 > 256 threads); T = 9, not a multiple of the steps loaded ahead. Random
+    labels give quads of 1 to 4 superpixels and ignored pixels; grid labels (4 x 4 cells)
+    give quads of one superpixel, which add their spikes with one atomic. y equals the
+    torch backend's composition and the legacy kernel bit for bit."""
+    monkeypatch.delenv(LEGACY, raising=False)
+    T, B, C, H, W, K = 9, 4, 80, 12, 100, 9
+    x = currents(gen, (T, B, C, H, W), dtype, "cuda")
+    if form == "grid":
+        labels = S.grid_superpixels(H, W, 4).to(label_dtype).cuda()
+        labels[0, :4] = -1  # one ignored quad
+        K = int(labels.max()) + 1
+    else:
+        labels = make_labels(gen, form, T, B, H, W, K, label_dtype, "cuda")
+    before = snnspx.kernel_calls("cuda.srm_suppix_pool_quad")
+    with torch.no_grad():
+        y = F.srm_suppix_pool(x, labels, K, mode, backend="cuda")
+        assert snnspx.kernel_calls("cuda.srm_suppix_pool_quad") == before + 1, "the quad kernel must have run"
+        want = F.srm_suppix_pool(x.cpu(), labels.cpu(), K, mode, backend="torch")
+        assert torch.equal(y.cpu(), want), f"quad y != composition ({mode}, {form})"
+        assert torch.equal(F.srm_suppix_pool(x, labels, K, mode, backend="cuda"), y), "not repeatable"
+        monkeypatch.setenv(LEGACY, "1")
+        assert torch.equal(F.srm_suppix_pool(x, labels, K, mode, backend="cuda"), y), "legacy kernel differs"
+    assert snnspx.kernel_calls("cuda.srm_suppix_pool_quad") == before + 2
+
+
+@pytest.mark.cuda
+def test_fused_cuda_quad_kernel_does_not_apply(gen, monkeypatch):
+    """Per-step label maps, P % 4 != 0, float64, a misaligned x and planes split over several
+    blocks (few planes, P > 256) all leave the inference to the plane kernel, with the same y
+    as the legacy kernel."""
+    monkeypatch.delenv(LEGACY, raising=False)
+    T, B, C, H, W, K = 5, 4, 80, 4, 8, 6
+    cases = {
+        "per-step labels": (currents(gen, (T, B, C, H, W), device="cuda"),
+                            make_labels(gen, "step", T, B, H, W, K, device="cuda")),
+        "P % 4 != 0": (currents(gen, (T, B, C, H + 1, W - 1), device="cuda"),
+                       make_labels(gen, "batch", T, B, H + 1, W - 1, K, device="cuda")),
+        "float64": (currents(gen, (T, B, C, H, W), torch.float64, "cuda"),
+                    make_labels(gen, "batch", T, B, H, W, K, device="cuda")),
+        "misaligned x": (currents(gen, (T * B * C * H * W + 1,), device="cuda")[1:].view(T, B, C, H, W),
+                         make_labels(gen, "batch", T, B, H, W, K, device="cuda")),
+        # 2 planes of 512 pixels: the plane kernel splits each over several blocks
+        "few planes": (currents(gen, (T, 1, 2, 16, 32), device="cuda"),
+                       make_labels(gen, "batch", T, 1, 16, 32, K, device="cuda")),
+    }
+    for name, (x, labels) in cases.items():
+        quad, plane = snnspx.kernel_calls("cuda.srm_suppix_pool_quad"), snnspx.kernel_calls("cuda.srm_suppix_pool_plane")
+        with torch.no_grad():
+            y = F.srm_suppix_pool(x, labels, K, "avg", backend="cuda")
+        assert snnspx.kernel_calls("cuda.srm_suppix_pool_quad") == quad, name
+        assert snnspx.kernel_calls("cuda.srm_suppix_pool_plane") == plane + 1, name
+        with monkeypatch.context() as m, torch.no_grad():
+            m.setenv(LEGACY, "1")
+            assert torch.equal(F.srm_suppix_pool(x, labels, K, "avg", backend="cuda"), y), name
+
+
+@pytest.mark.cuda
+def test_fused_cuda_shared_memory_edge_cases(gen, monkeypatch):
     # T = 1, K = 0 (all labels negative, K inferred), empty planes (P = 0), and
     # agreement with the default kernel bit for bit.
-    monkeypatch.setenv(EXPERIMENTAL, "1")
+    monkeypatch.delenv(LEGACY, raising=False)
     x = currents(gen, (1, 2, 3, 4, 5), device="cuda") * 4
     labels = make_labels(gen, "batch", 1, 2, 4, 5, 3, device="cuda")
     for mode in MODES:
@@ -445,9 +533,9 @@ def test_fused_cuda_experimental_edge_cases(gen, monkeypatch):
         for mode in MODES:
             got = F.srm_suppix_pool(x, labels, 11, mode, backend="cuda")
             with monkeypatch.context() as m:
-                m.delenv(EXPERIMENTAL)
-                default = F.srm_suppix_pool(x, labels, 11, mode, backend="cuda")
-            assert torch.equal(got, default)
+                m.setenv(LEGACY, "1")
+                legacy = F.srm_suppix_pool(x, labels, 11, mode, backend="cuda")
+            assert torch.equal(got, legacy)
 
 
 # --------------------------------------------------------------------------- what the docs promise
@@ -517,12 +605,14 @@ def test_reference_fused_check_labels_matches_cpp(mode, gen):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("experimental", [False, True], ids=["default", "experimental"])
-def test_cuda_graph_capture(experimental, gen, monkeypatch):
+@pytest.mark.parametrize("legacy", [False, True], ids=["default", "legacy"])
+def test_cuda_graph_capture(legacy, gen, monkeypatch):
     """Under CUDA graph capture the ops read nothing back (the label range check, a
     read-back, is skipped there) and the replay gives the eager results."""
-    if experimental:
-        monkeypatch.setenv(EXPERIMENTAL, "1")
+    if legacy:
+        monkeypatch.setenv(LEGACY, "1")
+    else:
+        monkeypatch.delenv(LEGACY, raising=False)
     x = currents(gen, (6, 2, 3, 8, 8), device="cuda")
     labels = make_labels(gen, "batch", 6, 2, 8, 8, 5, device="cuda")
 

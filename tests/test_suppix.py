@@ -542,15 +542,25 @@ def test_cuda_matches_cpp_on_large_inputs(mode, dtype, HW, K, gen):
     torch.testing.assert_close(gx[0].cpu(), gx_c, **tol)
 
 
-# --------------------------------------------------------------------------- experimental no-sort CUDA pooling
-# SNNSPX_EXPERIMENTAL_CUDA=1 (read at every call) selects the no-sort pooling forward
-# where its shared-memory rows fit; "cuda.suppix_pool_nosort" counts its runs.
+# --------------------------------------------------------------------------- CUDA kernel choice
+# By default the pooling forward runs the no-sort kernel where its shared-memory rows fit
+# ("cuda.suppix_pool_nosort" counts its runs), the sorted path otherwise; the gathers
+# (backward, unpooling) run the tiled kernel where P % 4 == 0 ("cuda.suppix_gather_tiled").
+# SNNSPX_LEGACY_CUDA=1 (read at every call) selects the sorted path and the one-pixel
+# gather always.
 NOSORT = "cuda.suppix_pool_nosort"
 ALL_MODES = ["sum", "avg", "max", "avg_spike"]
 
 
-def _experimental(monkeypatch):
-    monkeypatch.setenv("SNNSPX_EXPERIMENTAL_CUDA", "1")
+LEGACY = "SNNSPX_LEGACY_CUDA"
+TILED = "cuda.suppix_gather_tiled"
+
+
+def _kernels(monkeypatch, legacy=False):
+    if legacy:
+        monkeypatch.setenv(LEGACY, "1")
+    else:
+        monkeypatch.delenv(LEGACY, raising=False)
     F.suppix_counts(torch.zeros(1, 1, dtype=torch.int64, device="cuda"), 1)  # loads the cuda library
 
 
@@ -569,10 +579,12 @@ def _op_labels(labels, form, T, B, P):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=["f32", "f64", "f16"])
 @pytest.mark.parametrize("form", LABEL_FORMS)
 @pytest.mark.parametrize("label_dtype", [torch.int32, torch.int64], ids=["i32", "i64"])
-def test_experimental_cuda_pool_matches_reference(mode, dtype, form, label_dtype, gen, monkeypatch):
-    """Every mode, label form and dtype against the reference; P = 407: several warps and a
-    partial last step. aux (counts, argmax, m) equals the CPU kernel's exactly."""
-    _experimental(monkeypatch)
+@pytest.mark.parametrize("legacy", [False, True], ids=["nosort", "sorted"])
+def test_cuda_pool_matches_reference(mode, dtype, form, label_dtype, legacy, gen, monkeypatch):
+    """Every mode, label form and dtype against the reference, on the no-sort kernel and on the
+    sorted path (legacy); P = 407: several warps and a partial last step. aux (counts, argmax,
+    m) equals the CPU kernel's exactly."""
+    _kernels(monkeypatch, legacy)
     T, B, C, H, W, K = 3, 2, 2, 11, 37, 9
     P = H * W
     shape = (T, B, C, H, W)
@@ -582,7 +594,7 @@ def test_experimental_cuda_pool_matches_reference(mode, dtype, form, label_dtype
     fmode, grad = _fwd_mode(mode)
     before = snnspx.kernel_calls(NOSORT)
     y, gx = pool_and_grad(x, labels, K, fmode, "cuda", w, grad=grad)
-    assert snnspx.kernel_calls(NOSORT) == before + 1, "the no-sort kernel must have run"
+    assert snnspx.kernel_calls(NOSORT) == before + (0 if legacy else 1), "the no-sort kernel runs by default only"
     assert y.dtype == dtype and not torch.isnan(y).any()
     assert torch.all(y[..., K - 1] == 0), "an empty superpixel must pool to 0"
     if dtype == torch.float16:
@@ -605,10 +617,10 @@ def test_experimental_cuda_pool_matches_reference(mode, dtype, form, label_dtype
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=["f32", "f64", "f16"])
-def test_experimental_cuda_max_ties_and_nan(dtype, gen, monkeypatch):
+def test_cuda_nosort_max_ties_and_nan(dtype, gen, monkeypatch):
     """Many ties within a warp step, across steps and across warps (P = 4480: 8 warps): the
     lowest pixel wins; NaN propagates (the lowest NaN is the argmax). Bitwise the CPU's."""
-    _experimental(monkeypatch)
+    _kernels(monkeypatch)
     T, B, C, H, W, K = 2, 2, 3, 64, 70, 50
     P = H * W
     x = torch.randint(-2, 3, (T, B, C, P), generator=gen).to(dtype)
@@ -632,10 +644,10 @@ def test_experimental_cuda_max_ties_and_nan(dtype, gen, monkeypatch):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("mode", ALL_MODES)
-def test_experimental_cuda_edge_cases(mode, gen, monkeypatch):
+def test_cuda_nosort_edge_cases(mode, gen, monkeypatch):
     """All labels negative, K = 1 (one group of up to 32 lanes per step), one pixel per
     superpixel (the identity, bit for bit), with P not a multiple of 32."""
-    _experimental(monkeypatch)
+    _kernels(monkeypatch)
     ops = torch.ops.snnspx
     fmode, grad = _fwd_mode(mode)
     T, B, C, H, W = 2, 2, 3, 37, 45
@@ -672,10 +684,10 @@ def test_experimental_cuda_edge_cases(mode, gen, monkeypatch):
 @pytest.mark.cuda
 @pytest.mark.parametrize("mode", ALL_MODES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
-def test_experimental_cuda_large_runs_are_bitwise_identical(mode, dtype, gen, monkeypatch):
+def test_cuda_nosort_large_runs_are_bitwise_identical(mode, dtype, gen, monkeypatch):
     """A large input (many planes, 8 warps, long runs of one label): three runs give the same
     bits; y matches the CPU kernel, aux exactly; the backward takes the new aux."""
-    _experimental(monkeypatch)
+    _kernels(monkeypatch)
     T, B, C, H, W, K = 2, 3, 8, 96, 80, 300
     P = H * W
     x = spikes(gen, (T, B, C, P), dtype) if mode == "avg_spike" else rand_x(gen, (T, B, C, P), dtype)
@@ -710,9 +722,9 @@ def test_experimental_cuda_large_runs_are_bitwise_identical(mode, dtype, gen, mo
         (torch.float32, "avg", 5000, False),
     ],
 )
-def test_experimental_cuda_falls_back_when_rows_do_not_fit(dtype, mode, K, nosort, gen, monkeypatch):
+def test_cuda_nosort_falls_back_when_rows_do_not_fit(dtype, mode, K, nosort, gen, monkeypatch):
     """Rows over 48 KiB of shared memory: the sorted path takes the call, same results."""
-    _experimental(monkeypatch)
+    _kernels(monkeypatch)
     T, B, C, P = 2, 2, 3, 1024  # 8 warps
     x = spikes(gen, (T, B, C, P), dtype) if mode == "avg_spike" else rand_x(gen, (T, B, C, P), dtype)
     lab = torch.randint(-1, K, (1, B, P), generator=gen)
@@ -728,10 +740,10 @@ def test_experimental_cuda_falls_back_when_rows_do_not_fit(dtype, mode, K, nosor
 
 
 @pytest.mark.cuda
-def test_experimental_cuda_label_checks_and_empty_shapes(gen, monkeypatch):
+def test_cuda_nosort_label_checks_and_empty_shapes(gen, monkeypatch):
     """The range check (read back after the kernels), unchecked labels >= K ignored, and the
-    empty shapes (sorted path); "0" or unset keeps the sorted path."""
-    _experimental(monkeypatch)
+    empty shapes (sorted path); SNNSPX_LEGACY_CUDA=1 keeps the sorted path."""
+    _kernels(monkeypatch)
     x = rand_x(gen, (2, 2, 3, 4, 5), torch.float64, "cuda")
     labels = torch.randint(-1, 9, (2, 4, 5), generator=gen).cuda()
     masked = torch.where(labels >= 5, -1, labels)
@@ -753,14 +765,58 @@ def test_experimental_cuda_label_checks_and_empty_shapes(gen, monkeypatch):
         for mode in MODES:
             y = F.suppix_pool(z, lab, 3, mode, backend="cuda")
             assert y.shape == (*shape[:3], 3) and torch.all(y == 0)
-    for value in ("0", None):
-        if value is None:
-            monkeypatch.delenv("SNNSPX_EXPERIMENTAL_CUDA")
-        else:
-            monkeypatch.setenv("SNNSPX_EXPERIMENTAL_CUDA", value)
-        before = snnspx.kernel_calls(NOSORT)
-        F.suppix_pool(x, masked, 5, "avg", backend="cuda")
-        assert snnspx.kernel_calls(NOSORT) == before
+    monkeypatch.setenv(LEGACY, "1")
+    before = snnspx.kernel_calls(NOSORT)
+    F.suppix_pool(x, masked, 5, "avg", backend="cuda")
+    assert snnspx.kernel_calls(NOSORT) == before
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ALL_MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16],
+                         ids=["f32", "f64", "f16", "bf16"])
+@pytest.mark.parametrize("form", LABEL_FORMS)
+@pytest.mark.parametrize("label_dtype", [torch.int32, torch.int64], ids=["i32", "i64"])
+def test_cuda_tiled_gather_is_the_one_pixel_gather(mode, dtype, form, label_dtype, gen, monkeypatch):
+    """The tiled gather (P % 4 == 0) writes the bits of the one-pixel gather (legacy) for the
+    pooling backward of every mode and for unpooling, and matches the CPU kernel. P = 1200:
+    a full tile of 1024 pixels and a partial one; C = 11: a full and a partial chunk of 8
+    channels; labels with ignored pixels and empty superpixels."""
+    _kernels(monkeypatch)
+    T, B, C, H, W, K = 2, 3, 11, 20, 60, 13
+    P = H * W
+    shape = (T, B, C, P)
+    x = spikes(gen, shape, dtype, "cuda") if mode == "avg_spike" else rand_x(gen, shape, dtype, "cuda")
+    lab = _op_labels(rand_labels(gen, form, T, B, H, W, K - 1, "cuda", dtype=label_dtype), form, T, B, P)
+    ops = torch.ops.snnspx
+    _, aux = ops.suppix_pool(x, lab, K, mode, True)
+    g = rand_x(gen, (T, B, C, K), dtype, "cuda")
+    before = snnspx.kernel_calls(TILED)
+    gx, u = ops.suppix_pool_backward(g, lab, aux, mode), ops.suppix_unpool(g, lab, True)
+    assert snnspx.kernel_calls(TILED) == before + 2, "the tiled gather must have run"
+    monkeypatch.setenv(LEGACY, "1")
+    gx1, u1 = ops.suppix_pool_backward(g, lab, aux, mode), ops.suppix_unpool(g, lab, True)
+    assert snnspx.kernel_calls(TILED) == before + 2, "legacy: the one-pixel gather"
+    assert torch.equal(gx, gx1) and torch.equal(u, u1)
+    assert torch.equal(u.cpu(), ops.suppix_unpool(g.cpu(), lab.cpu(), True))
+    torch.testing.assert_close(gx.cpu(), ops.suppix_pool_backward(g.cpu(), lab.cpu(), aux.cpu(), mode),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+def test_cuda_tiled_gather_does_not_apply(gen, monkeypatch):
+    """P % 4 != 0 or labels not aligned to 4 elements: the one-pixel gather, same values."""
+    _kernels(monkeypatch)
+    ops = torch.ops.snnspx
+    T, B, C, K = 2, 2, 3, 6
+    g = rand_x(gen, (T, B, C, K), torch.float32, "cuda")
+    odd = torch.randint(-1, K, (1, B, 35), generator=gen).cuda()  # P = 35
+    shifted = torch.randint(-1, K, (B * 36 + 1,), generator=gen).cuda()[1:].view(1, B, 36)
+    for lab in (odd, shifted):
+        before = snnspx.kernel_calls(TILED)
+        u = ops.suppix_unpool(g, lab, True)
+        assert snnspx.kernel_calls(TILED) == before
+        assert torch.equal(u.cpu(), ops.suppix_unpool(g.cpu(), lab.cpu(), True))
 
 
 # --------------------------------------------------------------------------- modules

@@ -31,6 +31,18 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, flo
   return __float2bfloat16_rn(v);
 }
 
+// Four consecutive elements, for one vector load or store (16 bytes for float and
+// int32). A pointer to one must be aligned to its size (quad_aligned).
+template <typename T>
+struct alignas(4 * sizeof(T)) Quad {
+  T v[4];
+};
+
+template <typename T>
+inline bool quad_aligned(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % sizeof(Quad<T>) == 0;
+}
+
 // The backward's tables epsw, epst (2 * T entries), one thread per entry.
 template <typename acc_t>
 __global__ void srm_tables_kernel(acc_t* tables, int64_t T, double tau_m, double tau_s, double tau_grad) {

@@ -40,15 +40,15 @@ void forward_cuda(const FusedArgs& a, double tau_m, double tau_s, double tau_gra
   at::Tensor scratch = at::empty({a.T * a.B * a.C * a.K}, iopt);
   const bool want_max = argmax != nullptr && a.mode == PoolMode::Max;
   at::Tensor scratch_first = want_max ? at::empty({a.T * a.B * a.C * a.K}, iopt) : at::Tensor();
-  const bool plane = cuda::experimental_cuda();
-  bool plane_ran = false;
+  cuda::FusedKernel ran = cuda::FusedKernel::Atomic;
   cuda::fused_forward(cuda::launch_dtype(a.x.scalar_type()), label_type(a.labels), a.x.data_ptr(), a.labels.data_ptr(),
                       counts.data_ptr<int32_t>(), y.data_ptr(), saved ? saved->data_ptr() : nullptr,
                       want_max ? argmax->data_ptr<int32_t>() : nullptr, scratch.data_ptr<int32_t>(),
                       want_max ? scratch_first.data_ptr<int32_t>() : nullptr, shape_of(a), tau_m, tau_s, tau_grad,
-                      v_th, du_inv_clamp, max_dudt_inv, plane, &plane_ran, stream);
+                      v_th, du_inv_clamp, max_dudt_inv, cuda::legacy_cuda(), &ran, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (plane_ran) count_kernel("cuda.srm_suppix_pool_plane");
+  if (ran == cuda::FusedKernel::Plane) count_kernel("cuda.srm_suppix_pool_plane");
+  if (ran == cuda::FusedKernel::Quad) count_kernel("cuda.srm_suppix_pool_quad");
 }
 
 at::Tensor srm_suppix_pool_cuda(const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode,
@@ -57,7 +57,7 @@ at::Tensor srm_suppix_pool_cuda(const at::Tensor& x, const at::Tensor& labels, i
   c10::cuda::CUDAGuard guard(x.device());
   check_srm_neuron_params(tau_m, tau_s, tau_grad, v_th);
   auto a = prepare_fused(x, labels, K, std::string(mode));
-  const DeferredLabelCheck check(a.labels, K, check_labels && cuda::can_read_back());
+  cuda::DeviceLabelCheck check(a.labels, K, check_labels && cuda::can_read_back());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor counts = counts_cuda(a, stream);
   at::Tensor y = fused_output(a);
@@ -75,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_c
   check_srm_neuron_params(tau_m, tau_s, tau_grad, v_th);
   check_backward_params(du_inv_clamp, max_dudt_inv);
   auto a = prepare_fused(x, labels, K, std::string(mode));
-  const DeferredLabelCheck check(a.labels, K, check_labels && cuda::can_read_back());
+  cuda::DeviceLabelCheck check(a.labels, K, check_labels && cuda::can_read_back());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor counts = counts_cuda(a, stream);
   at::Tensor y = fused_output(a);
@@ -105,7 +105,8 @@ at::Tensor srm_suppix_pool_bwd_cuda(const at::Tensor& grad_y, const at::Tensor& 
   cuda::fused_backward(cuda::launch_dtype(g.scalar_type()), label_type(a.labels), g.data_ptr(), sv.data_ptr(),
                        a.labels.data_ptr(), cn.data_ptr<int32_t>(),
                        a.mode == PoolMode::Max ? am.data_ptr<int32_t>() : nullptr, tables.data_ptr(),
-                       grad_x.data_ptr(), shape_of(a), tau_m, tau_s, tau_grad, c10::cuda::getCurrentCUDAStream());
+                       grad_x.data_ptr(), shape_of(a), tau_m, tau_s, tau_grad, cuda::legacy_cuda(),
+                       c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   count_kernel("cuda.srm_suppix_pool_bwd");
   return grad_x;

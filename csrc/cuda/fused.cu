@@ -8,12 +8,17 @@
 // deterministic; a finishing kernel turns counts into y. Nothing of size
 // [T, B, C, P] is written unless the training variant saves the backward state.
 //
-// Experimental "plane" forward (used only when the glue asks for it, see
-// SNNSPX_EXPERIMENTAL_CUDA in docs/build.md): a block owns the pixels of one
-// (b, c) plane, or a slice of one, and keeps the int32 histograms of all T steps
-// in shared memory, so spikes cost shared atomics only. A block that owns a
-// whole plane writes y (and argmax) itself; slices of a plane add their
+// "Plane" forward (the default where its histograms fit shared memory; the
+// kernel above runs under SNNSPX_LEGACY_CUDA=1, docs/build.md): a block owns the
+// pixels of one (b, c) plane, or a slice of one, and keeps the int32 histograms of
+// all T steps in shared memory, so spikes cost shared atomics only. A block that
+// owns a whole plane writes y (and argmax) itself; slices of a plane add their
 // histograms into the global scratch and the finishing kernel makes y.
+//
+// "Quad" forward, the plane kernel's inference form for one label map per image
+// (L == 1) and P % 4 == 0: each thread runs 4 neighbouring neurons, reads their 4
+// inputs of a step with one vector load and their labels once, and adds their
+// spikes with one shared atomic when the 4 share a superpixel.
 #include <cmath>
 #include <cstdint>
 
@@ -251,7 +256,85 @@ fused_plane_kernel(const scalar_t* __restrict__ x, const label_t* __restrict__ l
   }
 }
 
+// The quad forward (inference). Block bc owns plane bc whole and writes its y.
+// Shared memory: cnt[T * K], index t * K + k. Needs L == 1, P % 4 == 0, Quad-aligned
+// x and labels, and the histograms within kPlaneSharedBytes. Counts equal the other
+// kernels' (integers), so y has the same bits.
 template <typename scalar_t, typename acc_t, typename label_t>
+__global__ void __launch_bounds__(kThreads, 4)
+fused_quad_kernel(const scalar_t* __restrict__ x, const label_t* __restrict__ labels,
+                  const int32_t* __restrict__ counts, FusedShape s, SRMParams<acc_t> prm, scalar_t* __restrict__ y) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int TK = static_cast<int>(s.T * s.K);
+  const int K = static_cast<int>(s.K);
+  int32_t* sh_cnt = reinterpret_cast<int32_t*>(smem_raw);
+  for (int i = threadIdx.x; i < TK; i += kThreads) sh_cnt[i] = 0;
+  __syncthreads();
+
+  const int64_t BC = s.B * s.C;
+  const int64_t N = BC * s.P;
+  const int64_t bc = blockIdx.x;
+  const int64_t b = bc / s.C;
+  const label_t* lab = labels + s.layout.offset(0, b);
+  for (int64_t p = 4 * int64_t(threadIdx.x); p < s.P; p += 4 * int64_t(kThreads)) {
+    const Quad<label_t> lq = *reinterpret_cast<const Quad<label_t>*>(lab + p);
+    int k[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t kk = static_cast<int64_t>(lq.v[i]);
+      k[i] = (kk >= 0 && kk < s.K) ? static_cast<int>(kk) : -1;
+    }
+    const bool same = k[0] == k[1] && k[1] == k[2] && k[2] == k[3];
+    const scalar_t* xq = x + bc * s.P + p;
+    SRMState<acc_t> st[4];
+    int row = 0;  // t * K
+    for (int64_t t0 = 0; t0 < s.T; t0 += kAhead) {
+      Quad<scalar_t> xs[kAhead];
+#pragma unroll
+      for (int j = 0; j < kAhead; ++j) {
+        if (t0 + j < s.T) xs[j] = *reinterpret_cast<const Quad<scalar_t>*>(xq + (t0 + j) * N);
+      }
+#pragma unroll
+      for (int j = 0; j < kAhead; ++j) {
+        if (t0 + j >= s.T) break;
+        int sp[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          acc_t d, dt;
+          sp[i] = srm_step<acc_t>(st[i], to_acc<acc_t>(xs[j].v[i]), prm, d, dt) ? 1 : 0;
+        }
+        if (same) {
+          const int c = sp[0] + sp[1] + sp[2] + sp[3];
+          if (c != 0 && k[0] >= 0) atomicAdd(sh_cnt + row + k[0], c);
+        } else {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            if (sp[i] != 0 && k[i] >= 0) atomicAdd(sh_cnt + row + k[i], 1);
+          }
+        }
+        row += K;
+      }
+    }
+  }
+  __syncthreads();
+
+  for (int i = threadIdx.x; i < TK; i += kThreads) {
+    const int t = i / K;
+    const int kk = i - t * K;
+    const int32_t npix = counts[s.layout.count_row(t, b, s.K) + kk];
+    y[(static_cast<int64_t>(t) * BC + bc) * s.K + kk] =
+        from_acc<scalar_t, acc_t>(pooled_from_count<acc_t>(s.mode, sh_cnt[i], npix));
+  }
+}
+
+// The backward: one thread per neuron walks t = T-1 .. 0. Each chunk of kAhead steps
+// loads its saved du factors first (they say which steps spiked), then, in one batch,
+// what the spiking steps need: the dut factor and, with one label map for all steps
+// (kStatic: the label and its pixel count read once), dL/dy and the argmax of the
+// pixel's superpixel. A spike thus waits for one batch of loads per chunk instead of a
+// chain of dependent loads per spike. kStatic == false (per-step label maps, or
+// SNNSPX_LEGACY_CUDA=1) loads them per spike, as before. Same values either way.
+template <typename scalar_t, typename acc_t, typename label_t, bool kStatic>
 __global__ void __launch_bounds__(kThreads)
 fused_backward_kernel(const scalar_t* __restrict__ grad_y, const acc_t* __restrict__ saved,
                       const label_t* __restrict__ labels, const int32_t* __restrict__ counts,
@@ -274,12 +357,39 @@ fused_backward_kernel(const scalar_t* __restrict__ grad_y, const acc_t* __restri
   const int64_t b = bc / s.C;
   const acc_t* epsw = tab;
   const acc_t* epst = tab + s.T;
+  int64_t k0 = -1;  // kStatic: the pixel's superpixel (-1: pooled nowhere) and its size
+  int32_t n0 = 0;
+  if (kStatic) {
+    const int64_t k = static_cast<int64_t>(labels[s.layout.offset(0, b) + p]);
+    if (k >= 0 && k < s.K) {
+      k0 = k;
+      n0 = counts[s.layout.count_row(0, b, s.K) + k];
+    }
+  }
   SRMGradState<acc_t> st;
   for (int64_t t0 = s.T - 1; t0 >= 0; t0 -= kAhead) {
     acc_t lead[kAhead];
 #pragma unroll
     for (int j = 0; j < kAhead; ++j) {
       lead[j] = t0 - j >= 0 ? __ldcs(saved + (t0 - j) * N + n) : acc_t(1);
+    }
+    acc_t fts[kAhead], gys[kAhead];
+    int32_t ams[kAhead];
+    if (kStatic) {
+#pragma unroll
+      for (int j = 0; j < kAhead; ++j) {
+        fts[j] = acc_t(0);
+        gys[j] = acc_t(0);
+        ams[j] = -1;
+        if (t0 - j >= 0 && lead[j] <= acc_t(0)) {  // lead = 1 for the steps before 0
+          fts[j] = __ldcs(saved + s.T * N + (t0 - j) * N + n);
+          if (k0 >= 0) {
+            const int64_t yi = ((t0 - j) * BC + bc) * s.K + k0;
+            gys[j] = to_acc<acc_t>(grad_y[yi]);
+            if (argmax != nullptr) ams[j] = argmax[yi];
+          }
+        }
+      }
     }
 #pragma unroll
     for (int j = 0; j < kAhead; ++j) {
@@ -288,13 +398,18 @@ fused_backward_kernel(const scalar_t* __restrict__ grad_y, const acc_t* __restri
       const bool spike = lead[j] <= acc_t(0);
       acc_t G = acc_t(0), ft = acc_t(0);
       if (spike) {
-        ft = __ldcs(saved + s.T * N + t * N + n);
-        const int64_t k = static_cast<int64_t>(labels[s.layout.offset(t, b) + p]);
-        if (k >= 0 && k < s.K) {
-          const int64_t yi = (t * BC + bc) * s.K + k;
-          const int32_t am = argmax != nullptr ? argmax[yi] : -1;
-          G = pooled_grad<acc_t>(s.mode, to_acc<acc_t>(grad_y[yi]), counts[s.layout.count_row(t, b, s.K) + k], am,
-                                 static_cast<int32_t>(p));
+        if (kStatic) {
+          ft = fts[j];
+          if (k0 >= 0) G = pooled_grad<acc_t>(s.mode, gys[j], n0, ams[j], static_cast<int32_t>(p));
+        } else {
+          ft = __ldcs(saved + s.T * N + t * N + n);
+          const int64_t k = static_cast<int64_t>(labels[s.layout.offset(t, b) + p]);
+          if (k >= 0 && k < s.K) {
+            const int64_t yi = (t * BC + bc) * s.K + k;
+            const int32_t am = argmax != nullptr ? argmax[yi] : -1;
+            G = pooled_grad<acc_t>(s.mode, to_acc<acc_t>(grad_y[yi]), counts[s.layout.count_row(t, b, s.K) + k],
+                                   am, static_cast<int32_t>(p));
+          }
         }
       }
       acc_t gw, gt;
@@ -386,16 +501,55 @@ bool forward_plane_typed(const void* x, const void* labels, const int32_t* count
   return true;
 }
 
+// The quad forward (see fused_quad_kernel), or false (nothing done) where it does not
+// apply: float64, training (saved), per-step label maps, P % 4 != 0, unaligned x or labels,
+// histograms beyond kPlaneSharedBytes, or where the plane kernel would split planes into
+// slices (fewer than 2 planes per SM and P > 256).
+template <typename scalar_t, typename label_t>
+bool forward_quad_typed(const void* x, const void* labels, const int32_t* counts, void* y, void* saved,
+                        const FusedShape& s, double tau_m, double tau_s, double tau_grad, double v_th,
+                        cudaStream_t stream) {
+  using acc_t = typename Acc<scalar_t>::type;
+  // double: 4 neuron states exceed the register budget of 4 blocks per SM (spills).
+  if (sizeof(acc_t) != sizeof(float) || saved != nullptr || s.layout.L != 1 || s.P % 4 != 0 || !quad_aligned<scalar_t>(x) ||
+      !quad_aligned<label_t>(labels) || !plane_fits(s, false)) {
+    return false;
+  }
+  const int64_t BC = s.B * s.C;
+  if (s.T == 0 || BC == 0 || s.K == 0) return false;  // nothing to count: the plane path returns at once
+  int64_t split = 1, chunk = 0;
+  plane_split(s, split, chunk);
+  if (split != 1 || BC > int64_t(0x7fffffff)) return false;  // slices of planes: the plane kernel
+  if constexpr (sizeof(acc_t) == sizeof(float)) {  // no float64 instance (it would spill)
+    const SRMParams<acc_t> prm = make_srm_params<acc_t>(tau_m, tau_s, tau_grad, v_th);
+    fused_quad_kernel<scalar_t, acc_t, label_t>
+        <<<static_cast<unsigned int>(BC), kThreads, static_cast<size_t>(plane_shared_bytes(s, false)), stream>>>(
+            static_cast<const scalar_t*>(x), static_cast<const label_t*>(labels), counts, s, prm,
+            static_cast<scalar_t*>(y));
+    return true;
+  }
+  return false;
+}
+
 template <typename scalar_t, typename label_t>
 void forward_typed(const void* x, const void* labels, const int32_t* counts, void* y, void* saved, int32_t* argmax,
                    int32_t* scratch_count, int32_t* scratch_first, const FusedShape& s, double tau_m, double tau_s,
-                   double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv, bool plane,
-                   bool* plane_ran, cudaStream_t stream) {
-  if (plane_ran != nullptr) *plane_ran = false;
-  if (plane && forward_plane_typed<scalar_t, label_t>(x, labels, counts, y, saved, argmax, scratch_count,
-                                                      scratch_first, s, tau_m, tau_s, tau_grad, v_th, du_inv_clamp,
-                                                      max_dudt_inv, plane_ran, stream)) {
-    return;
+                   double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv, bool legacy,
+                   FusedKernel* ran, cudaStream_t stream) {
+  *ran = FusedKernel::Atomic;
+  if (!legacy) {
+    if (argmax == nullptr &&
+        forward_quad_typed<scalar_t, label_t>(x, labels, counts, y, saved, s, tau_m, tau_s, tau_grad, v_th, stream)) {
+      *ran = FusedKernel::Quad;
+      return;
+    }
+    bool plane_ran = false;
+    if (forward_plane_typed<scalar_t, label_t>(x, labels, counts, y, saved, argmax, scratch_count, scratch_first, s,
+                                               tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, &plane_ran,
+                                               stream)) {
+      if (plane_ran) *ran = FusedKernel::Plane;
+      return;
+    }
   }
   using acc_t = typename Acc<scalar_t>::type;
   const int64_t out = s.T * s.B * s.C * s.K;
@@ -428,16 +582,24 @@ void forward_typed(const void* x, const void* labels, const int32_t* counts, voi
 template <typename scalar_t, typename label_t>
 void backward_typed(const void* grad_y, const void* saved, const void* labels, const int32_t* counts,
                     const int32_t* argmax, void* tables, void* grad_x, const FusedShape& s, double tau_m, double tau_s,
-                    double tau_grad, cudaStream_t stream) {
+                    double tau_grad, bool legacy, cudaStream_t stream) {
   using acc_t = typename Acc<scalar_t>::type;
   const int64_t N = s.B * s.C * s.P;
   if (N == 0 || s.T == 0) return;
   auto* tab = static_cast<acc_t*>(tables);
   launch_srm_tables<acc_t>(tab, s.T, tau_m, tau_s, tau_grad, stream);
   const size_t smem = s.T <= kSharedTableSteps ? static_cast<size_t>(2 * s.T) * sizeof(acc_t) : 0;
-  fused_backward_kernel<scalar_t, acc_t, label_t><<<blocks_for(N), kThreads, smem, stream>>>(
-      static_cast<const scalar_t*>(grad_y), static_cast<const acc_t*>(saved), static_cast<const label_t*>(labels),
-      counts, argmax, tab, static_cast<scalar_t*>(grad_x), s);
+  const auto* gp = static_cast<const scalar_t*>(grad_y);
+  const auto* sp = static_cast<const acc_t*>(saved);
+  const auto* lp = static_cast<const label_t*>(labels);
+  auto* gx = static_cast<scalar_t*>(grad_x);
+  if (!legacy && s.layout.L == 1) {
+    fused_backward_kernel<scalar_t, acc_t, label_t, true><<<blocks_for(N), kThreads, smem, stream>>>(
+        gp, sp, lp, counts, argmax, tab, gx, s);
+  } else {
+    fused_backward_kernel<scalar_t, acc_t, label_t, false><<<blocks_for(N), kThreads, smem, stream>>>(
+        gp, sp, lp, counts, argmax, tab, gx, s);
+  }
 }
 
 template <template <typename, typename> class F, typename... Args>
@@ -491,17 +653,17 @@ void count_labels(LabelType lt, const void* labels, int32_t* counts, const Fused
 void fused_forward(DType dtype, LabelType lt, const void* x, const void* labels, const int32_t* counts, void* y,
                    void* saved, int32_t* argmax, int32_t* scratch_count, int32_t* scratch_first,
                    const FusedShape& s, double tau_m, double tau_s, double tau_grad, double v_th,
-                   double du_inv_clamp, double max_dudt_inv, bool plane_kernel, bool* plane_ran,
+                   double du_inv_clamp, double max_dudt_inv, bool legacy, FusedKernel* ran,
                    cudaStream_t stream) {
   dispatch<Forward>(dtype, lt, x, labels, counts, y, saved, argmax, scratch_count, scratch_first, s, tau_m, tau_s,
-                    tau_grad, v_th, du_inv_clamp, max_dudt_inv, plane_kernel, plane_ran, stream);
+                    tau_grad, v_th, du_inv_clamp, max_dudt_inv, legacy, ran, stream);
 }
 
 void fused_backward(DType dtype, LabelType lt, const void* grad_y, const void* saved, const void* labels,
                     const int32_t* counts, const int32_t* argmax, void* tables, void* grad_x, const FusedShape& s,
-                    double tau_m, double tau_s, double tau_grad, cudaStream_t stream) {
+                    double tau_m, double tau_s, double tau_grad, bool legacy, cudaStream_t stream) {
   dispatch<Backward>(dtype, lt, grad_y, saved, labels, counts, argmax, tables, grad_x, s, tau_m, tau_s, tau_grad,
-                     stream);
+                     legacy, stream);
 }
 
 }  // namespace cuda

@@ -3,10 +3,14 @@
 
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGraphsC10Utils.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
 
 #include <cstdlib>
 #include <cstring>
 
+#include "../suppix_glue.h"
 #include "launch.h"
 
 namespace snnspx {
@@ -23,10 +27,12 @@ inline DType launch_dtype(at::ScalarType t) {
   }
 }
 
-// SNNSPX_EXPERIMENTAL_CUDA=1 (exactly "1", read at every call, so a program or a
-// test can switch it): the experimental kernels of docs/build.md where they apply.
-inline bool experimental_cuda() {
-  const char* v = std::getenv("SNNSPX_EXPERIMENTAL_CUDA");
+// SNNSPX_LEGACY_CUDA=1 (exactly "1", read at every call, so a program or a test can
+// switch it): the earlier default forward kernels (sorted pooling, the global-atomic
+// fused forward, the one-pixel gather) instead of the current ones, for comparison
+// (docs/build.md). Both give the same bits where docs/build.md says so.
+inline bool legacy_cuda() {
+  const char* v = std::getenv("SNNSPX_LEGACY_CUDA");
   return v != nullptr && std::strcmp(v, "1") == 0;
 }
 
@@ -37,6 +43,49 @@ inline bool experimental_cuda() {
 inline bool can_read_back() {
   return c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None;
 }
+
+// The label range check (check_labels) of a CUDA op, without a stream-wide sync:
+// start() takes the largest label as a device tensor (queued before the op's main
+// kernels), copies it into pinned host memory and records an event right behind the
+// copy; verify(), called after the main kernels are queued, waits for that event only.
+// The host thus returns while the main kernels still run (the next call's host work
+// overlaps them), and the verdict still comes before the op returns. The kernels skip
+// labels >= K, so they are safe to run before it; on failure the outputs are dropped.
+class DeviceLabelCheck {
+ public:
+  explicit DeviceLabelCheck(int64_t K) : K_(K) {}
+  DeviceLabelCheck(const DeviceLabelCheck&) = delete;
+  DeviceLabelCheck& operator=(const DeviceLabelCheck&) = delete;
+  ~DeviceLabelCheck() {
+    if (event_ != nullptr) cudaEventDestroy(event_);  // no throw from a destructor
+  }
+  // The check of `labels` by one max reduction (nothing when disabled or empty).
+  DeviceLabelCheck(const at::Tensor& labels, int64_t K, bool enabled) : K_(K) {
+    if (enabled && labels.numel() > 0) start(labels.max());
+  }
+  // top: a one-element integer tensor on the current device, the largest label.
+  void start(const at::Tensor& top) {
+    host_ = at::empty({1}, top.options().device(at::kCPU).pinned_memory(true));
+    host_.copy_(top.reshape({1}), /*non_blocking=*/true);
+    if (event_ == nullptr) C10_CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming));
+    C10_CUDA_CHECK(cudaEventRecord(event_, c10::cuda::getCurrentCUDAStream()));
+    armed_ = true;
+  }
+  void verify() {
+    if (!armed_) return;
+    armed_ = false;
+    C10_CUDA_CHECK(cudaEventSynchronize(event_));
+    const int64_t top = host_.scalar_type() == at::kInt ? int64_t(host_.data_ptr<int32_t>()[0])
+                                                        : host_.data_ptr<int64_t>()[0];
+    check_suppix_label_top(top, K_);
+  }
+
+ private:
+  int64_t K_;
+  bool armed_ = false;
+  at::Tensor host_;
+  cudaEvent_t event_ = nullptr;
+};
 
 inline void check_cuda_tensor(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got one on ", t.device());

@@ -8,12 +8,11 @@
 // labels gives `offsets`. Negative labels sort before offsets[0] and labels >= K
 // (possible only without the range check) after offsets[K]: both are skipped.
 //
-// Experimental (SNNSPX_EXPERIMENTAL_CUDA=1, read at every call): the pooling
-// forward runs the no-sort kernel instead when its shared-memory rows fit (see
+// The pooling forward runs the no-sort kernel where its shared-memory rows fit (see
 // suppix_pool_nosort_fits), with the counts (and the largest label, for the range
-// check) from one small count kernel; the range check then reads that label back
-// after the kernels are queued, so the read-back waits on the GPU work instead of
-// delaying its launch. Otherwise, and without the variable, the sorted path runs.
+// check) from one small count kernel; otherwise, and under SNNSPX_LEGACY_CUDA=1, the
+// sorted path runs. The range check never syncs the stream (DeviceLabelCheck in
+// glue.h): the host waits for the largest label alone, after the kernels are queued.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -95,13 +94,15 @@ std::optional<std::tuple<at::Tensor, at::Tensor>> suppix_pool_nosort_cuda(const 
                        check_labels ? top.data_ptr<int64_t>() : nullptr, d.L * d.Bl, d.P, d.K, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
+  cuda::DeviceLabelCheck check(d.K);
+  if (check_labels) check.start(top);
   const bool aux_out = a.mode == SupPixMode::Max || a.mode == SupPixMode::AvgSpike;
   cuda::suppix_pool_nosort(dtype, a.mode, a.x.data_ptr(), a.labels.data_ptr(), labels64,
                            counts.defined() ? counts.data_ptr<int32_t>() : nullptr, y.data_ptr(),
                            aux_out ? aux.data_ptr<int32_t>() : nullptr, shape, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   // Labels >= K were ignored by both kernels (never out of bounds); now the verdict.
-  if (check_labels) check_suppix_label_top(top.item<int64_t>(), d.K);
+  check.verify();
   count_kernel("cuda.suppix_pool_nosort");
   return std::make_tuple(y, aux);
 }
@@ -127,14 +128,14 @@ std::tuple<at::Tensor, at::Tensor> suppix_pool_cuda(const at::Tensor& x, const a
   c10::cuda::CUDAGuard guard(x.device());
   auto a = prepare_suppix_pool(x, labels, num_superpixels, mode, /*check_labels=*/false);
   const bool check = check_labels && cuda::can_read_back();
-  if (cuda::experimental_cuda()) {
+  if (!cuda::legacy_cuda()) {
     auto out = suppix_pool_nosort_cuda(a, check);
     if (out) {
       count_kernel("cuda.suppix_pool");
       return *out;
     }
   }
-  const DeferredLabelCheck deferred(a.labels, a.d.K, check);
+  cuda::DeviceLabelCheck deferred(a.labels, a.d.K, check);
   auto out = suppix_pool_sorted_cuda(a);
   deferred.verify();
   count_kernel("cuda.suppix_pool");
@@ -143,10 +144,12 @@ std::tuple<at::Tensor, at::Tensor> suppix_pool_cuda(const at::Tensor& x, const a
 
 void run_gather_cuda(SupPixGatherArgs& a) {
   const auto shape = launch_shape(a.d);
-  cuda::suppix_gather(cuda::launch_dtype(a.src.scalar_type()), a.mode, a.src.data_ptr(), a.labels.data_ptr(),
-                      a.labels.scalar_type() == at::kLong, a.aux.defined() ? a.aux.data_ptr<int32_t>() : nullptr,
-                      a.out.data_ptr(), shape, c10::cuda::getCurrentCUDAStream());
+  const bool tiled = cuda::suppix_gather(
+      cuda::launch_dtype(a.src.scalar_type()), a.mode, a.src.data_ptr(), a.labels.data_ptr(),
+      a.labels.scalar_type() == at::kLong, a.aux.defined() ? a.aux.data_ptr<int32_t>() : nullptr, a.out.data_ptr(),
+      shape, /*allow_tiled=*/!cuda::legacy_cuda(), c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (tiled) count_kernel("cuda.suppix_gather_tiled");
 }
 
 at::Tensor suppix_pool_backward_cuda(const at::Tensor& grad_y, const at::Tensor& labels, const at::Tensor& aux,
@@ -163,7 +166,7 @@ at::Tensor suppix_unpool_cuda(const at::Tensor& y, const at::Tensor& labels, boo
   cuda::check_cuda_tensor(y, "y");
   c10::cuda::CUDAGuard guard(y.device());
   auto a = prepare_suppix_gather(y, "y", labels, nullptr, SupPixMode::Sum);
-  const DeferredLabelCheck check(a.labels, a.d.K, check_labels && cuda::can_read_back());
+  cuda::DeviceLabelCheck check(a.labels, a.d.K, check_labels && cuda::can_read_back());
   run_gather_cuda(a);  // writes 0 for labels >= K
   check.verify();
   count_kernel("cuda.suppix_unpool");

@@ -6,9 +6,12 @@
 //    coalesced loads, and each warp reduces whole superpixels of it with a fixed
 //    lane assignment and a fixed xor-shuffle tree;
 //  * the backward and unpooling are gathers: one thread writes each output pixel
-//    from its superpixel's value (max: only at the argmax pixel).
-// Experimental (SNNSPX_EXPERIMENTAL_CUDA=1, chosen by the glue): a pooling forward
-// with no per-call sort. A block takes one (t, b, c) plane; each warp walks its own
+//    from its superpixel's value (max: only at the argmax pixel). Where P % 4 == 0
+//    and the pointers allow vector access, the tiled gather takes the call: a thread
+//    reads the labels of 4 consecutive pixels once and writes them for a run of
+//    channels, one vector store per channel.
+// The no-sort pooling forward (the default where its rows fit shared memory, chosen
+// by the glue), with no per-call sort. A block takes one (t, b, c) plane; each warp walks its own
 // contiguous run of pixels 32 at a time and folds each step's lanes into a
 // warp-private row of K accumulators in shared memory (lanes with the same label
 // are grouped with __match_any_sync and summed by their lowest lane in ascending
@@ -134,7 +137,7 @@ suppix_pool_kernel(const scalar_t* __restrict__ x, const int32_t* __restrict__ o
   }
 }
 
-// ---------------------------------------------------------------- no-sort pooling (experimental)
+// ---------------------------------------------------------------- no-sort pooling
 
 // Pixels per warp run and warps per block of the no-sort kernel for a plane of P pixels.
 inline int nosort_warps(int64_t P) {
@@ -411,6 +414,63 @@ suppix_gather_kernel(const scalar_t* __restrict__ src, const label_t* __restrict
   }
 }
 
+// The tiled gather (same values as suppix_gather_kernel, bit for bit). Needs P % 4 == 0
+// and Quad-aligned src-independent pointers (labels, out). grid.x = T * B * cchunks *
+// ptiles, ptiles = ceil(P / kTilePixels), cchunks = ceil(C / kTileChannels); block =
+// kGatherThreads. Block (t, b, cchunk, ptile): thread i takes pixels p0 .. p0 + 3,
+// p0 = ptile * kTilePixels + 4 i, reads their labels (and avg's counts) once, then for
+// each channel of the chunk reads the superpixel values and writes one Quad.
+constexpr int kTileChannels = 8;
+constexpr int64_t kTilePixels = int64_t(kGatherThreads) * 4;
+
+template <typename scalar_t, typename label_t, SupPixMode kMode>
+__global__ void __launch_bounds__(kGatherThreads)
+suppix_gather_tiled_kernel(const scalar_t* __restrict__ src, const label_t* __restrict__ labels,
+                           const int32_t* __restrict__ aux, scalar_t* __restrict__ out, SupPixShape s,
+                           int64_t cchunks, int64_t ptiles) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int64_t ptile = blockIdx.x % ptiles;
+  const int64_t rest = blockIdx.x / ptiles;
+  const int64_t cchunk = rest % cchunks;
+  const int64_t tb = rest / cchunks;
+  const int64_t b = tb % s.B, t = tb / s.B;
+  const int64_t map = (s.L == 1 ? 0 : t) * s.Bl + (s.Bl == 1 ? 0 : b);
+  const int64_t p0 = ptile * kTilePixels + 4 * int64_t(threadIdx.x);
+  if (p0 >= s.P) return;  // P % 4 == 0: a quad is whole or absent
+  const Quad<label_t> lq = *reinterpret_cast<const Quad<label_t>*>(labels + map * s.P + p0);
+  int64_t k[4];
+  int32_t n[4] = {0, 0, 0, 0};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    k[i] = superpixel_of(lq.v[i], s.K);
+    if (kMode == SupPixMode::Avg && k[i] >= 0) n[i] = aux[map * s.K + k[i]];
+  }
+  const int64_t c0 = cchunk * kTileChannels;
+  const int64_t c1 = c0 + kTileChannels < s.C ? c0 + kTileChannels : s.C;
+  for (int64_t c = c0; c < c1; ++c) {
+    const int64_t plane = tb * s.C + c;
+    const scalar_t* g = src + plane * s.K;
+    Quad<scalar_t> q;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      acc_t v = acc_t(0);
+      if (k[i] >= 0) {
+        const acc_t gv = to_acc<acc_t>(g[k[i]]);
+        if (kMode == SupPixMode::Sum) {
+          v = gv;
+        } else if (kMode == SupPixMode::Max) {
+          v = aux[plane * s.K + k[i]] == p0 + i ? gv : acc_t(0);
+        } else {
+          const int32_t m = kMode == SupPixMode::Avg ? n[i] : aux[plane * s.K + k[i]];
+          v = m > 0 ? gv / static_cast<acc_t>(m) : acc_t(0);
+        }
+      }
+      q.v[i] = from_acc<scalar_t, acc_t>(v);
+    }
+    *reinterpret_cast<Quad<scalar_t>*>(out + plane * s.P + p0) = q;
+  }
+}
+
 template <typename scalar_t, SupPixMode kMode>
 void pool_typed(const void* x, const int32_t* order, const int32_t* offsets, void* y, int32_t* aux,
                 const SupPixShape& s, cudaStream_t stream) {
@@ -444,34 +504,49 @@ void pool_mode(SupPixMode mode, const void* x, const int32_t* order, const int32
 }
 
 template <typename scalar_t, typename label_t, SupPixMode kMode>
-void gather_typed(const void* src, const void* labels, const int32_t* aux, void* out, const SupPixShape& s,
-                  cudaStream_t stream) {
+bool gather_typed(const void* src, const void* labels, const int32_t* aux, void* out, const SupPixShape& s,
+                  bool allow_tiled, cudaStream_t stream) {
   const int64_t planes = s.T * s.B * s.C;
-  if (planes == 0 || s.P == 0) return;
+  if (planes == 0 || s.P == 0) return false;
+  const auto* sp = static_cast<const scalar_t*>(src);
+  const auto* lp = static_cast<const label_t*>(labels);
+  auto* op = static_cast<scalar_t*>(out);
+  if (allow_tiled && s.P % 4 == 0 && quad_aligned<label_t>(labels) && quad_aligned<scalar_t>(out)) {
+    const int64_t cchunks = (s.C + kTileChannels - 1) / kTileChannels;
+    const int64_t ptiles = (s.P + kTilePixels - 1) / kTilePixels;
+    // At most planes * ceil(P / 1024) blocks, which the glue bounds below 2^31.
+    const auto blocks = static_cast<unsigned int>(s.T * s.B * cchunks * ptiles);
+    suppix_gather_tiled_kernel<scalar_t, label_t, kMode><<<blocks, kGatherThreads, 0, stream>>>(
+        sp, lp, aux, op, s, cchunks, ptiles);
+    return true;
+  }
   const int64_t chunks = (s.P + kGatherTile - 1) / kGatherTile;
   const unsigned int blocks = static_cast<unsigned int>(planes * chunks);
-  suppix_gather_kernel<scalar_t, label_t, kMode><<<blocks, kGatherThreads, 0, stream>>>(
-      static_cast<const scalar_t*>(src), static_cast<const label_t*>(labels), aux, static_cast<scalar_t*>(out), s,
-      chunks);
+  suppix_gather_kernel<scalar_t, label_t, kMode><<<blocks, kGatherThreads, 0, stream>>>(sp, lp, aux, op, s, chunks);
+  return false;
 }
 
 template <typename scalar_t, typename label_t>
-void gather_mode(SupPixMode mode, const void* src, const void* labels, const int32_t* aux, void* out,
-                 const SupPixShape& s, cudaStream_t stream) {
+bool gather_mode(SupPixMode mode, const void* src, const void* labels, const int32_t* aux, void* out,
+                 const SupPixShape& s, bool allow_tiled, cudaStream_t stream) {
   switch (mode) {
-    case SupPixMode::Sum: return gather_typed<scalar_t, label_t, SupPixMode::Sum>(src, labels, aux, out, s, stream);
-    case SupPixMode::Avg: return gather_typed<scalar_t, label_t, SupPixMode::Avg>(src, labels, aux, out, s, stream);
-    case SupPixMode::Max: return gather_typed<scalar_t, label_t, SupPixMode::Max>(src, labels, aux, out, s, stream);
+    case SupPixMode::Sum:
+      return gather_typed<scalar_t, label_t, SupPixMode::Sum>(src, labels, aux, out, s, allow_tiled, stream);
+    case SupPixMode::Avg:
+      return gather_typed<scalar_t, label_t, SupPixMode::Avg>(src, labels, aux, out, s, allow_tiled, stream);
+    case SupPixMode::Max:
+      return gather_typed<scalar_t, label_t, SupPixMode::Max>(src, labels, aux, out, s, allow_tiled, stream);
     case SupPixMode::AvgSpike:
-      return gather_typed<scalar_t, label_t, SupPixMode::AvgSpike>(src, labels, aux, out, s, stream);
+      return gather_typed<scalar_t, label_t, SupPixMode::AvgSpike>(src, labels, aux, out, s, allow_tiled, stream);
   }
+  return false;
 }
 
 template <typename scalar_t>
-void gather_labels(SupPixMode mode, const void* src, const void* labels, bool labels64, const int32_t* aux,
-                   void* out, const SupPixShape& s, cudaStream_t stream) {
-  if (labels64) return gather_mode<scalar_t, int64_t>(mode, src, labels, aux, out, s, stream);
-  return gather_mode<scalar_t, int32_t>(mode, src, labels, aux, out, s, stream);
+bool gather_labels(SupPixMode mode, const void* src, const void* labels, bool labels64, const int32_t* aux,
+                   void* out, const SupPixShape& s, bool allow_tiled, cudaStream_t stream) {
+  if (labels64) return gather_mode<scalar_t, int64_t>(mode, src, labels, aux, out, s, allow_tiled, stream);
+  return gather_mode<scalar_t, int32_t>(mode, src, labels, aux, out, s, allow_tiled, stream);
 }
 
 }  // namespace
@@ -512,14 +587,16 @@ void suppix_count(const void* labels, bool labels64, int32_t* counts, int64_t* t
   return count_typed<int32_t>(labels, counts, top, maps, P, K, stream);
 }
 
-void suppix_gather(DType dtype, SupPixMode mode, const void* src, const void* labels, bool labels64,
-                   const int32_t* aux, void* out, const SupPixShape& s, cudaStream_t stream) {
+bool suppix_gather(DType dtype, SupPixMode mode, const void* src, const void* labels, bool labels64,
+                   const int32_t* aux, void* out, const SupPixShape& s, bool allow_tiled, cudaStream_t stream) {
   switch (dtype) {
-    case DType::Float: return gather_labels<float>(mode, src, labels, labels64, aux, out, s, stream);
-    case DType::Double: return gather_labels<double>(mode, src, labels, labels64, aux, out, s, stream);
-    case DType::Half: return gather_labels<__half>(mode, src, labels, labels64, aux, out, s, stream);
-    case DType::BFloat16: return gather_labels<__nv_bfloat16>(mode, src, labels, labels64, aux, out, s, stream);
+    case DType::Float: return gather_labels<float>(mode, src, labels, labels64, aux, out, s, allow_tiled, stream);
+    case DType::Double: return gather_labels<double>(mode, src, labels, labels64, aux, out, s, allow_tiled, stream);
+    case DType::Half: return gather_labels<__half>(mode, src, labels, labels64, aux, out, s, allow_tiled, stream);
+    case DType::BFloat16:
+      return gather_labels<__nv_bfloat16>(mode, src, labels, labels64, aux, out, s, allow_tiled, stream);
   }
+  return false;
 }
 
 }  // namespace cuda

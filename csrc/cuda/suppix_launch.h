@@ -28,8 +28,8 @@ struct SupPixShape {
 void suppix_pool(DType dtype, SupPixMode mode, const void* x, const int32_t* order, const int32_t* offsets,
                  void* y, int32_t* aux, const SupPixShape& s, cudaStream_t stream);
 
-// Experimental no-sort pooling forward (the glue uses it only under
-// SNNSPX_EXPERIMENTAL_CUDA=1). labels: [L, Bl, P], int64 when labels64. One block
+// No-sort pooling forward (the glue's default where it fits; SNNSPX_LEGACY_CUDA=1
+// selects the sorted path instead). labels: [L, Bl, P], int64 when labels64. One block
 // per (t, b, c) plane; each warp folds its own run of pixels into a private row of K
 // accumulators in shared memory (lanes with one label grouped by __match_any_sync,
 // summed in ascending lane order), and the rows are folded in warp order: no
@@ -56,9 +56,12 @@ void suppix_count(const void* labels, bool labels64, int32_t* counts, int64_t* t
 // out[t, b, c, p] = f(src[t, b, c, labels[p]]), 0 where the label is outside [0, K):
 // Sum: the value; Avg: / aux[l, b, k] (counts [L, Bl, K]); AvgSpike: / aux[t, b, c, k];
 // Max: the value where aux[t, b, c, k] == p, else 0. Labels are int64 when labels64.
-// Serves the pooling backward and unpooling. One write per output element.
-void suppix_gather(DType dtype, SupPixMode mode, const void* src, const void* labels, bool labels64,
-                   const int32_t* aux, void* out, const SupPixShape& s, cudaStream_t stream);
+// Serves the pooling backward and unpooling. One write per output element. With
+// allow_tiled, P % 4 == 0 and labels and out aligned to 4 elements, the tiled kernel
+// runs (4 pixels per thread, labels read once for a run of channels, vector stores;
+// the same bits) and the call returns true; otherwise the one-pixel kernel, false.
+bool suppix_gather(DType dtype, SupPixMode mode, const void* src, const void* labels, bool labels64,
+                   const int32_t* aux, void* out, const SupPixShape& s, bool allow_tiled, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace snnspx
