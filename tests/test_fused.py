@@ -227,6 +227,36 @@ def test_fused_kernel_runs_and_writes_no_full_tensor(gen):
     assert snnspx.kernel_calls("cpu.srm_suppix_pool_bwd") == before[1] + 1
 
 
+@pytest.mark.parametrize("op", ["srm_suppix_pool", "srm_neuron", "srm_forward", "suppix_pool"])
+def test_backward_zero_fills_no_unused_output(op, gen):
+    """Autograd zero-fills the gradient of an unused output unless told not to. The saved
+    state (fused op, srm_neuron: [2, T, ...]), du and dut (srm_forward) and the pooling's aux
+    get none: the compiled backward allocates x's gradient and nothing else of size. (The
+    torch backend's vectorised backward has temporaries of its own, so it is not measured.)"""
+    backend = "cpp"
+    from torch.profiler import ProfilerActivity, profile
+
+    T, B, C, H, W, K = 8, 2, 4, 16, 16, 10
+    x = currents(gen, (T, B, C, H, W)).requires_grad_()
+    labels = make_labels(gen, "batch", T, B, H, W, K)
+    if op == "srm_suppix_pool":
+        out = F.srm_suppix_pool(x, labels, K, backend=backend)
+    elif op == "srm_neuron":
+        out = F.srm_neuron(x, backend=backend)
+    elif op == "srm_forward":
+        out = F.srm_forward(x, backend=backend)[0]
+    else:
+        out = F.suppix_pool(x, labels, K, backend=backend)
+    g = torch.ones_like(out)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out.backward(g)
+    allocated = sum(max(e.self_cpu_memory_usage, 0) for e in prof.events())
+    # x's gradient; srm_forward's backward op also returns the (unused) gradient by time.
+    allowed = (2 if op == "srm_forward" else 1) * x.numel() * x.element_size()
+    assert allocated <= allowed * 1.25, f"the backward allocated {allocated} bytes, expected about {allowed}"
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("legacy", [False, True], ids=["default", "legacy"])
 def test_fused_cuda_kernels_actually_run(legacy, gen, monkeypatch):

@@ -129,9 +129,15 @@ def _register() -> None:
         _, saved, counts, argmax = output
         ctx.save_for_backward(saved, labels, counts, argmax)
         ctx.mark_non_differentiable(saved, counts, argmax)
+        # Without this, autograd would zero-fill a gradient of each unused output before
+        # calling _backward: a [2, T, B, C, H, W] buffer of zeros per step (about as much
+        # memory traffic as the backward kernel itself).
+        ctx.set_materialize_grads(False)
         ctx.args = (mode, tau_m, tau_s, tau_grad)
 
     def _backward(ctx, grad_y, *_unused):
+        if grad_y is None:
+            return (None,) * 11
         saved, labels, counts, argmax = ctx.saved_tensors
         mode, tau_m, tau_s, tau_grad = ctx.args
         grad_x = torch.ops.snnspx.srm_suppix_pool_bwd.default(

@@ -86,6 +86,7 @@ class _PyNeuron(torch.autograd.Function):
         fwd, _ = _PY_IMPLS[backend]
         spikes, du, dut = fwd(x, tau_m, tau_s, tau_grad, v_th)
         ctx.mark_non_differentiable(du, dut)
+        ctx.set_materialize_grads(False)  # no zero-filled grads for the non-differentiable outputs
         ctx.save_for_backward(spikes, du, dut)
         ctx.backend = backend
         ctx.params = (tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv)
@@ -94,6 +95,8 @@ class _PyNeuron(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # the event-driven gradient is a surrogate with no derivative of its own
     def backward(ctx, grad_spikes, _grad_du, _grad_dut):
+        if grad_spikes is None:
+            return (None,) * 8
         spikes, du, dut = ctx.saved_tensors
         _, bwd = _PY_IMPLS[ctx.backend]
         grad_w, _ = bwd(grad_spikes.contiguous(), spikes, du, dut, *ctx.params)
@@ -267,9 +270,12 @@ def _register() -> None:
         spikes, du, dut = output
         ctx.save_for_backward(spikes, du, dut)
         ctx.mark_non_differentiable(du, dut)  # as documented, and as the Python backends do
+        ctx.set_materialize_grads(False)  # no zero-filled grads for the non-differentiable outputs
         ctx.params = (tau_m, tau_s, tau_grad, _DEFAULTS["du_inv_clamp"], _DEFAULTS["max_dudt_inv"])
 
     def _fwd_backward(ctx, grad_spikes, _grad_du, _grad_dut):
+        if grad_spikes is None:
+            return None, None, None, None, None
         spikes, du, dut = ctx.saved_tensors
         grad_w, _ = torch.ops.snnspx.srm_backward.default(grad_spikes, spikes, du, dut, *ctx.params)
         return grad_w, None, None, None, None
@@ -281,9 +287,12 @@ def _register() -> None:
         _, tau_m, tau_s, tau_grad, _, du_inv_clamp, max_dudt_inv = inputs
         ctx.save_for_backward(output[1])
         ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)  # no zero-filled grads for the non-differentiable outputs
         ctx.params = (tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv)
 
     def _neuron_backward(ctx, grad_spikes, _grad_saved):
+        if grad_spikes is None:
+            return None, None, None, None, None, None, None
         (saved,) = ctx.saved_tensors
         grad_x = torch.ops.snnspx.srm_neuron_bwd.default(grad_spikes, saved, *ctx.params)
         return grad_x, None, None, None, None, None, None

@@ -105,10 +105,13 @@ class _TorchPool(torch.autograd.Function):
         ctx.save_for_backward(lab, aux)
         ctx.mode = mode
         ctx.mark_non_differentiable(aux)
+        ctx.set_materialize_grads(False)  # no zero-filled grads for the non-differentiable outputs
         return y, aux
 
     @staticmethod
     def backward(ctx, grad_y, _grad_aux):
+        if grad_y is None:
+            return None, None, None, None
         lab, aux = ctx.saved_tensors
         return _TorchPoolGrad.apply(grad_y.contiguous(), lab, aux, ctx.mode), None, None, None
 
@@ -347,8 +350,11 @@ def _register() -> None:
         _, labels, _, mode, _ = inputs
         ctx.save_for_backward(labels, output[1])
         ctx.mode = mode
+        ctx.set_materialize_grads(False)  # no zero-filled grads for the non-differentiable outputs
 
     def _pool_backward(ctx, grad_y, _grad_aux):
+        if grad_y is None:
+            return None, None, None, None, None
         labels, aux = ctx.saved_tensors
         grad_x = torch.ops.snnspx.suppix_pool_backward.default(grad_y, labels, aux, ctx.mode)
         return grad_x, None, None, None, None
