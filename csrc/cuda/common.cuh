@@ -43,6 +43,21 @@ inline bool quad_aligned(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % sizeof(Quad<T>) == 0;
 }
 
+// A streaming store of a Quad (evict-first, like __stcs for outputs that are not read
+// again soon): one 8- or 16-byte store, two 16-byte stores for a 32-byte Quad.
+template <typename T>
+__device__ __forceinline__ void store_quad_cs(Quad<T>* p, const Quad<T>& q) {
+  static_assert(sizeof(Quad<T>) == 8 || sizeof(Quad<T>) == 16 || sizeof(Quad<T>) == 32, "Quad size");
+  if constexpr (sizeof(Quad<T>) == 8) {
+    __stcs(reinterpret_cast<float2*>(p), *reinterpret_cast<const float2*>(&q));
+  } else if constexpr (sizeof(Quad<T>) == 16) {
+    __stcs(reinterpret_cast<float4*>(p), *reinterpret_cast<const float4*>(&q));
+  } else {
+    __stcs(reinterpret_cast<float4*>(p), reinterpret_cast<const float4*>(&q)[0]);
+    __stcs(reinterpret_cast<float4*>(p) + 1, reinterpret_cast<const float4*>(&q)[1]);
+  }
+}
+
 // The backward's tables epsw, epst (2 * T entries), one thread per entry.
 template <typename acc_t>
 __global__ void srm_tables_kernel(acc_t* tables, int64_t T, double tau_m, double tau_s, double tau_grad) {

@@ -467,7 +467,7 @@ suppix_gather_tiled_kernel(const scalar_t* __restrict__ src, const label_t* __re
       }
       q.v[i] = from_acc<scalar_t, acc_t>(v);
     }
-    *reinterpret_cast<Quad<scalar_t>*>(out + plane * s.P + p0) = q;
+    store_quad_cs(reinterpret_cast<Quad<scalar_t>*>(out + plane * s.P + p0), q);
   }
 }
 
