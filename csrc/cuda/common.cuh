@@ -1,6 +1,6 @@
 // Device helpers shared by the CUDA kernel files: the accumulation type, the
 // element conversions (half/bfloat16 through intrinsics, since PyTorch builds
-// with __CUDA_NO_HALF_CONVERSIONS__), and the SRM backward's table kernel.
+// with __CUDA_NO_HALF_CONVERSIONS__) and vector access (Quad).
 // Light on purpose: CUDA headers and ../srm_core.h only.
 #pragma once
 
@@ -56,21 +56,6 @@ __device__ __forceinline__ void store_quad_cs(Quad<T>* p, const Quad<T>& q) {
     __stcs(reinterpret_cast<float4*>(p), reinterpret_cast<const float4*>(&q)[0]);
     __stcs(reinterpret_cast<float4*>(p) + 1, reinterpret_cast<const float4*>(&q)[1]);
   }
-}
-
-// The backward's tables epsw, epst (2 * T entries), one thread per entry.
-template <typename acc_t>
-__global__ void srm_tables_kernel(acc_t* tables, int64_t T, double tau_m, double tau_s, double tau_grad) {
-  const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (d < T) srm_table_entry<acc_t>(tables, T, d, tau_m, tau_s, tau_grad);
-}
-
-template <typename acc_t>
-inline void launch_srm_tables(acc_t* tables, int64_t T, double tau_m, double tau_s, double tau_grad,
-                              cudaStream_t stream) {
-  constexpr int threads = 256;
-  srm_tables_kernel<acc_t><<<static_cast<unsigned int>((T + threads - 1) / threads), threads, 0, stream>>>(
-      tables, T, tau_m, tau_s, tau_grad);
 }
 
 }  // namespace cuda

@@ -101,12 +101,11 @@ at::Tensor srm_suppix_pool_bwd_cuda(const at::Tensor& grad_y, const at::Tensor& 
   const at::Tensor cn = counts.contiguous();
   const at::Tensor am = argmax.contiguous();
   at::Tensor grad_x = at::empty({a.T, a.B, a.C, a.P}, grad_y.options());
-  at::Tensor tables = at::empty({2 * std::max<int64_t>(a.T, 1)}, sv.options());
+  const at::Tensor tables = cuda::srm_tables_cuda(sv, a.T, tau_m, tau_s, tau_grad);
   cuda::fused_backward(cuda::launch_dtype(g.scalar_type()), label_type(a.labels), g.data_ptr(), sv.data_ptr(),
                        a.labels.data_ptr(), cn.data_ptr<int32_t>(),
                        a.mode == PoolMode::Max ? am.data_ptr<int32_t>() : nullptr, tables.data_ptr(),
-                       grad_x.data_ptr(), shape_of(a), tau_m, tau_s, tau_grad, cuda::legacy_cuda(),
-                       c10::cuda::getCurrentCUDAStream());
+                       grad_x.data_ptr(), shape_of(a), cuda::legacy_cuda(), c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   count_kernel("cuda.srm_suppix_pool_bwd");
   return grad_x;

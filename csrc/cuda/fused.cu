@@ -581,13 +581,12 @@ void forward_typed(const void* x, const void* labels, const int32_t* counts, voi
 
 template <typename scalar_t, typename label_t>
 void backward_typed(const void* grad_y, const void* saved, const void* labels, const int32_t* counts,
-                    const int32_t* argmax, void* tables, void* grad_x, const FusedShape& s, double tau_m, double tau_s,
-                    double tau_grad, bool legacy, cudaStream_t stream) {
+                    const int32_t* argmax, const void* tables, void* grad_x, const FusedShape& s, bool legacy,
+                    cudaStream_t stream) {
   using acc_t = typename Acc<scalar_t>::type;
   const int64_t N = s.B * s.C * s.P;
   if (N == 0 || s.T == 0) return;
-  auto* tab = static_cast<acc_t*>(tables);
-  launch_srm_tables<acc_t>(tab, s.T, tau_m, tau_s, tau_grad, stream);
+  const auto* tab = static_cast<const acc_t*>(tables);
   const size_t smem = s.T <= kSharedTableSteps ? static_cast<size_t>(2 * s.T) * sizeof(acc_t) : 0;
   const auto* gp = static_cast<const scalar_t*>(grad_y);
   const auto* sp = static_cast<const acc_t*>(saved);
@@ -660,10 +659,9 @@ void fused_forward(DType dtype, LabelType lt, const void* x, const void* labels,
 }
 
 void fused_backward(DType dtype, LabelType lt, const void* grad_y, const void* saved, const void* labels,
-                    const int32_t* counts, const int32_t* argmax, void* tables, void* grad_x, const FusedShape& s,
-                    double tau_m, double tau_s, double tau_grad, bool legacy, cudaStream_t stream) {
-  dispatch<Backward>(dtype, lt, grad_y, saved, labels, counts, argmax, tables, grad_x, s, tau_m, tau_s, tau_grad,
-                     legacy, stream);
+                    const int32_t* counts, const int32_t* argmax, const void* tables, void* grad_x,
+                    const FusedShape& s, bool legacy, cudaStream_t stream) {
+  dispatch<Backward>(dtype, lt, grad_y, saved, labels, counts, argmax, tables, grad_x, s, legacy, stream);
 }
 
 }  // namespace cuda

@@ -38,12 +38,12 @@ void fused_forward(DType dtype, LabelType lt, const void* x, const void* labels,
                    const FusedShape& s, double tau_m, double tau_s, double tau_grad, double v_th,
                    double du_inv_clamp, double max_dudt_inv, bool legacy, FusedKernel* ran, cudaStream_t stream);
 
-// grad_x [T, B, C, P] from grad_y [T, B, C, K]; tables: workspace of 2*T
-// accumulation-type elements. legacy: load per spike what it needs (the earlier
-// kernel) also with one label map for all steps; same values.
+// grad_x [T, B, C, P] from grad_y [T, B, C, K]; tables: the SRM kernel tables (see
+// srm_backward in launch.h). legacy: load per spike what it needs (the earlier kernel)
+// also with one label map for all steps; same values.
 void fused_backward(DType dtype, LabelType lt, const void* grad_y, const void* saved, const void* labels,
-                    const int32_t* counts, const int32_t* argmax, void* tables, void* grad_x, const FusedShape& s,
-                    double tau_m, double tau_s, double tau_grad, bool legacy, cudaStream_t stream);
+                    const int32_t* counts, const int32_t* argmax, const void* tables, void* grad_x,
+                    const FusedShape& s, bool legacy, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace snnspx

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "../srm_core.h"
 #include "../suppix_glue.h"
 #include "launch.h"
 
@@ -86,6 +87,22 @@ class DeviceLabelCheck {
   at::Tensor host_;
   cudaEvent_t event_ = nullptr;
 };
+
+// The SRM backward's kernel tables [epsw | epst] (2 * max(T, 1) entries, in the dtype
+// of `like`: the accumulation type), for a kernel on `like`'s device. They are computed on
+// the host by the CPU backend's own code (srm_core.h: pow in double, rounded once) and
+// copied over: the GPU's pow may differ from the host's in the last bit, and float64
+// gradients would then differ from the CPU's and the reference's.
+inline at::Tensor srm_tables_cuda(const at::Tensor& like, int64_t T, double tau_m, double tau_s, double tau_grad) {
+  at::Tensor host = at::empty({2 * std::max<int64_t>(T, 1)}, like.options().device(at::kCPU).pinned_memory(true));
+  if (host.scalar_type() == at::kDouble) {
+    fill_srm_tables<double>(host.data_ptr<double>(), T, tau_m, tau_s, tau_grad);
+  } else {
+    TORCH_INTERNAL_ASSERT(host.scalar_type() == at::kFloat);
+    fill_srm_tables<float>(host.data_ptr<float>(), T, tau_m, tau_s, tau_grad);
+  }
+  return host.to(like.device(), /*non_blocking=*/true);
+}
 
 inline void check_cuda_tensor(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got one on ", t.device());

@@ -43,10 +43,6 @@ std::tuple<at::Tensor, at::Tensor> srm_neuron_fwd_cuda(const at::Tensor& x, doub
   return {o.spikes, o.du};
 }
 
-at::Tensor tables_workspace(const at::Tensor& like, int64_t T) {
-  return at::empty({2 * std::max<int64_t>(T, 1)}, like.options());
-}
-
 void check_acc_dtype(const at::Tensor& state, const char* name, const at::Tensor& grad) {
   const auto want = srm_acc_type(grad.scalar_type());
   TORCH_CHECK(state.scalar_type() == want, name, " must be ", want, " for grad_spikes of dtype ",
@@ -62,10 +58,10 @@ std::tuple<at::Tensor, at::Tensor> srm_backward_cuda(const at::Tensor& grad_spik
   auto a = prepare_srm_backward(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv);
   check_acc_dtype(a.du, "du", a.grad);
   const at::Tensor spk = a.spikes.to(a.grad.scalar_type());
-  at::Tensor tables = tables_workspace(a.du, a.T);
+  const at::Tensor tables = cuda::srm_tables_cuda(a.du, a.T, tau_m, tau_s, tau_grad);
   cuda::srm_backward(cuda::launch_dtype(a.grad.scalar_type()), a.grad.data_ptr(), spk.data_ptr(), a.du.data_ptr(),
                      a.dut.data_ptr(), a.grad_w.data_ptr(), a.grad_t.data_ptr(), tables.data_ptr(), a.T, a.N,
-                     tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv, c10::cuda::getCurrentCUDAStream());
+                     du_inv_clamp, max_dudt_inv, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   count_kernel("cuda.srm_backward");
   return {a.grad_w, a.grad_t};
@@ -77,11 +73,11 @@ at::Tensor srm_neuron_bwd_cuda(const at::Tensor& grad_spikes, const at::Tensor& 
   c10::cuda::CUDAGuard guard(grad_spikes.device());
   auto a = prepare_srm_neuron_backward(grad_spikes, saved, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv);
   check_acc_dtype(a.du, "saved", a.grad);
-  at::Tensor tables = tables_workspace(a.du, a.T);
+  const at::Tensor tables = cuda::srm_tables_cuda(a.du, a.T, tau_m, tau_s, tau_grad);
   auto* sp = static_cast<const char*>(a.du.data_ptr());
   cuda::srm_backward(cuda::launch_dtype(a.grad.scalar_type()), a.grad.data_ptr(), nullptr, sp,
                      sp + a.T * a.N * a.du.element_size(), a.grad_w.data_ptr(), nullptr, tables.data_ptr(), a.T,
-                     a.N, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv, c10::cuda::getCurrentCUDAStream());
+                     a.N, du_inv_clamp, max_dudt_inv, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   count_kernel("cuda.srm_neuron_bwd");
   return a.grad_w;

@@ -142,12 +142,11 @@ void forward_typed(const void* x, void* spikes, void* du, void* dut, int64_t T, 
 
 template <typename scalar_t>
 void backward_typed(const void* grad, const void* spikes, const void* du, const void* dut, void* grad_w,
-                    void* grad_t, void* tables, int64_t T, int64_t N, double tau_m, double tau_s, double tau_grad,
-                    double du_inv_clamp, double max_dudt_inv, cudaStream_t stream) {
+                    void* grad_t, const void* tables, int64_t T, int64_t N, double du_inv_clamp,
+                    double max_dudt_inv, cudaStream_t stream) {
   using acc_t = typename Acc<scalar_t>::type;
   if (N == 0 || T == 0) return;
-  auto* tab = static_cast<acc_t*>(tables);
-  launch_srm_tables<acc_t>(tab, T, tau_m, tau_s, tau_grad, stream);
+  const auto* tab = static_cast<const acc_t*>(tables);
   const auto* g = static_cast<const scalar_t*>(grad);
   const auto* sp = static_cast<const scalar_t*>(spikes);
   const auto* dup = static_cast<const acc_t*>(du);
@@ -182,11 +181,10 @@ void srm_forward(DType dtype, const void* x, void* spikes, void* du, void* dut, 
 }
 
 void srm_backward(DType dtype, const void* grad, const void* spikes, const void* du, const void* dut, void* grad_w,
-                  void* grad_t, void* tables, int64_t T, int64_t N, double tau_m, double tau_s, double tau_grad,
-                  double du_inv_clamp, double max_dudt_inv, cudaStream_t stream) {
-#define SNNSPX_BWD(type)                                                                                      \
-  backward_typed<type>(grad, spikes, du, dut, grad_w, grad_t, tables, T, N, tau_m, tau_s, tau_grad, du_inv_clamp, \
-                       max_dudt_inv, stream)
+                  void* grad_t, const void* tables, int64_t T, int64_t N, double du_inv_clamp,
+                  double max_dudt_inv, cudaStream_t stream) {
+#define SNNSPX_BWD(type) \
+  backward_typed<type>(grad, spikes, du, dut, grad_w, grad_t, tables, T, N, du_inv_clamp, max_dudt_inv, stream)
   switch (dtype) {
     case DType::Float: return SNNSPX_BWD(float);
     case DType::Double: return SNNSPX_BWD(double);
