@@ -36,7 +36,8 @@ def test_threshold_beyond_float32(backend, device, v_th, spiking, gen):
     x = torch.randn(6, 4, 3, generator=gen).to(device)
     s, _, _ = F.srm_forward(x, v_th=v_th, backend=backend)
     assert bool((s == 1).all()) if spiking else not bool(s.any())
-    y = F.srm_suppix_pool(x[:, :, None, :, None].expand(6, 4, 1, 3, 2), torch.zeros(3, 2, dtype=torch.long), 1, "sum", v_th=v_th, backend=backend)
+    labels = torch.zeros(3, 2, dtype=torch.long, device=device)
+    y = F.srm_suppix_pool(x[:, :, None, :, None].expand(6, 4, 1, 3, 2), labels, 1, "sum", v_th=v_th, backend=backend)
     assert bool((y == 6).all()) if spiking else not bool(y.any())
 
 

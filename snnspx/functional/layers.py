@@ -40,6 +40,18 @@ def _srm_args(tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, input_gr
     return tuple(float(v) for v in (tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv)), float(input_grad_scale)
 
 
+def _autocast_available(device_type: str) -> bool:
+    """Whether autocast knows this device type (``torch.is_autocast_enabled`` raises for one it
+    does not, e.g. "meta"). Constant for a process, so Dynamo takes it as a constant: the
+    Dynamo of torch 2.11 cannot trace the C function underneath, and a ``fullgraph`` compile
+    of an SRM layer failed there."""
+    return torch.amp.is_autocast_available(device_type)
+
+
+if hasattr(torch.compiler, "assume_constant_result"):
+    _autocast_available = torch.compiler.assume_constant_result(_autocast_available)
+
+
 def _autocast_synapse(s_in: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Inside ``torch.autocast`` the synapse (conv2d or linear) runs in the autocast dtype, as
     the plain PyTorch ops would. The cast happens here, before the autograd Function, so its
@@ -51,7 +63,7 @@ def _autocast_synapse(s_in: torch.Tensor, weight: torch.Tensor) -> tuple[torch.T
     if not (isinstance(s_in, torch.Tensor) and isinstance(weight, torch.Tensor)):
         return s_in, weight  # the checks that follow explain
     dev = s_in.device.type
-    if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+    if _autocast_available(dev) and torch.is_autocast_enabled(dev):
         dtype = torch.get_autocast_dtype(dev)
 
         def cast(t):
