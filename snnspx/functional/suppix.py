@@ -202,7 +202,8 @@ def suppix_pool(
         grad: ``"exact"`` or ``"spike"`` (``"avg"`` only), the backward described above.
         return_counts: also return ``n``, int64 of shape ``labels.shape[:-2] + (K,)``.
         check_labels: a label ``>= K`` raises ``ValueError``. The check costs one read of the
-            labels, and on the GPU one read-back (synchronisation), when K is given
+            labels, and on the GPU one read-back of their maximum (the host waits for that
+            small copy, queued before the pooling kernel, not for the kernel), when K is given
             (an inferred K needs none). ``False`` skips it; labels ``>= K`` are then ignored
             like negative ones (never read or written out of bounds).
         backend: ``"cuda"``, ``"cpp"``, ``"torch"``, ``"reference"`` or None (see
