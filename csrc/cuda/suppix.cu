@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "common.cuh"
 #include "suppix_launch.h"
@@ -60,6 +61,19 @@ template <> __device__ __forceinline__ double neg_inf<double>() {
 }
 
 extern __shared__ __align__(16) unsigned char suppix_smem[];
+
+// f(std::integral_constant<SupPixMode, mode>{}) for a run-time mode: one switch for every
+// launcher that instantiates a kernel per mode.
+template <typename F>
+decltype(auto) with_mode(SupPixMode mode, F&& f) {
+  switch (mode) {
+    case SupPixMode::Sum: return f(std::integral_constant<SupPixMode, SupPixMode::Sum>{});
+    case SupPixMode::Avg: return f(std::integral_constant<SupPixMode, SupPixMode::Avg>{});
+    case SupPixMode::Max: return f(std::integral_constant<SupPixMode, SupPixMode::Max>{});
+    case SupPixMode::AvgSpike: break;
+  }
+  return f(std::integral_constant<SupPixMode, SupPixMode::AvgSpike>{});
+}
 
 // grid.x = T * B * chunks; block = kPoolThreads. Block (t, b, chunk) pools channels
 // [chunk * per_chunk, min(C, (chunk + 1) * per_chunk)) of step t, image b.
@@ -349,16 +363,9 @@ void pool_nosort_typed(const void* x, const void* labels, const int32_t* counts,
 template <typename scalar_t, typename label_t>
 void pool_nosort_mode(SupPixMode mode, const void* x, const void* labels, const int32_t* counts, void* y,
                       int32_t* aux, const SupPixShape& s, cudaStream_t stream) {
-  switch (mode) {
-    case SupPixMode::Sum:
-      return pool_nosort_typed<scalar_t, label_t, SupPixMode::Sum>(x, labels, counts, y, aux, s, stream);
-    case SupPixMode::Avg:
-      return pool_nosort_typed<scalar_t, label_t, SupPixMode::Avg>(x, labels, counts, y, aux, s, stream);
-    case SupPixMode::Max:
-      return pool_nosort_typed<scalar_t, label_t, SupPixMode::Max>(x, labels, counts, y, aux, s, stream);
-    case SupPixMode::AvgSpike:
-      return pool_nosort_typed<scalar_t, label_t, SupPixMode::AvgSpike>(x, labels, counts, y, aux, s, stream);
-  }
+  with_mode(mode, [&](auto m) {
+    pool_nosort_typed<scalar_t, label_t, decltype(m)::value>(x, labels, counts, y, aux, s, stream);
+  });
 }
 
 template <typename scalar_t>
@@ -494,13 +501,7 @@ void pool_typed(const void* x, const int32_t* order, const int32_t* offsets, voi
 template <typename scalar_t>
 void pool_mode(SupPixMode mode, const void* x, const int32_t* order, const int32_t* offsets, void* y, int32_t* aux,
                const SupPixShape& s, cudaStream_t stream) {
-  switch (mode) {
-    case SupPixMode::Sum: return pool_typed<scalar_t, SupPixMode::Sum>(x, order, offsets, y, aux, s, stream);
-    case SupPixMode::Avg: return pool_typed<scalar_t, SupPixMode::Avg>(x, order, offsets, y, aux, s, stream);
-    case SupPixMode::Max: return pool_typed<scalar_t, SupPixMode::Max>(x, order, offsets, y, aux, s, stream);
-    case SupPixMode::AvgSpike:
-      return pool_typed<scalar_t, SupPixMode::AvgSpike>(x, order, offsets, y, aux, s, stream);
-  }
+  with_mode(mode, [&](auto m) { pool_typed<scalar_t, decltype(m)::value>(x, order, offsets, y, aux, s, stream); });
 }
 
 template <typename scalar_t, typename label_t, SupPixMode kMode>
@@ -529,17 +530,9 @@ bool gather_typed(const void* src, const void* labels, const int32_t* aux, void*
 template <typename scalar_t, typename label_t>
 bool gather_mode(SupPixMode mode, const void* src, const void* labels, const int32_t* aux, void* out,
                  const SupPixShape& s, bool allow_tiled, cudaStream_t stream) {
-  switch (mode) {
-    case SupPixMode::Sum:
-      return gather_typed<scalar_t, label_t, SupPixMode::Sum>(src, labels, aux, out, s, allow_tiled, stream);
-    case SupPixMode::Avg:
-      return gather_typed<scalar_t, label_t, SupPixMode::Avg>(src, labels, aux, out, s, allow_tiled, stream);
-    case SupPixMode::Max:
-      return gather_typed<scalar_t, label_t, SupPixMode::Max>(src, labels, aux, out, s, allow_tiled, stream);
-    case SupPixMode::AvgSpike:
-      return gather_typed<scalar_t, label_t, SupPixMode::AvgSpike>(src, labels, aux, out, s, allow_tiled, stream);
-  }
-  return false;
+  return with_mode(mode, [&](auto m) {
+    return gather_typed<scalar_t, label_t, decltype(m)::value>(src, labels, aux, out, s, allow_tiled, stream);
+  });
 }
 
 template <typename scalar_t>
