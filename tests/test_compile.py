@@ -196,3 +196,11 @@ def test_torch_export(backend, device, gen):
     assert torch.equal(ep.module()(x, labels), net(x, labels))
     x2 = (2 * torch.randn(5, 6, 2, H, W, generator=gen)).to(device)
     assert torch.equal(ep.module()(x2, labels), net(x2, labels))
+
+
+def test_import_does_not_load_dynamo():
+    """Importing snnspx stays cheap: helpers that Dynamo must treat as constants are marked
+    without importing torch._dynamo (about a second), which only torch.compile loads."""
+    code = "import sys, snnspx; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

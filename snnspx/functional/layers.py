@@ -26,7 +26,7 @@ import torch.nn.functional as TF
 from torch.autograd.function import once_differentiable
 
 from .. import _checks, reference
-from .._backend import resolve, resolve_python
+from .._backend import _assume_constant_result, resolve, resolve_python
 from .srm import srm_backward, srm_forward
 
 __all__ = ["srm_conv2d", "srm_linear", "spike_avg_pool2d", "standardize_weight"]
@@ -40,16 +40,13 @@ def _srm_args(tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, input_gr
     return tuple(float(v) for v in (tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv)), float(input_grad_scale)
 
 
+@_assume_constant_result
 def _autocast_available(device_type: str) -> bool:
     """Whether autocast knows this device type (``torch.is_autocast_enabled`` raises for one it
     does not, e.g. "meta"). Constant for a process, so Dynamo takes it as a constant: the
-    Dynamo of torch 2.11 cannot trace the C function underneath, and a ``fullgraph`` compile
-    of an SRM layer failed there."""
+    Dynamo of torch 2.11 cannot trace the C function underneath, and ``fullgraph`` compiles
+    of SRM layers failed there."""
     return torch.amp.is_autocast_available(device_type)
-
-
-if hasattr(torch.compiler, "assume_constant_result"):
-    _autocast_available = torch.compiler.assume_constant_result(_autocast_available)
 
 
 def _autocast_synapse(s_in: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
