@@ -51,9 +51,9 @@ inline SRMParams<acc_t> make_srm_params(double tau_m, double tau_s, double tau_g
 
 // Entry d of the backward's kernel tables (docs/maths.md §3), in double, rounded once:
 // tables[d] = epsw[d] = c (a_m^(d+1) - a_s^(d+1)), tables[T + d] = epst[d] = -a_g^(d+1).
-// Evaluated on the host only, by fill_srm_tables: the CUDA glue copies the host's tables
-// to the GPU, so every backend uses the same bits (the GPU's pow can differ in the last
-// place, which float64 gradients would show).
+// Evaluated on the host by fill_srm_tables, whose tables the CUDA glue copies to the GPU,
+// so every backend uses the same bits (the GPU's pow can differ in the last place, which
+// float64 gradients would show); on the GPU only while a CUDA graph is being captured.
 template <typename acc_t>
 SNNSPX_HD void srm_table_entry(acc_t* tables, int64_t T, int64_t d, double tau_m, double tau_s, double tau_grad) {
   const double a_m = 1.0 - 1.0 / tau_m, a_s = 1.0 - 1.0 / tau_s, a_g = 1.0 - 1.0 / tau_grad;

@@ -7,8 +7,12 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "../srm_core.h"
 #include "../suppix_glue.h"
@@ -89,19 +93,47 @@ class DeviceLabelCheck {
 };
 
 // The SRM backward's kernel tables [epsw | epst] (2 * max(T, 1) entries, in the dtype
-// of `like`: the accumulation type), for a kernel on `like`'s device. They are computed on
-// the host by the CPU backend's own code (srm_core.h: pow in double, rounded once) and
-// copied over: the GPU's pow may differ from the host's in the last bit, and float64
-// gradients would then differ from the CPU's and the reference's.
+// of `like`: the accumulation type), on `like`'s device. They are computed on the host by
+// the CPU backend's own code (srm_core.h: pow in double, rounded once) and copied over: the
+// GPU's pow may differ from the host's in the last bit, and float64 gradients would then
+// differ from the CPU's and the reference's. The copy is blocking (once per device, dtype,
+// T and time constants: the result is cached, and the cached tensor is never written
+// again), so no stream can read it early, and a captured CUDA graph that reads a cached
+// tensor stays valid. While a graph is being captured (no host copy may be made then) a
+// table not yet cached is computed on the device instead: bits as before this cache, within
+// about 2 ulp of the host's in float64. Past kMaxCachedTables entries nothing more is
+// cached, and each call pays the blocking copy.
 inline at::Tensor srm_tables_cuda(const at::Tensor& like, int64_t T, double tau_m, double tau_s, double tau_grad) {
-  at::Tensor host = at::empty({2 * std::max<int64_t>(T, 1)}, like.options().device(at::kCPU).pinned_memory(true));
+  constexpr size_t kMaxCachedTables = 256;
+  using Key = std::tuple<int, int, int64_t, double, double, double>;
+  static std::mutex mutex;
+  // Never destroyed: CUDA tensors freed during static destruction may outlive the allocator.
+  static auto* cache = new std::map<Key, at::Tensor>();
+  const Key key{like.get_device(), static_cast<int>(like.scalar_type()), T, tau_m, tau_s, tau_grad};
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    const auto it = cache->find(key);
+    if (it != cache->end()) return it->second;
+  }
+  const int64_t n = 2 * std::max<int64_t>(T, 1);
+  TORCH_INTERNAL_ASSERT(like.scalar_type() == at::kDouble || like.scalar_type() == at::kFloat);
+  if (!can_read_back()) {
+    at::Tensor dev = at::empty({n}, like.options());
+    srm_tables(launch_dtype(like.scalar_type()), dev.data_ptr(), T, tau_m, tau_s, tau_grad,
+               c10::cuda::getCurrentCUDAStream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return dev;
+  }
+  at::Tensor host = at::empty({n}, like.options().device(at::kCPU));
   if (host.scalar_type() == at::kDouble) {
     fill_srm_tables<double>(host.data_ptr<double>(), T, tau_m, tau_s, tau_grad);
   } else {
-    TORCH_INTERNAL_ASSERT(host.scalar_type() == at::kFloat);
     fill_srm_tables<float>(host.data_ptr<float>(), T, tau_m, tau_s, tau_grad);
   }
-  return host.to(like.device(), /*non_blocking=*/true);
+  at::Tensor dev = host.to(like.device(), /*non_blocking=*/false);
+  std::lock_guard<std::mutex> lock(mutex);
+  if (cache->size() < kMaxCachedTables) cache->emplace(key, dev);
+  return dev;
 }
 
 inline void check_cuda_tensor(const at::Tensor& t, const char* name) {

@@ -21,11 +21,17 @@ void srm_forward(DType dtype, const void* x, void* spikes, void* du, void* dut, 
 
 // grad, spikes, grad_w, grad_t: [T, N] of `dtype`; du, dut: float (double for Double);
 // tables: the kernel tables [epsw | epst], 2*T accumulation-type elements on the device
-// (glue.h's srm_tables_cuda makes them on the host, as the CPU backend does).
+// (glue.h's srm_tables_cuda makes them on the host, as the CPU backend does, or with
+// srm_tables below while a CUDA graph is being captured).
 // spikes == nullptr selects the packed form (du/dut hold srm_neuron_fwd's factors); grad_t may be nullptr.
 void srm_backward(DType dtype, const void* grad, const void* spikes, const void* du, const void* dut,
                   void* grad_w, void* grad_t, const void* tables, int64_t T, int64_t N, double du_inv_clamp,
                   double max_dudt_inv, cudaStream_t stream);
+
+// The same tables computed on the device (one thread per entry; the GPU's pow, within
+// about 2 ulp of the host's in float64). acc: Float or Double.
+void srm_tables(DType acc, void* tables, int64_t T, double tau_m, double tau_s, double tau_grad,
+                cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace snnspx

@@ -180,6 +180,29 @@ void srm_forward(DType dtype, const void* x, void* spikes, void* du, void* dut, 
 #undef SNNSPX_FWD
 }
 
+namespace {
+
+// The backward's tables epsw, epst (2 * T entries), one thread per entry.
+template <typename acc_t>
+__global__ void srm_tables_kernel(acc_t* tables, int64_t T, double tau_m, double tau_s, double tau_grad) {
+  const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (d < T) srm_table_entry<acc_t>(tables, T, d, tau_m, tau_s, tau_grad);
+}
+
+}  // namespace
+
+void srm_tables(DType acc, void* tables, int64_t T, double tau_m, double tau_s, double tau_grad,
+                cudaStream_t stream) {
+  if (T <= 0) return;
+  constexpr int threads = 256;
+  const auto blocks = static_cast<unsigned int>((T + threads - 1) / threads);
+  if (acc == DType::Double) {
+    srm_tables_kernel<double><<<blocks, threads, 0, stream>>>(static_cast<double*>(tables), T, tau_m, tau_s, tau_grad);
+  } else {
+    srm_tables_kernel<float><<<blocks, threads, 0, stream>>>(static_cast<float*>(tables), T, tau_m, tau_s, tau_grad);
+  }
+}
+
 void srm_backward(DType dtype, const void* grad, const void* spikes, const void* du, const void* dut, void* grad_w,
                   void* grad_t, const void* tables, int64_t T, int64_t N, double du_inv_clamp,
                   double max_dudt_inv, cudaStream_t stream) {
