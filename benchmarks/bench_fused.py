@@ -8,7 +8,9 @@ unfused pair (``srm_neuron`` + ``suppix_pool``). Shapes: GPU T,B,C,H,W,K =
     python benchmarks/bench_fused.py [--device cpu|cuda] [--write]
 
 On CUDA the fused op is timed a second time with SNNSPX_LEGACY_CUDA=1 (the earlier
-default forward, global integer atomics; docs/build.md), set only around that measurement.
+default kernels: the forward with global integer atomics, the backward loading per spike;
+docs/build.md), set only around that measurement. ``--quick`` (tiny shapes, a smoke test)
+skips the torch.compile row.
 """
 
 from __future__ import annotations

@@ -90,8 +90,8 @@ LEGACY = "SNNSPX_LEGACY_CUDA"
 @contextlib.contextmanager
 def legacy_cuda():
     """SNNSPX_LEGACY_CUDA=1 inside the block: the earlier default CUDA kernels (sorted
-    pooling, the global-atomic fused forward, the one-pixel gather). The ops read the
-    variable at every call."""
+    pooling, the global-atomic fused forward, the per-spike loads of the fused backward,
+    the one-pixel gather). The ops read the variable at every call."""
     old = os.environ.get(LEGACY)
     os.environ[LEGACY] = "1"
     try:

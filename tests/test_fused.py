@@ -231,8 +231,9 @@ def test_fused_kernel_runs_and_writes_no_full_tensor(gen):
 def test_backward_zero_fills_no_unused_output(op, gen):
     """Autograd zero-fills the gradient of an unused output unless told not to. The saved
     state (fused op, srm_neuron: [2, T, ...]), du and dut (srm_forward) and the pooling's aux
-    get none: the compiled backward allocates x's gradient and nothing else of size. (The
-    torch backend's vectorised backward has temporaries of its own, so it is not measured.)"""
+    get none: no zeros are made, and the compiled backward allocates x's gradient and nothing
+    else of size. (The torch backend's vectorised backward has temporaries and zeros of its
+    own, so it is not measured.)"""
     backend = "cpp"
     from torch.profiler import ProfilerActivity, profile
 
@@ -250,6 +251,8 @@ def test_backward_zero_fills_no_unused_output(op, gen):
     g = torch.ones_like(out)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out.backward(g)
+    fills = sorted({e.name for e in prof.events() if e.name in ("aten::zeros", "aten::zero_", "aten::fill_")})
+    assert not fills, f"the backward zero-filled something: {fills}"
     allocated = sum(max(e.self_cpu_memory_usage, 0) for e in prof.events())
     # x's gradient; srm_forward's backward op also returns the (unused) gradient by time.
     allowed = (2 if op == "srm_forward" else 1) * x.numel() * x.element_size()
@@ -542,7 +545,7 @@ def test_fused_cuda_quad_kernel_does_not_apply(gen, monkeypatch):
 @pytest.mark.cuda
 def test_fused_cuda_shared_memory_edge_cases(gen, monkeypatch):
     # T = 1, K = 0 (all labels negative, K inferred), empty planes (P = 0), and
-    # agreement with the default kernel bit for bit.
+    # agreement with the legacy (atomic) kernel bit for bit.
     monkeypatch.delenv(LEGACY, raising=False)
     x = currents(gen, (1, 2, 3, 4, 5), device="cuda") * 4
     labels = make_labels(gen, "batch", 1, 2, 4, 5, 3, device="cuda")

@@ -452,7 +452,7 @@ inline void plane_split(const FusedShape& s, int64_t& split, int64_t& chunk) {
 
 // The plane forward (see fused_plane_kernel). Returns false, having done
 // nothing, when the histograms do not fit kPlaneSharedBytes; the caller then
-// runs the default kernel.
+// runs the atomic kernel.
 template <typename scalar_t, typename label_t>
 bool forward_plane_typed(const void* x, const void* labels, const int32_t* counts, void* y, void* saved,
                          int32_t* argmax, int32_t* scratch_count, int32_t* scratch_first, const FusedShape& s,
@@ -469,7 +469,7 @@ bool forward_plane_typed(const void* x, const void* labels, const int32_t* count
   if (s.T == 0 || BC == 0 || (out == 0 && saved == nullptr)) return true;
   int64_t split = 1, chunk = 0;
   plane_split(s, split, chunk);
-  if (BC * split > int64_t(0x7fffffff)) return false;  // beyond one grid: the default kernel runs
+  if (BC * split > int64_t(0x7fffffff)) return false;  // beyond one grid: the atomic kernel runs
   const bool direct = split == 1;
   if (!direct && out > 0) {
     cudaMemsetAsync(scratch_count, 0, sizeof(int32_t) * out, stream);

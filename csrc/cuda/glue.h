@@ -33,9 +33,10 @@ inline DType launch_dtype(at::ScalarType t) {
 }
 
 // SNNSPX_LEGACY_CUDA=1 (exactly "1", read at every call, so a program or a test can
-// switch it): the earlier default forward kernels (sorted pooling, the global-atomic
-// fused forward, the one-pixel gather) instead of the current ones, for comparison
-// (docs/build.md). Both give the same bits where docs/build.md says so.
+// switch it): the earlier default kernels (sorted pooling, the global-atomic fused
+// forward, the per-spike loads of the fused backward, the one-pixel gather) instead of
+// the current ones, for comparison (docs/build.md). Both give the same bits where
+// docs/build.md says so.
 inline bool legacy_cuda() {
   const char* v = std::getenv("SNNSPX_LEGACY_CUDA");
   return v != nullptr && std::strcmp(v, "1") == 0;

@@ -61,7 +61,8 @@ def srm_suppix_pool(
             GPU before the kernels are queued).
         check_labels: a label ``>= K`` raises ``ValueError``. The compiled ops reduce
             the labels on the device and read the verdict back after their kernels
-            are queued (on a GPU, one sync at the end of the call, not before it).
+            are queued (on a GPU the host waits for that small copy, not for the
+            kernels).
             ``False`` skips it: pixels with a label ``>= K`` are then ignored, like
             negative ones.
         mode: ``"avg"`` (spike count / pixel count, 0 for an empty superpixel),
