@@ -742,7 +742,7 @@ def test_cuda_nosort_falls_back_when_rows_do_not_fit(dtype, mode, K, nosort, gen
 @pytest.mark.cuda
 def test_cuda_nosort_label_checks_and_empty_shapes(gen, monkeypatch):
     """The range check (read back after the kernels), unchecked labels >= K ignored, and the
-    empty shapes (sorted path); SNNSPX_LEGACY_CUDA=1 keeps the sorted path."""
+    empty shapes (sorted path); SNNSPX_LEGACY_CUDA=1, and only "1", selects the sorted path."""
     _kernels(monkeypatch)
     x = rand_x(gen, (2, 2, 3, 4, 5), torch.float64, "cuda")
     labels = torch.randint(-1, 9, (2, 4, 5), generator=gen).cuda()
@@ -765,10 +765,11 @@ def test_cuda_nosort_label_checks_and_empty_shapes(gen, monkeypatch):
         for mode in MODES:
             y = F.suppix_pool(z, lab, 3, mode, backend="cuda")
             assert y.shape == (*shape[:3], 3) and torch.all(y == 0)
-    monkeypatch.setenv(LEGACY, "1")
-    before = snnspx.kernel_calls(NOSORT)
-    F.suppix_pool(x, masked, 5, "avg", backend="cuda")
-    assert snnspx.kernel_calls(NOSORT) == before
+    for value, runs in (("0", 1), ("1", 0)):  # only exactly "1" selects the legacy kernels
+        monkeypatch.setenv(LEGACY, value)
+        before = snnspx.kernel_calls(NOSORT)
+        F.suppix_pool(x, masked, 5, "avg", backend="cuda")
+        assert snnspx.kernel_calls(NOSORT) == before + runs, value
 
 
 @pytest.mark.cuda
