@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -669,19 +671,25 @@ def test_cuda_graph_capture(legacy, gen, monkeypatch):
         assert torch.equal(got, ref)
 
 
+_FRESH_TAUS = itertools.count()
+
+
 @pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("warm", [True, False], ids=["cached-tables", "tables-made-in-capture"])
-def test_cuda_graph_capture_of_the_backward(warm, gen):
+def test_cuda_graph_capture_of_the_backward(warm, dtype, gen):
     """A captured training step (fused op and srm_neuron, forward and backward) replays the
-    eager gradient. The SRM backward's tables: after a warm-up with the same time constants
-    (the usual way to capture) they come from the cache, made on the host, and the replay is
-    bit for bit the eager gradient; with constants first seen inside the capture they are
-    made on the device, which matches in float32 up to rounding."""
+    eager gradient, also after the allocator has handed out and taken back other memory. The
+    SRM backward's tables: after a warm-up with the same time constants (the usual way to
+    capture) they come from the cache, made on the host, and the replay is bit for bit the
+    eager gradient; with constants first seen inside the capture the device makes them
+    (counter "cuda.srm_tables"), which matches up to rounding."""
     T, B, C, H, W, K = 6, 2, 3, 8, 8, 5
-    x = currents(gen, (T, B, C, H, W), device="cuda")
+    x = currents(gen, (T, B, C, H, W), dtype, "cuda")
     labels = make_labels(gen, "batch", T, B, H, W, K, device="cuda")
     xg = x.clone().requires_grad_()
-    tau_m = 5.0 if warm else 7.123457  # a value no other test uses: no cached tables
+    # A fresh value per call: no table for it is cached yet, in this process.
+    tau_m = 5.0 if warm else 7.0 + 1e-3 * next(_FRESH_TAUS) + 1e-7
 
     def step(tau):
         y = F.srm_suppix_pool(xg, labels, K, "avg", tau_m=tau, check_labels=False, backend="cuda")
@@ -693,13 +701,24 @@ def test_cuda_graph_capture_of_the_backward(warm, gen):
     with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph asks
         step(tau_m if warm else 5.0)
     torch.cuda.current_stream().wait_stream(side)
+    made = snnspx.kernel_calls("cuda.srm_tables")
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         got = step(tau_m)
+    assert snnspx.kernel_calls("cuda.srm_tables") - made == (0 if warm else 2)  # fused and neuron backward
     graph.replay()
     torch.cuda.synchronize()
+    first = got.clone()
     want = step(tau_m)
+    # Other work in between: new tables, memory taken and given back.
+    step(tau_m + 0.5)
+    junk = [torch.randn(1 << 20, device="cuda") for _ in range(8)]
+    del junk
+    torch.cuda.empty_cache()
+    graph.replay()
+    torch.cuda.synchronize()
     assert want.abs().sum() > 0
+    assert torch.equal(got, first), "a second replay differs"
     if warm:
         assert torch.equal(got, want)
     else:

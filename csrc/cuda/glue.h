@@ -14,6 +14,7 @@
 #include <mutex>
 #include <tuple>
 
+#include "../kernel_counter.h"
 #include "../srm_core.h"
 #include "../suppix_glue.h"
 #include "launch.h"
@@ -94,21 +95,26 @@ class DeviceLabelCheck {
 };
 
 // The SRM backward's kernel tables [epsw | epst] (2 * max(T, 1) entries, in the dtype
-// of `like`: the accumulation type), on `like`'s device. They are computed on the host by
-// the CPU backend's own code (srm_core.h: pow in double, rounded once) and copied over: the
-// GPU's pow may differ from the host's in the last bit, and float64 gradients would then
-// differ from the CPU's and the reference's. The copy is blocking (once per device, dtype,
-// T and time constants: the result is cached, and the cached tensor is never written
-// again), so no stream can read it early, and a captured CUDA graph that reads a cached
-// tensor stays valid. While a graph is being captured (no host copy may be made then) a
-// table not yet cached is computed on the device instead: bits as before this cache, within
-// about 2 ulp of the host's in float64. Past kMaxCachedTables entries nothing more is
-// cached, and each call pays the blocking copy.
+// of `like`: the accumulation type), on `like`'s device, which must be the current one.
+// They are computed on the host by the CPU backend's own code (srm_core.h: pow in double,
+// rounded once) and copied over: the GPU's pow may differ from the host's in the last bit,
+// and float64 gradients would then differ from the CPU's and the reference's.
+//
+// The copy is blocking and made once per device, dtype, T and time constants: the result
+// is cached in memory of its own (cudaMalloc, never freed, never written again), so no
+// stream can read it early, and a CUDA graph that captured a read of it stays valid. (A
+// block of PyTorch's caching allocator would not do: under torch.compile's
+// "reduce-overhead" it may belong to a graph's private pool and be handed out again.)
+// While a graph is being captured no host copy may be made, so a table not yet cached is
+// computed on the device instead (counter "cuda.srm_tables"; within about 2 ulp of the
+// host's in float64) and not cached. Past kMaxCachedBytes of tables nothing more is cached:
+// each call then makes its tables with a blocking copy (one warning).
 inline at::Tensor srm_tables_cuda(const at::Tensor& like, int64_t T, double tau_m, double tau_s, double tau_grad) {
-  constexpr size_t kMaxCachedTables = 256;
+  constexpr int64_t kMaxCachedBytes = int64_t(64) << 20;
   using Key = std::tuple<int, int, int64_t, double, double, double>;
   static std::mutex mutex;
-  // Never destroyed: CUDA tensors freed during static destruction may outlive the allocator.
+  static int64_t cached_bytes = 0;
+  // Never destroyed: nothing is freed at exit, when the CUDA runtime may be gone.
   static auto* cache = new std::map<Key, at::Tensor>();
   const Key key{like.get_device(), static_cast<int>(like.scalar_type()), T, tau_m, tau_s, tau_grad};
   {
@@ -123,6 +129,7 @@ inline at::Tensor srm_tables_cuda(const at::Tensor& like, int64_t T, double tau_
     srm_tables(launch_dtype(like.scalar_type()), dev.data_ptr(), T, tau_m, tau_s, tau_grad,
                c10::cuda::getCurrentCUDAStream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    count_kernel("cuda.srm_tables");
     return dev;
   }
   at::Tensor host = at::empty({n}, like.options().device(at::kCPU));
@@ -131,9 +138,21 @@ inline at::Tensor srm_tables_cuda(const at::Tensor& like, int64_t T, double tau_
   } else {
     fill_srm_tables<float>(host.data_ptr<float>(), T, tau_m, tau_s, tau_grad);
   }
-  at::Tensor dev = host.to(like.device(), /*non_blocking=*/false);
+  const int64_t bytes = n * static_cast<int64_t>(host.element_size());
   std::lock_guard<std::mutex> lock(mutex);
-  if (cache->size() < kMaxCachedTables) cache->emplace(key, dev);
+  const auto it = cache->find(key);  // another thread may have made it meanwhile
+  if (it != cache->end()) return it->second;
+  if (cached_bytes + bytes > kMaxCachedBytes) {
+    TORCH_WARN_ONCE("snnspx: more than ", kMaxCachedBytes >> 20, " MB of SRM backward tables (one per T and set of "
+                    "time constants) are cached; further ones are made on every call, with a host copy each");
+    return host.to(like.device(), /*non_blocking=*/false);
+  }
+  void* ptr = nullptr;
+  C10_CUDA_CHECK(cudaMalloc(&ptr, static_cast<size_t>(bytes)));
+  at::Tensor dev = at::from_blob(ptr, {n}, [](void*) {}, like.options());
+  dev.copy_(host, /*non_blocking=*/false);
+  cached_bytes += bytes;
+  cache->emplace(key, dev);
   return dev;
 }
 
