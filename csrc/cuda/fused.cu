@@ -138,6 +138,14 @@ fused_forward_kernel(const scalar_t* __restrict__ x, const label_t* __restrict__
   }
 }
 
+// y[t, b, c, k] from the superpixel's spike count `cnt` at step t: the one place the
+// finishing, plane and quad kernels turn counts into outputs.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ scalar_t pooled_y(const int32_t* __restrict__ counts, const FusedShape& s, int64_t t,
+                                             int64_t b, int64_t k, int32_t cnt) {
+  return from_acc<scalar_t, acc_t>(pooled_from_count<acc_t>(s.mode, cnt, counts[s.layout.count_row(t, b, s.K) + k]));
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void fused_finish_kernel(const int32_t* __restrict__ cnt, const int32_t* __restrict__ first,
                                     const int32_t* __restrict__ counts, scalar_t* __restrict__ y,
@@ -149,8 +157,7 @@ __global__ void fused_finish_kernel(const int32_t* __restrict__ cnt, const int32
   const int64_t tbc = i / s.K;
   const int64_t t = tbc / (s.B * s.C);
   const int64_t b = (tbc / s.C) % s.B;
-  const int32_t n = counts[s.layout.count_row(t, b, s.K) + k];
-  y[i] = from_acc<scalar_t, acc_t>(pooled_from_count<acc_t>(s.mode, cnt[i], n));
+  y[i] = pooled_y<scalar_t, acc_t>(counts, s, t, b, k, cnt[i]);
   if (argmax != nullptr) argmax[i] = first[i] >= kNoPixel ? -1 : first[i];
 }
 
@@ -246,8 +253,7 @@ fused_plane_kernel(const scalar_t* __restrict__ x, const label_t* __restrict__ l
     const int64_t yi = (static_cast<int64_t>(t) * BC + bc) * s.K + k;
     const int32_t c = sh_cnt[i];
     if (direct) {
-      const int32_t npix = counts[s.layout.count_row(t, b, s.K) + k];
-      y[yi] = from_acc<scalar_t, acc_t>(pooled_from_count<acc_t>(s.mode, c, npix));
+      y[yi] = pooled_y<scalar_t, acc_t>(counts, s, t, b, k, c);
       if (kFirst) argmax[yi] = sh_first[i] >= kNoPixel ? -1 : sh_first[i];
     } else {
       if (c != 0) atomicAdd(g_cnt + yi, c);
@@ -321,9 +327,7 @@ fused_quad_kernel(const scalar_t* __restrict__ x, const label_t* __restrict__ la
   for (int i = threadIdx.x; i < TK; i += kThreads) {
     const int t = i / K;
     const int kk = i - t * K;
-    const int32_t npix = counts[s.layout.count_row(t, b, s.K) + kk];
-    y[(static_cast<int64_t>(t) * BC + bc) * s.K + kk] =
-        from_acc<scalar_t, acc_t>(pooled_from_count<acc_t>(s.mode, sh_cnt[i], npix));
+    y[(static_cast<int64_t>(t) * BC + bc) * s.K + kk] = pooled_y<scalar_t, acc_t>(counts, s, t, b, kk, sh_cnt[i]);
   }
 }
 
@@ -510,8 +514,7 @@ bool forward_quad_typed(const void* x, const void* labels, const int32_t* counts
                         const FusedShape& s, double tau_m, double tau_s, double tau_grad, double v_th,
                         cudaStream_t stream) {
   using acc_t = typename Acc<scalar_t>::type;
-  // double: 4 neuron states exceed the register budget of 4 blocks per SM (spills).
-  if (sizeof(acc_t) != sizeof(float) || saved != nullptr || s.layout.L != 1 || s.P % 4 != 0 || !quad_aligned<scalar_t>(x) ||
+  if (saved != nullptr || s.layout.L != 1 || s.P % 4 != 0 || !quad_aligned<scalar_t>(x) ||
       !quad_aligned<label_t>(labels) || !plane_fits(s, false)) {
     return false;
   }
@@ -520,7 +523,9 @@ bool forward_quad_typed(const void* x, const void* labels, const int32_t* counts
   int64_t split = 1, chunk = 0;
   plane_split(s, split, chunk);
   if (split != 1 || BC > int64_t(0x7fffffff)) return false;  // slices of planes: the plane kernel
-  if constexpr (sizeof(acc_t) == sizeof(float)) {  // no float64 instance (it would spill)
+  // No float64 instance: 4 neuron states in double exceed the register budget of 4 blocks
+  // per SM (it spills), so float64 takes the plane kernel.
+  if constexpr (sizeof(acc_t) == sizeof(float)) {
     const SRMParams<acc_t> prm = make_srm_params<acc_t>(tau_m, tau_s, tau_grad, v_th);
     fused_quad_kernel<scalar_t, acc_t, label_t>
         <<<static_cast<unsigned int>(BC), kThreads, static_cast<size_t>(plane_shared_bytes(s, false)), stream>>>(
