@@ -168,6 +168,28 @@ def test_max_propagates_nan_and_handles_inf(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_max_many_ties_signed_zeros_and_inf(backend, device, dtype, gen):
+    """Values drawn from {-inf, -1, -0.0, +0.0, 1}, no NaN: most superpixels hold ties (-0.0 and
+    +0.0 tie too), some hold only -inf, one is empty, some pixels are ignored; an odd number of
+    pixels. The maxima bit for bit (the sign of a zero included) and the argmax (through the
+    gradient) are the reference's."""
+    T, B, C, H, W, K = 2, 2, 3, 5, 7, 6
+    vals = torch.tensor([-math.inf, -1.0, -0.0, 0.0, 1.0], dtype=dtype)
+    x = vals[torch.randint(0, 5, (T, B, C, H, W), generator=gen)]
+    x[0, 0, 0] = -math.inf  # a plane of -inf only
+    x[1, 1, 2] = -0.0
+    x[1, 1, 2, ::2, ::3] = 0.0  # +0.0 at a few pixels among -0.0
+    labels = torch.randint(-1, K - 1, (B, H, W), generator=gen)  # superpixel K - 1 is empty
+    x, labels = x.to(device), labels.to(device)
+    w = rand_x(gen, (T, B, C, K), dtype, device)
+    y, gx = pool_and_grad(x, labels, K, "max", backend, w)
+    ry, rgx = ref_pool_and_grad(x, labels, K, "max", w)
+    assert torch.equal(y.cpu(), ry) and torch.equal(y.cpu().signbit(), ry.signbit()), (y, ry)
+    assert torch.equal(gx.cpu(), rgx)
+
+
+@pytest.mark.parametrize("backend,device", GRID)
 @pytest.mark.parametrize("mode", MODES)
 def test_all_pixels_ignored(backend, device, mode, gen):
     x = rand_x(gen, (2, 2, 3, 4, 4), torch.float64, device).requires_grad_()

@@ -2,8 +2,9 @@
 // with at::parallel_for. Each plane is scanned in ascending pixel order into K
 // accumulators, so every sum is taken in ascending pixel order, on every run and
 // with any thread count (no segment sort is needed on the CPU: the scan order is
-// the determinism). Max takes a branch-free pass for the maxima and a second,
-// descending one for the lowest pixel holding each maximum. The backward and
+// the determinism). Max takes one branch-free pass, from the last pixel to the first,
+// that leaves the lowest pixel holding each maximum (max has a total order, so its
+// order of visits does not change the result). The backward and
 // unpooling are gathers (every output pixel written once from its superpixel's
 // value); max's backward writes zeros and then each superpixel's gradient at its
 // argmax, one distinct pixel per superpixel.
@@ -39,28 +40,23 @@ inline int64_t label_map(const SupPixDims& d, int64_t t, int64_t b) {
   return (d.L == 1 ? 0 : t) * d.Bl + (d.Bl == 1 ? 0 : b);
 }
 
-// A task's superpixel index per pixel of the current label map, as int32 with the
-// ignored pixels mapped to K: kernels keep a dummy slot K, so the inner loops
-// need no label test. Planes are visited (t, b, c)-major, so consecutive planes
-// share a map and it is rebuilt only when the map changes.
+// Every label map's superpixel index per pixel, as int32 [maps, P] with the ignored
+// pixels mapped to K: kernels keep a dummy slot K, so their inner loops need no label
+// test. Built once per call (in parallel over the maps, a branch-free loop the compiler
+// vectorises) and shared by every plane of the map, whatever thread takes the plane.
 template <typename label_t>
-class SlotMap {
- public:
-  SlotMap(const label_t* labels, int64_t P, int64_t K) : labels_(labels), P_(P), K_(K), slot_(P) {}
-  const int32_t* get(int64_t map) {
-    if (map != cached_) {
-      const label_t* lab = labels_ + map * P_;
-      for (int64_t p = 0; p < P_; ++p) slot_[p] = superpixel_slot(lab[p], K_);
-      cached_ = map;
+std::vector<int32_t> slot_table(const label_t* labels, int64_t maps, int64_t P, int64_t K) {
+  std::vector<int32_t> slots(static_cast<size_t>(maps * P));
+  int32_t* out = slots.data();
+  at::parallel_for(0, maps, plane_grain(P), [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      const label_t* lab = labels + m * P;
+      int32_t* o = out + m * P;
+      for (int64_t p = 0; p < P; ++p) o[p] = superpixel_slot(lab[p], K);
     }
-    return slot_.data();
-  }
-
- private:
-  const label_t* labels_;
-  int64_t P_, K_, cached_ = -1;
-  std::vector<int32_t> slot_;
-};
+  });
+  return slots;
+}
 
 template <typename label_t>
 void count_labels(const label_t* labels, int32_t* counts, int64_t maps, int64_t P, int64_t K) {
@@ -81,48 +77,73 @@ template <typename scalar_t, typename acc_t, typename label_t, SupPixMode kMode>
 void pool_kernel(const scalar_t* x, const label_t* labels, const int32_t* counts, scalar_t* y, int32_t* aux,
                  const SupPixDims& d) {
   const int64_t P = d.P, K = d.K;
+  const std::vector<int32_t> slots = slot_table(labels, d.L * d.Bl, P, K);
   at::parallel_for(0, d.planes(), plane_grain(P), [&](int64_t begin, int64_t end) {
-    SlotMap<label_t> slots(labels, P, K);
-    std::vector<acc_t> acc(static_cast<size_t>(K + 1));    // slot K: the ignored pixels
-    std::vector<int32_t> idx(static_cast<size_t>(K + 1));  // max: argmax; avg_spike: m
+    // Slot K: the ignored pixels. Max keeps two sets (see below), the others one.
+    const size_t slots_per_plane = static_cast<size_t>((kMode == SupPixMode::Max ? 2 : 1) * (K + 1));
+    std::vector<acc_t> acc(slots_per_plane);
+    std::vector<int32_t> idx(slots_per_plane);  // max: argmax; avg_spike: m
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t tb = plane / d.C, b = tb % d.B, t = tb / d.B;
       const int64_t map = label_map(d, t, b);
-      const int32_t* slot = slots.get(map);
+      const int32_t* slot = slots.data() + map * P;
       const scalar_t* xp = x + plane * P;
       scalar_t* yp = y + plane * K;
       if (kMode == SupPixMode::Max) {
-        // Pass 1: the maxima, branch-free (a max instruction). Pass 2, high to low pixels:
-        // the last hit, i.e. the lowest pixel holding the maximum, is the argmax.
+        // One branch-free pass from the last pixel to the first into two sets of
+        // (maximum, argmax) accumulators, odd and even pixels apart (so a run of pixels of
+        // one superpixel is not one chain of dependent loads and stores): `>=` lets a
+        // lower pixel take over an equal maximum, so each set ends with its lowest pixel
+        // holding its maximum, and -inf pixels count (an empty slot stays (-inf, kNoPixel)).
+        // The sets are merged by max_prefer, a total order, so the split does not change
+        // the result. A NaN fails every comparison: the plane is then redone one pixel at
+        // a time in the exact order of max_prefer (NaN propagates).
+        acc_t* a0 = acc.data();
+        acc_t* a1 = a0 + (K + 1);
+        int32_t* i0 = idx.data();
+        int32_t* i1 = i0 + (K + 1);
         std::fill(acc.begin(), acc.end(), -std::numeric_limits<acc_t>::infinity());
         std::fill(idx.begin(), idx.end(), kNoPixel);
         bool any_nan = false;
-        for (int64_t p = 0; p < P; ++p) {
+        // Written so that compilers emit selects, not branches, which random data would
+        // mispredict: `cur > v ? cur : v` is x86's max instruction (it differs from
+        // `v >= cur ? v : cur` only for a NaN, and a NaN sends the plane to the exact path),
+        // and the index is a bit select.
+        auto take = [&](acc_t* a, int32_t* i, int64_t p) {
           const int32_t k = slot[p];
           const acc_t v = static_cast<acc_t>(xp[p]);
-          const acc_t cur = acc[k];
-          acc[k] = v > cur ? v : cur;
+          const acc_t cur = a[k];
+          const int32_t ci = i[k];
+          const int32_t take_mask = -static_cast<int32_t>(v >= cur);
+          a[k] = cur > v ? cur : v;
+          i[k] = ci ^ ((ci ^ static_cast<int32_t>(p)) & take_mask);
           any_nan |= v != v;
+        };
+        int64_t p = P - 1;
+        for (; p >= 1; p -= 2) {
+          take(a0, i0, p);
+          take(a1, i1, p - 1);
         }
+        if (p == 0) take(a0, i0, 0);
         if (!any_nan) {
-          for (int64_t p = P - 1; p >= 0; --p) {
-            const int32_t k = slot[p];
-            if (static_cast<acc_t>(xp[p]) == acc[k]) idx[k] = static_cast<int32_t>(p);
+          for (int64_t k = 0; k < K; ++k) {
+            if (max_prefer<acc_t>(a1[k], i1[k], a0[k], i0[k])) a0[k] = a1[k], i0[k] = i1[k];
           }
-        } else {  // NaN propagates: the exact order of max_prefer, one pixel at a time
-          std::fill(acc.begin(), acc.end(), -std::numeric_limits<acc_t>::infinity());
-          for (int64_t p = 0; p < P; ++p) {
-            const int32_t k = slot[p];
+        } else {
+          std::fill(a0, a0 + K + 1, -std::numeric_limits<acc_t>::infinity());
+          std::fill(i0, i0 + K + 1, kNoPixel);
+          for (int64_t q = 0; q < P; ++q) {
+            const int32_t k = slot[q];
             if (k == K) continue;
-            const acc_t v = static_cast<acc_t>(xp[p]);
-            if (max_prefer<acc_t>(v, static_cast<int32_t>(p), acc[k], idx[k])) acc[k] = v, idx[k] = int32_t(p);
+            const acc_t v = static_cast<acc_t>(xp[q]);
+            if (max_prefer<acc_t>(v, static_cast<int32_t>(q), a0[k], i0[k])) a0[k] = v, i0[k] = int32_t(q);
           }
         }
         int32_t* am = aux + plane * K;
         for (int64_t k = 0; k < K; ++k) {
-          const bool empty = idx[k] == kNoPixel;
-          yp[k] = static_cast<scalar_t>(empty ? acc_t(0) : acc[k]);
-          am[k] = empty ? -1 : idx[k];
+          const bool empty = i0[k] == kNoPixel;
+          yp[k] = static_cast<scalar_t>(empty ? acc_t(0) : a0[k]);
+          am[k] = empty ? -1 : i0[k];
         }
       } else {
         std::fill(acc.begin(), acc.end(), acc_t(0));
@@ -173,12 +194,18 @@ __attribute__((target("avx512f"))) inline __m512 lookup16(const __m512i idx, con
   return _mm512_maskz_mov_ps(_mm512_cmplt_epi32_mask(idx, kk), v);  // slot K -> 0
 }
 
+// Entries 16 i .. 16 i + 15 of a K-entry table, those >= K read as 0 (never loaded).
+__attribute__((target("avx512f"))) inline __m512 table_part(const float* table, int64_t K, int64_t i) {
+  const int64_t n = std::min<int64_t>(16, std::max<int64_t>(0, K - 16 * i));
+  return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), table + 16 * i);
+}
+
+// The table's four registers come straight from `table` with masked loads (entries
+// K..63 read as 0, never past table[K - 1]): no copy per plane.
 __attribute__((target("avx512f"))) void lookup_avx512(const float* table, int64_t K, const int32_t* slot,
                                                       float* out, int64_t P) {
-  alignas(64) float t[kLookupMaxK] = {};
-  std::copy(table, table + K, t);
-  const __m512 t0 = _mm512_load_ps(t), t1 = _mm512_load_ps(t + 16);
-  const __m512 t2 = _mm512_load_ps(t + 32), t3 = _mm512_load_ps(t + 48);
+  const __m512 t0 = table_part(table, K, 0), t1 = table_part(table, K, 1);
+  const __m512 t2 = table_part(table, K, 2), t3 = table_part(table, K, 3);
   const __m512i kk = _mm512_set1_epi32(static_cast<int>(K));
   int64_t p = 0;
   for (; p + 16 <= P; p += 16) {
@@ -215,16 +242,24 @@ void gather_kernel(const scalar_t* src, const label_t* labels, const int32_t* au
     std::fill(out, out + d.planes() * P, scalar_t(0));
     return;
   }
+  const std::vector<int32_t> slots = slot_table(labels, d.L * d.Bl, P, K);
   at::parallel_for(0, d.planes(), plane_grain(P), [&](int64_t begin, int64_t end) {
-    SlotMap<label_t> slots(labels, P, K);
     std::vector<scalar_t> val(static_cast<size_t>(K + 1));
     val[K] = scalar_t(0);  // the ignored pixels' slot
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t tb = plane / d.C, b = tb % d.B, t = tb / d.B;
       const int64_t map = label_map(d, t, b);
-      const int32_t* slot = slots.get(map);
+      const int32_t* slot = slots.data() + map * P;
       const scalar_t* g = src + plane * K;
       scalar_t* o = out + plane * P;
+#ifdef SNNSPX_CPU_AVX512
+      if constexpr (std::is_same<scalar_t, float>::value && kMode == SupPixMode::Sum) {
+        if (simd) {  // the values themselves: no copy
+          lookup_avx512(g, K, slot, o, P);
+          continue;
+        }
+      }
+#endif
       // The value each pixel of superpixel k receives, computed once per k.
       for (int64_t k = 0; k < K; ++k) {
         if (kMode == SupPixMode::Sum || kMode == SupPixMode::Max) {
