@@ -93,7 +93,8 @@ def main() -> None:
                 for k, v in sorted(per.items(), key=lambda kv: -kv[1]):
                     print(f"  {v:9.1f} us  {k}")
     os.environ.pop("SNNSPX_LEGACY_CUDA", None)
-    names = ["cuda.suppix_pool", "cuda.suppix_pool_nosort", "cuda.suppix_gather_tiled", "cuda.srm_suppix_pool",
+    names = ["cuda.suppix_pool", "cuda.suppix_pool_nosort", "cuda.suppix_pool_max_key", "cuda.suppix_pool_max_key_quad",
+             "cuda.suppix_gather_tiled", "cuda.srm_suppix_pool",
              "cuda.srm_suppix_pool_quad", "cuda.srm_suppix_pool_plane"]
     print("\ncompiled kernel calls:", {n: snnspx.kernel_calls(n) for n in names})
 

@@ -8,11 +8,15 @@
 // labels gives `offsets`. Negative labels sort before offsets[0] and labels >= K
 // (possible only without the range check) after offsets[K]: both are skipped.
 //
-// The pooling forward runs the no-sort kernel where its shared-memory rows fit (see
-// suppix_pool_nosort_fits), with the counts (and the largest label, for the range
-// check) from one small count kernel; otherwise, and under SNNSPX_LEGACY_CUDA=1, the
-// sorted path runs. The range check never syncs the stream (DeviceLabelCheck in
-// glue.h): the host waits for the largest label alone, after the kernels are queued.
+// The pooling forward runs a no-sort kernel where it fits: for max of float, half and
+// bfloat16 the key kernel (suppix_pool_max_key, K <= 6144; counters
+// "cuda.suppix_pool_nosort" and "cuda.suppix_pool_max_key", plus
+// "cuda.suppix_pool_max_key_quad" for its vector-load variant), for the other modes and
+// float64 the warp-row kernel where its rows fit shared memory (suppix_pool_nosort_fits),
+// with the counts (and the largest label, for the range check) from one small count
+// kernel; otherwise, and under SNNSPX_LEGACY_CUDA=1, the sorted path runs. The range
+// check never syncs the stream (DeviceLabelCheck in glue.h): the host waits for the
+// largest label alone, after the kernels are queued.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -73,7 +77,10 @@ std::optional<std::tuple<at::Tensor, at::Tensor>> suppix_pool_nosort_cuda(const 
                                                                           bool check_labels) {
   const auto& d = a.d;
   const auto dtype = cuda::launch_dtype(a.x.scalar_type());
-  if (d.planes() == 0 || d.P == 0 || d.K == 0 || !cuda::suppix_pool_nosort_fits(dtype, a.mode, d.P, d.K)) {
+  // Max of float, half and bfloat16: the key kernel, whose keys fit for K <= 6144.
+  const bool max_key = a.mode == SupPixMode::Max && dtype != cuda::DType::Double && cuda::suppix_pool_max_key_fits(d.K);
+  if (d.planes() == 0 || d.P == 0 || d.K == 0 ||
+      !(max_key || cuda::suppix_pool_nosort_fits(dtype, a.mode, d.P, d.K))) {
     return std::nullopt;
   }
   TORCH_INTERNAL_ASSERT(d.K * int64_t(sizeof(int32_t)) <= 48 * 1024);  // the count kernel's histogram
@@ -97,13 +104,21 @@ std::optional<std::tuple<at::Tensor, at::Tensor>> suppix_pool_nosort_cuda(const 
   cuda::DeviceLabelCheck check(d.K);
   if (check_labels) check.start(top);
   const bool aux_out = a.mode == SupPixMode::Max || a.mode == SupPixMode::AvgSpike;
-  cuda::suppix_pool_nosort(dtype, a.mode, a.x.data_ptr(), a.labels.data_ptr(), labels64,
-                           counts.defined() ? counts.data_ptr<int32_t>() : nullptr, y.data_ptr(),
-                           aux_out ? aux.data_ptr<int32_t>() : nullptr, shape, stream);
+  bool quad = false;
+  if (max_key) {
+    quad = cuda::suppix_pool_max_key(dtype, a.x.data_ptr(), a.labels.data_ptr(), labels64, y.data_ptr(),
+                                     aux.data_ptr<int32_t>(), shape, stream);
+  } else {
+    cuda::suppix_pool_nosort(dtype, a.mode, a.x.data_ptr(), a.labels.data_ptr(), labels64,
+                             counts.defined() ? counts.data_ptr<int32_t>() : nullptr, y.data_ptr(),
+                             aux_out ? aux.data_ptr<int32_t>() : nullptr, shape, stream);
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   // Labels >= K were ignored by both kernels (never out of bounds); now the verdict.
   check.verify();
   count_kernel("cuda.suppix_pool_nosort");
+  if (max_key) count_kernel("cuda.suppix_pool_max_key");
+  if (quad) count_kernel("cuda.suppix_pool_max_key_quad");
   return std::make_tuple(y, aux);
 }
 

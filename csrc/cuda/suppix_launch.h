@@ -28,8 +28,9 @@ struct SupPixShape {
 void suppix_pool(DType dtype, SupPixMode mode, const void* x, const int32_t* order, const int32_t* offsets,
                  void* y, int32_t* aux, const SupPixShape& s, cudaStream_t stream);
 
-// No-sort pooling forward (the glue's default where it fits; SNNSPX_LEGACY_CUDA=1
-// selects the sorted path instead). labels: [L, Bl, P], int64 when labels64. One block
+// No-sort pooling forward (the glue's default where it fits, except for max of Float,
+// Half and BFloat16, which suppix_pool_max_key takes; SNNSPX_LEGACY_CUDA=1 selects the
+// sorted path instead). labels: [L, Bl, P], int64 when labels64. One block
 // per (t, b, c) plane; each warp folds its own run of pixels into a private row of K
 // accumulators in shared memory (lanes with one label grouped by __match_any_sync,
 // summed in ascending lane order), and the rows are folded in warp order: no
@@ -44,6 +45,23 @@ void suppix_pool_nosort(DType dtype, SupPixMode mode, const void* x, const void*
 int64_t suppix_pool_nosort_smem(DType dtype, SupPixMode mode, int64_t P, int64_t K);
 // Whether that is at most 48 KiB (the default limit of dynamic shared memory).
 bool suppix_pool_nosort_fits(DType dtype, SupPixMode mode, int64_t P, int64_t K);
+
+// Max pooling of Float, Half and BFloat16 by 64-bit keys (the glue's default for mode Max
+// where it fits; Double takes suppix_pool_nosort). A pixel's key is its value mapped to an
+// ordered uint32 (NaN above +inf, -0.0 as +0.0) above 0x7fffffff - (its pixel index), so
+// the largest key is max_prefer's choice; a block takes up to 8 channels of one (t, b)
+// (labels read once for all), keeps their group * K keys in shared memory and takes their
+// max with a compare-and-swap loop: order-independent, the same bits on every run. y is
+// read back from x at the argmax (the input's exact bits), 0 where a superpixel is empty;
+// aux: int32 argmax [T, B, C, K], -1 where empty. labels: [L, Bl, P], int64 when labels64;
+// labels outside [0, K) are ignored. Where P % 4 == 0 and x and labels are Quad-aligned,
+// the vector-load variant runs and the call returns true; otherwise the scalar-load
+// variant (same results), false. Needs T * B * C > 0, P > 0 and
+// suppix_pool_max_key_fits(K); dtype Double does nothing (returns false).
+bool suppix_pool_max_key(DType dtype, const void* x, const void* labels, bool labels64, void* y, int32_t* aux,
+                         const SupPixShape& s, cudaStream_t stream);
+// Whether K keys (8 bytes each, one channel per block) fit 48 KiB of shared memory: 0 < K <= 6144.
+bool suppix_pool_max_key_fits(int64_t K);
 
 // Over `maps` label maps [maps, P] (int64 when labels64), each optional:
 // counts (int32 [maps, K], zeroed by the caller): += the pixels of each superpixel
