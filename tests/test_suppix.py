@@ -565,8 +565,9 @@ def test_cuda_matches_cpp_on_large_inputs(mode, dtype, HW, K, gen):
 
 
 # --------------------------------------------------------------------------- CUDA kernel choice
-# By default the pooling forward runs the no-sort kernel where its shared-memory rows fit
-# ("cuda.suppix_pool_nosort" counts its runs), the sorted path otherwise; the gathers
+# By default the pooling forward runs a no-sort kernel where its shared memory fits
+# ("cuda.suppix_pool_nosort" counts its runs; for max of float32/16 and bfloat16 that is the
+# key kernel, see below), the sorted path otherwise; the gathers
 # (backward, unpooling) run the tiled kernel where P % 4 == 0 ("cuda.suppix_gather_tiled").
 # SNNSPX_LEGACY_CUDA=1 (read at every call) selects the sorted path and the one-pixel
 # gather always.
@@ -641,7 +642,8 @@ def test_cuda_pool_matches_reference(mode, dtype, form, label_dtype, legacy, gen
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=["f32", "f64", "f16"])
 def test_cuda_nosort_max_ties_and_nan(dtype, gen, monkeypatch):
     """Many ties within a warp step, across steps and across warps (P = 4480: 8 warps): the
-    lowest pixel wins; NaN propagates (the lowest NaN is the argmax). Bitwise the CPU's."""
+    lowest pixel wins; NaN propagates (the lowest NaN is the argmax). Bitwise the CPU's.
+    (float32 and float16 take the key kernel, float64 the warp-row no-sort kernel.)"""
     _kernels(monkeypatch)
     T, B, C, H, W, K = 2, 2, 3, 64, 70, 50
     P = H * W
@@ -740,6 +742,8 @@ def test_cuda_nosort_large_runs_are_bitwise_identical(mode, dtype, gen, monkeypa
         (torch.float32, "avg_spike", 769, False),
         (torch.float64, "max", 512, True),  # 8 * 512 * (8 + 4) B
         (torch.float64, "max", 513, False),
+        (torch.float32, "max", 6144, True),  # the key kernel: 1 channel * 6144 * 8 B
+        (torch.float32, "max", 6145, False),
         (torch.float16, "avg", 1536, True),  # float accumulators
         (torch.float32, "avg", 5000, False),
     ],
@@ -840,6 +844,299 @@ def test_cuda_tiled_gather_does_not_apply(gen, monkeypatch):
         u = ops.suppix_unpool(g, lab, True)
         assert snnspx.kernel_calls(TILED) == before
         assert torch.equal(u.cpu(), ops.suppix_unpool(g.cpu(), lab.cpu(), True))
+
+
+# --------------------------------------------------------------------------- CUDA max pooling by keys
+# Max of float32, float16 and bfloat16 runs the key kernel ("cuda.suppix_pool_max_key", also
+# counted as "cuda.suppix_pool_nosort"): the max of 64-bit keys (ordered value, then the
+# inverted pixel index), y read back from x at the argmax. "cuda.suppix_pool_max_key_quad"
+# counts its vector-load variant (P % 4 == 0, x and labels aligned to 4 elements).
+MAXKEY = "cuda.suppix_pool_max_key"
+MAXKEY_QUAD = "cuda.suppix_pool_max_key_quad"
+KEY_DTYPES = [
+    pytest.param(torch.float32, id="f32"),
+    pytest.param(torch.float16, id="f16"),
+    pytest.param(torch.bfloat16, id="bf16"),
+]
+_INT_OF = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+# NaNs of each dtype by their bits: quiet, with payloads, negative, and a signalling one.
+_NAN_BITS = {
+    torch.float32: [0x7FC00000, 0xFFC00123, 0x7FC0BEEF, 0x7F800001, 0xFFFFFFFF],
+    torch.float16: [0x7E00, 0xFE21, 0x7E3F, 0x7C01, 0xFFFF],
+    torch.bfloat16: [0x7FC0, 0xFFC5, 0x7FE1, 0x7F81, 0xFFFF],
+}
+
+
+def _bits(t):
+    """The raw bits of a float tensor as integers: compares -0.0 with +0.0 and NaN payloads."""
+    return t.contiguous().view(_INT_OF[t.dtype])
+
+
+def _from_bits(bits, dtype):
+    width = 32 if dtype == torch.float32 else 16
+    signed = [b - (1 << width) if b >= 1 << (width - 1) else b for b in bits]
+    return torch.tensor(signed, dtype=_INT_OF[dtype]).view(dtype)
+
+
+def _max_oracle(x, lab, K):
+    """Max pooling of x [T, B, C, P] over labels [L, Bl, P] without keys (scatter_reduce on the
+    CPU): NaN above everything, equal values (and -0.0 == +0.0, and two NaNs) to the lowest
+    pixel; y is x at the argmax (its exact bits), 0 with argmax -1 where a superpixel is empty."""
+    x = x.cpu()
+    T, B, C, P = x.shape
+    lab = lab.cpu().long().reshape(lab.shape[0], lab.shape[1], 1, P).expand(T, B, C, P)
+    idx = torch.where((lab >= 0) & (lab < K), lab, K)  # bin K: pixels pooled nowhere, dropped
+    xf = x.float()
+    isnan = xf.isnan()
+    nan_any = torch.zeros(T, B, C, K + 1).scatter_reduce(-1, idx, isnan.float(), "amax", include_self=True) > 0
+    top = torch.full((T, B, C, K + 1), -math.inf).scatter_reduce(
+        -1, idx, torch.where(isnan, -math.inf, xf), "amax", include_self=True
+    )
+    cand = torch.where(nan_any.gather(-1, idx), isnan, ~isnan & (xf == top.gather(-1, idx)))
+    pix = torch.arange(P).expand(T, B, C, P)
+    arg = torch.full((T, B, C, K + 1), P).scatter_reduce(-1, idx, torch.where(cand, pix, P), "amin", include_self=True)
+    arg = arg[..., :K]
+    arg = torch.where(arg == P, -1, arg)
+    y = torch.where(arg >= 0, x.gather(-1, arg.clamp(min=0)), torch.zeros((), dtype=x.dtype))
+    return y, arg.int()
+
+
+def _ref_argmax(x, labels, K):
+    """The reference's argmax [T, B, C, K] (-1 where empty), read off its max backward: with
+    dL/dy[k] = k + 1, only the argmax pixel of superpixel k gets k + 1."""
+    T, B, C = x.shape[:3]
+    w = (torch.arange(K, dtype=torch.float32) + 1).expand(T, B, C, K)
+    _, g = ref_pool_and_grad(x.float(), labels, K, "max", w)
+    hit = g.reshape(T, B, C, -1, 1) == w.reshape(T, B, C, 1, K)  # [T, B, C, P, K]
+    assert torch.all(hit.sum(-2) <= 1), "one argmax pixel per superpixel"
+    return torch.where(hit.any(-2), hit.int().argmax(-2), -1).int()
+
+
+def _special_max_inputs(gen, dtype, form, label_dtype, T, B, C, H, W, K):
+    """x [T, B, C, H, W] of few values (many ties) and labels of `form` in [-1, K - 2] (K - 1
+    empty), with superpixel 0 all -inf, 1 all NaN (assorted signs and payloads), 2 all +-0.0
+    (random signs), 3 all negative, and stray NaNs elsewhere. Each of 0..3 has a pixel
+    near each end of the image."""
+    P = H * W
+    labels = rand_labels(gen, form, T, B, H, W, K, dtype=label_dtype)
+    flat = labels.view(*labels.shape[:-2], P)
+    for s in range(4):
+        flat[..., s] = s
+        flat[..., P - 1 - s] = s
+    x = torch.randint(-3, 4, (T, B, C, P), generator=gen).to(dtype)
+    x.view(-1)[:: 23] = math.nan
+    L, Bl = {"shared": (1, 1), "per_image": (1, B), "per_step": (T, B)}[form]
+    lab = flat.reshape(L, Bl, 1, P).expand(T, B, C, P)
+    nans = _from_bits(_NAN_BITS[dtype], dtype)
+    nan_pick = torch.randint(0, len(nans), (T, B, C, P), generator=gen)
+    zeros = torch.where(torch.rand((T, B, C, P), generator=gen) < 0.5, -0.0, 0.0).to(dtype)
+    x = torch.where(lab == 0, torch.tensor(-math.inf, dtype=dtype), x)
+    x = torch.where(lab == 1, nans[nan_pick], x)
+    x = torch.where(lab == 2, zeros, x)
+    x = torch.where(lab == 3, -(x.float().nan_to_num(0.0).abs() + 1).to(dtype), x)
+    return x.reshape(T, B, C, H, W), labels
+
+
+def _offset_copy(t):
+    """t's values in a tensor that starts one element into its storage: contiguous, but not
+    aligned for vector loads."""
+    store = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)[1:]
+    return store.copy_(t.reshape(-1)).view(t.shape)
+
+
+def _check_max(y, aux, x4, lab3, K, msg):
+    """y, aux of a max pooling against _max_oracle: the argmax exactly, y bit for bit."""
+    want_y, want_arg = _max_oracle(x4, lab3, K)
+    assert torch.equal(aux.cpu(), want_arg), f"argmax ({msg})"
+    assert torch.equal(_bits(y.cpu()), _bits(want_y)), f"y bits ({msg})"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", KEY_DTYPES)
+@pytest.mark.parametrize("label_dtype", [torch.int32, torch.int64], ids=["i32", "i64"])
+@pytest.mark.parametrize("form", LABEL_FORMS)
+@pytest.mark.parametrize("layout", ["quad", "odd_p", "unaligned_x", "unaligned_labels", "noncontig_x"])
+def test_cuda_max_key_matches_reference(dtype, label_dtype, form, layout, gen, monkeypatch):
+    """The key kernel against the reference, elementwise: y (NaN where the reference has NaN,
+    -0.0 where it has -0.0) and the argmax (read off the reference's backward), with ties,
+    +-0.0 ties, several NaNs in a superpixel (the lowest wins, y keeps that NaN's bits),
+    a superpixel of -inf only, one of negative values only, an empty one and ignored pixels;
+    the max backward against the reference. Layouts: the vector-load variant (P % 4 == 0,
+    also for a non-contiguous x, which the op copies) and the scalar one (P % 4 != 0, x or
+    labels one element off alignment)."""
+    _kernels(monkeypatch)
+    T, B, C, K = 2, 2, 3, 9
+    H, W = (5, 7) if layout == "odd_p" else (8, 12)
+    P = H * W
+    x, labels = _special_max_inputs(gen, dtype, form, label_dtype, T, B, C, H, W, K)
+    xd, labd = x.cuda(), labels.cuda()
+    if layout == "unaligned_x":
+        xd = _offset_copy(xd)
+    elif layout == "unaligned_labels":
+        labd = _offset_copy(labd)
+    elif layout == "noncontig_x":
+        xd = x.permute(2, 0, 1, 3, 4).contiguous().cuda().permute(1, 2, 0, 3, 4)
+        assert not xd.is_contiguous()
+    xo, labo = xd.reshape(T, B, C, P), _op_labels(labd, form, T, B, P)
+    assert torch.equal(_bits(xo.cpu()), _bits(x.reshape(T, B, C, P)))
+    assert torch.equal(labo.cpu(), _op_labels(labels, form, T, B, P))
+    before = {n: snnspx.kernel_calls(n) for n in (MAXKEY, MAXKEY_QUAD, NOSORT)}
+    y, aux = torch.ops.snnspx.suppix_pool(xo, labo, K, "max", True)
+    ran = {n: snnspx.kernel_calls(n) - before[n] for n in before}
+    quad = layout in ("quad", "noncontig_x")
+    assert ran == {MAXKEY: 1, MAXKEY_QUAD: int(quad), NOSORT: 1}, ran
+    # the reference: values (NaN and the sign of zeros included) and the argmax
+    ry = R.suppix_pool(x, labels, K, "max")
+    torch.testing.assert_close(y.cpu(), ry.reshape(T, B, C, K), rtol=0, atol=0, equal_nan=True)
+    num = ~ry.isnan()
+    assert torch.equal(y.cpu().signbit()[num.reshape(T, B, C, K)], ry.signbit()[num]), "the sign of a zero"
+    assert torch.equal(aux.cpu(), _ref_argmax(x, labels, K)), "argmax"
+    assert torch.all(aux[..., K - 1] == -1) and torch.all(y[..., K - 1] == 0), "an empty superpixel"
+    assert torch.all(y[..., 0] == -math.inf) and torch.all(y[..., 1].isnan()), "-inf only, NaN only"
+    assert torch.all(y[..., 3] < 0), "negative values only"
+    # y has the exact bits of x at the argmax (NaN payloads, -0.0), as the oracle says
+    _check_max(y, aux, x.reshape(T, B, C, P), _op_labels(labels, form, T, B, P), K, layout)
+    # the backward: dL/dy[k] to the argmax pixel only, as the reference's
+    w = rand_x(gen, (T, B, C, K), dtype)
+    gx = torch.ops.snnspx.suppix_pool_backward(w.cuda(), labo, aux, "max")
+    _, rgx = ref_pool_and_grad(x.float(), labels, K, "max", w.float())
+    assert torch.equal(gx.cpu().float(), rgx.reshape(T, B, C, P)), "max backward"
+    # and through autograd
+    yf, gxf = pool_and_grad(xd, labd, K, "max", "cuda", w.cuda())
+    assert torch.equal(_bits(yf.reshape(T, B, C, K)), _bits(y))
+    assert torch.equal(gxf.reshape(T, B, C, P), gx)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", KEY_DTYPES)
+@pytest.mark.parametrize("label_dtype", [torch.int32, torch.int64], ids=["i32", "i64"])
+def test_cuda_max_key_by_hand(dtype, label_dtype, monkeypatch):
+    """Worked cases, on both variants (P = 12 and, with an ignored 13th pixel, P = 13):
+    +-0.0 ties keep the lowest pixel's zero and its sign; NaNs beat numbers, the lowest NaN
+    wins with its bits; -inf only; negative values only; an empty superpixel; labels >= K
+    ignored when unchecked; every label negative; K = 1."""
+    _kernels(monkeypatch)
+    nan_a, nan_b, nan_c = _from_bits(_NAN_BITS[dtype][1:4], dtype)  # distinct payloads and signs
+    inf = math.inf
+    # k:    0     0    0     0    1    1    1    1    2     2     3     3     (NaNs set below)
+    row0 = [-0.0, 0.0, -0.0, 0.0, 0.0, 0.0, 5.0, 0.0, -inf, -inf, -3.0, -2.0]
+    row1 = [0.0, -0.0, 0.0, -0.0, 7.0, 0.0, 7.0, 0.0, -inf, -1.0, -2.0, -2.0]
+    lab12 = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 3, 3]
+    for P, quad in ((12, True), (13, False)):
+        x = torch.tensor([row0, row1], dtype=torch.float32).to(dtype)
+        x[0, 4], x[0, 5], x[0, 7] = nan_a, nan_b, nan_c  # copies: the bits stay
+        x[1, 5], x[1, 7] = nan_b, nan_a
+        if P == 13:
+            x = torch.cat([x, torch.full((2, 1), 99.0, dtype=dtype)], 1)
+        x4 = x.reshape(1, 1, 2, P)
+        lab = torch.tensor(lab12 + [-1] * (P - 12), dtype=label_dtype).reshape(1, 1, P)
+        before = snnspx.kernel_calls(MAXKEY_QUAD)
+        y, aux = torch.ops.snnspx.suppix_pool(x4.cuda(), lab.cuda(), 5, "max", True)
+        assert snnspx.kernel_calls(MAXKEY_QUAD) - before == int(quad)
+        assert aux.cpu().reshape(2, 5).tolist() == [[0, 4, 8, 11, -1], [0, 5, 9, 10, -1]]
+        bits = _bits(y.cpu().reshape(2, 5)).tolist()
+        xb = _bits(x).tolist()
+        assert bits[0] == [xb[0][0], xb[0][4], xb[0][8], xb[0][11], 0], "-0.0, nan_a, -inf, -2, empty"
+        assert bits[1] == [xb[1][0], xb[1][5], xb[1][9], xb[1][10], 0], "+0.0, nan_b, -1, -2, empty"
+        assert xb[0][4] != xb[0][5] and xb[1][5] != xb[1][7], "the NaNs differ in their bits"
+        assert y[0, 0, 0, 0].signbit() and not y[0, 0, 1, 0].signbit()
+        # unchecked labels >= K are ignored: label 7 on the NaNs of superpixel 1
+        lab_big = lab.clone()
+        lab_big[..., [4, 5, 7]] = 7
+        y2, aux2 = torch.ops.snnspx.suppix_pool(x4.cuda(), lab_big.cuda(), 5, "max", False)
+        assert aux2.cpu().reshape(2, 5)[:, 1].tolist() == [6, 6] and y2.cpu().reshape(2, 5)[:, 1].tolist() == [5.0, 7.0]
+        # every label negative: y = 0 (not NaN), argmax -1
+        y3, aux3 = torch.ops.snnspx.suppix_pool(x4.cuda(), torch.full_like(lab, -1).cuda(), 5, "max", True)
+        assert torch.all(y3 == 0) and not y3.isnan().any() and torch.all(aux3 == -1)
+        # K = 1 over all pixels: the first NaN
+        y4, aux4 = torch.ops.snnspx.suppix_pool(x4.cuda(), torch.zeros_like(lab).cuda(), 1, "max", True)
+        assert aux4.cpu().flatten().tolist() == [4, 5]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", KEY_DTYPES)
+@pytest.mark.parametrize(
+    "case", ["channel_groups", "tiles", "tiles_odd_p", "k1", "runs", "ascending", "k6144"]
+)
+def test_cuda_max_key_large_inputs(dtype, case, gen, monkeypatch):
+    """Shapes the reference is too slow for, against the keyless oracle (argmax exactly, y bit
+    for bit), three runs bitwise equal, and the backward: several channels per block with a
+    partial last group (C = 1027), several tiles of 1024 pixels with a partial last one (and
+    P % 4 != 0), K = 1 (every lane of a warp in one run), long runs of one label across lanes
+    and warps, ascending values in one superpixel (the most compare-and-swap retries), and
+    K = 6144 (48 KiB of keys)."""
+    _kernels(monkeypatch)
+    T, B, C, H, W, K = {
+        "channel_groups": (2, 4, 1027, 8, 12, 13),
+        "tiles": (2, 2, 3, 64, 70, 50),
+        "tiles_odd_p": (2, 2, 3, 63, 71, 50),
+        "k1": (2, 2, 3, 64, 70, 1),
+        "runs": (2, 2, 5, 64, 70, 40),
+        "ascending": (1, 2, 3, 64, 64, 3),
+        "k6144": (1, 2, 2, 128, 128, 6144),
+    }[case]
+    P = H * W
+    x, labels = _special_max_inputs(gen, dtype, "per_image", torch.int64, T, B, C, H, W, max(K, 5))
+    x = x.reshape(T, B, C, P)
+    lab = labels.reshape(1, B, P)
+    if case == "k1":
+        lab = torch.where(lab >= 0, 0, lab)
+    elif case == "runs":
+        lab[0, 0, 100:3100] = 7  # one superpixel over many lanes, warps and tiles
+        lab[0, 1] = torch.arange(P) // 37 % K  # runs of 37 pixels, not aligned to quads
+    elif case == "ascending":
+        x = torch.arange(T * B * C * P, dtype=torch.float32).reshape(T, B, C, P).to(dtype)
+        lab = torch.randint(0, K, (1, B, P), generator=gen)
+        lab[0, 0] = 0
+    elif case == "k6144":
+        lab = torch.randint(-1, K, (1, B, P), generator=gen)
+    xd, labd = x.cuda(), lab.cuda()
+    before = snnspx.kernel_calls(MAXKEY)
+    runs = [torch.ops.snnspx.suppix_pool(xd, labd, K, "max", True) for _ in range(3)]
+    assert snnspx.kernel_calls(MAXKEY) == before + 3
+    for y, aux in runs[1:]:
+        assert torch.equal(_bits(y), _bits(runs[0][0])) and torch.equal(aux, runs[0][1]), "run to run"
+    y, aux = runs[0]
+    _check_max(y, aux, x, lab, K, case)
+    g = rand_x(gen, (T, B, C, K), dtype)
+    gx = torch.ops.snnspx.suppix_pool_backward(g.cuda(), labd, aux, "max")
+    idx = torch.where(aux.cpu() >= 0, aux.cpu(), P).long()
+    want = torch.zeros(T, B, C, P + 1, dtype=dtype).scatter_(-1, idx, g)[..., :P]
+    assert torch.equal(gx.cpu(), want), "the gradient goes to the argmax pixel only"
+
+
+@pytest.mark.cuda
+def test_cuda_max_key_kernel_choice(gen, monkeypatch):
+    """The key kernel takes max of float32, float16 and bfloat16 with K <= 6144; float64 max
+    keeps the warp-row no-sort kernel, K = 6145 the sorted path, and SNNSPX_LEGACY_CUDA=1 the
+    sorted path, with the same values and argmax."""
+    _kernels(monkeypatch)
+    ops = torch.ops.snnspx
+    T, B, C, P = 2, 2, 3, 1024
+
+    def run(dtype, mode, K):
+        x = rand_x(gen, (T, B, C, P), dtype).cuda()
+        lab = torch.randint(-1, K, (1, B, P), generator=gen).cuda()
+        before = {n: snnspx.kernel_calls(n) for n in (MAXKEY, NOSORT)}
+        y, aux = ops.suppix_pool(x, lab, K, mode, True)
+        return x, lab, y, aux, tuple(snnspx.kernel_calls(n) - before[n] for n in (MAXKEY, NOSORT))
+
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        assert run(dtype, "max", 6144)[-1] == (1, 1), dtype
+    x, lab, y, aux, ran = run(torch.float32, "max", 6145)
+    assert ran == (0, 0), "K > 6144: the sorted path"
+    _check_max(y, aux, x, lab, 6145, "sorted")
+    assert run(torch.float64, "max", 50)[-1] == (0, 1)
+    for mode in ("sum", "avg", "avg_spike"):
+        assert run(torch.float32, mode, 50)[-1] == (0, 1), mode
+    x, lab, y, aux, ran = run(torch.float16, "max", 50)
+    assert ran == (1, 1)
+    monkeypatch.setenv(LEGACY, "1")
+    before = snnspx.kernel_calls(MAXKEY)
+    y1, aux1 = ops.suppix_pool(x, lab, 50, "max", True)
+    assert snnspx.kernel_calls(MAXKEY) == before, "SNNSPX_LEGACY_CUDA=1: not the key kernel"
+    assert torch.equal(aux1, aux)
+    torch.testing.assert_close(y1, y, rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------------- modules
