@@ -17,6 +17,9 @@
 // kernel; otherwise, and under SNNSPX_LEGACY_CUDA=1, the sorted path runs. The range
 // check never syncs the stream (DeviceLabelCheck in glue.h): the host waits for the
 // largest label alone, after the kernels are queued.
+// Unpooling with the tiled gather folds the check into the gather kernel (counter
+// "cuda.suppix_unpool_gather_check"): one kernel instead of a label max and the gather,
+// but the host then waits for the gather itself before the op returns.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -157,13 +160,15 @@ std::tuple<at::Tensor, at::Tensor> suppix_pool_cuda(const at::Tensor& x, const a
   return out;
 }
 
-void run_gather_cuda(SupPixGatherArgs& a) {
+// top: see suppix_gather (null, or where the glue knows the tiled kernel takes the call).
+void run_gather_cuda(SupPixGatherArgs& a, int64_t* top = nullptr) {
   const auto shape = launch_shape(a.d);
   const bool tiled = cuda::suppix_gather(
       cuda::launch_dtype(a.src.scalar_type()), a.mode, a.src.data_ptr(), a.labels.data_ptr(),
       a.labels.scalar_type() == at::kLong, a.aux.defined() ? a.aux.data_ptr<int32_t>() : nullptr, a.out.data_ptr(),
-      shape, /*allow_tiled=*/!cuda::legacy_cuda(), c10::cuda::getCurrentCUDAStream());
+      shape, /*allow_tiled=*/!cuda::legacy_cuda(), top, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  TORCH_INTERNAL_ASSERT(top == nullptr || tiled, "the folded label check needs the tiled gather");
   if (tiled) count_kernel("cuda.suppix_gather_tiled");
 }
 
@@ -181,8 +186,25 @@ at::Tensor suppix_unpool_cuda(const at::Tensor& y, const at::Tensor& labels, boo
   cuda::check_cuda_tensor(y, "y");
   c10::cuda::CUDAGuard guard(y.device());
   auto a = prepare_suppix_gather(y, "y", labels, nullptr, SupPixMode::Sum);
-  cuda::DeviceLabelCheck check(a.labels, a.d.K, check_labels && cuda::can_read_back());
-  run_gather_cuda(a);  // writes 0 for labels >= K
+  const bool checked = check_labels && cuda::can_read_back();
+  // Where the tiled gather runs, it finds the labels >= K itself (one kernel, after a
+  // memset of `top`); otherwise (the one-pixel gather, K = 0) a separate max runs first.
+  const bool fold = checked && a.d.K > 0 && !cuda::legacy_cuda() &&
+                    cuda::suppix_gather_tiled_applies(cuda::launch_dtype(a.src.scalar_type()), a.labels.data_ptr(),
+                                                      a.labels.scalar_type() == at::kLong, a.out.data_ptr(),
+                                                      launch_shape(a.d));
+  cuda::DeviceLabelCheck check(a.labels, a.d.K, checked && !fold);
+  at::Tensor top;
+  if (fold) {
+    top = at::empty({1}, a.labels.options().dtype(at::kLong));
+    C10_CUDA_CHECK(cudaMemsetAsync(top.data_ptr(), 0, sizeof(int64_t), c10::cuda::getCurrentCUDAStream()));
+  }
+  run_gather_cuda(a, fold ? top.data_ptr<int64_t>() : nullptr);  // writes 0 for labels >= K
+  if (fold) {
+    // top: 0 when every label is < K, else the largest label; the same verdict as a max.
+    check.start(top);
+    count_kernel("cuda.suppix_unpool_gather_check");
+  }
   check.verify();
   count_kernel("cuda.suppix_unpool");
   return a.out;
