@@ -1056,18 +1056,19 @@ def test_cuda_max_key_by_hand(dtype, label_dtype, monkeypatch):
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", KEY_DTYPES)
 @pytest.mark.parametrize(
-    "case", ["channel_groups", "tiles", "tiles_odd_p", "k1", "runs", "ascending", "k6144"]
+    "case", ["channel_groups_8", "channel_groups_4", "tiles", "tiles_odd_p", "k1", "runs", "ascending", "k6144"]
 )
 def test_cuda_max_key_large_inputs(dtype, case, gen, monkeypatch):
     """Shapes the reference is too slow for, against the keyless oracle (argmax exactly, y bit
-    for bit), three runs bitwise equal, and the backward: several channels per block with a
-    partial last group (C = 1027), several tiles of 1024 pixels with a partial last one (and
-    P % 4 != 0), K = 1 (every lane of a warp in one run), long runs of one label across lanes
-    and warps, ascending values in one superpixel (the most compare-and-swap retries), and
-    K = 6144 (48 KiB of keys)."""
+    for bit), three runs bitwise equal, and the backward: 8 and 4 channels per block (T * B * C
+    of 32792 and 16408) with a partial last group of 3, several tiles of 1024 pixels with a
+    partial last one (and P % 4 != 0), K = 1 (every lane of a warp in one run), long runs of
+    one label across lanes and warps, ascending values in one superpixel (the most
+    compare-and-swap retries), and K = 6144 (48 KiB of keys)."""
     _kernels(monkeypatch)
     T, B, C, H, W, K = {
-        "channel_groups": (2, 4, 1027, 8, 12, 13),
+        "channel_groups_8": (2, 4, 4099, 8, 12, 13),
+        "channel_groups_4": (2, 4, 2051, 8, 12, 13),
         "tiles": (2, 2, 3, 64, 70, 50),
         "tiles_odd_p": (2, 2, 3, 63, 71, 50),
         "k1": (2, 2, 3, 64, 70, 1),

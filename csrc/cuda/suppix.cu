@@ -339,11 +339,14 @@ suppix_pool_nosort_kernel(const scalar_t* __restrict__ x, const label_t* __restr
 
 constexpr int kKeyThreads = 256;
 // At most this many channels per block (the labels are read once for all of them), fewer
-// when the keys would not fit kKeyMaxSmem or the grid would have too few blocks.
+// when the keys would not fit kKeyMaxSmem or the grid would have fewer than
+// kKeyBlocksWanted blocks: about 5 blocks fit an SM (48 registers a thread), so 4096
+// blocks are 6 or more waves on a 132-SM GPU and the partial last wave costs little
+// (at the benchmark shape, T * B * C = 16384: 4 channels a block, 4096 blocks).
 constexpr int64_t kKeyChannels = 8;
+constexpr int64_t kKeyBlocksWanted = 4096;
 // x loads in flight per thread: channels loaded before the first is reduced.
 constexpr int kKeyAhead = 4;
-constexpr int64_t kKeyBlocksWanted = 1024;
 constexpr int64_t kKeyMaxSmem = 48 * 1024;
 constexpr unsigned long long kNoKey = 0ull;
 
