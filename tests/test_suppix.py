@@ -1337,3 +1337,73 @@ def test_cpu_simd_lookup_only_where_it_applies(gen):
     x = rand_x(gen, (2, 1, 1, 6, 6)).requires_grad_()
     F.suppix_pool(x, labels.clamp(max=63), 64, "max", backend="cpp").sum().backward()
     assert snnspx.kernel_calls(SIMD) == before
+
+
+# --------------------------------------------------------------------------- the CPU's AVX2 group pooling
+def _cpu_has_avx2() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx2" in f.read()
+    except OSError:
+        return False
+
+
+GROUP = "cpu.suppix_pool_avx2"
+
+
+@pytest.mark.skipif(not _cpu_has_avx2(), reason="needs a CPU with AVX2")
+@pytest.mark.parametrize("mode", ["sum", "avg", "max"])
+@pytest.mark.parametrize("C", [8, 13, 16])
+@pytest.mark.parametrize("HW", [(4, 4), (5, 7), (9, 9)])
+@pytest.mark.parametrize("form", ["shared", "per_step"])
+@pytest.mark.parametrize("nan", [False, True])
+def test_cpu_group_pool_matches_scalar_and_reference(mode, C, HW, form, nan, gen, monkeypatch):
+    """float32 sum/avg/max pooling of 8 channels at once (AVX2) gives the scalar loop's bits
+    (SNNSPX_CPU_SIMD=0), values and max's argmax, and the reference's values: with ties
+    (-0.0 and +0.0 among them), a plane of -inf, ignored pixels, labels >= K
+    (check_labels=False), an empty superpixel, a partial last block of pixels, channels
+    left over after the groups of 8 (C = 13), and a NaN (its group takes the exact path)."""
+    T, B, K = 2, 2, 6
+    H, W = HW
+    shape = {"shared": (H, W), "per_step": (T, B, H, W)}[form]
+    labels = torch.randint(-1, K + 1, shape, generator=gen)
+    labels[labels == K - 1] = K  # superpixel K - 1 is empty; label K is out of range
+    x = torch.randint(-3, 4, (T, B, C, H, W), generator=gen).float() / 2
+    x[x == 0] = -0.0
+    x[..., ::3, ::2] = x[..., ::3, ::2].abs()  # +0.0 beside -0.0
+    x[0, 1, 2] = -math.inf
+    if nan:
+        x[1, 0, 3, H // 2, W // 2] = math.nan
+    L = T if form == "per_step" else 1
+    Bl = B if form == "per_step" else 1
+    lab = labels.reshape(L, Bl, H * W)
+    xs = x.reshape(T, B, C, H * W)
+
+    before = snnspx.kernel_calls(GROUP)
+    y, aux = torch.ops.snnspx.suppix_pool.default(xs, lab, K, mode, False)
+    assert snnspx.kernel_calls(GROUP) - before == 1, "the AVX2 group path must have run"
+    monkeypatch.setenv("SNNSPX_CPU_SIMD", "0")
+    y0, aux0 = torch.ops.snnspx.suppix_pool.default(xs, lab, K, mode, False)
+    assert snnspx.kernel_calls(GROUP) - before == 1, "SNNSPX_CPU_SIMD=0 must turn it off"
+    assert torch.equal(y, y0) or (nan and torch.equal(y.isnan(), y0.isnan()) and torch.equal(y.nan_to_num(), y0.nan_to_num()))
+    assert torch.equal(y.signbit(), y0.signbit()) and torch.equal(aux, aux0)
+
+    ry = R.suppix_pool(x, torch.where(labels >= K, -1, labels), K, mode).reshape(T, B, C, K)
+    if mode == "max":
+        torch.testing.assert_close(y, ry, rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(y.signbit(), ry.signbit())
+    else:
+        close(y.nan_to_num(), ry.nan_to_num(), mode)
+
+
+@pytest.mark.skipif(not _cpu_has_avx2(), reason="needs a CPU with AVX2")
+def test_cpu_group_pool_only_where_it_applies(gen):
+    """Fewer than 8 channels, float64, float16 and avg_spike keep the scalar loop."""
+    labels = torch.randint(0, 4, (5, 5), generator=gen)
+    before = snnspx.kernel_calls(GROUP)
+    F.suppix_pool(rand_x(gen, (2, 1, 7, 5, 5)), labels, 4, "sum", backend="cpp")
+    for dtype in (torch.float64, torch.float16):
+        F.suppix_pool(rand_x(gen, (2, 1, 8, 5, 5), dtype), labels, 4, "max", backend="cpp")
+    x = rand_x(gen, (2, 1, 8, 5, 5)).requires_grad_()
+    F.suppix_pool(x, labels, 4, "avg", grad="spike", backend="cpp")
+    assert snnspx.kernel_calls(GROUP) == before

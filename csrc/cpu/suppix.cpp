@@ -21,7 +21,7 @@
 #include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define SNNSPX_CPU_AVX512 1
+#define SNNSPX_CPU_X86 1
 #include <immintrin.h>
 #endif
 
@@ -73,17 +73,135 @@ void count_labels(const label_t* labels, int32_t* counts, int64_t maps, int64_t 
   });
 }
 
+// SNNSPX_CPU_SIMD=0 turns the x86 vector paths below off (tests compare both paths).
+inline bool cpu_simd_enabled() {
+  const char* v = std::getenv("SNNSPX_CPU_SIMD");
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
+// ---------------------------------------------------------------- AVX2 pooling, 8 channels at once
+// float32 sum, avg and max pooling on CPUs with AVX2 (chosen at run time, like the lookup
+// below). A group is 8 consecutive channels of one (t, b), whose planes share a label
+// map. Each block of 8 pixels is loaded as 8 rows, one per channel, and transposed, so
+// that a pixel's 8 channel values form one vector, which goes into its superpixel's row
+// of 8 accumulators (acc[(K + 1) * 8], channel j in lane j). Each channel still sees its
+// pixels in the scalar loop's order: ascending for the sums (so the same bits) and
+// descending for max, with the scalar loop's selects.
+constexpr int64_t kGroup = 8;
+
+#ifdef SNNSPX_CPU_X86
+inline bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+
+// c[i] = (x[0 * P + i], ..., x[7 * P + i]) for i < 8: an 8 x 8 transpose.
+__attribute__((target("avx2"))) inline void load_transposed8(const float* x, int64_t P, __m256 c[8]) {
+  __m256 r[8], t[8];
+  for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(x + j * P);
+  for (int j = 0; j < 8; j += 2) {
+    t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]);      // pixels 0, 1 | 4, 5 of channels j, j + 1
+    t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);  // pixels 2, 3 | 6, 7
+  }
+  for (int h = 0; h < 8; h += 4) {  // channels h .. h + 3 of pixels 0, 1, 2, 3 | 4, 5, 6, 7
+    r[h] = _mm256_shuffle_ps(t[h], t[h + 2], 0x44);
+    r[h + 1] = _mm256_shuffle_ps(t[h], t[h + 2], 0xEE);
+    r[h + 2] = _mm256_shuffle_ps(t[h + 1], t[h + 3], 0x44);
+    r[h + 3] = _mm256_shuffle_ps(t[h + 1], t[h + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    c[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+    c[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+  }
+}
+
+// Sums of a group: acc (K + 1) rows of 8, zeroed by the caller.
+__attribute__((target("avx2"))) void group_sum_avx2(const float* x, int64_t P, const int32_t* slot, float* acc) {
+  int64_t p = 0;
+  __m256 c[8];
+  for (; p + 8 <= P; p += 8) {
+    load_transposed8(x + p, P, c);
+    for (int i = 0; i < 8; ++i) {
+      float* a = acc + int64_t(slot[p + i]) * kGroup;
+      _mm256_storeu_ps(a, _mm256_add_ps(_mm256_loadu_ps(a), c[i]));
+    }
+  }
+  for (; p < P; ++p) {
+    float* a = acc + int64_t(slot[p]) * kGroup;
+    for (int j = 0; j < 8; ++j) a[j] += x[j * P + p];
+  }
+}
+
+// Maxima and argmaxima of a group, pixels from the last to the first: acc preset to
+// -inf and idx to kNoPixel by the caller. False when a NaN was seen (the caller then
+// redoes the planes on the exact path).
+__attribute__((target("avx2"))) bool group_max_avx2(const float* x, int64_t P, const int32_t* slot, float* acc,
+                                                    int32_t* idx) {
+  bool nan = false;
+  const int64_t full = P / 8 * 8;
+  for (int64_t p = P - 1; p >= full; --p) {
+    float* a = acc + int64_t(slot[p]) * kGroup;
+    int32_t* id = idx + int64_t(slot[p]) * kGroup;
+    for (int j = 0; j < 8; ++j) {
+      const float v = x[j * P + p], cur = a[j];
+      id[j] = v >= cur ? static_cast<int32_t>(p) : id[j];
+      a[j] = cur > v ? cur : v;
+      nan |= v != v;
+    }
+  }
+  __m256 unordered = _mm256_setzero_ps();
+  __m256 c[8];
+  for (int64_t p = full - 8; p >= 0; p -= 8) {
+    load_transposed8(x + p, P, c);
+    for (int i = 7; i >= 0; --i) {
+      float* a = acc + int64_t(slot[p + i]) * kGroup;
+      int32_t* id = idx + int64_t(slot[p + i]) * kGroup;
+      const __m256 cur = _mm256_loadu_ps(a), v = c[i];
+      const __m256 ge = _mm256_cmp_ps(v, cur, _CMP_GE_OQ);  // false for NaN
+      _mm256_storeu_ps(a, _mm256_max_ps(cur, v));          // cur > v ? cur : v
+      const __m256 ci = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(id)));
+      const __m256 pi = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(p + i)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(id), _mm256_castps_si256(_mm256_blendv_ps(ci, pi, ge)));
+      unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    }
+  }
+  return !nan && _mm256_movemask_ps(unordered) == 0;
+}
+#endif
+
+// Whether float32 pooling in `mode` takes the AVX2 group path.
+template <typename scalar_t, SupPixMode kMode>
+bool use_group_pool() {
+#ifdef SNNSPX_CPU_X86
+  return std::is_same<scalar_t, float>::value && kMode != SupPixMode::AvgSpike && cpu_has_avx2() &&
+         cpu_simd_enabled();
+#else
+  return false;
+#endif
+}
+
 template <typename scalar_t, typename acc_t, typename label_t, SupPixMode kMode>
 void pool_kernel(const scalar_t* x, const label_t* labels, const int32_t* counts, scalar_t* y, int32_t* aux,
                  const SupPixDims& d) {
   const int64_t P = d.P, K = d.K;
   const std::vector<int32_t> slots = slot_table(labels, d.L * d.Bl, P, K);
-  at::parallel_for(0, d.planes(), plane_grain(P), [&](int64_t begin, int64_t end) {
-    // Slot K: the ignored pixels. Max keeps two sets (see below), the others one.
-    const size_t slots_per_plane = static_cast<size_t>((kMode == SupPixMode::Max ? 2 : 1) * (K + 1));
-    std::vector<acc_t> acc(slots_per_plane);
-    std::vector<int32_t> idx(slots_per_plane);  // max: argmax; avg_spike: m
-    for (int64_t plane = begin; plane < end; ++plane) {
+  // Work units per (t, b): `groups` groups of 8 channels for the AVX2 path, then the
+  // remaining channels one plane each.
+  const bool grouped = use_group_pool<scalar_t, kMode>() && d.C >= kGroup && P > 0;
+  const int64_t groups = grouped ? d.C / kGroup : 0;
+  const int64_t per_tb = groups + (d.C - groups * kGroup);
+  const int64_t units = d.T * d.B * per_tb;
+  const int64_t grain = std::max<int64_t>(1, plane_grain(P) / (grouped ? kGroup : 1));
+  at::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {
+    // Slot K: the ignored pixels. Max keeps two sets (see below), the others one; the
+    // group path keeps K + 1 rows of 8.
+    const int64_t scalar_slots = (kMode == SupPixMode::Max ? 2 : 1) * (K + 1);
+    const size_t n_slots = static_cast<size_t>(grouped ? std::max(scalar_slots, (K + 1) * kGroup) : scalar_slots);
+    std::vector<acc_t> acc(n_slots);
+    std::vector<int32_t> idx(n_slots);  // max: argmax; avg_spike: m
+
+    // One plane on the scalar path.
+    auto pool_plane = [&](int64_t plane) {
       const int64_t tb = plane / d.C, b = tb % d.B, t = tb / d.B;
       const int64_t map = label_map(d, t, b);
       const int32_t* slot = slots.data() + map * P;
@@ -162,8 +280,59 @@ void pool_kernel(const scalar_t* x, const label_t* labels, const int32_t* counts
         }
         if (kMode == SupPixMode::AvgSpike) std::copy(idx.begin(), idx.begin() + K, aux + plane * K);
       }
+    };
+
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t tb = u / per_tb, g = u - tb * per_tb;
+      if (g >= groups) {
+        pool_plane(tb * d.C + groups * kGroup + (g - groups));
+        continue;
+      }
+      const int64_t plane0 = tb * d.C + g * kGroup;
+#ifdef SNNSPX_CPU_X86
+      if constexpr (std::is_same<scalar_t, float>::value) {
+        const int64_t b = tb % d.B, t = tb / d.B;
+        const int64_t map = label_map(d, t, b);
+        const int32_t* slot = slots.data() + map * P;
+        const float* xg = x + plane0 * P;
+        const int64_t rows = (K + 1) * kGroup;
+        if (kMode == SupPixMode::Max) {
+          std::fill(acc.begin(), acc.begin() + rows, -std::numeric_limits<float>::infinity());
+          std::fill(idx.begin(), idx.begin() + rows, kNoPixel);
+          if (!group_max_avx2(xg, P, slot, acc.data(), idx.data())) {  // a NaN: the exact path
+            for (int64_t j = 0; j < kGroup; ++j) pool_plane(plane0 + j);
+            continue;
+          }
+          for (int64_t j = 0; j < kGroup; ++j) {
+            scalar_t* yp = y + (plane0 + j) * K;
+            int32_t* am = aux + (plane0 + j) * K;
+            for (int64_t k = 0; k < K; ++k) {
+              const int32_t i = idx[k * kGroup + j];
+              const bool empty = i == kNoPixel;
+              yp[k] = empty ? 0.0f : acc[k * kGroup + j];
+              am[k] = empty ? -1 : i;
+            }
+          }
+        } else {
+          std::fill(acc.begin(), acc.begin() + rows, 0.0f);
+          group_sum_avx2(xg, P, slot, acc.data());
+          const int32_t* n = counts + map * K;
+          for (int64_t j = 0; j < kGroup; ++j) {
+            scalar_t* yp = y + (plane0 + j) * K;
+            for (int64_t k = 0; k < K; ++k) {
+              float v = acc[k * kGroup + j];
+              if (kMode != SupPixMode::Sum) v = n[k] > 0 ? v / static_cast<float>(n[k]) : 0.0f;
+              yp[k] = v;
+            }
+          }
+        }
+        continue;
+      }
+#endif
+      for (int64_t j = 0; j < kGroup; ++j) pool_plane(plane0 + j);  // not reached: grouped needs AVX2
     }
   });
+  if (grouped) count_kernel("cpu.suppix_pool_avx2");
 }
 
 // The float32 table lookup out[p] = table[slot[p]] (0 for slot[p] == K, the ignored
@@ -174,12 +343,7 @@ void pool_kernel(const scalar_t* x, const label_t* labels, const int32_t* counts
 // and SNNSPX_CPU_SIMD=0 turns it off (tests compare both paths).
 constexpr int64_t kLookupMaxK = 64;
 
-inline bool cpu_simd_enabled() {
-  const char* v = std::getenv("SNNSPX_CPU_SIMD");
-  return v == nullptr || std::strcmp(v, "0") != 0;
-}
-
-#ifdef SNNSPX_CPU_AVX512
+#ifdef SNNSPX_CPU_X86
 inline bool cpu_has_avx512() {
   static const bool has = __builtin_cpu_supports("avx512f");
   return has;
@@ -223,7 +387,7 @@ __attribute__((target("avx512f"))) void lookup_avx512(const float* table, int64_
 // Whether the gathers of this call take the AVX-512 lookup (counted by the caller).
 template <typename scalar_t>
 bool use_simd_lookup(int64_t K) {
-#ifdef SNNSPX_CPU_AVX512
+#ifdef SNNSPX_CPU_X86
   return std::is_same<scalar_t, float>::value && K > 0 && K <= kLookupMaxK && cpu_has_avx512() &&
          cpu_simd_enabled();
 #else
@@ -252,7 +416,7 @@ void gather_kernel(const scalar_t* src, const label_t* labels, const int32_t* au
       const int32_t* slot = slots.data() + map * P;
       const scalar_t* g = src + plane * K;
       scalar_t* o = out + plane * P;
-#ifdef SNNSPX_CPU_AVX512
+#ifdef SNNSPX_CPU_X86
       if constexpr (std::is_same<scalar_t, float>::value && kMode == SupPixMode::Sum) {
         if (simd) {  // the values themselves: no copy
           lookup_avx512(g, K, slot, o, P);
@@ -280,7 +444,7 @@ void gather_kernel(const scalar_t* src, const label_t* labels, const int32_t* au
         }
         continue;
       }
-#ifdef SNNSPX_CPU_AVX512
+#ifdef SNNSPX_CPU_X86
       if constexpr (std::is_same<scalar_t, float>::value) {
         if (simd) {
           lookup_avx512(val.data(), K, slot, o, P);
