@@ -161,12 +161,13 @@ std::tuple<at::Tensor, at::Tensor> suppix_pool_cuda(const at::Tensor& x, const a
 }
 
 // top: see suppix_gather (null, or where the glue knows the tiled kernel takes the call).
-void run_gather_cuda(SupPixGatherArgs& a, int64_t* top = nullptr) {
+// allow_tiled: !legacy_cuda(), read once by the caller (the environment may change between reads).
+void run_gather_cuda(SupPixGatherArgs& a, bool allow_tiled, int64_t* top = nullptr) {
   const auto shape = launch_shape(a.d);
   const bool tiled = cuda::suppix_gather(
       cuda::launch_dtype(a.src.scalar_type()), a.mode, a.src.data_ptr(), a.labels.data_ptr(),
       a.labels.scalar_type() == at::kLong, a.aux.defined() ? a.aux.data_ptr<int32_t>() : nullptr, a.out.data_ptr(),
-      shape, /*allow_tiled=*/!cuda::legacy_cuda(), top, c10::cuda::getCurrentCUDAStream());
+      shape, allow_tiled, top, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   TORCH_INTERNAL_ASSERT(top == nullptr || tiled, "the folded label check needs the tiled gather");
   if (tiled) count_kernel("cuda.suppix_gather_tiled");
@@ -177,7 +178,7 @@ at::Tensor suppix_pool_backward_cuda(const at::Tensor& grad_y, const at::Tensor&
   cuda::check_cuda_tensor(grad_y, "grad_y");
   c10::cuda::CUDAGuard guard(grad_y.device());
   auto a = prepare_suppix_gather(grad_y, "grad_y", labels, &aux, parse_suppix_mode(mode));
-  run_gather_cuda(a);
+  run_gather_cuda(a, /*allow_tiled=*/!cuda::legacy_cuda());
   count_kernel("cuda.suppix_pool_backward");
   return a.out;
 }
@@ -189,7 +190,8 @@ at::Tensor suppix_unpool_cuda(const at::Tensor& y, const at::Tensor& labels, boo
   const bool checked = check_labels && cuda::can_read_back();
   // Where the tiled gather runs, it finds the labels >= K itself (one kernel, after a
   // memset of `top`); otherwise (the one-pixel gather, K = 0) a separate max runs first.
-  const bool fold = checked && a.d.K > 0 && !cuda::legacy_cuda() &&
+  const bool tiled_allowed = !cuda::legacy_cuda();
+  const bool fold = checked && a.d.K > 0 && tiled_allowed &&
                     cuda::suppix_gather_tiled_applies(cuda::launch_dtype(a.src.scalar_type()), a.labels.data_ptr(),
                                                       a.labels.scalar_type() == at::kLong, a.out.data_ptr(),
                                                       launch_shape(a.d));
@@ -199,7 +201,7 @@ at::Tensor suppix_unpool_cuda(const at::Tensor& y, const at::Tensor& labels, boo
     top = at::empty({1}, a.labels.options().dtype(at::kLong));
     C10_CUDA_CHECK(cudaMemsetAsync(top.data_ptr(), 0, sizeof(int64_t), c10::cuda::getCurrentCUDAStream()));
   }
-  run_gather_cuda(a, fold ? top.data_ptr<int64_t>() : nullptr);  // writes 0 for labels >= K
+  run_gather_cuda(a, tiled_allowed, fold ? top.data_ptr<int64_t>() : nullptr);  // writes 0 for labels >= K
   if (fold) {
     // top: 0 when every label is < K, else the largest label; the same verdict as a max.
     check.start(top);
