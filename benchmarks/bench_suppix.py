@@ -4,7 +4,9 @@ torch.gather (unpooling), forward and backward, timed in the same run.
 Shapes (the SRM benchmark's): CPU T,B,C,H,W = 16,4,32,32,32 with K = 64; GPU
 16,16,64,64,64 with K = 256. One label map per image: square cells with the
 superpixel numbers shuffled per image. The baselines take the labels expanded
-to x's size (a view), as scatter_reduce/gather need an index of that shape.
+to x's size (a view), as scatter_reduce/gather need an index of that shape. The labels
+have no negative (ignored) pixels, so a plain gather computes unpooling; one more row
+times the gather with the mask that labels with ignored pixels need.
 
     python benchmarks/bench_suppix.py [--device cpu|cuda] [--write]
 
@@ -96,6 +98,16 @@ def main() -> None:
     base = run(lambda: gather(g_y))
     row("unpool, forward (gather)", base, run(lambda: unpool(g_y)))
     row("unpool, forward, check_labels=False", base, run(lambda: unpool(g_y, check_labels=False)))
+    # The benchmark's labels have no negative (ignored) pixels, so the plain gather above
+    # computes suppix_unpool here; for any labels, PyTorch also needs the mask below.
+    idx_c = labels.clamp(min=0).reshape(1, B, 1, P).expand(T, B, C, P)
+    keep = (labels >= 0).reshape(1, B, 1, P)
+
+    def gather_masked(v):
+        return torch.where(keep, v.gather(-1, idx_c), 0).reshape(T, B, C, H, W)
+
+    row("unpool, forward (gather + mask of negative labels: the same maths for any labels)",
+        run(lambda: gather_masked(g_y)), run(lambda: unpool(g_y)))
     row("unpool, backward", backward_ms(gather, g_y, g_x, args.min_run_time),
         backward_ms(unpool, g_y, g_x, args.min_run_time))
     if dev == "cuda":
