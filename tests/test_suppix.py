@@ -1356,14 +1356,15 @@ GROUP = "cpu.suppix_pool_avx2"
 
 
 @pytest.mark.skipif(not _cpu_has_avx2(), reason="needs a CPU with AVX2")
-@pytest.mark.parametrize("mode", ["sum", "avg", "max"])
+@pytest.mark.parametrize("mode", ["sum", "avg", "avg_spike", "max"])
 @pytest.mark.parametrize("C", [8, 13, 16])
 @pytest.mark.parametrize("HW", [(4, 4), (5, 7), (9, 9)])
 @pytest.mark.parametrize("form", ["shared", "per_step"])
 @pytest.mark.parametrize("nan", [False, True])
 def test_cpu_group_pool_matches_scalar_and_reference(mode, C, HW, form, nan, gen, monkeypatch):
-    """float32 sum/avg/max pooling of 8 channels at once (AVX2) gives the scalar loop's bits
-    (SNNSPX_CPU_SIMD=0), values and max's argmax, and the reference's values: with ties
+    """float32 sum/avg/avg_spike/max pooling of 8 channels at once (AVX2) gives the scalar
+    loop's bits (SNNSPX_CPU_SIMD=0), values and aux (max's argmax, avg_spike's non-zero
+    counts), and the reference's values: with ties
     (-0.0 and +0.0 among them), a plane of -inf, ignored pixels, labels >= K
     (check_labels=False), an empty superpixel, a partial last block of pixels, channels
     left over after the groups of 8 (C = 13), and a NaN (its group takes the exact path)."""
@@ -1392,7 +1393,13 @@ def test_cpu_group_pool_matches_scalar_and_reference(mode, C, HW, form, nan, gen
     assert torch.equal(y, y0) or (nan and torch.equal(y.isnan(), y0.isnan()) and torch.equal(y.nan_to_num(), y0.nan_to_num()))
     assert torch.equal(y.signbit(), y0.signbit()) and torch.equal(aux, aux0)
 
-    ry = R.suppix_pool(x, torch.where(labels >= K, -1, labels), K, mode).reshape(T, B, C, K)
+    ry = R.suppix_pool(x, torch.where(labels >= K, -1, labels), K, "avg" if mode == "avg_spike" else mode)
+    ry = ry.reshape(T, B, C, K)
+    if mode == "avg_spike":  # m: the non-zero inputs of each superpixel (NaN counts)
+        lab = torch.where(labels >= K, -1, labels).expand(T, B, H, W).reshape(T, B, 1, H * W)
+        nz = (xs != 0) & (lab >= 0)
+        m = torch.zeros(T, B, C, K + 1, dtype=torch.int64).scatter_add_(-1, lab.clamp(min=0).expand(T, B, C, -1) + K * (lab < 0), nz.long())
+        assert torch.equal(aux.long(), m[..., :K])
     if mode == "max":
         torch.testing.assert_close(y, ry, rtol=0, atol=0, equal_nan=True)
         assert torch.equal(y.signbit(), ry.signbit())
@@ -1402,12 +1409,10 @@ def test_cpu_group_pool_matches_scalar_and_reference(mode, C, HW, form, nan, gen
 
 @pytest.mark.skipif(not _cpu_has_avx2(), reason="needs a CPU with AVX2")
 def test_cpu_group_pool_only_where_it_applies(gen):
-    """Fewer than 8 channels, float64, float16 and avg_spike keep the scalar loop."""
+    """Fewer than 8 channels, float64 and float16 keep the scalar loop."""
     labels = torch.randint(0, 4, (5, 5), generator=gen)
     before = snnspx.kernel_calls(GROUP)
     F.suppix_pool(rand_x(gen, (2, 1, 7, 5, 5)), labels, 4, "sum", backend="cpp")
     for dtype in (torch.float64, torch.float16):
         F.suppix_pool(rand_x(gen, (2, 1, 8, 5, 5), dtype), labels, 4, "max", backend="cpp")
-    x = rand_x(gen, (2, 1, 8, 5, 5)).requires_grad_()
-    F.suppix_pool(x, labels, 4, "avg", grad="spike", backend="cpp")
     assert snnspx.kernel_calls(GROUP) == before

@@ -80,7 +80,7 @@ inline bool cpu_simd_enabled() {
 }
 
 // ---------------------------------------------------------------- AVX2 pooling, 8 channels at once
-// float32 sum, avg and max pooling on CPUs with AVX2 (chosen at run time, like the lookup
+// float32 sum, avg (both gradients) and max pooling on CPUs with AVX2 (chosen at run time, like the lookup
 // below). A group is 8 consecutive channels of one (t, b), whose planes share a label
 // map. Each block of 8 pixels is loaded as 8 rows, one per channel, and transposed, so
 // that a pixel's 8 channel values form one vector, which goes into its superpixel's row
@@ -115,20 +115,35 @@ __attribute__((target("avx2"))) inline void load_transposed8(const float* x, int
   }
 }
 
-// Sums of a group: acc (K + 1) rows of 8, zeroed by the caller.
-__attribute__((target("avx2"))) void group_sum_avx2(const float* x, int64_t P, const int32_t* slot, float* acc) {
+// Sums of a group: acc (K + 1) rows of 8, zeroed by the caller. With kCount (avg_spike),
+// also the non-zero inputs (NaN counts, as in the scalar `v != 0`) into the int32 rows
+// `nonzero`, zeroed by the caller.
+template <bool kCount>
+__attribute__((target("avx2"))) void group_sum_avx2(const float* x, int64_t P, const int32_t* slot, float* acc,
+                                                    int32_t* nonzero) {
   int64_t p = 0;
   __m256 c[8];
+  const __m256 zero = _mm256_setzero_ps();
   for (; p + 8 <= P; p += 8) {
     load_transposed8(x + p, P, c);
     for (int i = 0; i < 8; ++i) {
-      float* a = acc + int64_t(slot[p + i]) * kGroup;
+      const int64_t row = int64_t(slot[p + i]) * kGroup;
+      float* a = acc + row;
       _mm256_storeu_ps(a, _mm256_add_ps(_mm256_loadu_ps(a), c[i]));
+      if (kCount) {  // the compare's all-ones lanes are -1: subtracting adds 1
+        __m256i* m = reinterpret_cast<__m256i*>(nonzero + row);
+        const __m256i nz = _mm256_castps_si256(_mm256_cmp_ps(c[i], zero, _CMP_NEQ_UQ));
+        _mm256_storeu_si256(m, _mm256_sub_epi32(_mm256_loadu_si256(m), nz));
+      }
     }
   }
   for (; p < P; ++p) {
-    float* a = acc + int64_t(slot[p]) * kGroup;
-    for (int j = 0; j < 8; ++j) a[j] += x[j * P + p];
+    const int64_t row = int64_t(slot[p]) * kGroup;
+    for (int j = 0; j < 8; ++j) {
+      const float v = x[j * P + p];
+      acc[row + j] += v;
+      if (kCount) nonzero[row + j] += (v != 0.0f);
+    }
   }
 }
 
@@ -173,7 +188,7 @@ __attribute__((target("avx2"))) bool group_max_avx2(const float* x, int64_t P, c
 template <typename scalar_t, SupPixMode kMode>
 bool use_group_pool() {
 #ifdef SNNSPX_CPU_X86
-  return std::is_same<scalar_t, float>::value && kMode != SupPixMode::AvgSpike && cpu_has_avx2() &&
+  return std::is_same<scalar_t, float>::value && cpu_has_avx2() &&
          cpu_simd_enabled();
 #else
   return false;
@@ -314,8 +329,10 @@ void pool_kernel(const scalar_t* x, const label_t* labels, const int32_t* counts
             }
           }
         } else {
+          constexpr bool kCount = kMode == SupPixMode::AvgSpike;
           std::fill(acc.begin(), acc.begin() + rows, 0.0f);
-          group_sum_avx2(xg, P, slot, acc.data());
+          if (kCount) std::fill(idx.begin(), idx.begin() + rows, 0);
+          group_sum_avx2<kCount>(xg, P, slot, acc.data(), idx.data());
           const int32_t* n = counts + map * K;
           for (int64_t j = 0; j < kGroup; ++j) {
             scalar_t* yp = y + (plane0 + j) * K;
@@ -323,6 +340,7 @@ void pool_kernel(const scalar_t* x, const label_t* labels, const int32_t* counts
               float v = acc[k * kGroup + j];
               if (kMode != SupPixMode::Sum) v = n[k] > 0 ? v / static_cast<float>(n[k]) : 0.0f;
               yp[k] = v;
+              if (kCount) aux[(plane0 + j) * K + k] = idx[k * kGroup + j];
             }
           }
         }
