@@ -726,24 +726,41 @@ suppix_gather_tiled_kernel(const scalar_t* __restrict__ src, const label_t* __re
     k[i] = superpixel_of(lq.v[i], s.K);
     if (kMode == SupPixMode::Avg && k[i] >= 0) n[i] = aux[map * s.K + k[i]];
   }
+  // Pixel i repeats pixel i - 1's superpixel (the usual case: superpixels are runs of
+  // pixels): it reuses that pixel's loads. Loads per output are the kernel's bottleneck
+  // (a warp's loads from a row of src touch many cache sectors), not the stores.
+  bool again[4] = {false, false, false, false};
+#pragma unroll
+  for (int i = 1; i < 4; ++i) again[i] = k[i] == k[i - 1];
+  constexpr bool kAuxPerPlane = kMode == SupPixMode::Max || kMode == SupPixMode::AvgSpike;
   const int64_t c0 = cchunk * kTileChannels;
   const int64_t c1 = c0 + kTileChannels < s.C ? c0 + kTileChannels : s.C;
   for (int64_t c = c0; c < c1; ++c) {
     const int64_t plane = tb * s.C + c;
     const scalar_t* g = src + plane * s.K;
+    acc_t gv[4];
+    int32_t av[4];  // max: the argmax, avg_spike: m, of pixel i's superpixel in this plane
     Quad<scalar_t> q;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
+      gv[i] = acc_t(0);
+      av[i] = 0;
+      if (i > 0 && again[i]) {
+        gv[i] = gv[i - 1];
+        av[i] = av[i - 1];
+      } else if (k[i] >= 0) {
+        gv[i] = to_acc<acc_t>(g[k[i]]);
+        if (kAuxPerPlane) av[i] = aux[plane * s.K + k[i]];
+      }
       acc_t v = acc_t(0);
       if (k[i] >= 0) {
-        const acc_t gv = to_acc<acc_t>(g[k[i]]);
         if (kMode == SupPixMode::Sum) {
-          v = gv;
+          v = gv[i];
         } else if (kMode == SupPixMode::Max) {
-          v = aux[plane * s.K + k[i]] == p0 + i ? gv : acc_t(0);
+          v = av[i] == p0 + i ? gv[i] : acc_t(0);
         } else {
-          const int32_t m = kMode == SupPixMode::Avg ? n[i] : aux[plane * s.K + k[i]];
-          v = m > 0 ? gv / static_cast<acc_t>(m) : acc_t(0);
+          const int32_t m = kMode == SupPixMode::Avg ? n[i] : av[i];
+          v = m > 0 ? gv[i] / static_cast<acc_t>(m) : acc_t(0);
         }
       }
       q.v[i] = from_acc<scalar_t, acc_t>(v);
