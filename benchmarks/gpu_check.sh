@@ -4,6 +4,7 @@
 # SNNSPX_LEGACY_CUDA=1), a per-kernel profile and the GPU benchmarks, print a short table.
 #   bash benchmarks/gpu_check.sh            (logs also go to $OUT when it is set)
 #   ONLY=kernels BENCH_ARGS="--min-run-time 0.2" bash benchmarks/gpu_check.sh
+#   ONLY=verify BENCH_ARGS="--min-run-time 0.2" bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -32,18 +33,26 @@ PY
 xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
 # ONLY=kernels: just the pooling and fused tests, profile and benchmarks (fits a short
 # device session); the default runs every test and benchmark.
+# ONLY=verify: the CUDA tests of the pooling, fused, SRM-extremes, compile and layer files
+# only, and no legacy pass: the shortest check of new kernels.
 only="${ONLY:-all}"
-tests="tests"
-[ "$only" = all ] || tests="tests/test_suppix.py tests/test_fused.py"
+case "$only" in
+  all) tests="tests" ;;
+  kernels) tests="tests/test_suppix.py tests/test_fused.py" ;;
+  verify) tests="-m cuda tests/test_suppix.py tests/test_fused.py tests/test_srm_extremes.py tests/test_compile.py tests/test_layers.py" ;;
+  *) echo "ONLY must be all, kernels or verify, got $only" >&2; exit 2 ;;
+esac
 
 step "tests ($tests; the CUDA ones run here)"
 python3 -m pytest -q -p no:cacheprovider -p no:logging $xdist ${TEST_ARGS:-$tests} 2>&1 | tail -n 60
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
-step "tests with SNNSPX_LEGACY_CUDA=1 (the earlier default pooling, gather and fused kernels)"
-SNNSPX_LEGACY_CUDA=1 python3 -m pytest -q -p no:cacheprovider -p no:logging $xdist -m cuda \
-  tests/test_suppix.py tests/test_fused.py 2>&1 | tail -n 30
-[ "${PIPESTATUS[0]}" = 0 ] || status=1
+if [ "$only" != verify ]; then
+  step "tests with SNNSPX_LEGACY_CUDA=1 (the earlier default pooling, gather and fused kernels)"
+  SNNSPX_LEGACY_CUDA=1 python3 -m pytest -q -p no:cacheprovider -p no:logging $xdist -m cuda \
+    tests/test_suppix.py tests/test_fused.py 2>&1 | tail -n 30
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
 
 step "per-kernel profile (default and legacy kernels)"
 timeout 180 python3 benchmarks/profile_gpu.py || status=1
