@@ -1281,12 +1281,17 @@ def test_cuda_kernels_compile_and_register():
 
 
 # --------------------------------------------------------------------------- the CPU's AVX-512 lookup
-def _cpu_has_avx512() -> bool:
+def _cpu_has(flag: str) -> bool:
+    """Whether /proc/cpuinfo lists the x86 feature `flag` (False where there is no such file)."""
     try:
         with open("/proc/cpuinfo") as f:
-            return " avx512f" in f.read()
+            return f" {flag}" in f.read()
     except OSError:
         return False
+
+
+def _cpu_has_avx512() -> bool:
+    return _cpu_has("avx512f")
 
 
 SIMD = "cpu.suppix_gather_avx512"
@@ -1345,11 +1350,7 @@ def test_cpu_simd_lookup_only_where_it_applies(gen):
 
 # --------------------------------------------------------------------------- the CPU's AVX2 group pooling
 def _cpu_has_avx2() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return " avx2" in f.read()
-    except OSError:
-        return False
+    return _cpu_has("avx2")
 
 
 GROUP = "cpu.suppix_pool_avx2"
