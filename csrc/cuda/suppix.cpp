@@ -12,7 +12,9 @@
 // bfloat16 the key kernel (suppix_pool_max_key, K <= 6144; counters
 // "cuda.suppix_pool_nosort" and "cuda.suppix_pool_max_key", plus
 // "cuda.suppix_pool_max_key_quad" for its vector-load variant), for the other modes and
-// float64 the warp-row kernel where its rows fit shared memory (suppix_pool_nosort_fits),
+// float64 the warp-row kernel where its rows fit shared memory (suppix_pool_nosort_fits;
+// counter "cuda.suppix_pool_nosort", plus "cuda.suppix_pool_nosort_quad" when sum, avg or
+// avg_spike ran its 4-pixel kernel's vector-load variant),
 // with the counts (and the largest label, for the range check) from one small count
 // kernel; otherwise, and under SNNSPX_LEGACY_CUDA=1, the sorted path runs. The range
 // check never syncs the stream (DeviceLabelCheck in glue.h): the host waits for the
@@ -112,16 +114,16 @@ std::optional<std::tuple<at::Tensor, at::Tensor>> suppix_pool_nosort_cuda(const 
     quad = cuda::suppix_pool_max_key(dtype, a.x.data_ptr(), a.labels.data_ptr(), labels64, y.data_ptr(),
                                      aux.data_ptr<int32_t>(), shape, stream);
   } else {
-    cuda::suppix_pool_nosort(dtype, a.mode, a.x.data_ptr(), a.labels.data_ptr(), labels64,
-                             counts.defined() ? counts.data_ptr<int32_t>() : nullptr, y.data_ptr(),
-                             aux_out ? aux.data_ptr<int32_t>() : nullptr, shape, stream);
+    quad = cuda::suppix_pool_nosort(dtype, a.mode, a.x.data_ptr(), a.labels.data_ptr(), labels64,
+                                    counts.defined() ? counts.data_ptr<int32_t>() : nullptr, y.data_ptr(),
+                                    aux_out ? aux.data_ptr<int32_t>() : nullptr, shape, stream);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   // Labels >= K were ignored by both kernels (never out of bounds); now the verdict.
   check.verify();
   count_kernel("cuda.suppix_pool_nosort");
   if (max_key) count_kernel("cuda.suppix_pool_max_key");
-  if (quad) count_kernel("cuda.suppix_pool_max_key_quad");
+  if (quad) count_kernel(max_key ? "cuda.suppix_pool_max_key_quad" : "cuda.suppix_pool_nosort_quad");
   return std::make_tuple(y, aux);
 }
 

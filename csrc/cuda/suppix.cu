@@ -13,12 +13,15 @@
 //    channels, one vector store per channel.
 // The no-sort pooling forward (the default where its rows fit shared memory, chosen
 // by the glue), with no per-call sort. A block takes one (t, b, c) plane; each warp walks its own
-// contiguous run of pixels 32 at a time and folds each step's lanes into a
-// warp-private row of K accumulators in shared memory (lanes with the same label
-// are grouped with __match_any_sync and summed by their lowest lane in ascending
-// lane order: one writer per row entry, steps in order), then the rows are folded
-// in warp order. The pixel counts come from a small integer-atomic count kernel
-// (integer sums do not depend on the order).
+// contiguous run of pixels and folds it into a warp-private row of K accumulators in
+// shared memory, then the rows are folded in warp order. Sum, avg and avg_spike: a lane
+// takes 4 consecutive pixels (128 per warp step), adds its runs of one superpixel in
+// registers, and the warp folds the lanes' runs in rounds (round r: every lane's r-th
+// run; lanes with the same superpixel are grouped with __match_any_sync and summed by
+// their lowest lane in ascending lane order: one writer per row entry, rounds and steps
+// in order). Max (float64; the other types take the key kernel) walks 32 single pixels
+// per step with the same grouping. The pixel counts come from a small integer-atomic
+// count kernel (integer sums do not depend on the order).
 // Max pooling of float, half and bfloat16 (the default for mode max where K <= 6144)
 // takes the max of 64-bit keys instead, value above inverted pixel index: a max of
 // integers, so shared-memory compare-and-swap loops can take it in any order. A block
@@ -49,11 +52,15 @@ constexpr int64_t kGatherTile = int64_t(kGatherThreads) * kGatherItems;
 constexpr int64_t kMaxStageBytes = 48 * 1024;
 // Pooling blocks wanted in flight: with fewer (t, b, c) planes than this, one block per plane.
 constexpr int64_t kPoolBlocksWanted = 4096;
-// No-sort pooling: at most kPoolWarps warps per block, each walking runs of
-// kNoSortUnroll * 32 pixels (loads of kNoSortUnroll steps in flight at once); fewer
-// warps for small planes. Its rows must fit the default dynamic shared memory.
+// No-sort pooling: at most kPoolWarps warps per block, one per kNoSortRun pixels; fewer
+// warps for small planes. Its rows must fit the default dynamic shared memory. The max
+// kernel walks kNoSortUnroll * 32 pixels at a time (loads of kNoSortUnroll steps in
+// flight at once); the 4-pixel kernel (sum, avg, avg_spike) steps of kQuadStep pixels,
+// kQuadAhead of them loaded before the first is folded.
 constexpr int kNoSortUnroll = 4;
 constexpr int64_t kNoSortRun = 32 * kNoSortUnroll;
+constexpr int64_t kQuadStep = 32 * 4;
+constexpr int kQuadAhead = 2;
 constexpr int64_t kNoSortMaxSmem = 48 * 1024;
 constexpr int64_t kMaxGridBlocks = int64_t(1) << 30;
 constexpr int kCountThreads = 256;
@@ -169,62 +176,41 @@ inline int64_t nosort_smem_bytes(int64_t acc_bytes, SupPixMode mode, int64_t P, 
   return int64_t(nosort_warps(P)) * K * (acc_bytes + (idx ? int64_t(sizeof(int32_t)) : 0));
 }
 
-// One 32-pixel step of a warp: lane `lane` holds pixel `pix` with value v and
+// One 32-pixel step of the max kernel: lane `lane` holds pixel `pix` with value v and
 // superpixel `key` (-1: ignored or past the warp's run). The lanes with the same
 // key form a group; its lowest lane (the leader) pulls the others in ascending
 // lane order and folds the group into the warp's row. Every lane of the warp
 // must call this (full-mask shuffles).
-template <typename acc_t, SupPixMode kMode>
-__device__ __forceinline__ void nosort_step(int32_t key, acc_t v, int32_t pix, int lane, acc_t* row,
-                                            int32_t* row_idx) {
+template <typename acc_t>
+__device__ __forceinline__ void nosort_max_step(int32_t key, acc_t v, int32_t pix, int lane, acc_t* row,
+                                                int32_t* row_idx) {
   const unsigned peers = __match_any_sync(kFullMask, key);
   const bool leader = key >= 0 && lane == __ffs(peers) - 1;
   unsigned rem = leader ? (peers & (peers - 1u)) : 0u;  // the other members, lowest lane first
-  if (kMode == SupPixMode::Max) {
-    acc_t best = v;
-    int32_t arg = pix;
-    const int32_t pix0 = pix - lane;  // the step's first pixel: lane j holds pix0 + j
-    while (__any_sync(kFullMask, rem != 0u)) {
-      const int src = rem != 0u ? __ffs(rem) - 1 : lane;
-      const acc_t ov = __shfl_sync(kFullMask, v, src);
-      if (rem != 0u) {
-        if (max_prefer<acc_t>(ov, pix0 + src, best, arg)) best = ov, arg = pix0 + src;
-        rem &= rem - 1u;
-      }
-    }
-    if (leader && max_prefer<acc_t>(best, arg, row[key], row_idx[key])) row[key] = best, row_idx[key] = arg;
-  } else {
-    int32_t nonzero = 0;
-    if (kMode == SupPixMode::AvgSpike) nonzero = __popc(peers & __ballot_sync(kFullMask, v != acc_t(0)));
-    acc_t sum = v;
-    while (__any_sync(kFullMask, rem != 0u)) {
-      const int src = rem != 0u ? __ffs(rem) - 1 : lane;
-      const acc_t ov = __shfl_sync(kFullMask, v, src);
-      if (rem != 0u) {
-        sum += ov;
-        rem &= rem - 1u;
-      }
-    }
-    if (leader) {
-      row[key] += sum;
-      if (kMode == SupPixMode::AvgSpike) row_idx[key] += nonzero;
+  acc_t best = v;
+  int32_t arg = pix;
+  const int32_t pix0 = pix - lane;  // the step's first pixel: lane j holds pix0 + j
+  while (__any_sync(kFullMask, rem != 0u)) {
+    const int src = rem != 0u ? __ffs(rem) - 1 : lane;
+    const acc_t ov = __shfl_sync(kFullMask, v, src);
+    if (rem != 0u) {
+      if (max_prefer<acc_t>(ov, pix0 + src, best, arg)) best = ov, arg = pix0 + src;
+      rem &= rem - 1u;
     }
   }
+  if (leader && max_prefer<acc_t>(best, arg, row[key], row_idx[key])) row[key] = best, row_idx[key] = arg;
   __syncwarp();  // the next step's leader of the same superpixel may be another lane: order the row update
 }
 
-// grid.x = min(T * B * C, kMaxGridBlocks), blocks stride over the planes; block =
-// 32 * nosort_warps(P) threads; dynamic shared memory nosort_smem_bytes(...): acc_t
-// rows [warps][K] then (max: argmax, avg_spike: m) int32 rows [warps][K].
-// Warp w walks pixels [w * span, min(P, (w + 1) * span)). counts: int32 [L, Bl, K]
-// (read by avg and avg_spike).
-template <typename scalar_t, typename label_t, SupPixMode kMode>
+// The no-sort max kernel (float64 in practice). grid.x = min(T * B * C, kMaxGridBlocks),
+// blocks stride over the planes; block = 32 * nosort_warps(P) threads; dynamic shared
+// memory nosort_smem_bytes(...): acc_t rows [warps][K] then int32 argmax rows [warps][K].
+// Warp w walks pixels [w * span, min(P, (w + 1) * span)), span a multiple of 32.
+template <typename scalar_t, typename label_t>
 __global__ void __launch_bounds__(kPoolThreads)
-suppix_pool_nosort_kernel(const scalar_t* __restrict__ x, const label_t* __restrict__ labels,
-                          const int32_t* __restrict__ counts, scalar_t* __restrict__ y, int32_t* __restrict__ aux,
-                          SupPixShape s, int64_t span) {
+suppix_pool_nosort_max_kernel(const scalar_t* __restrict__ x, const label_t* __restrict__ labels,
+                              scalar_t* __restrict__ y, int32_t* __restrict__ aux, SupPixShape s, int64_t span) {
   using acc_t = typename Acc<scalar_t>::type;
-  constexpr bool kIdx = kMode == SupPixMode::Max || kMode == SupPixMode::AvgSpike;
   const int64_t K = s.K, P = s.P;
   const int64_t planes = s.T * s.B * s.C;
   const int warps = static_cast<int>(blockDim.x / 32);
@@ -246,8 +232,8 @@ suppix_pool_nosort_kernel(const scalar_t* __restrict__ x, const label_t* __restr
 
     __syncthreads();  // the previous plane's rows have been read
     for (int64_t i = threadIdx.x; i < rows; i += blockDim.x) {
-      acc[i] = kMode == SupPixMode::Max ? neg_inf<acc_t>() : acc_t(0);
-      if (kIdx) idx[i] = kMode == SupPixMode::Max ? kNoPixel : 0;
+      acc[i] = neg_inf<acc_t>();
+      idx[i] = kNoPixel;
     }
     __syncthreads();
 
@@ -269,7 +255,7 @@ suppix_pool_nosort_kernel(const scalar_t* __restrict__ x, const label_t* __restr
 #pragma unroll
       for (int u = 0; u < kNoSortUnroll; ++u) {
         if (base + u * 32 >= w1) break;  // warp-uniform
-        nosort_step<acc_t, kMode>(key[u], v[u], static_cast<int32_t>(base + u * 32 + lane), lane, row, row_idx);
+        nosort_max_step<acc_t>(key[u], v[u], static_cast<int32_t>(base + u * 32 + lane), lane, row, row_idx);
       }
     }
     __syncthreads();
@@ -277,38 +263,234 @@ suppix_pool_nosort_kernel(const scalar_t* __restrict__ x, const label_t* __restr
     // Fold the rows in warp order (warp w's pixels all precede warp w + 1's).
     scalar_t* yp = y + plane * K;
     for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
-      if (kMode == SupPixMode::Max) {
-        acc_t best = neg_inf<acc_t>();
-        int32_t arg = kNoPixel;
-        for (int w = 0; w < warps; ++w) {
-          const acc_t ov = acc[int64_t(w) * K + k];
-          const int32_t oa = idx[int64_t(w) * K + k];
-          if (max_prefer<acc_t>(ov, oa, best, arg)) best = ov, arg = oa;
-        }
-        const bool empty = arg == kNoPixel;
-        yp[k] = from_acc<scalar_t, acc_t>(empty ? acc_t(0) : best);
-        aux[plane * K + k] = empty ? -1 : arg;
-      } else {
-        acc_t sum = acc_t(0);
-        int32_t nonzero = 0;
-        for (int w = 0; w < warps; ++w) {
-          sum += acc[int64_t(w) * K + k];
-          if (kMode == SupPixMode::AvgSpike) nonzero += idx[int64_t(w) * K + k];
-        }
-        if (kMode != SupPixMode::Sum) {
-          const int32_t n = counts[map * K + k];
-          sum = n > 0 ? sum / static_cast<acc_t>(n) : acc_t(0);
-        }
-        yp[k] = from_acc<scalar_t, acc_t>(sum);
-        if (kMode == SupPixMode::AvgSpike) aux[plane * K + k] = nonzero;
+      acc_t best = neg_inf<acc_t>();
+      int32_t arg = kNoPixel;
+      for (int w = 0; w < warps; ++w) {
+        const acc_t ov = acc[int64_t(w) * K + k];
+        const int32_t oa = idx[int64_t(w) * K + k];
+        if (max_prefer<acc_t>(ov, oa, best, arg)) best = ov, arg = oa;
       }
+      const bool empty = arg == kNoPixel;
+      yp[k] = from_acc<scalar_t, acc_t>(empty ? acc_t(0) : best);
+      aux[plane * K + k] = empty ? -1 : arg;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- 4-pixel no-sort pooling
+//
+// Sum, avg and avg_spike. A lane takes 4 consecutive pixels per warp step (128 pixels a
+// step), one vector load of labels and one of x where the kernel's kVec variant applies
+// (P % 4 == 0, x and labels Quad-aligned), 4 scalar loads otherwise: the same values.
+// quad_runs adds its runs of equal superpixels in registers, in ascending pixel order
+// (pixels pooled nowhere are skipped: [3, -1, 3, 5] is the runs 3 and 5), so a lane
+// holds 0 to 4 runs, compacted: run j at index j, key -1 after the last. Then the warp
+// takes rounds r = 0, 1, ... while some lane has an r-th run (warp-uniform): every lane
+// offers its r-th run (key -1 if none), lanes with the same key are grouped by
+// __match_any_sync, and the group's lowest lane adds the members' partial sums in
+// ascending lane order and adds that to the warp's row (avg_spike: the members'
+// non-zero counts, 0 to 4 each, by three ballots). Leaders of one round have different
+// keys, and a __syncwarp ends each round, so every row entry has one writer at a time in
+// a fixed order. The order of every float addition (within a run, within a group, rounds,
+// steps, then the warp rows in warp order) depends only on the labels and the shape,
+// never on scheduling: the same bits on every run.
+//
+// Cost per 128 pixels of a warp, against the one-pixel walk's four 32-pixel steps: one
+// __match_any_sync, any_sync and shuffle per extra group member and one __syncwarp per
+// round, instead of per 32-pixel step; with superpixels that are runs of 4 or more pixels
+// (the benchmark's 4x4 cells fill a lane's quad exactly) that is one round, in which each
+// superpixel of the step has a group of one lane per image row it spans.
+
+// The runs of one lane's quad: pixel i has superpixel k[i] (-1: pooled nowhere) and value
+// v[i]. rk[j], rs[j], rn[j]: the j-th run's superpixel (-1: no such run), its sum (left to
+// right) and its count of non-zero values (NaN is non-zero; kSpike only). Static indices
+// only, so the arrays stay in registers: first a running sum from the left that restarts
+// with each run (c[i]: the sum of pixel i's run up to pixel i), then from the right each
+// pixel that ends a run pushes (k[i], c[i]) to the front of the list.
+template <typename acc_t, bool kSpike>
+__device__ __forceinline__ void quad_runs(const int32_t (&k)[4], const acc_t (&v)[4], int32_t (&rk)[4],
+                                          acc_t (&rs)[4], int32_t (&rn)[4]) {
+  acc_t c[4];
+  int32_t cn[4];
+  acc_t cur = acc_t(0);
+  int32_t curn = 0;
+  int32_t last = -1;  // the superpixel of the last pooled pixel so far
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int32_t nz = v[i] != acc_t(0) ? 1 : 0;
+    if (k[i] >= 0) {
+      const bool fresh = k[i] != last;  // pixel i starts a run
+      cur = fresh ? v[i] : cur + v[i];
+      if (kSpike) curn = fresh ? nz : curn + nz;
+      last = k[i];
+    }
+    c[i] = cur;
+    cn[i] = curn;
+  }
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    rk[j] = -1;
+    rs[j] = acc_t(0);
+    rn[j] = 0;
+  }
+  int32_t next = -1;  // the superpixel of the next pooled pixel after pixel i
+#pragma unroll
+  for (int i = 3; i >= 0; --i) {
+    if (k[i] >= 0 && k[i] != next) {  // pixel i ends a run; at most 3 - i runs are listed
+#pragma unroll
+      for (int j = 3 - i; j > 0; --j) {
+        rk[j] = rk[j - 1];
+        rs[j] = rs[j - 1];
+        if (kSpike) rn[j] = rn[j - 1];
+      }
+      rk[0] = k[i];
+      rs[0] = c[i];
+      if (kSpike) rn[0] = cn[i];
+    }
+    next = k[i] >= 0 ? k[i] : next;
+  }
+}
+
+// One round: lane `lane` offers a run of superpixel `key` (-1: none) with partial sum
+// `part` and non-zero count nz (0..4, kSpike). Every lane of the warp must call this.
+template <typename acc_t, bool kSpike>
+__device__ __forceinline__ void nosort_round(int32_t key, acc_t part, int32_t nz, int lane, acc_t* row,
+                                             int32_t* row_nz) {
+  const unsigned peers = __match_any_sync(kFullMask, key);
+  const bool leader = key >= 0 && lane == __ffs(peers) - 1;
+  unsigned rem = leader ? (peers & (peers - 1u)) : 0u;  // the other members, lowest lane first
+  acc_t sum = part;
+  while (__any_sync(kFullMask, rem != 0u)) {
+    const int src = rem != 0u ? __ffs(rem) - 1 : lane;
+    const acc_t ov = __shfl_sync(kFullMask, part, src);
+    if (rem != 0u) {
+      sum += ov;
+      rem &= rem - 1u;
+    }
+  }
+  int32_t count = 0;
+  if (kSpike) {  // the group's sum of nz, bit by bit (nz <= 4 < 8)
+    count = __popc(peers & __ballot_sync(kFullMask, nz & 1)) + 2 * __popc(peers & __ballot_sync(kFullMask, nz & 2)) +
+            4 * __popc(peers & __ballot_sync(kFullMask, nz & 4));
+  }
+  if (leader) {
+    row[key] += sum;
+    if (kSpike) row_nz[key] += count;
+  }
+  __syncwarp();  // the next round's leader of the same superpixel may be another lane: order the row update
+}
+
+// grid.x = min(T * B * C, kMaxGridBlocks), blocks stride over the planes; block =
+// 32 * nosort_warps(P) threads; dynamic shared memory nosort_smem_bytes(...): acc_t
+// rows [warps][K] then (avg_spike) int32 rows of m [warps][K]. Warp w walks pixels
+// [w * span, min(P, (w + 1) * span)), span a multiple of kQuadStep; lane l takes pixels
+// base + 4 l .. base + 4 l + 3 of each step. counts: int32 [L, Bl, K] (avg, avg_spike).
+// kVec: P % 4 == 0 and x, labels Quad-aligned.
+template <typename scalar_t, typename label_t, SupPixMode kMode, bool kVec>
+__global__ void __launch_bounds__(kPoolThreads)
+suppix_pool_nosort_quad_kernel(const scalar_t* __restrict__ x, const label_t* __restrict__ labels,
+                               const int32_t* __restrict__ counts, scalar_t* __restrict__ y, int32_t* __restrict__ aux,
+                               SupPixShape s, int64_t span) {
+  static_assert(kMode != SupPixMode::Max, "max takes suppix_pool_nosort_max_kernel");
+  using acc_t = typename Acc<scalar_t>::type;
+  constexpr bool kSpike = kMode == SupPixMode::AvgSpike;
+  const int64_t K = s.K, P = s.P;
+  const int64_t planes = s.T * s.B * s.C;
+  const int warps = static_cast<int>(blockDim.x / 32);
+  const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
+  const int64_t rows = int64_t(warps) * K;
+  acc_t* acc = reinterpret_cast<acc_t*>(suppix_smem);
+  int32_t* nzs = reinterpret_cast<int32_t*>(acc + rows);
+  acc_t* row = acc + int64_t(warp) * K;
+  int32_t* row_nz = nzs + int64_t(warp) * K;
+  const int64_t w0 = int64_t(warp) * span;
+  const int64_t w1 = w0 + span < P ? w0 + span : P;
+
+  for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
+    const int64_t tb = plane / s.C;
+    const int64_t b = tb % s.B, t = tb / s.B;
+    const int64_t map = (s.L == 1 ? 0 : t) * s.Bl + (s.Bl == 1 ? 0 : b);
+    const label_t* lab = labels + map * P;
+    const scalar_t* xp = x + plane * P;
+
+    __syncthreads();  // the previous plane's rows have been read
+    for (int64_t i = threadIdx.x; i < rows; i += blockDim.x) {
+      acc[i] = acc_t(0);
+      if (kSpike) nzs[i] = 0;
+    }
+    __syncthreads();
+
+    // The loop bounds are the same for every lane of a warp, so all 32 lanes take every
+    // step and round (the full-mask intrinsics need them); pixels past w1 carry key -1.
+    for (int64_t base = w0; base < w1; base += kQuadStep * kQuadAhead) {
+      int32_t k[kQuadAhead][4];
+      acc_t v[kQuadAhead][4];
+#pragma unroll
+      for (int a = 0; a < kQuadAhead; ++a) {
+        const int64_t p0 = base + a * kQuadStep + 4 * lane;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          k[a][i] = -1;
+          v[a][i] = acc_t(0);
+        }
+        if (kVec) {
+          if (p0 < w1) {  // p0 and w1 (P or a multiple of kQuadStep) are multiples of 4: a whole quad
+            const Quad<label_t> lq = *reinterpret_cast<const Quad<label_t>*>(lab + p0);
+            const Quad<scalar_t> xq = *reinterpret_cast<const Quad<scalar_t>*>(xp + p0);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              k[a][i] = static_cast<int32_t>(superpixel_of(lq.v[i], K));
+              v[a][i] = to_acc<acc_t>(xq.v[i]);
+            }
+          }
+        } else {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            if (p0 + i < w1) {
+              k[a][i] = static_cast<int32_t>(superpixel_of(lab[p0 + i], K));
+              v[a][i] = to_acc<acc_t>(xp[p0 + i]);
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int a = 0; a < kQuadAhead; ++a) {
+        if (base + a * kQuadStep >= w1) break;  // warp-uniform
+        int32_t rk[4], rn[4];
+        acc_t rs[4];
+        quad_runs<acc_t, kSpike>(k[a], v[a], rk, rs, rn);
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          // Runs are compacted: no lane with an r-th run means none with a later one.
+          if (!__any_sync(kFullMask, rk[r] >= 0)) break;  // warp-uniform
+          nosort_round<acc_t, kSpike>(rk[r], rs[r], rn[r], lane, row, row_nz);
+        }
+      }
+    }
+    __syncthreads();
+
+    // Fold the rows in warp order (warp w's pixels all precede warp w + 1's).
+    scalar_t* yp = y + plane * K;
+    for (int64_t kk = threadIdx.x; kk < K; kk += blockDim.x) {
+      acc_t sum = acc_t(0);
+      int32_t nonzero = 0;
+      for (int w = 0; w < warps; ++w) {
+        sum += acc[int64_t(w) * K + kk];
+        if (kSpike) nonzero += nzs[int64_t(w) * K + kk];
+      }
+      if (kMode != SupPixMode::Sum) {
+        const int32_t n = counts[map * K + kk];
+        sum = n > 0 ? sum / static_cast<acc_t>(n) : acc_t(0);
+      }
+      yp[kk] = from_acc<scalar_t, acc_t>(sum);
+      if (kSpike) aux[plane * K + kk] = nonzero;
     }
   }
 }
 
 // ---------------------------------------------------------------- max pooling by keys
 //
-// Max pooling of float, half and bfloat16 (double keeps the no-sort kernel above) as a max
+// Max pooling of float, half and bfloat16 (double keeps the no-sort max kernel above) as a max
 // of 64-bit keys. A pixel p of value v (widened to float) becomes
 //   key = ordered(v) << 32 | (0x7fffffff - p),
 // ordered() an order-preserving map of the float to uint32 in which every NaN is 0xffffffff
@@ -594,32 +776,50 @@ suppix_count_kernel(const label_t* __restrict__ labels, int32_t* __restrict__ co
   }
 }
 
+// Launches the no-sort kernel of kMode; true when the vector-load 4-pixel variant ran.
 template <typename scalar_t, typename label_t, SupPixMode kMode>
-void pool_nosort_typed(const void* x, const void* labels, const int32_t* counts, void* y, int32_t* aux,
+bool pool_nosort_typed(const void* x, const void* labels, const int32_t* counts, void* y, int32_t* aux,
                        const SupPixShape& s, cudaStream_t stream) {
   const int64_t planes = s.T * s.B * s.C;
-  if (planes == 0 || s.K == 0) return;
+  if (planes == 0 || s.P == 0 || s.K == 0) return false;
   using acc_t = typename Acc<scalar_t>::type;
   const int warps = nosort_warps(s.P);
-  const int64_t steps = (s.P + 31) / 32;
-  const int64_t span = (steps + warps - 1) / warps * 32;
   const int64_t smem = nosort_smem_bytes(sizeof(acc_t), kMode, s.P, s.K);
   const auto blocks = static_cast<unsigned int>(std::min<int64_t>(planes, kMaxGridBlocks));
-  suppix_pool_nosort_kernel<scalar_t, label_t, kMode><<<blocks, warps * 32, static_cast<size_t>(smem), stream>>>(
-      static_cast<const scalar_t*>(x), static_cast<const label_t*>(labels), counts, static_cast<scalar_t*>(y), aux,
-      s, span);
+  const auto* xp = static_cast<const scalar_t*>(x);
+  const auto* lp = static_cast<const label_t*>(labels);
+  auto* yp = static_cast<scalar_t*>(y);
+  if constexpr (kMode == SupPixMode::Max) {
+    const int64_t steps = (s.P + 31) / 32;
+    const int64_t span = (steps + warps - 1) / warps * 32;
+    suppix_pool_nosort_max_kernel<scalar_t, label_t><<<blocks, warps * 32, static_cast<size_t>(smem), stream>>>(
+        xp, lp, yp, aux, s, span);
+    return false;
+  } else {
+    const int64_t steps = (s.P + kQuadStep - 1) / kQuadStep;
+    const int64_t span = (steps + warps - 1) / warps * kQuadStep;
+    const bool vec = s.P % 4 == 0 && quad_aligned<scalar_t>(x) && quad_aligned<label_t>(labels);
+    if (vec) {
+      suppix_pool_nosort_quad_kernel<scalar_t, label_t, kMode, true>
+          <<<blocks, warps * 32, static_cast<size_t>(smem), stream>>>(xp, lp, counts, yp, aux, s, span);
+    } else {
+      suppix_pool_nosort_quad_kernel<scalar_t, label_t, kMode, false>
+          <<<blocks, warps * 32, static_cast<size_t>(smem), stream>>>(xp, lp, counts, yp, aux, s, span);
+    }
+    return vec;
+  }
 }
 
 template <typename scalar_t, typename label_t>
-void pool_nosort_mode(SupPixMode mode, const void* x, const void* labels, const int32_t* counts, void* y,
+bool pool_nosort_mode(SupPixMode mode, const void* x, const void* labels, const int32_t* counts, void* y,
                       int32_t* aux, const SupPixShape& s, cudaStream_t stream) {
-  with_mode(mode, [&](auto m) {
-    pool_nosort_typed<scalar_t, label_t, decltype(m)::value>(x, labels, counts, y, aux, s, stream);
+  return with_mode(mode, [&](auto m) {
+    return pool_nosort_typed<scalar_t, label_t, decltype(m)::value>(x, labels, counts, y, aux, s, stream);
   });
 }
 
 template <typename scalar_t>
-void pool_nosort_labels(SupPixMode mode, const void* x, const void* labels, bool labels64, const int32_t* counts,
+bool pool_nosort_labels(SupPixMode mode, const void* x, const void* labels, bool labels64, const int32_t* counts,
                         void* y, int32_t* aux, const SupPixShape& s, cudaStream_t stream) {
   if (labels64) return pool_nosort_mode<scalar_t, int64_t>(mode, x, labels, counts, y, aux, s, stream);
   return pool_nosort_mode<scalar_t, int32_t>(mode, x, labels, counts, y, aux, s, stream);
@@ -880,7 +1080,7 @@ bool suppix_pool_max_key(DType dtype, const void* x, const void* labels, bool la
   return false;
 }
 
-void suppix_pool_nosort(DType dtype, SupPixMode mode, const void* x, const void* labels, bool labels64,
+bool suppix_pool_nosort(DType dtype, SupPixMode mode, const void* x, const void* labels, bool labels64,
                         const int32_t* counts, void* y, int32_t* aux, const SupPixShape& s, cudaStream_t stream) {
   switch (dtype) {
     case DType::Float: return pool_nosort_labels<float>(mode, x, labels, labels64, counts, y, aux, s, stream);
@@ -889,6 +1089,7 @@ void suppix_pool_nosort(DType dtype, SupPixMode mode, const void* x, const void*
     case DType::BFloat16:
       return pool_nosort_labels<__nv_bfloat16>(mode, x, labels, labels64, counts, y, aux, s, stream);
   }
+  return false;
 }
 
 void suppix_count(const void* labels, bool labels64, int32_t* counts, int64_t* top, int64_t maps, int64_t P,

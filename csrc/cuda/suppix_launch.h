@@ -32,12 +32,18 @@ void suppix_pool(DType dtype, SupPixMode mode, const void* x, const int32_t* ord
 // Half and BFloat16, which suppix_pool_max_key takes; SNNSPX_LEGACY_CUDA=1 selects the
 // sorted path instead). labels: [L, Bl, P], int64 when labels64. One block
 // per (t, b, c) plane; each warp folds its own run of pixels into a private row of K
-// accumulators in shared memory (lanes with one label grouped by __match_any_sync,
-// summed in ascending lane order), and the rows are folded in warp order: no
-// atomics, the same bits on every run. counts: int32 [L, Bl, K] (see suppix_count),
-// read by Avg and AvgSpike, may be null otherwise. y, aux: as suppix_pool. Needs
-// T * B * C > 0, P > 0, K > 0 and suppix_pool_nosort_fits.
-void suppix_pool_nosort(DType dtype, SupPixMode mode, const void* x, const void* labels, bool labels64,
+// accumulators in shared memory, and the rows are folded in warp order: no atomics,
+// the same bits on every run. Sum, Avg and AvgSpike: a lane takes 4 consecutive pixels,
+// adds its runs of one superpixel in registers (ascending pixels), and the warp folds
+// the lanes' runs round by round (round r: each lane's r-th run; lanes with one
+// superpixel grouped by __match_any_sync and summed by the lowest in ascending lane
+// order). Max (Double in practice): one pixel per lane, 32 at a time, the same grouping.
+// counts: int32 [L, Bl, K] (see suppix_count), read by Avg and AvgSpike, may be null
+// otherwise. y, aux: as suppix_pool. Returns true when the vector-load variant of the
+// 4-pixel kernel ran (Sum, Avg or AvgSpike, P % 4 == 0, x and labels Quad-aligned),
+// false otherwise (its scalar-load variant, same results; or Max). Needs T * B * C > 0,
+// P > 0, K > 0 and suppix_pool_nosort_fits.
+bool suppix_pool_nosort(DType dtype, SupPixMode mode, const void* x, const void* labels, bool labels64,
                         const int32_t* counts, void* y, int32_t* aux, const SupPixShape& s, cudaStream_t stream);
 
 // Bytes of (dynamic) shared memory suppix_pool_nosort needs: warps * K * (accumulator
