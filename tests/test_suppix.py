@@ -858,7 +858,7 @@ KEY_DTYPES = [
     pytest.param(torch.float16, id="f16"),
     pytest.param(torch.bfloat16, id="bf16"),
 ]
-_INT_OF = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+_INT_OF = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 # NaNs of each dtype by their bits: quiet, with payloads, negative, and a signalling one.
 _NAN_BITS = {
     torch.float32: [0x7FC00000, 0xFFC00123, 0x7FC0BEEF, 0x7F800001, 0xFFFFFFFF],
@@ -1142,6 +1142,317 @@ def test_cuda_max_key_kernel_choice(gen, monkeypatch):
     assert snnspx.kernel_calls(MAXKEY) == before, "SNNSPX_LEGACY_CUDA=1: not the key kernel"
     assert torch.equal(aux1, aux)
     torch.testing.assert_close(y1, y, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- CUDA no-sort sum pooling, 4 pixels a lane
+# Sum, avg and avg_spike run the 4-pixel no-sort kernel: a lane adds the runs of one
+# superpixel among 4 consecutive pixels in registers, and the warp folds the lanes' runs
+# round by round. "cuda.suppix_pool_nosort_quad" counts its vector-load variant (P % 4 == 0,
+# x and labels aligned to 4 elements), beside "cuda.suppix_pool_nosort"; the scalar-load
+# variant adds in the same order, so it gives the same bits. Float sums are checked against
+# a float64 oracle within what rounding can explain, aux (counts, m) exactly.
+NOSORT_QUAD = "cuda.suppix_pool_nosort_quad"
+QUAD_MODES = ["sum", "avg", "avg_spike"]
+SUM_DTYPES = [
+    pytest.param(torch.float32, id="f32"),
+    pytest.param(torch.float64, id="f64"),
+    pytest.param(torch.float16, id="f16"),
+    pytest.param(torch.bfloat16, id="bf16"),
+]
+QUAD_LAYOUTS = ["quad", "odd_p", "unaligned_x", "unaligned_labels", "noncontig_x"]
+
+
+def _sum_oracle(x4, lab3, K):
+    """Sum pooling of x [T, B, C, P] over labels [L, Bl, P] in float64 on the CPU (scatter_add;
+    labels outside [0, K) pooled nowhere). Returns, [T, B, C, K] each: the sums, the sums of
+    the finite |x|, the pixels n and the non-zero inputs m (NaN counts), and the counts
+    [L, Bl, K] (int32)."""
+    x = x4.detach().cpu().double()
+    T, B, C, P = x.shape
+    L, Bl = lab3.shape[0], lab3.shape[1]
+    lab = lab3.cpu().long()
+    idx3 = torch.where((lab >= 0) & (lab < K), lab, K)  # bin K: pixels pooled nowhere, dropped
+    idx = idx3.reshape(L, Bl, 1, P).expand(T, B, C, P)
+
+    def pool(v):
+        return torch.zeros(T, B, C, K + 1, dtype=torch.float64).scatter_add_(-1, idx, v)[..., :K]
+
+    s = pool(x)
+    a = pool(torch.where(x.isfinite(), x.abs(), 0.0))
+    n = pool(torch.ones_like(x))
+    m = pool((x != 0).double())
+    counts = torch.zeros(L, Bl, K + 1, dtype=torch.int64).scatter_add_(-1, idx3, torch.ones_like(idx3))[..., :K]
+    return s, a, n, m, counts.int()
+
+
+def _check_sums(y, aux, x4, lab3, K, mode, msg):
+    """y, aux of a sum / avg / avg_spike pooling against _sum_oracle. y: NaN exactly where the
+    oracle has NaN (a NaN, or both infinities, in the superpixel), the oracle's +-inf exactly,
+    0 where a superpixel is empty, and otherwise within what rounding explains: the float
+    (float64 for float64 inputs) sum in any order, the oracle's own float64 sum (the factor 2),
+    the avg division and the rounding to y's dtype. aux: the counts [L, Bl, K] (sum, avg) or m
+    [T, B, C, K] (avg_spike), exactly."""
+    s, a, n, m, counts = _sum_oracle(x4, lab3, K)
+    eps_acc = torch.finfo(torch.float64 if y.dtype == torch.float64 else torch.float32).eps
+    want = s if mode == "sum" else torch.where(n > 0, s / n.clamp(min=1), 0.0)
+    div = 1.0 if mode == "sum" else n.clamp(min=1)
+    finite_want = torch.where(want.isfinite(), want.abs(), 0.0)
+    bound = 2 * (n + 2) * eps_acc * a / div + 2 * torch.finfo(y.dtype).eps * finite_want + torch.finfo(y.dtype).tiny
+    got = y.detach().cpu().double()
+    assert got.shape == want.shape, msg
+    assert torch.equal(got.isnan(), want.isnan()), f"NaN exactly where the oracle has NaN ({msg})"
+    inf = want.isinf()
+    assert torch.equal(got.isinf(), inf) and torch.equal(got[inf], want[inf]), f"+-inf as the oracle ({msg})"
+    fin = want.isfinite()
+    over = ((got - want).abs() - bound)[fin]
+    assert over.numel() == 0 or over.max() <= 0, f"off by more than rounding explains: {over.max().item():.3g} ({msg})"
+    assert torch.all(got[n == 0] == 0), f"an empty superpixel pools to 0 ({msg})"
+    want_aux = m.int() if mode == "avg_spike" else counts
+    assert aux.dtype == torch.int32 and torch.equal(aux.cpu(), want_aux), f"aux exactly ({msg})"
+
+
+def _quad_calls(fn):
+    """fn()'s result and how many times it ran (nosort, nosort_quad, max_key, max_key_quad)."""
+    names = (NOSORT, NOSORT_QUAD, MAXKEY, MAXKEY_QUAD)
+    before = [snnspx.kernel_calls(n) for n in names]
+    out = fn()
+    return out, tuple(snnspx.kernel_calls(n) - b for n, b in zip(names, before))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", QUAD_MODES)
+@pytest.mark.parametrize("dtype", SUM_DTYPES)
+@pytest.mark.parametrize("label_dtype", [torch.int32, torch.int64], ids=["i32", "i64"])
+@pytest.mark.parametrize("form", LABEL_FORMS)
+@pytest.mark.parametrize("layout", QUAD_LAYOUTS)
+def test_cuda_nosort_quad_matches_reference(mode, dtype, label_dtype, form, layout, gen, monkeypatch):
+    """The 4-pixel kernel against the reference and the float64 oracle, every label form, label
+    dtype and float dtype, on both variants: the vector loads (P = 1440, also for a
+    non-contiguous x, which the op copies) and the scalar ones (P = 1443, or x or the labels
+    one element off alignment), which must give the vector variant's bits. P = 1440: 8 warps
+    of 2 steps of 128 pixels, a partial last warp and an empty one. The labels have ignored
+    pixels, an empty superpixel (K - 1), a run of one superpixel over 500 pixels (across
+    quads, lanes, steps and warps), a quad of 4 runs (0 1 0 1) and one with an ignored pixel
+    inside a run (2 -1 2 5). Two runs give the same bits."""
+    _kernels(monkeypatch)
+    ops = torch.ops.snnspx
+    T, B, C, K = 2, 2, 3, 11
+    H, W = (37, 39) if layout == "odd_p" else (36, 40)
+    P = H * W
+    shape = (T, B, C, H, W)
+    x = spikes(gen, shape, dtype) if mode == "avg_spike" else rand_x(gen, shape, dtype)
+    labels = rand_labels(gen, form, T, B, H, W, K, dtype=label_dtype)  # [-1, K - 2]: K - 1 empty
+    flat = labels.view(*labels.shape[:-2], P)
+    flat[..., 200:700] = 3
+    flat[..., 700:704] = torch.tensor([0, 1, 0, 1], dtype=label_dtype)
+    flat[..., 704:708] = torch.tensor([2, -1, 2, 5], dtype=label_dtype)
+    flat[..., 708:712] = -1
+    x4, lab3 = x.reshape(T, B, C, P), _op_labels(labels, form, T, B, P)
+    xo, labo = x4.cuda(), lab3.cuda()
+    if layout == "unaligned_x":
+        xo = _offset_copy(xo)
+    elif layout == "unaligned_labels":
+        labo = _offset_copy(labo)
+    elif layout == "noncontig_x":
+        xo = x4.permute(2, 0, 1, 3).contiguous().cuda().permute(1, 2, 0, 3)
+        assert not xo.is_contiguous()
+    assert torch.equal(xo.cpu(), x4) and torch.equal(labo.cpu(), lab3)
+    quad = layout in ("quad", "noncontig_x")
+    (y, aux), ran = _quad_calls(lambda: ops.suppix_pool(xo, labo, K, mode, True))
+    assert ran == (1, int(quad), 0, 0), ran
+    assert y.dtype == dtype and y.shape == (T, B, C, K)
+    _check_sums(y, aux, x4, lab3, K, mode, f"{layout}, {form}")
+    assert torch.all(y[..., K - 1] == 0), "an empty superpixel pools to 0"
+    # the reference, from the float64 values of x
+    fmode, grad = _fwd_mode(mode)
+    ry = R.suppix_pool(x.double(), labels, K, fmode, grad=grad).reshape(T, B, C, K)
+    tol = {
+        torch.float32: dict(rtol=1e-5, atol=1e-4),
+        torch.float64: dict(rtol=1e-10, atol=1e-10),
+    }.get(dtype, dict(rtol=1e-2, atol=1e-2))
+    torch.testing.assert_close(y.cpu().double(), ry, **tol)
+    # the same bits on a second run, and in the other load variant
+    y2, aux2 = ops.suppix_pool(xo, labo, K, mode, True)
+    assert torch.equal(_bits(y2), _bits(y)) and torch.equal(aux2, aux), "run to run"
+    if layout != "odd_p" and layout != "quad":
+        (y3, aux3), ran = _quad_calls(lambda: ops.suppix_pool(x4.cuda(), lab3.cuda(), K, mode, True))
+        assert ran == (1, 1, 0, 0), ran
+        assert torch.equal(_bits(y3), _bits(y)) and torch.equal(aux3, aux), "vector and scalar loads, same bits"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", QUAD_MODES)
+@pytest.mark.parametrize("dtype", SUM_DTYPES)
+@pytest.mark.parametrize("label_dtype", [torch.int32, torch.int64], ids=["i32", "i64"])
+@pytest.mark.parametrize("layout", ["quad", "odd_p", "unaligned_x"])
+def test_cuda_nosort_quad_nan_inf_and_unchecked_labels(mode, dtype, label_dtype, layout, gen, monkeypatch):
+    """NaN, +-inf, zeros and -0.0 among the values, labels >= K with the check off (ignored; an
+    int64 one of 2^32 + 1 too, which would read 1 if cast to int32 first): superpixel 0 has a
+    NaN (y NaN), 1 a +inf (y +inf), 2 a +inf and a -inf (y NaN), 3 a -inf (y -inf), the others
+    finite values, zeros and -0.0 (y finite, within rounding); NaNs and infinities on ignored
+    pixels change nothing. avg_spike's m counts a NaN as non-zero and a -0.0 as zero, exactly."""
+    _kernels(monkeypatch)
+    ops = torch.ops.snnspx
+    T, B, C, K = 2, 3, 2, 13
+    P = 1022 if layout == "odd_p" else 1024
+    x = rand_x(gen, (T, B, C, P), dtype)
+    r = torch.rand((T, B, C, P), generator=gen)
+    x = torch.where(r < 0.3, torch.zeros((), dtype=dtype), x)
+    x = torch.where((r >= 0.3) & (r < 0.4), torch.tensor(-0.0, dtype=dtype), x)
+    lab = torch.randint(-1, K - 1, (1, B, P), generator=gen).to(label_dtype)
+    lab[..., 10::50] = K + 3  # unchecked labels >= K
+    specials = {40: (0, math.nan), 41: (1, math.inf), 42: (2, math.inf), 900: (2, -math.inf), 43: (3, -math.inf),
+                44: (-1, math.nan), 45: (K + 3, math.nan), 46: (K, -math.inf), 47: (-5, math.inf)}
+    for p, (k, v) in specials.items():
+        lab[..., p] = k
+        x[..., p] = v
+    if label_dtype == torch.int64:
+        lab[..., 48] = 2**32 + 1
+        x[..., 48] = math.nan
+    for k in range(4):  # the special values are the only ones of their kind in superpixels 0..3
+        assert (lab == k).sum() > 1
+    xo = x.cuda()
+    if layout == "unaligned_x":
+        xo = _offset_copy(xo)
+    (y, aux), ran = _quad_calls(lambda: ops.suppix_pool(xo, lab.cuda(), K, mode, False))
+    assert ran == (1, int(layout == "quad"), 0, 0), ran
+    _check_sums(y, aux, x, lab, K, mode, layout)
+    yc = y.cpu().double()
+    assert yc[..., 0].isnan().all() and yc[..., 2].isnan().all(), "a NaN, or both infinities: NaN"
+    assert (yc[..., 1] == math.inf).all() and (yc[..., 3] == -math.inf).all(), "one infinity"
+    assert yc[..., 4:].isfinite().all(), "ignored pixels and labels >= K contribute nothing"
+    y2, aux2 = ops.suppix_pool(xo, lab.cuda(), K, mode, False)
+    assert torch.equal(_bits(y2), _bits(y)) and torch.equal(aux2, aux), "run to run (NaN bits included)"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", QUAD_MODES)
+@pytest.mark.parametrize("P", [1, 3, 4, 5, 8, 127, 128, 132, 257, 512, 1020, 1025, 4100])
+def test_cuda_nosort_quad_plane_sizes_and_edge_cases(mode, P, gen, monkeypatch):
+    """Plane sizes from one pixel (one lane, a partial quad) through one warp to the 8-warp cap
+    (P = 4100: steps of 128 pixels spread 3 to a warp, with a partial last step), each with
+    random labels (per step and image); every pixel ignored (y = 0, aux = 0, no NaN); K = 1
+    (one run over the plane: every lane of a warp in one group, the longest leader loop,
+    checked against the oracle); and, where the rows fit, one pixel per superpixel: each pixel
+    is added once to a +0.0 row, so y = x (avg: x / 1), value for value (a -0.0 of avg_spike's
+    inputs pools to +0.0). The vector-load variant runs exactly where P % 4 == 0."""
+    _kernels(monkeypatch)
+    ops = torch.ops.snnspx
+    T, B, C = 2, 2, 3
+    quad = int(P % 4 == 0)
+    x = spikes(gen, (T, B, C, P)) * rand_x(gen, (T, B, C, P)) if mode == "avg_spike" else rand_x(gen, (T, B, C, P))
+    xd = x.cuda()
+    K = 7
+    lab = torch.randint(-1, K, (T, B, P), generator=gen)
+    (y, aux), ran = _quad_calls(lambda: ops.suppix_pool(xd, lab.cuda(), K, mode, True))
+    assert ran == (1, quad, 0, 0), ran
+    _check_sums(y, aux, x, lab, K, mode, f"random labels, P = {P}")
+    # every pixel ignored
+    neg = torch.full((1, B, P), -1, dtype=torch.int64)
+    (y, aux), ran = _quad_calls(lambda: ops.suppix_pool(xd, neg.cuda(), 3, mode, True))
+    assert ran == (1, quad, 0, 0), ran
+    assert torch.all(y == 0) and not y.isnan().any() and torch.all(aux == 0)
+    # K = 1: one run over the whole plane
+    zeros = torch.zeros((1, 1, P), dtype=torch.int32)
+    (y, aux), ran = _quad_calls(lambda: ops.suppix_pool(xd, zeros.cuda(), 1, mode, True))
+    assert ran == (1, quad, 0, 0), ran
+    _check_sums(y, aux, x, zeros, 1, mode, f"K = 1, P = {P}")
+    # one pixel per superpixel, where the rows fit 48 KiB (8 bytes a superpixel and warp at most)
+    if P <= 512:
+        ident = torch.arange(P, dtype=torch.int64).reshape(1, 1, P)
+        (y, aux), ran = _quad_calls(lambda: ops.suppix_pool(xd, ident.cuda(), P, mode, True))
+        assert ran == (1, quad, 0, 0), ran
+        assert torch.equal(y.cpu(), x), "one pixel per superpixel copies x"
+        _check_sums(y, aux, x, ident, P, mode, f"identity, P = {P}")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", QUAD_MODES)
+@pytest.mark.parametrize("dtype", SUM_DTYPES)
+@pytest.mark.parametrize("case", ["cells", "runs", "random"])
+def test_cuda_nosort_quad_large_inputs(mode, dtype, case, gen, monkeypatch):
+    """Shapes the reference is too slow for, against the float64 oracle: 64 x 64 planes (8 warps
+    of 4 steps) of the benchmark's 4 x 4 cells with K = 256 (one round a step), runs of 37
+    pixels not aligned to quads plus one superpixel over 3000 pixels, and uniform random labels
+    (up to 4 runs a lane). Three runs give the same bits, and so does the scalar-load variant
+    (x one element off alignment); the backward takes the new aux."""
+    _kernels(monkeypatch)
+    ops = torch.ops.snnspx
+    T, B, C, H, W = 2, 3, 8, 64, 64
+    P = H * W
+    K = 256 if case == "cells" else 40
+    if case == "cells":
+        cell = S.grid_superpixels(H, W, 4).reshape(P)
+        lab = torch.stack([torch.randperm(K, generator=gen)[cell] for _ in range(B)]).reshape(1, B, P)
+    elif case == "runs":
+        lab = (torch.arange(P) // 37 % (K + 2) - 1).expand(T, B, P).clone()  # -1 and K included
+        lab[:, 0, 100:3100] = 7
+    else:
+        lab = torch.randint(-1, K, (T, B, P), generator=gen)
+    x = spikes(gen, (T, B, C, P), dtype) if mode == "avg_spike" else rand_x(gen, (T, B, C, P), dtype)
+    xd, labd = x.cuda(), lab.cuda()
+    runs = []
+    for _ in range(3):
+        out, ran = _quad_calls(lambda: ops.suppix_pool(xd, labd, K, mode, False))
+        assert ran == (1, 1, 0, 0), ran
+        runs.append(out)
+    y, aux = runs[0]
+    for y2, aux2 in runs[1:]:
+        assert torch.equal(_bits(y2), _bits(y)) and torch.equal(aux2, aux), "run to run"
+    _check_sums(y, aux, x, lab, K, mode, case)
+    (y3, aux3), ran = _quad_calls(lambda: ops.suppix_pool(_offset_copy(xd), labd, K, mode, False))
+    assert ran == (1, 0, 0, 0), ran
+    assert torch.equal(_bits(y3), _bits(y)) and torch.equal(aux3, aux), "vector and scalar loads, same bits"
+    g = rand_x(gen, (T, B, C, K), dtype)
+    gx = ops.suppix_pool_backward(g.cuda(), labd, aux, mode)
+    torch.testing.assert_close(gx.cpu(), ops.suppix_pool_backward(g, lab, aux.cpu(), mode), rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+def test_cuda_nosort_quad_kernel_choice(gen, monkeypatch):
+    """"cuda.suppix_pool_nosort_quad" counts the vector-load variant: sum, avg and avg_spike of
+    every dtype with P % 4 == 0 and x and the labels aligned to 4 elements, through the op and
+    the functional API. Not the scalar variant (P % 4 != 0, x or labels off alignment), max
+    (the key kernel; float64's one-pixel max kernel), rows over 48 KiB (the sorted path) or
+    SNNSPX_LEGACY_CUDA=1; the values of those calls match."""
+    _kernels(monkeypatch)
+    ops = torch.ops.snnspx
+    T, B, C, H, W, K = 2, 2, 3, 32, 32, 50
+    P = H * W
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        x = rand_x(gen, (T, B, C, P), dtype).cuda()
+        lab = torch.randint(-1, K, (1, B, P), generator=gen).cuda()
+        for mode in QUAD_MODES:
+            (y, aux), ran = _quad_calls(lambda: ops.suppix_pool(x, lab, K, mode, True))
+            assert ran == (1, 1, 0, 0), (dtype, mode, ran)
+            _, ran = _quad_calls(lambda: ops.suppix_pool(x[..., : P - 1], lab[..., : P - 1], K, mode, True))
+            assert ran == (1, 0, 0, 0), (dtype, mode, "P % 4 != 0", ran)
+            for xo, labo in ((_offset_copy(x), lab), (x, _offset_copy(lab))):
+                (yo, auxo), ran = _quad_calls(lambda: ops.suppix_pool(xo, labo, K, mode, True))
+                assert ran == (1, 0, 0, 0), (dtype, mode, "off alignment", ran)
+                assert torch.equal(_bits(yo), _bits(y)) and torch.equal(auxo, aux), "the scalar variant's bits"
+            fmode, grad = _fwd_mode(mode)
+            _, ran = _quad_calls(lambda: F.suppix_pool(x.reshape(T, B, C, H, W), lab.reshape(B, H, W), K, fmode,
+                                                       grad=grad, backend="cuda"))
+            assert ran == (1, 1, 0, 0), (dtype, mode, ran)
+        key = dtype != torch.float64
+        _, ran = _quad_calls(lambda: ops.suppix_pool(x, lab, K, "max", True))
+        assert ran == (1, 0, int(key), int(key)), (dtype, "max", ran)
+    x = rand_x(gen, (T, B, C, P), torch.float32).cuda()
+    lab = torch.randint(-1, 1536, (1, B, P), generator=gen).cuda()
+    _, ran = _quad_calls(lambda: ops.suppix_pool(x, lab, 1536, "sum", True))
+    assert ran == (1, 1, 0, 0), "8 warps * 1536 * 4 B = 48 KiB: fits"
+    (y, aux), ran = _quad_calls(lambda: ops.suppix_pool(x, lab, 1537, "sum", True))
+    assert ran == (0, 0, 0, 0), "rows over 48 KiB: the sorted path"
+    _check_sums(y, aux, x, lab, 1537, "sum", "sorted")
+    lab = torch.randint(-1, K, (1, B, P), generator=gen).cuda()
+    y0, aux0 = ops.suppix_pool(x, lab, K, "avg", True)
+    monkeypatch.setenv(LEGACY, "1")
+    (y1, aux1), ran = _quad_calls(lambda: ops.suppix_pool(x, lab, K, "avg", True))
+    assert ran == (0, 0, 0, 0), "SNNSPX_LEGACY_CUDA=1: the sorted path"
+    assert torch.equal(aux1, aux0)
+    _check_sums(y1, aux1, x, lab, K, "avg", "legacy")
+    _check_sums(y0, aux0, x, lab, K, "avg", "nosort")
 
 
 # --------------------------------------------------------------------------- CUDA unpooling's folded label check
