@@ -71,6 +71,10 @@ def main() -> None:
     cases = {
         "suppix_pool avg": lambda: F.suppix_pool(x, labels, K, "avg"),
         "suppix_pool avg, check_labels=False": lambda: F.suppix_pool(x, labels, K, "avg", check_labels=False),
+        "suppix_pool sum, check_labels=False": lambda: F.suppix_pool(x, labels, K, "sum", check_labels=False),
+        "suppix_pool avg grad='spike', check_labels=False": lambda: F.suppix_pool(
+            x, labels, K, "avg", grad="spike", check_labels=False
+        ),
         "suppix_pool max": lambda: F.suppix_pool(x, labels, K, "max"),
         "suppix_unpool": lambda: F.suppix_unpool(y, labels),
         "srm_suppix_pool avg (inference)": lambda: F.srm_suppix_pool(currents, grid_d, K, "avg"),
@@ -93,7 +97,8 @@ def main() -> None:
                 for k, v in sorted(per.items(), key=lambda kv: -kv[1]):
                     print(f"  {v:9.1f} us  {k}")
     os.environ.pop("SNNSPX_LEGACY_CUDA", None)
-    names = ["cuda.suppix_pool", "cuda.suppix_pool_nosort", "cuda.suppix_pool_max_key", "cuda.suppix_pool_max_key_quad",
+    names = ["cuda.suppix_pool", "cuda.suppix_pool_nosort", "cuda.suppix_pool_nosort_quad", "cuda.suppix_pool_max_key",
+             "cuda.suppix_pool_max_key_quad",
              "cuda.suppix_gather_tiled", "cuda.suppix_unpool_gather_check", "cuda.srm_suppix_pool",
              "cuda.srm_suppix_pool_quad", "cuda.srm_suppix_pool_plane"]
     print("\ncompiled kernel calls:", {n: snnspx.kernel_calls(n) for n in names})
