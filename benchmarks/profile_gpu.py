@@ -99,7 +99,7 @@ def main() -> None:
     os.environ.pop("SNNSPX_LEGACY_CUDA", None)
     names = ["cuda.suppix_pool", "cuda.suppix_pool_nosort", "cuda.suppix_pool_nosort_quad", "cuda.suppix_pool_max_key",
              "cuda.suppix_pool_max_key_quad",
-             "cuda.suppix_gather_tiled", "cuda.suppix_unpool_gather_check", "cuda.srm_suppix_pool",
+             "cuda.suppix_gather_tiled", "cuda.srm_suppix_pool",
              "cuda.srm_suppix_pool_quad", "cuda.srm_suppix_pool_plane"]
     print("\ncompiled kernel calls:", {n: snnspx.kernel_calls(n) for n in names})
 

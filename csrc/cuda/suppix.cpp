@@ -19,9 +19,6 @@
 // kernel; otherwise, and under SNNSPX_LEGACY_CUDA=1, the sorted path runs. The range
 // check never syncs the stream (DeviceLabelCheck in glue.h): the host waits for the
 // largest label alone, after the kernels are queued.
-// Unpooling with the tiled gather folds the check into the gather kernel (counter
-// "cuda.suppix_unpool_gather_check"): one kernel instead of a label max and the gather,
-// but the host then waits for the gather itself before the op returns.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -162,16 +159,14 @@ std::tuple<at::Tensor, at::Tensor> suppix_pool_cuda(const at::Tensor& x, const a
   return out;
 }
 
-// top: see suppix_gather (null, or where the glue knows the tiled kernel takes the call).
 // allow_tiled: !legacy_cuda(), read once by the caller (the environment may change between reads).
-void run_gather_cuda(SupPixGatherArgs& a, bool allow_tiled, int64_t* top = nullptr) {
+void run_gather_cuda(SupPixGatherArgs& a, bool allow_tiled) {
   const auto shape = launch_shape(a.d);
   const bool tiled = cuda::suppix_gather(
       cuda::launch_dtype(a.src.scalar_type()), a.mode, a.src.data_ptr(), a.labels.data_ptr(),
       a.labels.scalar_type() == at::kLong, a.aux.defined() ? a.aux.data_ptr<int32_t>() : nullptr, a.out.data_ptr(),
-      shape, allow_tiled, top, c10::cuda::getCurrentCUDAStream());
+      shape, allow_tiled, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  TORCH_INTERNAL_ASSERT(top == nullptr || tiled, "the folded label check needs the tiled gather");
   if (tiled) count_kernel("cuda.suppix_gather_tiled");
 }
 
@@ -189,26 +184,8 @@ at::Tensor suppix_unpool_cuda(const at::Tensor& y, const at::Tensor& labels, boo
   cuda::check_cuda_tensor(y, "y");
   c10::cuda::CUDAGuard guard(y.device());
   auto a = prepare_suppix_gather(y, "y", labels, nullptr, SupPixMode::Sum);
-  const bool checked = check_labels && cuda::can_read_back();
-  // Where the tiled gather runs, it finds the labels >= K itself (one kernel, after a
-  // memset of `top`); otherwise (the one-pixel gather, K = 0) a separate max runs first.
-  const bool tiled_allowed = !cuda::legacy_cuda();
-  const bool fold = checked && a.d.K > 0 && tiled_allowed &&
-                    cuda::suppix_gather_tiled_applies(cuda::launch_dtype(a.src.scalar_type()), a.labels.data_ptr(),
-                                                      a.labels.scalar_type() == at::kLong, a.out.data_ptr(),
-                                                      launch_shape(a.d));
-  cuda::DeviceLabelCheck check(a.labels, a.d.K, checked && !fold);
-  at::Tensor top;
-  if (fold) {
-    top = at::empty({1}, a.labels.options().dtype(at::kLong));
-    C10_CUDA_CHECK(cudaMemsetAsync(top.data_ptr(), 0, sizeof(int64_t), c10::cuda::getCurrentCUDAStream()));
-  }
-  run_gather_cuda(a, tiled_allowed, fold ? top.data_ptr<int64_t>() : nullptr);  // writes 0 for labels >= K
-  if (fold) {
-    // top: 0 when every label is < K, else the largest label; the same verdict as a max.
-    check.start(top);
-    count_kernel("cuda.suppix_unpool_gather_check");
-  }
+  cuda::DeviceLabelCheck check(a.labels, a.d.K, check_labels && cuda::can_read_back());
+  run_gather_cuda(a, /*allow_tiled=*/!cuda::legacy_cuda());  // writes 0 for labels >= K
   check.verify();
   count_kernel("cuda.suppix_unpool");
   return a.out;

@@ -64,7 +64,9 @@ constexpr int kQuadAhead = 2;
 constexpr int64_t kNoSortMaxSmem = 48 * 1024;
 constexpr int64_t kMaxGridBlocks = int64_t(1) << 30;
 constexpr int kCountThreads = 256;
-constexpr int64_t kCountTile = int64_t(kCountThreads) * 32;
+// 4 pixels a thread: the loop waits on each load, so a few per thread and many blocks keep
+// the count (and the range check's label max) short.
+constexpr int64_t kCountTile = int64_t(kCountThreads) * 4;
 constexpr long long kMinLabel = -0x7fffffffffffffffLL - 1;
 
 template <typename acc_t> __device__ __forceinline__ acc_t neg_inf();
@@ -877,18 +879,14 @@ suppix_gather_kernel(const scalar_t* __restrict__ src, const label_t* __restrict
 // kGatherThreads. Block (t, b, cchunk, ptile): thread i takes pixels p0 .. p0 + 3,
 // p0 = ptile * kTilePixels + 4 i, reads their labels (and avg's counts) once, then for
 // each channel of the chunk reads the superpixel values and writes one Quad.
-// top (may be null; zeroed by the caller, K >= 1): the label range check folded in. The
-// blocks of channel chunk 0, which together read every pixel of every label map once,
-// max= each label >= K into *top (a warp's largest, by one atomic), so *top stays 0 when
-// every label is < K and is the largest label otherwise; a valid call does no atomic.
 constexpr int kTileChannels = 8;
 constexpr int64_t kTilePixels = int64_t(kGatherThreads) * 4;
 
 template <typename scalar_t, typename label_t, SupPixMode kMode>
 __global__ void __launch_bounds__(kGatherThreads)
 suppix_gather_tiled_kernel(const scalar_t* __restrict__ src, const label_t* __restrict__ labels,
-                           const int32_t* __restrict__ aux, scalar_t* __restrict__ out, long long* __restrict__ top,
-                           SupPixShape s, int64_t cchunks, int64_t ptiles) {
+                           const int32_t* __restrict__ aux, scalar_t* __restrict__ out, SupPixShape s,
+                           int64_t cchunks, int64_t ptiles) {
   using acc_t = typename Acc<scalar_t>::type;
   const int64_t ptile = blockIdx.x % ptiles;
   const int64_t rest = blockIdx.x / ptiles;
@@ -897,28 +895,8 @@ suppix_gather_tiled_kernel(const scalar_t* __restrict__ src, const label_t* __re
   const int64_t b = tb % s.B, t = tb / s.B;
   const int64_t map = (s.L == 1 ? 0 : t) * s.Bl + (s.Bl == 1 ? 0 : b);
   const int64_t p0 = ptile * kTilePixels + 4 * int64_t(threadIdx.x);
-  const bool whole = p0 < s.P;  // P % 4 == 0: a quad is whole or absent
-  Quad<label_t> lq;
-  if (whole) lq = *reinterpret_cast<const Quad<label_t>*>(labels + map * s.P + p0);
-  if (top != nullptr && cchunk == 0) {  // block-uniform: every lane is still here
-    long long hi = -1;  // the largest label >= K of this thread, else -1
-    if (whole) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const long long l = static_cast<long long>(lq.v[i]);
-        if (l >= s.K && l > hi) hi = l;
-      }
-    }
-    if (__any_sync(kFullMask, hi >= 0)) {  // only where some label is out of range
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) {
-        const long long other = __shfl_xor_sync(kFullMask, hi, o);
-        hi = other > hi ? other : hi;
-      }
-      if (threadIdx.x % 32 == 0) atomicMax(top, hi);
-    }
-  }
-  if (!whole) return;
+  if (p0 >= s.P) return;  // P % 4 == 0: a quad is whole or absent
+  const Quad<label_t> lq = *reinterpret_cast<const Quad<label_t>*>(labels + map * s.P + p0);
   int64_t k[4];
   int32_t n[4] = {0, 0, 0, 0};
 #pragma unroll
@@ -995,28 +973,21 @@ void pool_mode(SupPixMode mode, const void* x, const int32_t* order, const int32
   with_mode(mode, [&](auto m) { pool_typed<scalar_t, decltype(m)::value>(x, order, offsets, y, aux, s, stream); });
 }
 
-// Whether the tiled gather can take a call (see suppix_gather_tiled_applies).
-template <typename scalar_t, typename label_t>
-bool gather_tiles(const void* labels, const void* out, const SupPixShape& s) {
-  return s.T * s.B * s.C > 0 && s.P > 0 && s.P % 4 == 0 && quad_aligned<label_t>(labels) &&
-         quad_aligned<scalar_t>(out);
-}
-
 template <typename scalar_t, typename label_t, SupPixMode kMode>
 bool gather_typed(const void* src, const void* labels, const int32_t* aux, void* out, const SupPixShape& s,
-                  bool allow_tiled, int64_t* top, cudaStream_t stream) {
+                  bool allow_tiled, cudaStream_t stream) {
   const int64_t planes = s.T * s.B * s.C;
   if (planes == 0 || s.P == 0) return false;
   const auto* sp = static_cast<const scalar_t*>(src);
   const auto* lp = static_cast<const label_t*>(labels);
   auto* op = static_cast<scalar_t*>(out);
-  if (allow_tiled && gather_tiles<scalar_t, label_t>(labels, out, s)) {
+  if (allow_tiled && s.P % 4 == 0 && quad_aligned<label_t>(labels) && quad_aligned<scalar_t>(out)) {
     const int64_t cchunks = (s.C + kTileChannels - 1) / kTileChannels;
     const int64_t ptiles = (s.P + kTilePixels - 1) / kTilePixels;
     // At most planes * ceil(P / 1024) blocks, which the glue bounds below 2^31.
     const auto blocks = static_cast<unsigned int>(s.T * s.B * cchunks * ptiles);
     suppix_gather_tiled_kernel<scalar_t, label_t, kMode><<<blocks, kGatherThreads, 0, stream>>>(
-        sp, lp, aux, op, reinterpret_cast<long long*>(top), s, cchunks, ptiles);
+        sp, lp, aux, op, s, cchunks, ptiles);
     return true;
   }
   const int64_t chunks = (s.P + kGatherTile - 1) / kGatherTile;
@@ -1027,23 +998,17 @@ bool gather_typed(const void* src, const void* labels, const int32_t* aux, void*
 
 template <typename scalar_t, typename label_t>
 bool gather_mode(SupPixMode mode, const void* src, const void* labels, const int32_t* aux, void* out,
-                 const SupPixShape& s, bool allow_tiled, int64_t* top, cudaStream_t stream) {
+                 const SupPixShape& s, bool allow_tiled, cudaStream_t stream) {
   return with_mode(mode, [&](auto m) {
-    return gather_typed<scalar_t, label_t, decltype(m)::value>(src, labels, aux, out, s, allow_tiled, top, stream);
+    return gather_typed<scalar_t, label_t, decltype(m)::value>(src, labels, aux, out, s, allow_tiled, stream);
   });
 }
 
 template <typename scalar_t>
 bool gather_labels(SupPixMode mode, const void* src, const void* labels, bool labels64, const int32_t* aux,
-                   void* out, const SupPixShape& s, bool allow_tiled, int64_t* top, cudaStream_t stream) {
-  if (labels64) return gather_mode<scalar_t, int64_t>(mode, src, labels, aux, out, s, allow_tiled, top, stream);
-  return gather_mode<scalar_t, int32_t>(mode, src, labels, aux, out, s, allow_tiled, top, stream);
-}
-
-template <typename scalar_t>
-bool gather_tiles_labels(const void* labels, bool labels64, const void* out, const SupPixShape& s) {
-  if (labels64) return gather_tiles<scalar_t, int64_t>(labels, out, s);
-  return gather_tiles<scalar_t, int32_t>(labels, out, s);
+                   void* out, const SupPixShape& s, bool allow_tiled, cudaStream_t stream) {
+  if (labels64) return gather_mode<scalar_t, int64_t>(mode, src, labels, aux, out, s, allow_tiled, stream);
+  return gather_mode<scalar_t, int32_t>(mode, src, labels, aux, out, s, allow_tiled, stream);
 }
 
 }  // namespace
@@ -1099,28 +1064,13 @@ void suppix_count(const void* labels, bool labels64, int32_t* counts, int64_t* t
 }
 
 bool suppix_gather(DType dtype, SupPixMode mode, const void* src, const void* labels, bool labels64,
-                   const int32_t* aux, void* out, const SupPixShape& s, bool allow_tiled, int64_t* top,
-                   cudaStream_t stream) {
+                   const int32_t* aux, void* out, const SupPixShape& s, bool allow_tiled, cudaStream_t stream) {
   switch (dtype) {
-    case DType::Float:
-      return gather_labels<float>(mode, src, labels, labels64, aux, out, s, allow_tiled, top, stream);
-    case DType::Double:
-      return gather_labels<double>(mode, src, labels, labels64, aux, out, s, allow_tiled, top, stream);
-    case DType::Half:
-      return gather_labels<__half>(mode, src, labels, labels64, aux, out, s, allow_tiled, top, stream);
+    case DType::Float: return gather_labels<float>(mode, src, labels, labels64, aux, out, s, allow_tiled, stream);
+    case DType::Double: return gather_labels<double>(mode, src, labels, labels64, aux, out, s, allow_tiled, stream);
+    case DType::Half: return gather_labels<__half>(mode, src, labels, labels64, aux, out, s, allow_tiled, stream);
     case DType::BFloat16:
-      return gather_labels<__nv_bfloat16>(mode, src, labels, labels64, aux, out, s, allow_tiled, top, stream);
-  }
-  return false;
-}
-
-bool suppix_gather_tiled_applies(DType dtype, const void* labels, bool labels64, const void* out,
-                                 const SupPixShape& s) {
-  switch (dtype) {
-    case DType::Float: return gather_tiles_labels<float>(labels, labels64, out, s);
-    case DType::Double: return gather_tiles_labels<double>(labels, labels64, out, s);
-    case DType::Half: return gather_tiles_labels<__half>(labels, labels64, out, s);
-    case DType::BFloat16: return gather_tiles_labels<__nv_bfloat16>(labels, labels64, out, s);
+      return gather_labels<__nv_bfloat16>(mode, src, labels, labels64, aux, out, s, allow_tiled, stream);
   }
   return false;
 }

@@ -84,16 +84,8 @@ void suppix_count(const void* labels, bool labels64, int32_t* counts, int64_t* t
 // allow_tiled, P % 4 == 0 and labels and out aligned to 4 elements, the tiled kernel
 // runs (4 pixels per thread, labels read once for a run of channels, vector stores;
 // the same bits) and the call returns true; otherwise the one-pixel kernel, false.
-// top (may be null; one int64 zeroed by the caller; needs K >= 1): the label range check
-// folded into the tiled kernel, which max= every label >= K into it, so it stays 0 when
-// all labels are < K and is the largest label otherwise. The one-pixel kernel ignores it:
-// pass it only where allow_tiled and suppix_gather_tiled_applies.
 bool suppix_gather(DType dtype, SupPixMode mode, const void* src, const void* labels, bool labels64,
-                   const int32_t* aux, void* out, const SupPixShape& s, bool allow_tiled, int64_t* top,
-                   cudaStream_t stream);
-// Whether suppix_gather with allow_tiled takes the tiled kernel for these pointers and shape.
-bool suppix_gather_tiled_applies(DType dtype, const void* labels, bool labels64, const void* out,
-                                 const SupPixShape& s);
+                   const int32_t* aux, void* out, const SupPixShape& s, bool allow_tiled, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace snnspx
