@@ -1230,7 +1230,8 @@ def test_cuda_nosort_quad_matches_reference(mode, dtype, label_dtype, form, layo
     dtype and float dtype, on both variants: the vector loads (P = 1440, also for a
     non-contiguous x, which the op copies) and the scalar ones (P = 1443, or x or the labels
     one element off alignment), which must give the vector variant's bits. P = 1440: 8 warps
-    of 2 steps of 128 pixels, a partial last warp and an empty one. The labels have ignored
+    of at most 256 pixels (2 steps of 128), warps 0-4 whole, warp 5 partial, warps 6 and 7
+    empty. The labels have ignored
     pixels, an empty superpixel (K - 1), a run of one superpixel over 500 pixels (across
     quads, lanes, steps and warps), a quad of 4 runs (0 1 0 1) and one with an ignored pixel
     inside a run (2 -1 2 5). Two runs give the same bits."""
@@ -1330,7 +1331,8 @@ def test_cuda_nosort_quad_nan_inf_and_unchecked_labels(mode, dtype, label_dtype,
 @pytest.mark.parametrize("P", [1, 3, 4, 5, 8, 127, 128, 132, 257, 512, 1020, 1025, 4100])
 def test_cuda_nosort_quad_plane_sizes_and_edge_cases(mode, P, gen, monkeypatch):
     """Plane sizes from one pixel (one lane, a partial quad) through one warp to the 8-warp cap
-    (P = 4100: steps of 128 pixels spread 3 to a warp, with a partial last step), each with
+    (P = 4100: 640 pixels a warp, 5 steps of 128 for warps 0-5, 3 for warp 6 with a last
+    step of 4 pixels, none for warp 7), each with
     random labels (per step and image); every pixel ignored (y = 0, aux = 0, no NaN); K = 1
     (one run over the plane: every lane of a warp in one group, the longest leader loop,
     checked against the oracle); and, where the rows fit, one pixel per superpixel: each pixel
