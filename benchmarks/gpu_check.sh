@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_check.sh            (logs also go to $OUT when it is set)
 #   ONLY=kernels BENCH_ARGS="--min-run-time 0.2" bash benchmarks/gpu_check.sh
 #   ONLY=verify BENCH_ARGS="--min-run-time 0.2" bash benchmarks/gpu_check.sh
+#   SANITIZE=1 ...: also compute-sanitizer on small pooling calls (benchmarks/sanitize_suppix.py)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -52,6 +53,16 @@ if [ "$only" != verify ]; then
   SNNSPX_LEGACY_CUDA=1 python3 -m pytest -q -p no:cacheprovider -p no:logging $xdist -m cuda \
     tests/test_suppix.py tests/test_fused.py 2>&1 | tail -n 30
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+
+# SANITIZE=1: compute-sanitizer's memcheck, racecheck and synccheck on small pooling calls
+# (each loads torch under the sanitizer: minutes, so off by default).
+if [ "${SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then
+  for tool in memcheck racecheck synccheck; do
+    step "compute-sanitizer --tool $tool on small pooling calls"
+    timeout 120 compute-sanitizer --tool "$tool" --error-exitcode 1 python3 benchmarks/sanitize_suppix.py 2>&1 | tail -n 15
+    [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  done
 fi
 
 step "per-kernel profile (default and legacy kernels)"
