@@ -86,16 +86,18 @@ def _gather_torch(src: torch.Tensor, lab: torch.Tensor, aux: torch.Tensor | None
         return src.new_zeros((T, B, C, P))
     shape = (T, B, C, P)
     valid = ((lab >= 0) & (lab < K))[:, :, None, :]
-    idx = lab.clamp(0, K - 1)[:, :, None, :].expand(shape)
     val = src
     if mode in ("avg", "avg_spike"):
         n = aux[:, :, None, :] if mode == "avg" else aux
         val = torch.where(n > 0, src.to(_acc(src.dtype)) / n.clamp(min=1), 0).to(src.dtype)
-    out = val.gather(-1, idx)
-    if mode == "max":
-        pix = torch.arange(P, device=src.device)
-        valid = valid & (aux.gather(-1, idx) == pix)
-    return torch.where(valid, out, 0)
+    if mode != "max":
+        # ignored pixels read an appended zero (index K): one gather, no mask over the output
+        idx = torch.where(valid, lab[:, :, None, :], K).expand(shape)
+        return torch.cat([val, val.new_zeros((T, B, C, 1))], dim=-1).gather(-1, idx)
+    idx = lab.clamp(0, K - 1)[:, :, None, :].expand(shape)
+    pix = torch.arange(P, device=src.device)
+    valid = valid & (aux.gather(-1, idx) == pix)
+    return torch.where(valid, val.gather(-1, idx), 0)
 
 
 class _TorchPool(torch.autograd.Function):
