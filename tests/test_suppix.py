@@ -946,6 +946,20 @@ def _offset_copy(t):
     return store.copy_(t.reshape(-1)).view(t.shape)
 
 
+def _layout_case(x, labels, layout):
+    """x and labels copied to the GPU as a layout case asks: "unaligned_x" / "unaligned_labels"
+    one element off vector alignment, "noncontig_x" a non-contiguous x (same values)."""
+    xd, labd = x.cuda(), labels.cuda()
+    if layout == "unaligned_x":
+        xd = _offset_copy(xd)
+    elif layout == "unaligned_labels":
+        labd = _offset_copy(labd)
+    elif layout == "noncontig_x":
+        xd = x.transpose(0, 2).contiguous().cuda().transpose(0, 2)
+        assert not xd.is_contiguous()
+    return xd, labd
+
+
 def _check_max(y, aux, x4, lab3, K, msg):
     """y, aux of a max pooling against _max_oracle: the argmax exactly, y bit for bit."""
     want_y, want_arg = _max_oracle(x4, lab3, K)
@@ -971,14 +985,7 @@ def test_cuda_max_key_matches_reference(dtype, label_dtype, form, layout, gen, m
     H, W = (5, 7) if layout == "odd_p" else (8, 12)
     P = H * W
     x, labels = _special_max_inputs(gen, dtype, form, label_dtype, T, B, C, H, W, K)
-    xd, labd = x.cuda(), labels.cuda()
-    if layout == "unaligned_x":
-        xd = _offset_copy(xd)
-    elif layout == "unaligned_labels":
-        labd = _offset_copy(labd)
-    elif layout == "noncontig_x":
-        xd = x.permute(2, 0, 1, 3, 4).contiguous().cuda().permute(1, 2, 0, 3, 4)
-        assert not xd.is_contiguous()
+    xd, labd = _layout_case(x, labels, layout)
     xo, labo = xd.reshape(T, B, C, P), _op_labels(labd, form, T, B, P)
     assert torch.equal(_bits(xo.cpu()), _bits(x.reshape(T, B, C, P)))
     assert torch.equal(labo.cpu(), _op_labels(labels, form, T, B, P))
@@ -1249,14 +1256,7 @@ def test_cuda_nosort_quad_matches_reference(mode, dtype, label_dtype, form, layo
     flat[..., 704:708] = torch.tensor([2, -1, 2, 5], dtype=label_dtype)
     flat[..., 708:712] = -1
     x4, lab3 = x.reshape(T, B, C, P), _op_labels(labels, form, T, B, P)
-    xo, labo = x4.cuda(), lab3.cuda()
-    if layout == "unaligned_x":
-        xo = _offset_copy(xo)
-    elif layout == "unaligned_labels":
-        labo = _offset_copy(labo)
-    elif layout == "noncontig_x":
-        xo = x4.permute(2, 0, 1, 3).contiguous().cuda().permute(1, 2, 0, 3)
-        assert not xo.is_contiguous()
+    xo, labo = _layout_case(x4, lab3, layout)
     assert torch.equal(xo.cpu(), x4) and torch.equal(labo.cpu(), lab3)
     quad = layout in ("quad", "noncontig_x")
     (y, aux), ran = _quad_calls(lambda: ops.suppix_pool(xo, labo, K, mode, True))

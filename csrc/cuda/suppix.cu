@@ -204,6 +204,27 @@ __device__ __forceinline__ void nosort_max_step(int32_t key, acc_t v, int32_t pi
   __syncwarp();  // the next step's leader of the same superpixel may be another lane: order the row update
 }
 
+// The label map of plane (t, b, c) (plane = (t * B + b) * C + c) in the [L, Bl, P] labels.
+__device__ __forceinline__ int64_t plane_map(const SupPixShape& s, int64_t plane) {
+  const int64_t tb = plane / s.C;
+  const int64_t b = tb % s.B, t = tb / s.B;
+  return (s.L == 1 ? 0 : t) * s.Bl + (s.Bl == 1 ? 0 : b);
+}
+
+// A no-sort block's warps: warp `warp` of `warps` walks pixels [w0, w1) of every plane and
+// owns row `warp` of the `rows` = warps * K accumulators in shared memory.
+struct NoSortWarp {
+  int warps, warp, lane;
+  int64_t rows, w0, w1;
+  __device__ NoSortWarp(int64_t P, int64_t K, int64_t span)
+      : warps(static_cast<int>(blockDim.x / 32)),
+        warp(static_cast<int>(threadIdx.x / 32)),
+        lane(static_cast<int>(threadIdx.x % 32)),
+        rows(int64_t(blockDim.x / 32) * K),
+        w0(int64_t(threadIdx.x / 32) * span),
+        w1(w0 + span < P ? w0 + span : P) {}
+};
+
 // The no-sort max kernel (float64 in practice). grid.x = min(T * B * C, kMaxGridBlocks),
 // blocks stride over the planes; block = 32 * nosort_warps(P) threads; dynamic shared
 // memory nosort_smem_bytes(...): acc_t rows [warps][K] then int32 argmax rows [warps][K].
@@ -214,22 +235,16 @@ suppix_pool_nosort_max_kernel(const scalar_t* __restrict__ x, const label_t* __r
                               scalar_t* __restrict__ y, int32_t* __restrict__ aux, SupPixShape s, int64_t span) {
   using acc_t = typename Acc<scalar_t>::type;
   const int64_t K = s.K, P = s.P;
-  const int64_t planes = s.T * s.B * s.C;
-  const int warps = static_cast<int>(blockDim.x / 32);
-  const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
-  const int64_t rows = int64_t(warps) * K;
+  const NoSortWarp nw(P, K, span);
+  const int warps = nw.warps, warp = nw.warp, lane = nw.lane;
+  const int64_t rows = nw.rows, w0 = nw.w0, w1 = nw.w1;
   acc_t* acc = reinterpret_cast<acc_t*>(suppix_smem);
   int32_t* idx = reinterpret_cast<int32_t*>(acc + rows);
   acc_t* row = acc + int64_t(warp) * K;
   int32_t* row_idx = idx + int64_t(warp) * K;
-  const int64_t w0 = int64_t(warp) * span;
-  const int64_t w1 = w0 + span < P ? w0 + span : P;
 
-  for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
-    const int64_t tb = plane / s.C;
-    const int64_t b = tb % s.B, t = tb / s.B;
-    const int64_t map = (s.L == 1 ? 0 : t) * s.Bl + (s.Bl == 1 ? 0 : b);
-    const label_t* lab = labels + map * P;
+  for (int64_t plane = blockIdx.x; plane < s.T * s.B * s.C; plane += gridDim.x) {
+    const label_t* lab = labels + plane_map(s, plane) * P;
     const scalar_t* xp = x + plane * P;
 
     __syncthreads();  // the previous plane's rows have been read
@@ -397,21 +412,16 @@ suppix_pool_nosort_quad_kernel(const scalar_t* __restrict__ x, const label_t* __
   using acc_t = typename Acc<scalar_t>::type;
   constexpr bool kSpike = kMode == SupPixMode::AvgSpike;
   const int64_t K = s.K, P = s.P;
-  const int64_t planes = s.T * s.B * s.C;
-  const int warps = static_cast<int>(blockDim.x / 32);
-  const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
-  const int64_t rows = int64_t(warps) * K;
+  const NoSortWarp nw(P, K, span);
+  const int warps = nw.warps, warp = nw.warp, lane = nw.lane;
+  const int64_t rows = nw.rows, w0 = nw.w0, w1 = nw.w1;
   acc_t* acc = reinterpret_cast<acc_t*>(suppix_smem);
   int32_t* nzs = reinterpret_cast<int32_t*>(acc + rows);
   acc_t* row = acc + int64_t(warp) * K;
   int32_t* row_nz = nzs + int64_t(warp) * K;
-  const int64_t w0 = int64_t(warp) * span;
-  const int64_t w1 = w0 + span < P ? w0 + span : P;
 
-  for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
-    const int64_t tb = plane / s.C;
-    const int64_t b = tb % s.B, t = tb / s.B;
-    const int64_t map = (s.L == 1 ? 0 : t) * s.Bl + (s.Bl == 1 ? 0 : b);
+  for (int64_t plane = blockIdx.x; plane < s.T * s.B * s.C; plane += gridDim.x) {
+    const int64_t map = plane_map(s, plane);
     const label_t* lab = labels + map * P;
     const scalar_t* xp = x + plane * P;
 
