@@ -10,7 +10,6 @@
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 
 #include <cstdint>
 #include <limits>
@@ -65,21 +64,8 @@ inline void check_suppix_label_top(int64_t top, int64_t K) {
 
 // Every label < K. One max over the label map; on a GPU that is one read-back
 // (the Python wrappers say so, and let callers who know their labels skip it).
-// On the CPU a plain loop over contiguous labels: a max reduction op (a new tensor, a
-// dispatch and a parallel region) costs several microseconds, as much as a small pooling.
 inline void check_suppix_label_range(const at::Tensor& labels, int64_t K) {
   if (labels.numel() == 0) return;
-  if (labels.device().is_cpu() && labels.is_contiguous()) {
-    int64_t top = std::numeric_limits<int64_t>::min();
-    AT_DISPATCH_INDEX_TYPES(labels.scalar_type(), "check_suppix_label_range", [&] {
-      const index_t* l = labels.const_data_ptr<index_t>();
-      index_t hi = std::numeric_limits<index_t>::min();
-      for (int64_t i = 0, n = labels.numel(); i < n; ++i) hi = l[i] > hi ? l[i] : hi;
-      top = static_cast<int64_t>(hi);
-    });
-    check_suppix_label_top(top, K);
-    return;
-  }
   check_suppix_label_top(labels.max().item<int64_t>(), K);
 }
 
