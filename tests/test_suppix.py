@@ -1712,3 +1712,33 @@ def test_cpu_group_pool_only_where_it_applies(gen):
     for dtype in (torch.float64, torch.float16):
         F.suppix_pool(rand_x(gen, (2, 1, 8, 5, 5), dtype), labels, 4, "max", backend="cpp")
     assert snnspx.kernel_calls(GROUP) == before
+
+
+@pytest.mark.skipif(not _cpu_has_avx2(), reason="needs a CPU with AVX2")
+@pytest.mark.parametrize("mode", ["sum", "avg", "avg_spike", "max"])
+@pytest.mark.parametrize("form", LABEL_FORMS)
+@pytest.mark.parametrize("HW,K", [((1, 5), 3), ((9, 9), 7), ((9, 9), 0)], ids=["p5", "p81", "k0"])
+def test_cpu_group_pool_random_values_match_scalar(mode, form, HW, K, gen, monkeypatch):
+    """Random values (float32 sums that round, unlike the halves of the test above), planes of
+    fewer pixels than a vector block, K = 0, every label form, and enough (t, b) for several
+    parallel tasks: the AVX2 group path gives the scalar loop's bits, values and aux."""
+    T, B, C = 4, 8, 16
+    H, W = HW
+    labels = rand_labels(gen, form, T, B, H, W, max(K, 1), "cpu")
+    if K == 0:
+        labels = torch.full_like(labels, -1)
+    x = rand_x(gen, (T, B, C, H, W))
+    x[x.abs() < 0.3] = 0.0  # zeros for avg_spike's counts
+    L = T if form == "per_step" else 1
+    Bl = 1 if form == "shared" else B
+    lab = labels.reshape(L, Bl, H * W)
+    xs = x.reshape(T, B, C, H * W)
+    before = snnspx.kernel_calls(GROUP)
+    y, aux = torch.ops.snnspx.suppix_pool.default(xs, lab, K, mode, True)
+    assert snnspx.kernel_calls(GROUP) - before == 1, "the AVX2 group path must have run"
+    monkeypatch.setenv("SNNSPX_CPU_SIMD", "0")
+    y0, aux0 = torch.ops.snnspx.suppix_pool.default(xs, lab, K, mode, True)
+    assert torch.equal(y, y0) and torch.equal(y.signbit(), y0.signbit()) and torch.equal(aux, aux0)
+    if K:
+        ry = R.suppix_pool(x, labels, K, "avg" if mode == "avg_spike" else mode).reshape(T, B, C, K)
+        close(y, ry, mode)

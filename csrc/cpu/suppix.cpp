@@ -84,9 +84,11 @@ inline bool cpu_simd_enabled() {
 // below). A group is 8 consecutive channels of one (t, b), whose planes share a label
 // map. Each block of 8 pixels is loaded as 8 rows, one per channel, and transposed, so
 // that a pixel's 8 channel values form one vector, which goes into its superpixel's row
-// of 8 accumulators (acc[(K + 1) * 8], channel j in lane j). Each channel still sees its
-// pixels in the scalar loop's order: ascending for the sums (so the same bits) and
-// descending for max, with the scalar loop's selects.
+// of 8 accumulators (acc[(K + 1) * 8], channel j in lane j). Each channel still adds its
+// pixels in ascending order, as the scalar loop does, so the sums have the same bits
+// (except which payload a NaN sum carries, which depends on the add's operand order).
+// Max visits the pixels from the last to the first with `>=`, which leaves the lowest
+// pixel holding the maximum: max has a total order, so the same result as the scalar loop.
 constexpr int64_t kGroup = 8;
 
 #ifdef SNNSPX_CPU_X86

@@ -159,13 +159,12 @@ std::tuple<at::Tensor, at::Tensor> suppix_pool_cuda(const at::Tensor& x, const a
   return out;
 }
 
-// allow_tiled: !legacy_cuda(), read once by the caller (the environment may change between reads).
-void run_gather_cuda(SupPixGatherArgs& a, bool allow_tiled) {
+void run_gather_cuda(SupPixGatherArgs& a) {
   const auto shape = launch_shape(a.d);
   const bool tiled = cuda::suppix_gather(
       cuda::launch_dtype(a.src.scalar_type()), a.mode, a.src.data_ptr(), a.labels.data_ptr(),
       a.labels.scalar_type() == at::kLong, a.aux.defined() ? a.aux.data_ptr<int32_t>() : nullptr, a.out.data_ptr(),
-      shape, allow_tiled, c10::cuda::getCurrentCUDAStream());
+      shape, /*allow_tiled=*/!cuda::legacy_cuda(), c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (tiled) count_kernel("cuda.suppix_gather_tiled");
 }
@@ -175,7 +174,7 @@ at::Tensor suppix_pool_backward_cuda(const at::Tensor& grad_y, const at::Tensor&
   cuda::check_cuda_tensor(grad_y, "grad_y");
   c10::cuda::CUDAGuard guard(grad_y.device());
   auto a = prepare_suppix_gather(grad_y, "grad_y", labels, &aux, parse_suppix_mode(mode));
-  run_gather_cuda(a, /*allow_tiled=*/!cuda::legacy_cuda());
+  run_gather_cuda(a);
   count_kernel("cuda.suppix_pool_backward");
   return a.out;
 }
@@ -185,7 +184,7 @@ at::Tensor suppix_unpool_cuda(const at::Tensor& y, const at::Tensor& labels, boo
   c10::cuda::CUDAGuard guard(y.device());
   auto a = prepare_suppix_gather(y, "y", labels, nullptr, SupPixMode::Sum);
   cuda::DeviceLabelCheck check(a.labels, a.d.K, check_labels && cuda::can_read_back());
-  run_gather_cuda(a, /*allow_tiled=*/!cuda::legacy_cuda());  // writes 0 for labels >= K
+  run_gather_cuda(a);  // writes 0 for labels >= K
   check.verify();
   count_kernel("cuda.suppix_unpool");
   return a.out;

@@ -747,8 +747,8 @@ bool pool_max_key_labels(const void* x, const void* labels, bool labels64, void*
 // grid.x = maps * chunks, chunks = ceil(P / kCountTile); block = kCountThreads;
 // dynamic shared memory K int32 when counts is given. counts (zeroed by the
 // caller): += pixels per superpixel of each map, through a block histogram and
-// integer atomics (exact whatever their order). top (preset to kMinLabel by the
-// caller): max= the largest label.
+// integer atomics (exact whatever their order). top (preset by the caller below every
+// label it cares about): max= the largest label.
 template <typename label_t>
 __global__ void __launch_bounds__(kCountThreads)
 suppix_count_kernel(const label_t* __restrict__ labels, int32_t* __restrict__ counts, long long* __restrict__ top,

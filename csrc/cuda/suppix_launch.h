@@ -71,8 +71,9 @@ bool suppix_pool_max_key_fits(int64_t K);
 
 // Over `maps` label maps [maps, P] (int64 when labels64), each optional:
 // counts (int32 [maps, K], zeroed by the caller): += the pixels of each superpixel
-// (labels outside [0, K) skipped; integer atomics, exact); top (one int64, preset to
-// INT64_MIN by the caller): max= the largest label. K * 4 bytes of shared memory
+// (labels outside [0, K) skipped; integer atomics, exact); top (one int64, preset by the
+// caller to a value below every label it cares about, e.g. INT64_MIN): max= the largest
+// label. K * 4 bytes of shared memory
 // (at most 48 KiB) when counts is given.
 void suppix_count(const void* labels, bool labels64, int32_t* counts, int64_t* top, int64_t maps, int64_t P,
                   int64_t K, cudaStream_t stream);
