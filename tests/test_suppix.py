@@ -1651,6 +1651,23 @@ def _cpu_has_avx2() -> bool:
 GROUP = "cpu.suppix_pool_avx2"
 
 
+def _group_and_scalar(xs, labels, K, mode, check_labels, monkeypatch):
+    """The CPU op's (y, aux) for xs [T, B, C, P] and labels [H, W] / [B, H, W] / [T, B, H, W]
+    with the AVX2 group path (which must run once) and with SNNSPX_CPU_SIMD=0 (which must
+    turn it off)."""
+    T, B = xs.shape[:2]
+    L = T if labels.dim() == 4 else 1
+    Bl = B if labels.dim() >= 3 else 1
+    lab = labels.reshape(L, Bl, xs.shape[-1])
+    before = snnspx.kernel_calls(GROUP)
+    fast = torch.ops.snnspx.suppix_pool.default(xs, lab, K, mode, check_labels)
+    assert snnspx.kernel_calls(GROUP) - before == 1, "the AVX2 group path must have run"
+    monkeypatch.setenv("SNNSPX_CPU_SIMD", "0")
+    slow = torch.ops.snnspx.suppix_pool.default(xs, lab, K, mode, check_labels)
+    assert snnspx.kernel_calls(GROUP) - before == 1, "SNNSPX_CPU_SIMD=0 must turn it off"
+    return fast, slow
+
+
 @pytest.mark.skipif(not _cpu_has_avx2(), reason="needs a CPU with AVX2")
 @pytest.mark.parametrize("mode", ["sum", "avg", "avg_spike", "max"])
 @pytest.mark.parametrize("C", [8, 13, 16])
@@ -1675,17 +1692,8 @@ def test_cpu_group_pool_matches_scalar_and_reference(mode, C, HW, form, nan, gen
     x[0, 1, 2] = -math.inf
     if nan:
         x[1, 0, 3, H // 2, W // 2] = math.nan
-    L = T if form == "per_step" else 1
-    Bl = B if form == "per_step" else 1
-    lab = labels.reshape(L, Bl, H * W)
     xs = x.reshape(T, B, C, H * W)
-
-    before = snnspx.kernel_calls(GROUP)
-    y, aux = torch.ops.snnspx.suppix_pool.default(xs, lab, K, mode, False)
-    assert snnspx.kernel_calls(GROUP) - before == 1, "the AVX2 group path must have run"
-    monkeypatch.setenv("SNNSPX_CPU_SIMD", "0")
-    y0, aux0 = torch.ops.snnspx.suppix_pool.default(xs, lab, K, mode, False)
-    assert snnspx.kernel_calls(GROUP) - before == 1, "SNNSPX_CPU_SIMD=0 must turn it off"
+    (y, aux), (y0, aux0) = _group_and_scalar(xs, labels, K, mode, False, monkeypatch)
     assert torch.equal(y, y0) or (nan and torch.equal(y.isnan(), y0.isnan()) and torch.equal(y.nan_to_num(), y0.nan_to_num()))
     assert torch.equal(y.signbit(), y0.signbit()) and torch.equal(aux, aux0)
 
@@ -1729,15 +1737,8 @@ def test_cpu_group_pool_random_values_match_scalar(mode, form, HW, K, gen, monke
         labels = torch.full_like(labels, -1)
     x = rand_x(gen, (T, B, C, H, W))
     x[x.abs() < 0.3] = 0.0  # zeros for avg_spike's counts
-    L = T if form == "per_step" else 1
-    Bl = 1 if form == "shared" else B
-    lab = labels.reshape(L, Bl, H * W)
     xs = x.reshape(T, B, C, H * W)
-    before = snnspx.kernel_calls(GROUP)
-    y, aux = torch.ops.snnspx.suppix_pool.default(xs, lab, K, mode, True)
-    assert snnspx.kernel_calls(GROUP) - before == 1, "the AVX2 group path must have run"
-    monkeypatch.setenv("SNNSPX_CPU_SIMD", "0")
-    y0, aux0 = torch.ops.snnspx.suppix_pool.default(xs, lab, K, mode, True)
+    (y, aux), (y0, aux0) = _group_and_scalar(xs, labels, K, mode, True, monkeypatch)
     assert torch.equal(y, y0) and torch.equal(y.signbit(), y0.signbit()) and torch.equal(aux, aux0)
     if K:
         ry = R.suppix_pool(x, labels, K, "avg" if mode == "avg_spike" else mode).reshape(T, B, C, K)
