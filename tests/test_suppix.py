@@ -1593,12 +1593,12 @@ SIMD = "cpu.suppix_gather_avx512"
 
 
 @pytest.mark.skipif(not _cpu_has_avx512(), reason="needs a CPU with AVX-512F")
-@pytest.mark.parametrize("K", [1, 5, 16, 33, 64])
+@pytest.mark.parametrize("K", [1, 5, 16, 33, 64, 65, 128, 129, 200, 256])
 @pytest.mark.parametrize("P", [(4, 4), (5, 7), (32, 33)])
 @pytest.mark.parametrize("form", ["shared", "per_step"])
 def test_cpu_simd_lookup_matches_scalar_and_reference(K, P, form, gen, monkeypatch):
     """float32 unpooling and the sum/avg/avg_spike backward gathers take the AVX-512 lookup for
-    K <= 64; bitwise equal to the scalar loop (SNNSPX_CPU_SIMD=0) and to the reference, with
+    K <= 256 (two-register permutes: one path up to 64, pairs of registers above); bitwise equal to the scalar loop (SNNSPX_CPU_SIMD=0) and to the reference, with
     ignored pixels, labels >= K (check_labels=False), empty superpixels and a partial last vector."""
     T, B, C = 3, 2, 2
     H, W = P
@@ -1633,10 +1633,10 @@ def test_cpu_simd_lookup_matches_scalar_and_reference(K, P, form, gen, monkeypat
 
 @pytest.mark.skipif(not _cpu_has_avx512(), reason="needs a CPU with AVX-512F")
 def test_cpu_simd_lookup_only_where_it_applies(gen):
-    """K > 64, float64 and max's backward keep the scalar loop."""
-    labels = torch.randint(0, 65, (6, 6), generator=gen)
+    """K > 256, float64 and max's backward keep the scalar loop."""
+    labels = torch.randint(0, 257, (6, 6), generator=gen)
     before = snnspx.kernel_calls(SIMD)
-    F.suppix_unpool(rand_x(gen, (2, 1, 1, 65)), labels, backend="cpp")
+    F.suppix_unpool(rand_x(gen, (2, 1, 1, 257)), labels, backend="cpp")
     F.suppix_unpool(rand_x(gen, (2, 1, 1, 64), torch.float64), labels.clamp(max=63), backend="cpp")
     x = rand_x(gen, (2, 1, 1, 6, 6)).requires_grad_()
     F.suppix_pool(x, labels.clamp(max=63), 64, "max", backend="cpp").sum().backward()
