@@ -186,15 +186,36 @@ __attribute__((target("avx2"))) bool group_max_avx2(const float* x, int64_t P, c
 }
 #endif
 
-// Whether float32 pooling in `mode` takes the AVX2 group path.
-template <typename scalar_t, SupPixMode kMode>
+// Whether float32 pooling takes the AVX2 group path (every mode does).
+template <typename scalar_t>
 bool use_group_pool() {
 #ifdef SNNSPX_CPU_X86
-  return std::is_same<scalar_t, float>::value && cpu_has_avx2() &&
-         cpu_simd_enabled();
+  return std::is_same<scalar_t, float>::value && cpu_has_avx2() && cpu_simd_enabled();
 #else
   return false;
 #endif
+}
+
+// One plane's outputs from its accumulators, entry k at acc[k * stride] and idx[k * stride]
+// (stride 1 on the scalar path, kGroup for a channel of the group path). max: y = the
+// maximum and aux = its pixel, 0 and -1 where empty; sum: y = the sum; avg and avg_spike:
+// y = the sum / n, 0 where n = 0; avg_spike: aux = m (idx). am: aux of the plane, written
+// for max and avg_spike only (sum and avg's aux holds the counts n).
+template <typename scalar_t, typename acc_t, SupPixMode kMode>
+void finish_plane(const acc_t* acc, const int32_t* idx, int64_t stride, const int32_t* n, int64_t K, scalar_t* yp,
+                  int32_t* am) {
+  for (int64_t k = 0; k < K; ++k) {
+    const acc_t a = acc[k * stride];
+    const int32_t i = idx[k * stride];
+    if (kMode == SupPixMode::Max) {
+      const bool empty = i == kNoPixel;
+      yp[k] = static_cast<scalar_t>(empty ? acc_t(0) : a);
+      am[k] = empty ? -1 : i;
+    } else {
+      yp[k] = static_cast<scalar_t>(kMode == SupPixMode::Sum ? a : n[k] > 0 ? a / static_cast<acc_t>(n[k]) : acc_t(0));
+      if (kMode == SupPixMode::AvgSpike) am[k] = i;
+    }
+  }
 }
 
 template <typename scalar_t, typename acc_t, typename label_t, SupPixMode kMode>
@@ -204,7 +225,7 @@ void pool_kernel(const scalar_t* x, const label_t* labels, const int32_t* counts
   const std::vector<int32_t> slots = slot_table(labels, d.L * d.Bl, P, K);
   // Work units per (t, b): `groups` groups of 8 channels for the AVX2 path, then the
   // remaining channels one plane each.
-  const bool grouped = use_group_pool<scalar_t, kMode>() && d.C >= kGroup && P > 0;
+  const bool grouped = use_group_pool<scalar_t>() && d.C >= kGroup && P > 0;
   const int64_t groups = grouped ? d.C / kGroup : 0;
   const int64_t per_tb = groups + (d.C - groups * kGroup);
   const int64_t units = d.T * d.B * per_tb;
@@ -274,12 +295,7 @@ void pool_kernel(const scalar_t* x, const label_t* labels, const int32_t* counts
             if (max_prefer<acc_t>(v, static_cast<int32_t>(q), a0[k], i0[k])) a0[k] = v, i0[k] = int32_t(q);
           }
         }
-        int32_t* am = aux + plane * K;
-        for (int64_t k = 0; k < K; ++k) {
-          const bool empty = i0[k] == kNoPixel;
-          yp[k] = static_cast<scalar_t>(empty ? acc_t(0) : a0[k]);
-          am[k] = empty ? -1 : i0[k];
-        }
+        finish_plane<scalar_t, acc_t, kMode>(a0, i0, 1, nullptr, K, yp, aux + plane * K);
       } else {
         std::fill(acc.begin(), acc.end(), acc_t(0));
         if (kMode == SupPixMode::AvgSpike) std::fill(idx.begin(), idx.end(), 0);
@@ -289,13 +305,7 @@ void pool_kernel(const scalar_t* x, const label_t* labels, const int32_t* counts
           acc[k] += v;
           if (kMode == SupPixMode::AvgSpike) idx[k] += (v != acc_t(0));
         }
-        const int32_t* n = counts + map * K;
-        for (int64_t k = 0; k < K; ++k) {
-          acc_t v = acc[k];
-          if (kMode != SupPixMode::Sum) v = n[k] > 0 ? v / static_cast<acc_t>(n[k]) : acc_t(0);
-          yp[k] = static_cast<scalar_t>(v);
-        }
-        if (kMode == SupPixMode::AvgSpike) std::copy(idx.begin(), idx.begin() + K, aux + plane * K);
+        finish_plane<scalar_t, acc_t, kMode>(acc.data(), idx.data(), 1, counts + map * K, K, yp, aux + plane * K);
       }
     };
 
@@ -320,31 +330,16 @@ void pool_kernel(const scalar_t* x, const label_t* labels, const int32_t* counts
             for (int64_t j = 0; j < kGroup; ++j) pool_plane(plane0 + j);
             continue;
           }
-          for (int64_t j = 0; j < kGroup; ++j) {
-            scalar_t* yp = y + (plane0 + j) * K;
-            int32_t* am = aux + (plane0 + j) * K;
-            for (int64_t k = 0; k < K; ++k) {
-              const int32_t i = idx[k * kGroup + j];
-              const bool empty = i == kNoPixel;
-              yp[k] = empty ? 0.0f : acc[k * kGroup + j];
-              am[k] = empty ? -1 : i;
-            }
-          }
         } else {
           constexpr bool kCount = kMode == SupPixMode::AvgSpike;
           std::fill(acc.begin(), acc.begin() + rows, 0.0f);
           if (kCount) std::fill(idx.begin(), idx.begin() + rows, 0);
           group_sum_avx2<kCount>(xg, P, slot, acc.data(), idx.data());
-          const int32_t* n = counts + map * K;
-          for (int64_t j = 0; j < kGroup; ++j) {
-            scalar_t* yp = y + (plane0 + j) * K;
-            for (int64_t k = 0; k < K; ++k) {
-              float v = acc[k * kGroup + j];
-              if (kMode != SupPixMode::Sum) v = n[k] > 0 ? v / static_cast<float>(n[k]) : 0.0f;
-              yp[k] = v;
-              if (kCount) aux[(plane0 + j) * K + k] = idx[k * kGroup + j];
-            }
-          }
+        }
+        const int32_t* n = kMode == SupPixMode::Max ? nullptr : counts + map * K;  // max has no counts
+        for (int64_t j = 0; j < kGroup; ++j) {
+          finish_plane<scalar_t, acc_t, kMode>(acc.data() + j, idx.data() + j, kGroup, n, K, y + (plane0 + j) * K,
+                                               aux + (plane0 + j) * K);
         }
         continue;
       }
@@ -371,76 +366,58 @@ inline bool cpu_has_avx512() {
   return has;
 }
 
-__attribute__((target("avx512f"))) inline __m512 lookup16(const __m512i idx, const __m512 t0, const __m512 t1,
-                                                          const __m512 t2, const __m512 t3, const __m512i kk) {
-  // permutex2var reads idx bits 0..4 (bit 4 picks the register); bit 5 picks the pair.
-  const __m512 lo = _mm512_permutex2var_ps(t0, idx, t1);
-  const __m512 hi = _mm512_permutex2var_ps(t2, idx, t3);
-  const __m512 v = _mm512_mask_blend_ps(_mm512_test_epi32_mask(idx, _mm512_set1_epi32(32)), lo, hi);
-  return _mm512_maskz_mov_ps(_mm512_cmplt_epi32_mask(idx, kk), v);  // slot K -> 0
-}
-
 // Entries 16 i .. 16 i + 15 of a K-entry table, those >= K read as 0 (never loaded).
 __attribute__((target("avx512f"))) inline __m512 table_part(const float* table, int64_t K, int64_t i) {
   const int64_t n = std::min<int64_t>(16, std::max<int64_t>(0, K - 16 * i));
   return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), table + 16 * i);
 }
 
-// The table's four registers come straight from `table` with masked loads (entries
-// K..63 read as 0, never past table[K - 1]): no copy per plane.
+// 16 pixels' entries of a table of K <= 32 * kPairs entries in registers t: pair j (t[2j],
+// t[2j + 1]) holds entries 32j .. 32j + 31 and serves the slots whose bits 5 and up are j
+// (permutex2var reads bits 0..4, bit 4 picking the register). The ignored pixels' slot K
+// reads a zero: an entry >= K that table_part left at 0, or, for K = 32 * kPairs, none.
+template <int kPairs>
+__attribute__((target("avx512f"))) inline __m512 lookup16(const __m512i idx, const __m512 (&t)[2 * kPairs]) {
+  if constexpr (kPairs == 2) {  // one blend on bit 5, and slot 64 masked to 0
+    const __m512 lo = _mm512_permutex2var_ps(t[0], idx, t[1]);
+    const __m512 hi = _mm512_permutex2var_ps(t[2], idx, t[3]);
+    const __m512 v = _mm512_mask_blend_ps(_mm512_test_epi32_mask(idx, _mm512_set1_epi32(32)), lo, hi);
+    return _mm512_maskz_mov_ps(_mm512_cmplt_epi32_mask(idx, _mm512_set1_epi32(64)), v);
+  } else {
+    const __m512i pair = _mm512_srli_epi32(idx, 5);
+    __m512 r = _mm512_setzero_ps();
+    for (int j = 0; j < kPairs; ++j) {
+      const __mmask16 mine = _mm512_cmpeq_epi32_mask(pair, _mm512_set1_epi32(j));
+      r = _mm512_mask_mov_ps(r, mine, _mm512_permutex2var_ps(t[2 * j], idx, t[2 * j + 1]));
+    }
+    return r;
+  }
+}
+
+// The table's registers come straight from `table` with masked loads (never past
+// table[K - 1]): no copy per plane.
+template <int kPairs>
 __attribute__((target("avx512f"))) void lookup_avx512(const float* table, int64_t K, const int32_t* slot,
                                                       float* out, int64_t P) {
-  const __m512 t0 = table_part(table, K, 0), t1 = table_part(table, K, 1);
-  const __m512 t2 = table_part(table, K, 2), t3 = table_part(table, K, 3);
-  const __m512i kk = _mm512_set1_epi32(static_cast<int>(K));
-  int64_t p = 0;
-  for (; p + 16 <= P; p += 16) {
-    const __m512i idx = _mm512_loadu_si512(static_cast<const void*>(slot + p));
-    _mm512_storeu_ps(out + p, lookup16(idx, t0, t1, t2, t3, kk));
-  }
-  if (p < P) {
-    const __mmask16 m = static_cast<__mmask16>((1u << (P - p)) - 1u);
-    const __m512i idx = _mm512_maskz_loadu_epi32(m, slot + p);
-    _mm512_mask_storeu_ps(out + p, m, lookup16(idx, t0, t1, t2, t3, kk));
-  }
-}
-
-// The same for K <= 32 * kPairs: pair j (registers 2j, 2j + 1) holds entries 32j .. 32j + 31
-// and serves the pixels whose slot >> 5 is j. The ignored pixels' slot K reads a zero: an
-// entry >= K that table_part left at 0, or (K = 32 * kPairs) no pair at all.
-template <int kPairs>
-__attribute__((target("avx512f"))) inline __m512 lookup16_pairs(const __m512i idx, const __m512 (&t)[2 * kPairs]) {
-  const __m512i pair = _mm512_srli_epi32(idx, 5);
-  __m512 r = _mm512_setzero_ps();
-  for (int j = 0; j < kPairs; ++j) {
-    const __mmask16 mine = _mm512_cmpeq_epi32_mask(pair, _mm512_set1_epi32(j));
-    r = _mm512_mask_mov_ps(r, mine, _mm512_permutex2var_ps(t[2 * j], idx, t[2 * j + 1]));
-  }
-  return r;
-}
-
-template <int kPairs>
-__attribute__((target("avx512f"))) void lookup_avx512_pairs(const float* table, int64_t K, const int32_t* slot,
-                                                            float* out, int64_t P) {
   __m512 t[2 * kPairs];
   for (int i = 0; i < 2 * kPairs; ++i) t[i] = table_part(table, K, i);
   int64_t p = 0;
   for (; p + 16 <= P; p += 16) {
     const __m512i idx = _mm512_loadu_si512(static_cast<const void*>(slot + p));
-    _mm512_storeu_ps(out + p, lookup16_pairs<kPairs>(idx, t));
+    _mm512_storeu_ps(out + p, lookup16<kPairs>(idx, t));
   }
   if (p < P) {
     const __mmask16 m = static_cast<__mmask16>((1u << (P - p)) - 1u);
     const __m512i idx = _mm512_maskz_loadu_epi32(m, slot + p);
-    _mm512_mask_storeu_ps(out + p, m, lookup16_pairs<kPairs>(idx, t));
+    _mm512_mask_storeu_ps(out + p, m, lookup16<kPairs>(idx, t));
   }
 }
 
 // The lookup for any 0 < K <= kLookupMaxK.
 inline void lookup_simd(const float* table, int64_t K, const int32_t* slot, float* out, int64_t P) {
-  if (K <= 64) return lookup_avx512(table, K, slot, out, P);
-  if (K <= 128) return lookup_avx512_pairs<4>(table, K, slot, out, P);
-  return lookup_avx512_pairs<8>(table, K, slot, out, P);
+  if (K <= 64) return lookup_avx512<2>(table, K, slot, out, P);
+  if (K <= 128) return lookup_avx512<4>(table, K, slot, out, P);
+  return lookup_avx512<8>(table, K, slot, out, P);
 }
 #endif
 
@@ -476,16 +453,11 @@ void gather_kernel(const scalar_t* src, const label_t* labels, const int32_t* au
       const int32_t* slot = slots.data() + map * P;
       const scalar_t* g = src + plane * K;
       scalar_t* o = out + plane * P;
-#ifdef SNNSPX_CPU_X86
-      if constexpr (std::is_same<scalar_t, float>::value && kMode == SupPixMode::Sum) {
-        if (simd) {  // the values themselves: no copy
-          lookup_simd(g, K, slot, o, P);
-          continue;
-        }
-      }
-#endif
-      // The value each pixel of superpixel k receives, computed once per k.
-      for (int64_t k = 0; k < K; ++k) {
+      // The value each pixel of superpixel k receives, computed once per k, with the
+      // ignored pixels' slot K at 0; sum's vector lookup reads g itself (it never reads
+      // past entry K - 1), so it needs no copy.
+      const bool direct = kMode == SupPixMode::Sum && simd;
+      for (int64_t k = 0; k < (direct ? 0 : K); ++k) {
         if (kMode == SupPixMode::Sum || kMode == SupPixMode::Max) {
           val[k] = g[k];
         } else {
@@ -507,7 +479,7 @@ void gather_kernel(const scalar_t* src, const label_t* labels, const int32_t* au
 #ifdef SNNSPX_CPU_X86
       if constexpr (std::is_same<scalar_t, float>::value) {
         if (simd) {
-          lookup_simd(val.data(), K, slot, o, P);
+          lookup_simd(direct ? g : val.data(), K, slot, o, P);
           continue;
         }
       }
