@@ -85,8 +85,9 @@ class DeviceLabelCheck {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     start(top);
   }
-  // top: a one-element integer tensor on the current device, the largest label.
+  // top: a one-element int64 tensor on the current device, the largest label.
   void start(const at::Tensor& top) {
+    TORCH_INTERNAL_ASSERT(top.scalar_type() == at::kLong && top.numel() == 1);
     host_ = at::empty({1}, top.options().device(at::kCPU).pinned_memory(true));
     host_.copy_(top.reshape({1}), /*non_blocking=*/true);
     if (event_ == nullptr) C10_CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming));
@@ -97,9 +98,7 @@ class DeviceLabelCheck {
     if (!armed_) return;
     armed_ = false;
     C10_CUDA_CHECK(cudaEventSynchronize(event_));
-    const int64_t top = host_.scalar_type() == at::kInt ? int64_t(host_.data_ptr<int32_t>()[0])
-                                                        : host_.data_ptr<int64_t>()[0];
-    check_suppix_label_top(top, K_);
+    check_suppix_label_top(host_.data_ptr<int64_t>()[0], K_);
   }
 
  private:
