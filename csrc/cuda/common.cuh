@@ -1,7 +1,7 @@
 // Device helpers shared by the CUDA kernel files: the accumulation type, the
 // element conversions (half/bfloat16 through intrinsics, since PyTorch builds
 // with __CUDA_NO_HALF_CONVERSIONS__) and vector access (Quad).
-// Light on purpose: CUDA headers and ../srm_core.h only.
+// Light on purpose: CUDA headers, ../srm_core.h and launch.h only.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -10,9 +10,35 @@
 #include <cstdint>
 
 #include "../srm_core.h"
+#include "launch.h"
 
 namespace snnspx {
 namespace cuda {
+
+// The launchers' run-time dispatch: f(Tag<T>{}) with T the element type of `dtype` (float,
+// double, __half, __nv_bfloat16) or of the labels (int64_t, int32_t); f reads the type
+// as typename decltype(tag)::type.
+template <typename T>
+struct Tag {
+  using type = T;
+};
+
+template <typename F>
+decltype(auto) with_scalar(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::Double: return f(Tag<double>{});
+    case DType::Half: return f(Tag<__half>{});
+    case DType::BFloat16: return f(Tag<__nv_bfloat16>{});
+    case DType::Float: break;
+  }
+  return f(Tag<float>{});
+}
+
+template <typename F>
+decltype(auto) with_label(bool labels64, F&& f) {
+  if (labels64) return f(Tag<int64_t>{});
+  return f(Tag<int32_t>{});
+}
 
 template <typename T> struct Acc { using type = float; };
 template <> struct Acc<double> { using type = double; };

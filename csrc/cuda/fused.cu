@@ -609,21 +609,11 @@ void backward_typed(const void* grad_y, const void* saved, const void* labels, c
 template <template <typename, typename> class F, typename... Args>
 void dispatch(DType dtype, LabelType lt, Args&&... args) {
   // F<scalar_t, label_t>::run(args...)
-  if (lt == LabelType::Int32) {
-    switch (dtype) {
-      case DType::Float: return F<float, int32_t>::run(args...);
-      case DType::Double: return F<double, int32_t>::run(args...);
-      case DType::Half: return F<__half, int32_t>::run(args...);
-      case DType::BFloat16: return F<__nv_bfloat16, int32_t>::run(args...);
-    }
-  } else {
-    switch (dtype) {
-      case DType::Float: return F<float, int64_t>::run(args...);
-      case DType::Double: return F<double, int64_t>::run(args...);
-      case DType::Half: return F<__half, int64_t>::run(args...);
-      case DType::BFloat16: return F<__nv_bfloat16, int64_t>::run(args...);
-    }
-  }
+  with_scalar(dtype, [&](auto sc) {
+    with_label(lt == LabelType::Int64, [&](auto lb) {
+      F<typename decltype(sc)::type, typename decltype(lb)::type>::run(args...);
+    });
+  });
 }
 
 template <typename scalar_t, typename label_t>
@@ -644,13 +634,11 @@ void count_labels(LabelType lt, const void* labels, int32_t* counts, const Fused
   if (maps * s.K == 0) return;
   cudaMemsetAsync(counts, 0, sizeof(int32_t) * maps * s.K, stream);
   if (maps * s.P == 0) return;
-  if (lt == LabelType::Int32) {
-    count_labels_kernel<int32_t><<<blocks_for(maps * s.P), kThreads, 0, stream>>>(
-        static_cast<const int32_t*>(labels), counts, maps, s.P, s.K);
-  } else {
-    count_labels_kernel<int64_t><<<blocks_for(maps * s.P), kThreads, 0, stream>>>(
-        static_cast<const int64_t*>(labels), counts, maps, s.P, s.K);
-  }
+  with_label(lt == LabelType::Int64, [&](auto lb) {
+    using label_t = typename decltype(lb)::type;
+    count_labels_kernel<label_t><<<blocks_for(maps * s.P), kThreads, 0, stream>>>(
+        static_cast<const label_t*>(labels), counts, maps, s.P, s.K);
+  });
 }
 
 

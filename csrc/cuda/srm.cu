@@ -169,15 +169,10 @@ void backward_typed(const void* grad, const void* spikes, const void* du, const 
 void srm_forward(DType dtype, const void* x, void* spikes, void* du, void* dut, int64_t T, int64_t N, double tau_m,
                  double tau_s, double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv, bool packed,
                  cudaStream_t stream) {
-#define SNNSPX_FWD(type) \
-  forward_typed<type>(x, spikes, du, dut, T, N, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, packed, stream)
-  switch (dtype) {
-    case DType::Float: return SNNSPX_FWD(float);
-    case DType::Double: return SNNSPX_FWD(double);
-    case DType::Half: return SNNSPX_FWD(__half);
-    case DType::BFloat16: return SNNSPX_FWD(__nv_bfloat16);
-  }
-#undef SNNSPX_FWD
+  with_scalar(dtype, [&](auto sc) {
+    forward_typed<typename decltype(sc)::type>(x, spikes, du, dut, T, N, tau_m, tau_s, tau_grad, v_th, du_inv_clamp,
+                                               max_dudt_inv, packed, stream);
+  });
 }
 
 namespace {
@@ -206,15 +201,10 @@ void srm_tables(DType acc, void* tables, int64_t T, double tau_m, double tau_s, 
 void srm_backward(DType dtype, const void* grad, const void* spikes, const void* du, const void* dut, void* grad_w,
                   void* grad_t, const void* tables, int64_t T, int64_t N, double du_inv_clamp,
                   double max_dudt_inv, cudaStream_t stream) {
-#define SNNSPX_BWD(type) \
-  backward_typed<type>(grad, spikes, du, dut, grad_w, grad_t, tables, T, N, du_inv_clamp, max_dudt_inv, stream)
-  switch (dtype) {
-    case DType::Float: return SNNSPX_BWD(float);
-    case DType::Double: return SNNSPX_BWD(double);
-    case DType::Half: return SNNSPX_BWD(__half);
-    case DType::BFloat16: return SNNSPX_BWD(__nv_bfloat16);
-  }
-#undef SNNSPX_BWD
+  with_scalar(dtype, [&](auto sc) {
+    backward_typed<typename decltype(sc)::type>(grad, spikes, du, dut, grad_w, grad_t, tables, T, N, du_inv_clamp,
+                                                max_dudt_inv, stream);
+  });
 }
 
 }  // namespace cuda

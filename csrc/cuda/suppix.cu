@@ -737,13 +737,6 @@ bool pool_max_key_typed(const void* x, const void* labels, void* y, int32_t* aux
   return quad;
 }
 
-template <typename scalar_t>
-bool pool_max_key_labels(const void* x, const void* labels, bool labels64, void* y, int32_t* aux,
-                         const SupPixShape& s, cudaStream_t stream) {
-  if (labels64) return pool_max_key_typed<scalar_t, int64_t>(x, labels, y, aux, s, stream);
-  return pool_max_key_typed<scalar_t, int32_t>(x, labels, y, aux, s, stream);
-}
-
 // grid.x = maps * chunks, chunks = ceil(P / kCountTile); block = kCountThreads;
 // dynamic shared memory K int32 when counts is given. counts (zeroed by the
 // caller): += pixels per superpixel of each map, through a block histogram and
@@ -820,21 +813,6 @@ bool pool_nosort_typed(const void* x, const void* labels, const int32_t* counts,
     }
     return vec;
   }
-}
-
-template <typename scalar_t, typename label_t>
-bool pool_nosort_mode(SupPixMode mode, const void* x, const void* labels, const int32_t* counts, void* y,
-                      int32_t* aux, const SupPixShape& s, cudaStream_t stream) {
-  return with_mode(mode, [&](auto m) {
-    return pool_nosort_typed<scalar_t, label_t, decltype(m)::value>(x, labels, counts, y, aux, s, stream);
-  });
-}
-
-template <typename scalar_t>
-bool pool_nosort_labels(SupPixMode mode, const void* x, const void* labels, bool labels64, const int32_t* counts,
-                        void* y, int32_t* aux, const SupPixShape& s, cudaStream_t stream) {
-  if (labels64) return pool_nosort_mode<scalar_t, int64_t>(mode, x, labels, counts, y, aux, s, stream);
-  return pool_nosort_mode<scalar_t, int32_t>(mode, x, labels, counts, y, aux, s, stream);
 }
 
 template <typename label_t>
@@ -977,12 +955,6 @@ void pool_typed(const void* x, const int32_t* order, const int32_t* offsets, voi
   }
 }
 
-template <typename scalar_t>
-void pool_mode(SupPixMode mode, const void* x, const int32_t* order, const int32_t* offsets, void* y, int32_t* aux,
-               const SupPixShape& s, cudaStream_t stream) {
-  with_mode(mode, [&](auto m) { pool_typed<scalar_t, decltype(m)::value>(x, order, offsets, y, aux, s, stream); });
-}
-
 template <typename scalar_t, typename label_t, SupPixMode kMode>
 bool gather_typed(const void* src, const void* labels, const int32_t* aux, void* out, const SupPixShape& s,
                   bool allow_tiled, cudaStream_t stream) {
@@ -1006,31 +978,15 @@ bool gather_typed(const void* src, const void* labels, const int32_t* aux, void*
   return false;
 }
 
-template <typename scalar_t, typename label_t>
-bool gather_mode(SupPixMode mode, const void* src, const void* labels, const int32_t* aux, void* out,
-                 const SupPixShape& s, bool allow_tiled, cudaStream_t stream) {
-  return with_mode(mode, [&](auto m) {
-    return gather_typed<scalar_t, label_t, decltype(m)::value>(src, labels, aux, out, s, allow_tiled, stream);
-  });
-}
-
-template <typename scalar_t>
-bool gather_labels(SupPixMode mode, const void* src, const void* labels, bool labels64, const int32_t* aux,
-                   void* out, const SupPixShape& s, bool allow_tiled, cudaStream_t stream) {
-  if (labels64) return gather_mode<scalar_t, int64_t>(mode, src, labels, aux, out, s, allow_tiled, stream);
-  return gather_mode<scalar_t, int32_t>(mode, src, labels, aux, out, s, allow_tiled, stream);
-}
-
 }  // namespace
 
 void suppix_pool(DType dtype, SupPixMode mode, const void* x, const int32_t* order, const int32_t* offsets, void* y,
                  int32_t* aux, const SupPixShape& s, cudaStream_t stream) {
-  switch (dtype) {
-    case DType::Float: return pool_mode<float>(mode, x, order, offsets, y, aux, s, stream);
-    case DType::Double: return pool_mode<double>(mode, x, order, offsets, y, aux, s, stream);
-    case DType::Half: return pool_mode<__half>(mode, x, order, offsets, y, aux, s, stream);
-    case DType::BFloat16: return pool_mode<__nv_bfloat16>(mode, x, order, offsets, y, aux, s, stream);
-  }
+  with_scalar(dtype, [&](auto sc) {
+    with_mode(mode, [&](auto m) {
+      pool_typed<typename decltype(sc)::type, decltype(m)::value>(x, order, offsets, y, aux, s, stream);
+    });
+  });
 }
 
 int64_t suppix_pool_nosort_smem(DType dtype, SupPixMode mode, int64_t P, int64_t K) {
@@ -1046,43 +1002,47 @@ bool suppix_pool_max_key_fits(int64_t K) { return max_key_group(1, 1, K) > 0; }
 
 bool suppix_pool_max_key(DType dtype, const void* x, const void* labels, bool labels64, void* y, int32_t* aux,
                          const SupPixShape& s, cudaStream_t stream) {
-  switch (dtype) {
-    case DType::Float: return pool_max_key_labels<float>(x, labels, labels64, y, aux, s, stream);
-    case DType::Half: return pool_max_key_labels<__half>(x, labels, labels64, y, aux, s, stream);
-    case DType::BFloat16: return pool_max_key_labels<__nv_bfloat16>(x, labels, labels64, y, aux, s, stream);
-    case DType::Double: break;  // keys of doubles do not fit 32 bits: the no-sort kernel takes them
-  }
-  return false;
+  return with_scalar(dtype, [&](auto sc) {
+    using scalar_t = typename decltype(sc)::type;
+    if constexpr (std::is_same<scalar_t, double>::value) {
+      return false;  // keys of doubles do not fit 32 bits: the no-sort kernel takes them
+    } else {
+      return with_label(labels64, [&](auto lb) {
+        return pool_max_key_typed<scalar_t, typename decltype(lb)::type>(x, labels, y, aux, s, stream);
+      });
+    }
+  });
 }
 
 bool suppix_pool_nosort(DType dtype, SupPixMode mode, const void* x, const void* labels, bool labels64,
                         const int32_t* counts, void* y, int32_t* aux, const SupPixShape& s, cudaStream_t stream) {
-  switch (dtype) {
-    case DType::Float: return pool_nosort_labels<float>(mode, x, labels, labels64, counts, y, aux, s, stream);
-    case DType::Double: return pool_nosort_labels<double>(mode, x, labels, labels64, counts, y, aux, s, stream);
-    case DType::Half: return pool_nosort_labels<__half>(mode, x, labels, labels64, counts, y, aux, s, stream);
-    case DType::BFloat16:
-      return pool_nosort_labels<__nv_bfloat16>(mode, x, labels, labels64, counts, y, aux, s, stream);
-  }
-  return false;
+  return with_scalar(dtype, [&](auto sc) {
+    return with_label(labels64, [&](auto lb) {
+      return with_mode(mode, [&](auto m) {
+        return pool_nosort_typed<typename decltype(sc)::type, typename decltype(lb)::type, decltype(m)::value>(
+            x, labels, counts, y, aux, s, stream);
+      });
+    });
+  });
 }
 
 void suppix_count(const void* labels, bool labels64, int32_t* counts, int64_t* top, int64_t maps, int64_t P,
                   int64_t K, cudaStream_t stream) {
-  if (labels64) return count_typed<int64_t>(labels, counts, top, maps, P, K, stream);
-  return count_typed<int32_t>(labels, counts, top, maps, P, K, stream);
+  with_label(labels64, [&](auto lb) {
+    count_typed<typename decltype(lb)::type>(labels, counts, top, maps, P, K, stream);
+  });
 }
 
 bool suppix_gather(DType dtype, SupPixMode mode, const void* src, const void* labels, bool labels64,
                    const int32_t* aux, void* out, const SupPixShape& s, bool allow_tiled, cudaStream_t stream) {
-  switch (dtype) {
-    case DType::Float: return gather_labels<float>(mode, src, labels, labels64, aux, out, s, allow_tiled, stream);
-    case DType::Double: return gather_labels<double>(mode, src, labels, labels64, aux, out, s, allow_tiled, stream);
-    case DType::Half: return gather_labels<__half>(mode, src, labels, labels64, aux, out, s, allow_tiled, stream);
-    case DType::BFloat16:
-      return gather_labels<__nv_bfloat16>(mode, src, labels, labels64, aux, out, s, allow_tiled, stream);
-  }
-  return false;
+  return with_scalar(dtype, [&](auto sc) {
+    return with_label(labels64, [&](auto lb) {
+      return with_mode(mode, [&](auto m) {
+        return gather_typed<typename decltype(sc)::type, typename decltype(lb)::type, decltype(m)::value>(
+            src, labels, aux, out, s, allow_tiled, stream);
+      });
+    });
+  });
 }
 
 }  // namespace cuda
