@@ -18,6 +18,10 @@ import snnspx.functional as F
 from conftest import GRID
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _torch_older_than(major: int, minor: int) -> bool:
+    return tuple(int(v) for v in torch.__version__.split(".")[:2]) < (major, minor)
 FIRST_OP_COMPILED = r"""
 import sys, torch, snnspx
 from snnspx import _build
@@ -73,16 +77,49 @@ def test_compile_dynamic_modules(backend, device, gen, seed):
         linear = snnspx.nn.SRMLinear(12, 5, v_th=0.3, backend=backend)
     cases = [
         (snnspx.nn.SRMNeuron(v_th=0.5, backend=backend), (x5,)),
-        (linear, (spikes,)),
         (snnspx.nn.SRMSupPixPool("avg", K, backend=backend), (x5, labels)),
         (snnspx.nn.SupPixPool("max", num_superpixels=K, backend=backend), (x5, labels)),
         (snnspx.nn.SupPixUnpool(backend=backend), (torch.randn((4, 2, 3, K), generator=gen).to(device), labels)),
+        (linear, (spikes,)),  # last: see the xfail below
     ]
     for module, args in cases:
         torch._dynamo.reset()
         module = module.to(device)
-        got = torch.compile(module, backend="aot_eager", fullgraph=True, dynamic=True)(*args)
+        compiled = torch.compile(module, backend="aot_eager", fullgraph=True, dynamic=True)
+        try:
+            got = compiled(*args)
+        except AssertionError:
+            if module is linear and backend == "torch" and _torch_older_than(2, 14):
+                # Loud, never a wrong result: an assertion inside Dynamo itself (torch 2.11).
+                pytest.xfail("the Dynamo of torch < 2.14 fails an internal assertion on SRMLinear's "
+                             "torch backend with dynamic=True")
+            raise
         assert torch.equal(got, module(*args)), type(module).__name__
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+def test_compiled_superpixel_gradients(backend, device, dtype, gen):
+    """Gradients through compiled superpixel modules equal eager's, for every pooling mode. The
+    Dynamo of torch 2.11 gave zeros for the torch backend's avg and max pooling: their
+    autograd.Function returned a tensor through a no-op ``.to`` / ``.contiguous``."""
+    K = 5
+    x = torch.randn((4, 2, 3, 5, 6), generator=gen).to(device, dtype)
+    labels = torch.randint(-1, K, (2, 5, 6), generator=gen).to(device)
+    y = torch.randn((4, 2, 3, K), generator=gen).to(device, dtype)
+    cases = [(snnspx.nn.SupPixPool(m, num_superpixels=K, grad=g, backend=backend), x)
+             for m, g in (("sum", "exact"), ("avg", "exact"), ("avg", "spike"), ("max", "exact"))]
+    cases += [(snnspx.nn.SRMSupPixPool("avg", K, v_th=0.3, backend=backend), x), (snnspx.nn.SupPixUnpool(backend=backend), y)]
+    for module, inp in cases:
+        torch._dynamo.reset()
+        grads = []
+        for run in (torch.compile(module, backend="eager", fullgraph=True), module):
+            leaf = inp.detach().clone().requires_grad_()
+            out = run(leaf, labels)
+            out.backward(torch.ones_like(out))
+            grads.append(leaf.grad)
+        assert grads[1].abs().sum() > 0, "the test should exercise gradients"
+        assert torch.equal(grads[0], grads[1]), module
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])

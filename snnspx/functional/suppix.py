@@ -32,6 +32,15 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _owned(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`t` in `dtype` and contiguous, calling ``.to`` / ``.contiguous`` only when they copy. The
+    Dynamo of torch 2.11 gives zero gradients to an autograd.Function output that a no-op
+    ``.to`` or ``.contiguous`` returned (fixed by 2.14); tests/test_compile.py checks it."""
+    if t.dtype != dtype:
+        t = t.to(dtype)
+    return t if t.is_contiguous() else t.contiguous()
+
+
 def _pool_torch(x: torch.Tensor, lab: torch.Tensor, K: int, mode: str):
     """x [T, B, C, P], lab [L, Bl, P] -> (y [T, B, C, K], aux) with the ops' aux (see csrc/ops.cpp)."""
     T, B, C, P = x.shape
@@ -66,16 +75,16 @@ def _pool_torch(x: torch.Tensor, lab: torch.Tensor, K: int, mode: str):
             first = seg(torch.where(hit, pos, float(P)), "min").clamp(max=P - 1).long()
             arg = order[:, :, None, :].expand(shape).gather(-1, first)
             aux = torch.where(n > 0, arg, -1).to(torch.int32)
-            y = torch.where(n > 0, top, 0).to(x.dtype)
+            y = torch.where(n > 0, top, 0)
         else:
             s = seg(xs, "sum")
             if mode != "sum":
                 s = torch.where(n > 0, s / n.clamp(min=1).to(acc), 0)
-            y = s.to(x.dtype)
+            y = s
             aux = seg((xs != 0).to(acc), "sum").to(torch.int32) if mode == "avg_spike" else None
     if mode in ("sum", "avg"):
         aux = counts.to(torch.int32)
-    return y.contiguous(), aux.contiguous()
+    return _owned(y, x.dtype), _owned(aux, torch.int32)
 
 
 def _gather_torch(src: torch.Tensor, lab: torch.Tensor, aux: torch.Tensor | None, mode: str) -> torch.Tensor:
@@ -308,7 +317,7 @@ def _pool_adjoint(v: torch.Tensor, labels: torch.Tensor, aux: torch.Tensor, mode
         return pool(v, labels, K, mode)
     if mode == "avg_spike":  # sum / m with m = aux, the non-zero inputs per (t, b, c, k)
         s = pool(v.to(_acc(v.dtype)), labels, K, "sum")
-        return torch.where(aux > 0, s / aux.clamp(min=1), 0).to(v.dtype)
+        return _owned(torch.where(aux > 0, s / aux.clamp(min=1), 0), v.dtype)
     # max: the value at the argmax pixel, 0 for an empty superpixel (aux = -1)
     if v.shape[-1] == 0:
         return v.new_zeros(aux.shape)
