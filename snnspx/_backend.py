@@ -93,10 +93,36 @@ def _assume_constant_result(fn):
     return fn
 
 
+# The oldest PyTorch whose torch.compile runs the test suite (tests/test_compile.py and the
+# compiled-model tests). The Dynamo of torch 2.4 gave the torch backend's layers wrong
+# gradients and failed on others; versions between 2.4 and 2.11 are untested.
+COMPILE_MIN_TORCH = (2, 11)
+
+
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
+@_assume_constant_result
+def _check_compile_version() -> bool:
+    """Under torch.compile: a clear error, rather than possibly wrong gradients, on a PyTorch
+    older than COMPILE_MIN_TORCH (eager calls are not affected)."""
+    if _torch_version() < COMPILE_MIN_TORCH:
+        want = ".".join(map(str, COMPILE_MIN_TORCH))
+        raise RuntimeError(
+            f"snnspx under torch.compile needs torch >= {want}, this is torch {torch.__version__}: the "
+            "Dynamo of older versions gave snnspx layers wrong gradients or failed on them. Run the "
+            f"model without torch.compile, or update PyTorch (docs/build.md)"
+        )
+    return True
+
+
 @_assume_constant_result
 def _resolve_while_tracing(backend: str | None, device_type: str) -> str:
     # Building or loading a library (locks, files, subprocesses) cannot be traced, and
     # the first snnspx op of a process may well be inside torch.compile.
+    _check_compile_version()
     return _resolve(backend, torch.device(device_type))
 
 
@@ -126,6 +152,8 @@ def resolve_python(backend: str | None, device: torch.device) -> str:
     ``"reference"`` runs the loops and every other backend the PyTorch ops. With no
     request nothing is built or loaded.
     """
+    if torch.compiler.is_compiling():
+        _check_compile_version()
     if backend is None and not os.environ.get("SNNSPX_BACKEND"):
         return "torch"
     return "reference" if resolve(backend, device) == "reference" else "torch"

@@ -123,6 +123,24 @@ def test_compiled_superpixel_gradients(backend, device, dtype, gen):
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_compile_on_an_untested_torch_is_an_error(backend, monkeypatch):
+    """Under torch.compile on a PyTorch older than snnspx._backend.COMPILE_MIN_TORCH (here
+    faked) every op raises, whether or not the graph may break; eager calls still run."""
+    monkeypatch.setattr(snnspx._backend, "COMPILE_MIN_TORCH", (99, 0))
+    x = torch.zeros((2, 1, 2, 4, 4))
+    labels = torch.zeros((4, 4), dtype=torch.int64)
+    modules = [snnspx.nn.SupPixPool("avg", num_superpixels=1, backend=backend),
+               snnspx.nn.SpikeAvgPool2d(2, backend=backend)]
+    for module in modules:
+        args = (x, labels) if isinstance(module, snnspx.nn.SupPixPool) else (x,)
+        module(*args)
+        for fullgraph in (True, False):
+            torch._dynamo.reset()
+            with pytest.raises(Exception, match=r"snnspx under torch.compile needs torch >= 99\.0"):
+                torch.compile(module, backend="eager", fullgraph=fullgraph)(*args)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
 def test_compiled_label_check(backend, gen):
     """Under torch.compile the range check still runs: an error, never a silent result."""
     torch._dynamo.reset()

@@ -32,13 +32,12 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _owned(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`t` in `dtype` and contiguous, calling ``.to`` / ``.contiguous`` only when they copy. The
-    Dynamo of torch 2.11 gives zero gradients to an autograd.Function output that a no-op
-    ``.to`` or ``.contiguous`` returned (fixed by 2.14); tests/test_compile.py checks it."""
-    if t.dtype != dtype:
-        t = t.to(dtype)
-    return t if t.is_contiguous() else t.contiguous()
+def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`t` in `dtype`, calling ``.to`` only when it copies. The Dynamo of torch 2.11 gives zero
+    gradients to an autograd.Function output that a no-op ``.to`` or ``.contiguous`` returned
+    (fixed by 2.14), so the outputs of the Functions here never come through one;
+    tests/test_compile.py checks it."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _pool_torch(x: torch.Tensor, lab: torch.Tensor, K: int, mode: str):
@@ -61,14 +60,15 @@ def _pool_torch(x: torch.Tensor, lab: torch.Tensor, K: int, mode: str):
         lengths = lengths[:, :, None, :].expand(T, B, C, K + 2).contiguous()
 
         def seg(data, reduce):
-            return torch.segment_reduce(data, reduce, lengths=lengths, axis=3, unsafe=True)[..., 1 : K + 1]
+            # a slice, so .contiguous() copies (see _cast)
+            return torch.segment_reduce(data, reduce, lengths=lengths, axis=3, unsafe=True)[..., 1 : K + 1].contiguous()
 
         n = counts[:, :, None, :]
         if mode == "max":
             top = seg(xs, "max")
             # argmax: the first grouped position (= lowest pixel) holding the maximum
             valid = (keys >= 0) & (keys < K)
-            top_at = top.gather(-1, keys.clamp(0, K - 1)[:, :, None, :].expand(shape))
+            top_at = top.gather(-1, keys.clamp(0, K - 1).long()[:, :, None, :].expand(shape))
             hit = (xs == top_at) | (xs.isnan() & top_at.isnan())
             hit &= valid[:, :, None, :]
             pos = torch.arange(P, device=dev, dtype=torch.float64).expand(shape)
@@ -84,7 +84,7 @@ def _pool_torch(x: torch.Tensor, lab: torch.Tensor, K: int, mode: str):
             aux = seg((xs != 0).to(acc), "sum").to(torch.int32) if mode == "avg_spike" else None
     if mode in ("sum", "avg"):
         aux = counts.to(torch.int32)
-    return _owned(y, x.dtype), _owned(aux, torch.int32)
+    return _cast(y, x.dtype), _cast(aux, torch.int32)
 
 
 def _gather_torch(src: torch.Tensor, lab: torch.Tensor, aux: torch.Tensor | None, mode: str) -> torch.Tensor:
@@ -94,6 +94,7 @@ def _gather_torch(src: torch.Tensor, lab: torch.Tensor, aux: torch.Tensor | None
     if K == 0 or src.numel() == 0:
         return src.new_zeros((T, B, C, P))
     shape = (T, B, C, P)
+    lab = lab.long()  # gather indices: the gather of torch 2.4 takes int64 only
     valid = ((lab >= 0) & (lab < K))[:, :, None, :]
     val = src
     if mode in ("avg", "avg_spike"):
@@ -317,7 +318,7 @@ def _pool_adjoint(v: torch.Tensor, labels: torch.Tensor, aux: torch.Tensor, mode
         return pool(v, labels, K, mode)
     if mode == "avg_spike":  # sum / m with m = aux, the non-zero inputs per (t, b, c, k)
         s = pool(v.to(_acc(v.dtype)), labels, K, "sum")
-        return _owned(torch.where(aux > 0, s / aux.clamp(min=1), 0), v.dtype)
+        return _cast(torch.where(aux > 0, s / aux.clamp(min=1), 0), v.dtype)
     # max: the value at the argmax pixel, 0 for an empty superpixel (aux = -1)
     if v.shape[-1] == 0:
         return v.new_zeros(aux.shape)
