@@ -766,6 +766,55 @@ def test_cuda_nosort_falls_back_when_rows_do_not_fit(dtype, mode, K, nosort, gen
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("legacy", [False, True], ids=["side-stream", "legacy"])
+def test_cuda_label_check_sees_labels_written_just_before(legacy, gen, monkeypatch):
+    """The range check of unpooling, the fused op and sorted pooling finds the largest label
+    on a side stream (csrc/cuda/glue.h): it must wait for the labels' producer on the current
+    stream.
+    Labels hold K (a failing label) until a copy queued behind a long sleep makes them valid;
+    a check that read them early would raise."""
+    if legacy:
+        monkeypatch.setenv(LEGACY, "1")
+    else:
+        monkeypatch.delenv(LEGACY, raising=False)
+    K = 6
+    good = torch.randint(-1, K, (2, 4, 5), generator=gen).cuda()
+    y = rand_x(gen, (3, 2, 3, K), torch.float32, "cuda")
+    x = rand_x(gen, (3, 2, 3, 4, 5), torch.float32, "cuda")
+    # The sorted pooling path (K too large for the no-sort kernels' 48 KiB of shared memory,
+    # even with one warp of 20 pixels) checks on the side stream too.
+    big_K = 20000
+    ops = {
+        "unpool": lambda lab: F.suppix_unpool(y, lab, backend="cuda"),
+        "fused": lambda lab: F.srm_suppix_pool(x, lab, K, "avg", backend="cuda"),
+        "sorted pooling": lambda lab: F.suppix_pool(x, lab, big_K, "sum", backend="cuda"),
+    }
+    for name, op in ops.items():
+        want = op(good)
+        labels = torch.full_like(good, big_K if name == "sorted pooling" else K)
+        torch.cuda._sleep(20_000_000)  # some milliseconds of the current stream
+        labels.copy_(good)
+        nosort = snnspx.kernel_calls(NOSORT)
+        assert torch.equal(op(labels), want), name
+        if name == "sorted pooling":
+            assert snnspx.kernel_calls(NOSORT) == nosort, "the sorted path should have run"
+
+
+@pytest.mark.cuda
+def test_cuda_label_check_catches_labels_broken_just_before(gen, monkeypatch):
+    """The other way round: valid labels made invalid by in-flight work are caught."""
+    monkeypatch.delenv(LEGACY, raising=False)
+    K = 6
+    good = torch.randint(-1, K, (2, 4, 5), generator=gen).cuda()
+    y = rand_x(gen, (3, 2, 3, K), torch.float32, "cuda")
+    labels = good.clone()
+    torch.cuda._sleep(20_000_000)
+    labels[1, 2, 3] = K
+    with pytest.raises(ValueError, match=f"labels must be < num_superpixels = {K}"):
+        F.suppix_unpool(y, labels, backend="cuda")
+
+
+@pytest.mark.cuda
 def test_cuda_nosort_label_checks_and_empty_shapes(gen, monkeypatch):
     """The range check (read back after the kernels), unchecked labels >= K ignored, and the
     empty shapes (sorted path); SNNSPX_LEGACY_CUDA=1, and only "1", selects the sorted path."""
