@@ -768,9 +768,9 @@ def test_cuda_nosort_falls_back_when_rows_do_not_fit(dtype, mode, K, nosort, gen
 @pytest.mark.cuda
 @pytest.mark.parametrize("legacy", [False, True], ids=["side-stream", "legacy"])
 def test_cuda_label_check_sees_labels_written_just_before(legacy, gen, monkeypatch):
-    """The range check of unpooling, the fused op and sorted pooling finds the largest label
-    on a side stream (csrc/cuda/glue.h): it must wait for the labels' producer on the current
-    stream.
+    """The range check copies the largest label to the host on a side stream (csrc/cuda/glue.h;
+    unpooling, the fused op and sorted pooling also find it there): it must wait for the
+    labels' producer on the current stream.
     Labels hold K (a failing label) until a copy queued behind a long sleep makes them valid;
     a check that read them early would raise."""
     if legacy:
@@ -788,9 +788,16 @@ def test_cuda_label_check_sees_labels_written_just_before(legacy, gen, monkeypat
         "unpool": lambda lab: F.suppix_unpool(y, lab, backend="cuda"),
         "fused": lambda lab: F.srm_suppix_pool(x, lab, K, "avg", backend="cuda"),
         "sorted pooling": lambda lab: F.suppix_pool(x, lab, big_K, "sum", backend="cuda"),
+        # the no-sort kernels' own count finds the largest label; only the copy is on the side
+        "no-sort pooling": lambda lab: F.suppix_pool(x, lab, K, "max", backend="cuda"),
     }
     for name, op in ops.items():
         want = op(good)
+        # Small blocks of the caching allocator that hold a failing label: a copy that did not
+        # wait would read the largest label's tensor before the current stream wrote it.
+        poison = [torch.full((64,), 2**62, dtype=torch.int64, device="cuda") for _ in range(64)]
+        torch.cuda.synchronize()
+        del poison
         labels = torch.full_like(good, big_K if name == "sorted pooling" else K)
         torch.cuda._sleep(20_000_000)  # some milliseconds of the current stream
         labels.copy_(good)
@@ -798,6 +805,8 @@ def test_cuda_label_check_sees_labels_written_just_before(legacy, gen, monkeypat
         assert torch.equal(op(labels), want), name
         if name == "sorted pooling":
             assert snnspx.kernel_calls(NOSORT) == nosort, "the sorted path should have run"
+        if name == "no-sort pooling":  # SNNSPX_LEGACY_CUDA=1 takes the sorted path
+            assert snnspx.kernel_calls(NOSORT) == nosort + (0 if legacy else 1), name
 
 
 @pytest.mark.cuda

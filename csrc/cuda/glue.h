@@ -79,15 +79,16 @@ inline c10::cuda::CUDAStream label_check_stream(c10::DeviceIndex device) {
 // overlaps them), and the verdict still comes before the op returns. The kernels skip
 // labels >= K, so they are safe to run before it; on failure the outputs are dropped.
 //
-// The labels form (unpooling, the fused ops, sorted pooling) finds the largest label on a
-// side stream (label_check_stream): it waits for the work queued so far on the current stream (the labels'
-// producer included), then runs the count kernel and the copy, while the op's own kernels,
-// queued next on the current stream, do not wait for them. In the current stream they sat
-// between two calls' kernels: about 18 us a call of unpooling on an H200 (stop 11's table,
-// 0.104 ms with the check, 0.086 without), mostly the copy's round trip. The tensors the side
-// stream uses live until the verdict (or the destructor, which waits for the side stream),
-// so the caching allocator never hands their blocks to the current stream early.
-// SNNSPX_LEGACY_CUDA=1 keeps everything on the current stream.
+// The copy to the host runs on a side stream (label_check_stream), which first waits for the
+// work queued so far on the current stream; for the labels form (unpooling, the fused ops,
+// sorted pooling) the count kernel runs there too (the labels' producer is in that queued
+// work), and start_on_side serves the no-sort pooling, whose own count kernel already wrote
+// the largest label. The op's kernels, queued next on the current stream, do not wait for
+// the copy. In the current stream it sat between two calls' kernels: about 18 us a call of
+// unpooling on an H200 (stop 11's table, 0.104 ms with the check, 0.086 without), mostly the
+// copy's round trip. The tensors the side stream uses live until the verdict (or the
+// destructor, which waits for the event), so the caching allocator never hands their blocks
+// to the current stream early. SNNSPX_LEGACY_CUDA=1 keeps everything on the current stream.
 class DeviceLabelCheck {
  public:
   explicit DeviceLabelCheck(int64_t K) : K_(K) {}
@@ -109,32 +110,23 @@ class DeviceLabelCheck {
     lab_ = labels.contiguous();
     TORCH_CHECK(lab_.numel() / 1024 < std::numeric_limits<int32_t>::max(), "at most 2^41 labels, got ", lab_.numel());
     top_ = at::empty({1}, lab_.options().dtype(at::kLong));
-    const c10::cuda::CUDAStream current = c10::cuda::getCurrentCUDAStream();
     if (legacy_cuda()) {
-      count_into_top(current);
+      count_into_top(c10::cuda::getCurrentCUDAStream());
       start(top_);
       return;
     }
-    const c10::cuda::CUDAStream side = label_check_stream(current.device_index());
-    cudaEvent_t queued = nullptr;
-    C10_CUDA_CHECK(cudaEventCreateWithFlags(&queued, cudaEventDisableTiming));
-    const cudaError_t recorded = cudaEventRecord(queued, current);
-    const cudaError_t waited = recorded == cudaSuccess ? cudaStreamWaitEvent(side, queued, 0) : recorded;
-    cudaEventDestroy(queued);  // allowed once the wait is queued: it keeps the recorded state
-    C10_CUDA_CHECK(waited);
-    try {
-      c10::cuda::CUDAStreamGuard on_side(side);  // start()'s copy and event go to `side` too
-      count_into_top(side);
-      start(top_);
-    } catch (...) {
-      // No destructor runs for a constructor that throws: let the side stream finish with
-      // lab_ and top_ before they are freed.
-      cudaStreamSynchronize(side);
-      throw;
-    }
+    on_side([this](cudaStream_t side) { count_into_top(side); });
   }
-  // top: a one-element int64 tensor on the current device, the largest label, written by
-  // work queued on the current stream.
+  // The check of `top`, a one-element int64 tensor on the current device holding the largest
+  // label, written by work already queued on the current stream (the no-sort pooling's own
+  // count kernel): its copy to the host runs on the side stream, so the current stream's next
+  // kernels do not wait for it (SNNSPX_LEGACY_CUDA=1: start(top), on the current stream).
+  void start_on_side(const at::Tensor& top) {
+    if (legacy_cuda()) return start(top);
+    top_ = top;
+    on_side([](cudaStream_t) {});
+  }
+  // The copy of `top` (as above) on the current stream.
   void start(const at::Tensor& top) {
     TORCH_INTERNAL_ASSERT(top.scalar_type() == at::kLong && top.numel() == 1);
     host_ = at::empty({1}, top.options().device(at::kCPU).pinned_memory(true));
@@ -151,6 +143,31 @@ class DeviceLabelCheck {
   }
 
  private:
+  // On the side stream, once the work queued so far on the current stream is done: `work`
+  // (given the side stream), then start(top_)'s copy and event.
+  template <typename Work>
+  void on_side(Work&& work) {
+    const c10::cuda::CUDAStream current = c10::cuda::getCurrentCUDAStream();
+    const c10::cuda::CUDAStream side = label_check_stream(current.device_index());
+    cudaEvent_t queued = nullptr;
+    C10_CUDA_CHECK(cudaEventCreateWithFlags(&queued, cudaEventDisableTiming));
+    const cudaError_t recorded = cudaEventRecord(queued, current);
+    const cudaError_t waited = recorded == cudaSuccess ? cudaStreamWaitEvent(side, queued, 0) : recorded;
+    cudaEventDestroy(queued);  // allowed once the wait is queued: it keeps the recorded state
+    C10_CUDA_CHECK(waited);
+    try {
+      c10::cuda::CUDAStreamGuard on_side(side);  // start()'s copy and event go to `side` too
+      work(side.stream());
+      start(top_);
+    } catch (...) {
+      // Work may be queued on the side stream without an armed event for the destructor to
+      // wait for (and a constructor that throws has no destructor): let the side stream
+      // finish with lab_ and top_ before they are freed.
+      cudaStreamSynchronize(side.stream());
+      throw;
+    }
+  }
+
   void count_into_top(cudaStream_t stream) {
     C10_CUDA_CHECK(cudaMemsetAsync(top_.data_ptr(), 0x80, sizeof(int64_t), stream));
     suppix_count(lab_.data_ptr(), lab_.scalar_type() == at::kLong, /*counts=*/nullptr, top_.data_ptr<int64_t>(),

@@ -104,7 +104,7 @@ std::optional<std::tuple<at::Tensor, at::Tensor>> suppix_pool_nosort_cuda(const 
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   cuda::DeviceLabelCheck check(d.K);
-  if (check_labels) check.start(top);
+  if (check_labels) check.start_on_side(top);
   const bool aux_out = a.mode == SupPixMode::Max || a.mode == SupPixMode::AvgSpike;
   bool quad = false;
   if (max_key) {
