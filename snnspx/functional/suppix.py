@@ -215,7 +215,7 @@ def suppix_pool(
         return_counts: also return ``n``, int64 of shape ``labels.shape[:-2] + (K,)``.
         check_labels: a label ``>= K`` raises ``ValueError``. The check costs one read of the
             labels, and on the GPU one read-back of their maximum (the host waits for that
-            small copy, queued before the pooling kernel, not for the kernel), when K is given
+            small copy, made on a side stream, not for the pooling kernel), when K is given
             (an inferred K needs none). ``False`` skips it; labels ``>= K`` are then ignored
             like negative ones (never read or written out of bounds).
         backend: ``"cuda"``, ``"cpp"``, ``"torch"``, ``"reference"`` or None (see
