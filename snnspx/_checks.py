@@ -75,6 +75,14 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def cast_output(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`t` in `dtype`, calling ``.to`` only when it copies: for what a Python autograd.Function
+    returns. The Dynamo of torch 2.11 gives wrong (zero) gradients to a Function output that a
+    no-op ``.to`` or ``.contiguous`` returned, or that is a view of an intermediate (fixed by
+    2.14); tests/test_compile.py checks the Functions of the package."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def check_srm_backward_dtypes(grad_spikes: torch.Tensor, spikes: torch.Tensor, du: torch.Tensor, dut: torch.Tensor) -> None:
     """srm_backward's dtype rules: spikes in the dtype of grad_spikes, du and dut in its state dtype."""
     if spikes.dtype != grad_spikes.dtype:

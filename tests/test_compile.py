@@ -101,25 +101,50 @@ def test_compile_dynamic_modules(backend, device, gen, seed):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
 def test_compiled_superpixel_gradients(backend, device, dtype, gen):
     """Gradients through compiled superpixel modules equal eager's, for every pooling mode. The
-    Dynamo of torch 2.11 gave zeros for the torch backend's avg and max pooling: their
-    autograd.Function returned a tensor through a no-op ``.to`` / ``.contiguous``."""
+    Dynamo of torch 2.11 gave wrong ones for the torch backend's pooling: its autograd.Function
+    returned a tensor through a no-op ``.to`` / ``.contiguous`` (avg, max), or a view (sum of
+    one (t, b, c) row)."""
     K = 5
     x = torch.randn((4, 2, 3, 5, 6), generator=gen).to(device, dtype)
     labels = torch.randint(-1, K, (2, 5, 6), generator=gen).to(device)
     y = torch.randn((4, 2, 3, K), generator=gen).to(device, dtype)
-    cases = [(snnspx.nn.SupPixPool(m, num_superpixels=K, grad=g, backend=backend), x)
-             for m, g in (("sum", "exact"), ("avg", "exact"), ("avg", "spike"), ("max", "exact"))]
-    cases += [(snnspx.nn.SRMSupPixPool("avg", K, v_th=0.3, backend=backend), x), (snnspx.nn.SupPixUnpool(backend=backend), y)]
+    one = torch.randn((1, 1, 1, 5, 6), generator=gen).to(device, dtype)  # one (t, b, c) row
+    cases = [(snnspx.nn.SupPixPool(m, num_superpixels=K, grad=g, backend=backend), inp, lab)
+             for m, g in (("sum", "exact"), ("avg", "exact"), ("avg", "spike"), ("max", "exact"))
+             for inp, lab in ((x, labels), (one, labels[0]))]
+    cases += [(snnspx.nn.SRMSupPixPool("avg", K, v_th=0.3, backend=backend), x, labels),
+              (snnspx.nn.SupPixUnpool(backend=backend), y, labels)]
+    for module, inp, lab in cases:
+        torch._dynamo.reset()
+        grads = []
+        for run in (torch.compile(module, backend="eager", fullgraph=True), module):
+            leaf = inp.detach().clone().requires_grad_()
+            out = run(leaf, lab)
+            out.backward(torch.ones_like(out))
+            grads.append(leaf.grad)
+        assert grads[1].abs().sum() > 0, "the test should exercise gradients"
+        assert torch.equal(grads[0], grads[1]), module
+
+
+@pytest.mark.parametrize("device", [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+def test_compiled_python_function_gradients(device, dtype, gen):
+    """The other Python autograd.Functions of the package under torch.compile: the quantizer's
+    straight-through gradient (torch 2.11 gave zeros: its output came through a no-op .to) and
+    the spike-count average pooling."""
+    x = torch.randn((3, 2, 4, 6, 6), generator=gen).to(device, dtype)
+    spikes = (torch.rand((3, 2, 4, 6, 6), generator=gen) > 0.5).to(device, dtype)
+    cases = [(snnspx.nn.Quantizer(8).to(device), x), (snnspx.nn.SpikeAvgPool2d(2), spikes)]
     for module, inp in cases:
         torch._dynamo.reset()
         grads = []
         for run in (torch.compile(module, backend="eager", fullgraph=True), module):
             leaf = inp.detach().clone().requires_grad_()
-            out = run(leaf, labels)
+            out = run(leaf)
             out.backward(torch.ones_like(out))
             grads.append(leaf.grad)
         assert grads[1].abs().sum() > 0, "the test should exercise gradients"
-        assert torch.equal(grads[0], grads[1]), module
+        assert torch.equal(grads[0], grads[1]), type(module).__name__
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])

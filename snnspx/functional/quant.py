@@ -77,7 +77,7 @@ def _quantize(x: torch.Tensor, scale: torch.Tensor, bits: int, rounding: str) ->
     v = x.to(acc) * s
     v = torch.round(v) if rounding == "nearest" else torch.trunc(v)
     q_max = float(2 ** (bits - 1) - 1)
-    return (v.clamp(-q_max, q_max) / s).to(x.dtype)
+    return _checks.cast_output(v.clamp(-q_max, q_max) / s, x.dtype)
 
 
 class _StraightThrough(torch.autograd.Function):

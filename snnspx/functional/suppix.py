@@ -32,14 +32,6 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`t` in `dtype`, calling ``.to`` only when it copies. The Dynamo of torch 2.11 gives zero
-    gradients to an autograd.Function output that a no-op ``.to`` or ``.contiguous`` returned
-    (fixed by 2.14), so the outputs of the Functions here never come through one;
-    tests/test_compile.py checks it."""
-    return t if t.dtype == dtype else t.to(dtype)
-
-
 def _pool_torch(x: torch.Tensor, lab: torch.Tensor, K: int, mode: str):
     """x [T, B, C, P], lab [L, Bl, P] -> (y [T, B, C, K], aux) with the ops' aux (see csrc/ops.cpp)."""
     T, B, C, P = x.shape
@@ -60,8 +52,10 @@ def _pool_torch(x: torch.Tensor, lab: torch.Tensor, K: int, mode: str):
         lengths = lengths[:, :, None, :].expand(T, B, C, K + 2).contiguous()
 
         def seg(data, reduce):
-            # a slice, so .contiguous() copies (see _cast)
-            return torch.segment_reduce(data, reduce, lengths=lengths, axis=3, unsafe=True)[..., 1 : K + 1].contiguous()
+            # always a copy, never a view of segment_reduce's result (see cast_output): with one
+            # (t, b, c) row the slice is contiguous and .contiguous() would return it as is
+            out = torch.segment_reduce(data, reduce, lengths=lengths, axis=3, unsafe=True)
+            return out[..., 1 : K + 1].clone(memory_format=torch.contiguous_format)
 
         n = counts[:, :, None, :]
         if mode == "max":
@@ -84,7 +78,7 @@ def _pool_torch(x: torch.Tensor, lab: torch.Tensor, K: int, mode: str):
             aux = seg((xs != 0).to(acc), "sum").to(torch.int32) if mode == "avg_spike" else None
     if mode in ("sum", "avg"):
         aux = counts.to(torch.int32)
-    return _cast(y, x.dtype), _cast(aux, torch.int32)
+    return _checks.cast_output(y, x.dtype), _checks.cast_output(aux, torch.int32)
 
 
 def _gather_torch(src: torch.Tensor, lab: torch.Tensor, aux: torch.Tensor | None, mode: str) -> torch.Tensor:
@@ -318,7 +312,7 @@ def _pool_adjoint(v: torch.Tensor, labels: torch.Tensor, aux: torch.Tensor, mode
         return pool(v, labels, K, mode)
     if mode == "avg_spike":  # sum / m with m = aux, the non-zero inputs per (t, b, c, k)
         s = pool(v.to(_acc(v.dtype)), labels, K, "sum")
-        return _cast(torch.where(aux > 0, s / aux.clamp(min=1), 0), v.dtype)
+        return _checks.cast_output(torch.where(aux > 0, s / aux.clamp(min=1), 0), v.dtype)
     # max: the value at the argmax pixel, 0 for an empty superpixel (aux = -1)
     if v.shape[-1] == 0:
         return v.new_zeros(aux.shape)
