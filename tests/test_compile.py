@@ -18,10 +18,6 @@ import snnspx.functional as F
 from conftest import GRID
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _torch_older_than(major: int, minor: int) -> bool:
-    return tuple(int(v) for v in torch.__version__.split(".")[:2]) < (major, minor)
 FIRST_OP_COMPILED = r"""
 import sys, torch, snnspx
 from snnspx import _build
@@ -89,7 +85,7 @@ def test_compile_dynamic_modules(backend, device, gen, seed):
         try:
             got = compiled(*args)
         except AssertionError:
-            if module is linear and backend == "torch" and _torch_older_than(2, 14):
+            if module is linear and backend == "torch" and snnspx._backend._torch_version() < (2, 14):
                 # Loud, never a wrong result: an assertion inside Dynamo itself (torch 2.11).
                 pytest.xfail("the Dynamo of torch < 2.14 fails an internal assertion on SRMLinear's "
                              "torch backend with dynamic=True")

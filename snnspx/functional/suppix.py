@@ -28,10 +28,6 @@ def _segments(lab: torch.Tensor, K: int):
     return keys, order, torch.searchsorted(keys, bounds)
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _pool_torch(x: torch.Tensor, lab: torch.Tensor, K: int, mode: str):
     """x [T, B, C, P], lab [L, Bl, P] -> (y [T, B, C, K], aux) with the ops' aux (see csrc/ops.cpp)."""
     T, B, C, P = x.shape
@@ -44,7 +40,7 @@ def _pool_torch(x: torch.Tensor, lab: torch.Tensor, K: int, mode: str):
         y = x.new_zeros((T, B, C, K))
         aux = x.new_full((T, B, C, K), -1 if mode == "max" else 0, dtype=torch.int32)
     else:
-        acc = _acc(x.dtype)
+        acc = _checks.acc_dtype(x.dtype)
         shape = (T, B, C, P)
         xs = x.gather(-1, order[:, :, None, :].expand(shape)).to(acc)  # grouped by superpixel
         # segments per (t, b, c) row: the ignored pixels below 0, superpixels 0..K-1, those >= K
@@ -78,7 +74,7 @@ def _pool_torch(x: torch.Tensor, lab: torch.Tensor, K: int, mode: str):
             aux = seg((xs != 0).to(acc), "sum").to(torch.int32) if mode == "avg_spike" else None
     if mode in ("sum", "avg"):
         aux = counts.to(torch.int32)
-    return _checks.cast_output(y, x.dtype), _checks.cast_output(aux, torch.int32)
+    return _checks.cast_output(y, x.dtype), aux  # every aux above is a fresh int32 tensor
 
 
 def _gather_torch(src: torch.Tensor, lab: torch.Tensor, aux: torch.Tensor | None, mode: str) -> torch.Tensor:
@@ -93,7 +89,7 @@ def _gather_torch(src: torch.Tensor, lab: torch.Tensor, aux: torch.Tensor | None
     val = src
     if mode in ("avg", "avg_spike"):
         n = aux[:, :, None, :] if mode == "avg" else aux
-        val = torch.where(n > 0, src.to(_acc(src.dtype)) / n.clamp(min=1), 0).to(src.dtype)
+        val = torch.where(n > 0, src.to(_checks.acc_dtype(src.dtype)) / n.clamp(min=1), 0).to(src.dtype)
     if mode != "max":
         # ignored pixels read an appended zero (index K): one gather, no mask over the output
         idx = torch.where(valid, lab[:, :, None, :], K).expand(shape)
@@ -311,7 +307,7 @@ def _pool_adjoint(v: torch.Tensor, labels: torch.Tensor, aux: torch.Tensor, mode
     if mode in ("sum", "avg"):  # sum / n with n the pixel count, 0 where n = 0
         return pool(v, labels, K, mode)
     if mode == "avg_spike":  # sum / m with m = aux, the non-zero inputs per (t, b, c, k)
-        s = pool(v.to(_acc(v.dtype)), labels, K, "sum")
+        s = pool(v.to(_checks.acc_dtype(v.dtype)), labels, K, "sum")
         return _checks.cast_output(torch.where(aux > 0, s / aux.clamp(min=1), 0), v.dtype)
     # max: the value at the argmax pixel, 0 for an empty superpixel (aux = -1)
     if v.shape[-1] == 0:
