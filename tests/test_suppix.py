@@ -57,7 +57,7 @@ def test_pool_matches_reference(backend, device, dtype, mode, form, gen):
     close(y, ry, f"y ({backend}, {mode}, {form})")
     close(gx, rgx, f"grad_x ({backend}, {mode}, {form})")
     assert torch.all(y[..., K - 1] == 0), "an empty superpixel must pool to 0"
-    assert not torch.isnan(y).any()
+    assert not torch.isnan(y).any() and not torch.isnan(gx).any()
 
 
 @pytest.mark.parametrize("backend,device", GRID)
@@ -117,6 +117,14 @@ def test_pool_matches_scatter_reduce(backend, device, mode, reduce, gen):
         -1, idx, x.reshape(T, B, C, H * W), reduce, include_self=False
     )[..., :K]
     close(F.suppix_pool(x, labels, K, mode, backend=backend), want, mode)
+    # the gradients agree too (no ties in random floats, so amax's even split of ties never applies)
+    w = rand_x(gen, (T, B, C, K), torch.float32, device)
+    xs = x.clone().requires_grad_()
+    s = torch.zeros(T, B, C, K + 1, device=device).scatter_reduce(
+        -1, idx, xs.reshape(T, B, C, H * W), reduce, include_self=False
+    )[..., :K]
+    (s * w).sum().backward()
+    close(pool_and_grad(x, labels, K, mode, backend, w)[1], xs.grad, f"grad_x {mode}")
     # unpooling is a gather
     y = rand_x(gen, (T, B, C, K), torch.float32, device)
     z = F.suppix_unpool(y, labels, backend=backend)
@@ -227,9 +235,20 @@ def test_label_forms_and_dtypes_agree(backend, device, mode, gen):
     x = rand_x(gen, (T, B, C, H, W), torch.float32, device)
     lab = rand_labels(gen, "shared", T, B, H, W, K, device)
     forms = [lab, lab.expand(B, H, W), lab.expand(T, B, H, W), lab[None].expand(1, 1, H, W), lab.int()]
-    ys = [F.suppix_pool(x, f, K, mode, backend=backend) for f in forms]
-    for y in ys[1:]:
-        assert torch.equal(y, ys[0])
+    w = rand_x(gen, (T, B, C, K), torch.float32, device)
+    runs = [pool_and_grad(x, f, K, mode, backend, w) for f in forms]
+    for y, gx in runs[1:]:
+        assert torch.equal(y, runs[0][0]) and torch.equal(gx, runs[0][1])
+    # unpooling and its backward, int32 against int64 labels
+    yv = rand_x(gen, (T, B, C, K), torch.float32, device)
+    wz = rand_x(gen, (T, B, C, H, W), torch.float32, device)
+    unpooled = []
+    for f in (lab, lab.int()):
+        yg = yv.clone().requires_grad_()
+        z = F.suppix_unpool(yg, f, backend=backend)
+        (z * wz).sum().backward()
+        unpooled.append((z.detach(), yg.grad))
+    assert torch.equal(unpooled[0][0], unpooled[1][0]) and torch.equal(unpooled[0][1], unpooled[1][1])
     # per-step labels really are per step
     per_step = rand_labels(gen, "per_step", T, B, H, W, K, device)
     y = F.suppix_pool(x, per_step, K, mode, backend=backend)
@@ -255,9 +274,27 @@ def test_noncontiguous_and_single_step(backend, device, mode, gen):
     assert torch.equal(F.suppix_pool(x[1:], labels, K, mode, backend=backend)[0], y1)
     z1 = F.suppix_unpool(y1, labels, backend=backend)
     assert z1.shape == (B, C, H, W)
-    # non-contiguous labels and gradients
+    assert torch.equal(z1, F.suppix_unpool(y, labels, backend=backend)[1])
+    # non-contiguous labels
     lab_nc = labels.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not lab_nc.is_contiguous()
     assert torch.equal(F.suppix_pool(x, lab_nc, K, mode, backend=backend), y)
+    # gradients through non-contiguous x, and with a non-contiguous upstream gradient
+    w = rand_x(gen, (T, B, K, C), torch.float32, device).transpose(2, 3)
+    y_nc, gx_nc = pool_and_grad(x, labels, K, mode, backend, w)
+    y_c, gx_c = pool_and_grad(x.contiguous(), labels, K, mode, backend, w.contiguous())
+    assert torch.equal(y_nc, y_c) and torch.equal(gx_nc, gx_c)
+    # unpooling of a non-contiguous y, forward and backward
+    y_t = rand_x(gen, (T, B, K, C), torch.float32, device).transpose(2, 3)  # [T, B, C, K]
+    wz = rand_x(gen, (T, B, C, H, W), torch.float32, device)
+    got = []
+    for v in (y_t, y_t.contiguous()):
+        vg = v.detach().requires_grad_()
+        z = F.suppix_unpool(vg, labels, backend=backend)
+        (z * wz).sum().backward()
+        got.append((z.detach(), vg.grad))
+    assert not y_t.is_contiguous()
+    assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1])
 
 
 @pytest.mark.parametrize("backend,device", GRID)
