@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -53,9 +54,10 @@ def check_against_composition(x, labels, K, mode, backend, gen):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("form", ["shared", "batch", "step"])
 @pytest.mark.parametrize("label_dtype", [torch.int32, torch.int64], ids=["i32", "i64"])
-def test_fused_equals_composition(backend, device, mode, form, label_dtype, gen):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_equals_composition(backend, device, mode, form, label_dtype, dtype, gen):
     T, B, C, H, W, K = 9, 2, 3, 5, 7, 6
-    x = currents(gen, (T, B, C, H, W), device=device)
+    x = currents(gen, (T, B, C, H, W), dtype, device)
     labels = make_labels(gen, form, T, B, H, W, K, label_dtype, device)
     y = F.srm_suppix_pool(x, labels, K, mode, backend=backend)
     want = composed(x, labels, K, mode)
@@ -137,6 +139,47 @@ def test_fused_edge_cases(backend, device, gen):
 
 @pytest.mark.parametrize("backend,device", GRID)
 @pytest.mark.parametrize("mode", MODES)
+def test_fused_edge_case_gradients(backend, device, mode, gen):
+    """T = 1, empty superpixels, an image without labelled pixels, labels far below -1 and
+    all-zero or huge inputs: output and gradient equal the composition's."""
+    x = currents(gen, (1, 2, 2, 3, 3), device=device) * 4
+    labels = torch.tensor([[[0, 0, 1], [1, 1, 0], [-1, 0, 1]], [[-1, -5, -(2**40)]] * 3], device=device)
+    for K in (2, 5):
+        y, _, _ = check_against_composition(x, labels, K, mode, backend, gen)
+        assert torch.all(y[:, 1] == 0) and torch.all(y[..., 2:] == 0)
+    long_x = currents(gen, (6, 2, 2, 3, 3), device=device)
+    for scale in (0.0, 1e30):
+        check_against_composition(long_x * scale, labels, 3, mode, backend, gen)
+    i32 = torch.where(labels < -(2**31), -(2**31), labels).int()
+    check_against_composition(long_x, i32, 3, mode, backend, gen)
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("mode", MODES)
+def test_fused_threshold_tie(backend, device, mode):
+    """A membrane exactly at v_th does not spike (strict >) and one ulp lower does, in the fused
+    op as in the neuron; the gradient is the composition's in both cases."""
+    x = torch.tensor([3.0, 2.0, 5.0], device=device).reshape(1, 1, 1, 1, 3)
+    labels = torch.tensor([[0, 1, 2]], device=device)  # one pixel per superpixel
+    _, du, _ = R.srm_forward(x.reshape(1, 3).cpu())  # T = 1: the membrane is du
+    gen = torch.Generator().manual_seed(0)
+    for n in range(3):
+        u = du[0, n].item()
+        below = torch.nextafter(torch.tensor(u, dtype=torch.float32), torch.tensor(-1e30)).item()
+        for v_th, spikes in ((u, 0.0), (below, 1.0)):
+            y = F.srm_suppix_pool(x, labels, 3, mode, v_th=v_th, backend=backend)
+            assert y[0, 0, 0, n].item() == spikes, f"u = {u}, v_th = {v_th}"
+            assert torch.equal(y.cpu(), composed(x.cpu(), labels.cpu(), 3, mode, v_th=v_th))
+            xg = x.clone().requires_grad_()
+            w = torch.randn(1, 1, 1, 3, generator=gen).to(device)
+            (F.srm_suppix_pool(xg, labels, 3, mode, v_th=v_th, backend=backend) * w).sum().backward()
+            xr = x.cpu().clone().requires_grad_()
+            (composed(xr, labels.cpu(), 3, mode, v_th=v_th) * w.cpu()).sum().backward()
+            torch.testing.assert_close(xg.grad.cpu(), xr.grad)
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("mode", MODES)
 def test_fused_no_superpixels_trains(backend, device, mode, gen):
     # Every label negative and K inferred: K = 0, an empty output, and a gradient that is
     # exactly zero (the backward still walks every neuron's saved state).
@@ -157,6 +200,23 @@ def test_fused_noncontiguous_and_long_T(backend, device, gen):
         y = F.srm_suppix_pool(x, labels, 5, mode, backend=backend)
         assert torch.equal(y, F.srm_suppix_pool(x.contiguous(), labels, 5, mode, backend=backend))
         assert torch.equal(y.cpu(), composed(x, labels, 5, mode).cpu())
+        # the gradient through the non-contiguous x (clone keeps its strides)
+        assert not x.clone().is_contiguous()
+        check_against_composition(x, labels, 5, mode, backend, gen)
+    # per-step labels as a transposed [B, T, H, W] view (what batch_first modules pass on):
+    # the same results, and no warning from any layer below
+    lab_bt = make_labels(gen, "step", 2, 40, 5, 6, 5, device=device)  # [B=2, T=40, H, W]
+    lab_tb = lab_bt.transpose(0, 1)
+    assert not lab_tb.is_contiguous()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for mode in MODES:
+            check_against_composition(x, lab_tb, 5, mode, backend, gen)
+    # a long run of steps
+    x300 = currents(gen, (300, 1, 2, 3, 4), device=device)
+    lab300 = make_labels(gen, "batch", 300, 1, 3, 4, 4, device=device)
+    for mode in MODES:
+        check_against_composition(x300, lab300, 4, mode, backend, gen)
 
 
 @pytest.mark.parametrize("backend,device", GRID)
@@ -366,6 +426,18 @@ def test_module_batch_first(gen):
     assert y.shape == (2, 5, 3, 3)
     assert torch.equal(y, snnspx.nn.SRMSupPixPool("sum", 3)(x.transpose(0, 1), labels).transpose(0, 1))
     assert "mode='sum'" in repr(m)
+    # per-step labels [B, T, H, W], every mode, and the gradient, against the reference
+    lab_bt = make_labels(gen, "step", 2, 5, 4, 4, 3)  # [B, T, H, W]
+    for mode in MODES:
+        xg = x.clone().requires_grad_()
+        y = snnspx.nn.SRMSupPixPool(mode, 3, batch_first=True)(xg, lab_bt)
+        w = torch.randn(y.shape, generator=gen)
+        (y * w).sum().backward()
+        xr = x.clone().requires_grad_()
+        want = composed(xr.transpose(0, 1), lab_bt.transpose(0, 1), 3, mode).transpose(0, 1)
+        (want * w).sum().backward()
+        assert torch.equal(y.detach(), want.detach())
+        torch.testing.assert_close(xg.grad, xr.grad)
 
 
 # The CUDA forward kernels (docs/build.md): by default the quad kernel (inference, one

@@ -23,7 +23,9 @@ __all__ = ["suppix_pool", "suppix_unpool", "suppix_counts"]
 def _segments(lab: torch.Tensor, K: int):
     """Per label map [L, Bl, P]: (keys, order, offsets): the labels stably sorted, the pixel
     indices in that order, and superpixel k's range [offsets[k], offsets[k + 1]) of it."""
-    keys, order = torch.sort(lab, dim=-1, stable=True)
+    # contiguous: searchsorted warns about (and copies) non-contiguous sorted keys, which a
+    # transposed label view (e.g. batch_first per-step labels) would otherwise give
+    keys, order = torch.sort(lab.contiguous(), dim=-1, stable=True)
     bounds = torch.arange(K + 1, device=lab.device, dtype=lab.dtype).expand(*lab.shape[:2], K + 1).contiguous()
     return keys, order, torch.searchsorted(keys, bounds)
 
