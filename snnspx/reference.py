@@ -626,6 +626,7 @@ class _ReferenceSpikePool(torch.autograd.Function):
         return torch.from_numpy(y).reshape(*x.shape[:-2], *y.shape[1:]).to(device=x.device, dtype=x.dtype)
 
     @staticmethod
+    @once_differentiable  # a surrogate like the other layers' gradients: a double backward raises
     def backward(ctx, grad_y):
         (x,) = ctx.saved_tensors
         return spike_avg_pool2d_backward(grad_y, x, ctx.kernel), None

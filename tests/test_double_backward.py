@@ -84,12 +84,15 @@ def test_srm_double_backward_raises(backend, device, op, gen):
 
 
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)
-@pytest.mark.parametrize("layer", ["srm_conv2d", "srm_linear"])
+@pytest.mark.parametrize("layer", ["srm_conv2d", "srm_linear", "spike_avg_pool2d"])
 def test_layer_double_backward_raises(backend, device, layer, gen):
     s_in = (torch.rand(6, 2, 3, 5, 5, generator=gen) < 0.5).float().to(device)
     if layer == "srm_conv2d":
         w = (2 * torch.randn(4, 3, 3, 3, generator=gen)).to(device).requires_grad_()
         out = F.srm_conv2d(s_in, w, padding=1, backend=backend)
+    elif layer == "spike_avg_pool2d":  # its spike-count gradient is a surrogate too
+        w = s_in.clone().requires_grad_()
+        out = F.spike_avg_pool2d(w, 2, backend=backend)
     else:
         s_in = s_in.flatten(2)
         w = (2 * torch.randn(7, 75, generator=gen)).to(device).requires_grad_()
@@ -100,3 +103,23 @@ def test_layer_double_backward_raises(backend, device, layer, gen):
     assert gw.requires_grad
     with pytest.raises(RuntimeError, match="double backward|differentiate twice"):
         gw.sum().backward()
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("wrt", ["grad_spikes", "du"])
+def test_srm_backward_outputs_have_no_derivative(backend, device, wrt, gen):
+    """srm_backward called directly with inputs that need a gradient: differentiating its
+    outputs raises the same error on every backend (the torch ops' derivative on the torch
+    backend and a silent detach on the reference one were the other behaviours)."""
+    x = (torch.randn(8, 3, generator=gen) + 0.6).to(device)
+    s, du, dut = F.srm_forward(x, backend=backend)
+    assert s.sum() > 0, "nothing spiked: the backward would be all zeros"
+    g = torch.randn(8, 3, generator=gen).to(device)
+    g, du = (g.requires_grad_(), du) if wrt == "grad_spikes" else (g, du.clone().requires_grad_())
+    grad_w, grad_t = F.srm_backward(g, s, du, dut, backend=backend)
+    assert grad_w.requires_grad and grad_t.requires_grad
+    with pytest.raises(RuntimeError, match="no double backward through .*srm_backward"):
+        (grad_w.sum() + grad_t.sum()).backward()
+    with torch.no_grad():  # the values are those of a call without autograd
+        want = F.srm_backward(g, s, du, dut, backend=backend)
+    assert torch.equal(grad_w.detach(), want[0]) and torch.equal(grad_t.detach(), want[1])

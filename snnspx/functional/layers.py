@@ -305,6 +305,7 @@ class _SpikeAvgPool2d(torch.autograd.Function):
         return y.reshape(*x.shape[:-2], *y.shape[-2:])
 
     @staticmethod
+    @once_differentiable  # the spike-count gradient is a surrogate (docs/maths.md §3, §4)
     def backward(ctx, grad_y):
         (x,) = ctx.saved_tensors
         kh, kw = ctx.kernel

@@ -103,6 +103,28 @@ class _PyNeuron(torch.autograd.Function):
         return grad_w, None, None, None, None, None, None, None
 
 
+def no_derivative_message(op: str) -> str:
+    return (
+        f"snnspx: no double backward through {op} (nor any derivative of its outputs): the SRM "
+        "neuron's event-driven gradient (docs/maths.md §3) is a surrogate with no derivative of its own"
+    )
+
+
+class _PyBackward(torch.autograd.Function):
+    """srm_backward of the torch and reference backends. Its outputs have no derivative, as on
+    the compiled backends: differentiating them raises instead of giving a derivative of the
+    torch ops (torch) or silently none (reference)."""
+
+    @staticmethod
+    def forward(ctx, backend, grad_spikes, spikes, du, dut, *params):
+        _, bwd = _PY_IMPLS[backend]
+        return bwd(grad_spikes, spikes, du, dut, *params)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(no_derivative_message("srm_backward"))
+
+
 # --------------------------------------------------------------------------- public wrappers
 def srm_forward(
     x: torch.Tensor,
@@ -178,10 +200,8 @@ def srm_backward(
     _checks.check_srm_backward_dtypes(grad_spikes, spikes, du, dut)
     b = resolve(backend, grad_spikes.device)
     args = (float(tau_m), float(tau_s), float(tau_grad), float(du_inv_clamp), float(max_dudt_inv))
-    if b == "reference":
-        return reference.srm_backward(grad_spikes, spikes, du, dut, *args)
-    if b == "torch":
-        return _backward_torch(grad_spikes, spikes, du, dut, *args)
+    if b in _PY_IMPLS:
+        return _PyBackward.apply(b, grad_spikes, spikes, du, dut, *args)
     return torch.ops.snnspx.srm_backward.default(grad_spikes, spikes, du, dut, *args)
 
 
@@ -233,10 +253,7 @@ def register_once_differentiable(op: str) -> None:
         pass
 
     def backward(ctx, *grads):
-        raise RuntimeError(
-            f"snnspx: double backward through {op} is not supported: the SRM neuron's "
-            "event-driven gradient (docs/maths.md §3) has no derivative of its own"
-        )
+        raise RuntimeError(no_derivative_message(op))
 
     torch.library.register_autograd(op, backward, setup_context=setup)
 
