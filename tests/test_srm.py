@@ -184,7 +184,7 @@ def test_backward_clamps_and_ignores_silent_grads(backend, device):
     torch.testing.assert_close(gt[:, 0].cpu(), torch.tensor([2 * -7.0 * -(0.6**2), 2 * -7.0 * -0.6, 0.0]))
 
 
-@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_neuron_autograd_matches_reference(backend, device, dtype, gen):
     x = currents(gen, (20, 3, 5), dtype, device)
@@ -234,6 +234,82 @@ def test_srm_forward_gradient_flows_through_spikes(backend, device, gen):
     rs, rdu, rdut = R.srm_forward(x.detach())
     rw, _ = R.srm_backward(torch.ones_like(rs), rs, rdu, rdut)
     torch.testing.assert_close(x.grad.cpu(), rw.cpu())
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_long_T(backend, device, dtype, gen):
+    """T = 600: the kernel tables reach float32 subnormals (eps(d) below 1e-38 near d = 390)
+    and underflow to zero; srm_backward and srm_neuron's gradient still equal the reference."""
+    T = 600
+    x = currents(gen, (T, 2, 3), dtype, device, mean=0.1, std=0.6)
+    x[T // 2 :, 0, 0] = 0  # a neuron silent for the last 300 steps: long lags before its spike
+    x[T - 1, 0, 0] = 10.0
+    rs, rdu, rdut = R.srm_forward(x)
+    w = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype).to(device)
+    gw, gt = F.srm_backward(w, rs.to(device), rdu.to(device), rdut.to(device), backend=backend)
+    rw, rt = R.srm_backward(w, rs, rdu, rdut)
+    assert rs[T - 1, 0, 0] == 1 and rw[: T - 1, 0, 0].abs().sum() > 0
+    torch.testing.assert_close(gw.cpu(), rw.cpu(), rtol=1.3e-6, atol=0)
+    torch.testing.assert_close(gt.cpu(), rt.cpu(), rtol=1.3e-6, atol=0)
+    xg = x.clone().requires_grad_()
+    (F.srm_neuron(xg, backend=backend) * w).sum().backward()
+    torch.testing.assert_close(xg.grad.cpu(), rw.cpu(), rtol=1.3e-6, atol=0)
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_noncontiguous(backend, device, dtype, gen):
+    """Strided grad_spikes, spikes, du and dut into srm_backward, and a strided x into
+    srm_neuron with its gradient: the results of their contiguous copies, bit for bit."""
+    base = currents(gen, (10, 6, 8), dtype, device)
+    x = base.transpose(1, 2)[:, ::2]  # [10, 4, 6], strided
+    s, du, dut = F.srm_forward(x, backend=backend)
+    g = torch.randn((10, 6, 4), generator=gen, dtype=torch.float64).to(dtype).to(device).transpose(1, 2)
+    strided = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (s, du, dut)]
+    assert not g.is_contiguous() and not any(t.is_contiguous() for t in strided)
+    got = F.srm_backward(g, *strided, backend=backend)
+    want = F.srm_backward(g.contiguous(), s, du, dut, backend=backend)
+    assert s.sum() > 0 and want[0].abs().sum() > 0
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    grads = []
+    for v in (x, x.contiguous()):
+        vg = v.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+        (F.srm_neuron(vg, backend=backend) * g).sum().backward()
+        grads.append(vg.grad)
+    assert torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+def test_nonfinite_inputs_follow_the_rule(backend, device, gen):
+    """docs/maths.md §2: a NaN current (or +inf and -inf meeting in m - s; an infinite current
+    enters both traces, so any one does) makes u NaN; the neuron then never spikes again and
+    gets gradient 0 from there on. Every backend gives the reference's spikes, state (NaN
+    where it is NaN) and gradient."""
+    x = currents(gen, (12, 5), torch.float32, device)
+    x[0:3, :] = 3.0  # spikes early on every neuron, so the NaN neurons have a gradient before
+    x[4, 0] = math.nan
+    x[5, 1] = math.inf
+    x[5, 2], x[6, 2] = math.inf, -math.inf
+    x[7, 3] = -math.inf
+    x[:, 4] = 3.0  # a finite neuron that keeps spiking
+    got = F.srm_forward(x, backend=backend)
+    want = R.srm_forward(x.cpu())
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.cpu(), b, rtol=0, atol=0, equal_nan=True)
+    spikes, du = got[0].cpu(), got[1].cpu()
+    for n, t in ((0, 4), (1, 5), (2, 5), (3, 7)):
+        assert spikes[t:, n].sum() == 0 and torch.isnan(du[t:, n]).all(), f"neuron {n} after step {t}"
+    assert spikes[7:, 4].sum() > 0, "the finite neuron keeps spiking"
+    w = torch.randn(x.shape, generator=gen).to(device)
+    xg = x.clone().requires_grad_()
+    (F.srm_neuron(xg, backend=backend) * w).sum().backward()
+    rw, _ = R.srm_backward(w.cpu(), *want)
+    torch.testing.assert_close(xg.grad.cpu(), rw, rtol=1.3e-6, atol=1e-5, equal_nan=True)
+    for n, t in ((0, 4), (1, 5), (2, 5), (3, 7)):
+        assert torch.all(xg.grad[t:, n] == 0), f"neuron {n}: no gradient after step {t} (no later spike)"
+    assert torch.isfinite(xg.grad).all() and xg.grad[:4, 0].abs().sum() > 0
 
 
 def test_subthreshold_recurrence_gradcheck(gen):
