@@ -149,3 +149,54 @@ def test_functional_check_labels_must_be_bool(backend):
         snnspx.functional.suppix_unpool(torch.zeros(2, 1, 1, 1), lab, check_labels=None, backend=backend)
     with pytest.raises(TypeError, match="check_labels must be True or False"):
         snnspx.functional.srm_suppix_pool(x, lab, 1, check_labels=1, backend=backend)
+
+
+def _every_module():
+    """One of each module, with its input (labels where it takes them)."""
+    labels = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, -1, 3], [2, 2, 3, 3]])
+    spikes = (torch.rand(5, 2, 3, 4, 4, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    return {
+        "neuron": (snnspx.nn.SRMNeuron(v_th=0.5), (spikes * 2,)),
+        "conv": (snnspx.nn.SRMConv2d(3, 4, 3, padding=1, v_th=0.5), (spikes,)),
+        "linear": (snnspx.nn.SRMLinear(48, 6, v_th=0.5), (spikes.flatten(2),)),
+        "spike_pool": (snnspx.nn.SpikeAvgPool2d(2), (spikes,)),
+        "quantizer": (snnspx.nn.Quantizer(bits=4), (spikes * 3 - 1,)),
+        "suppix_pool": (snnspx.nn.SupPixPool("max", num_superpixels=4), (spikes, labels)),
+        "suppix_unpool": (snnspx.nn.SupPixUnpool(), (spikes.flatten(3)[..., :4], labels)),
+        "fused": (snnspx.nn.SRMSupPixPool("avg", 4, v_th=0.5), (spikes * 2, labels)),
+    }
+
+
+@pytest.mark.parametrize(
+    "name", ["neuron", "conv", "linear", "spike_pool", "quantizer", "suppix_pool", "suppix_unpool", "fused"]
+)
+def test_modules_copy_and_pickle(name):
+    """copy.deepcopy and a whole-module torch.save / torch.load give a module that computes
+    the same outputs and gradients, with the same settings (repr) and state."""
+    import copy
+    import io
+
+    modules = _every_module()
+    assert name in modules and len(modules) == 8
+    m, args = modules[name]
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    copies = [copy.deepcopy(m), torch.load(buf, weights_only=False)]
+
+    def run(mod):
+        x = args[0].clone().requires_grad_()
+        y = mod(x, *args[1:])
+        (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+        return y.detach(), x.grad, [p.grad for p in mod.parameters()]
+
+    for c in copies:  # before any call: a training Quantizer's call moves its range
+        assert repr(c) == repr(m)
+        assert c.state_dict().keys() == m.state_dict().keys()
+        assert all(torch.equal(a, b) for a, b in zip(c.state_dict().values(), m.state_dict().values()))
+    want = run(m)
+    assert want[0].abs().sum() > 0 and want[1].abs().sum() > 0, "the module should give outputs and gradients"
+    for c in copies:
+        got = run(c)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        assert all(torch.equal(a, b) for a, b in zip(got[2], want[2]))
