@@ -137,7 +137,10 @@ def latency_encode(
       ``e`` less light delays the spike by `tau` steps; late spikes are held at ``T - 1``),
 
     and never when ``x <= threshold`` (in particular, with the default threshold 0,
-    black pixels and NaN pixels are silent). ``round`` is :func:`torch.round`
+    black pixels and NaN pixels are silent). The comparison is PyTorch's ``x > threshold``
+    for a tensor and a Python number, made in float32 (float64 for float64 images): the
+    threshold is rounded to that precision first, so a float32 pixel ``0.2`` counts as
+    equal to ``threshold=0.2`` and stays silent. ``round`` is :func:`torch.round`
     (halves to even). Brighter pixels never fire later than darker ones.
 
     Args:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
@@ -418,3 +419,33 @@ def test_reference_quantize_scale_types_and_range():
     with pytest.raises(ValueError, match="float32's normal range"):
         R.quantize(x64.float(), 2.0**200, 8)
     assert R.quantize(torch.tensor(0.3), 4.0).shape == ()  # 0-dim inputs, as the functional form
+
+
+def test_running_range_keeps_float64_whatever_the_module_dtype():
+    """The range buffers stay float64 through .half(), .bfloat16() and .to(dtype): kept in the
+    module's dtype they rounded (a float64 batch's range in a float32 module) or overflowed to
+    inf above 65504 (.half()), which moved the fitted scale for good."""
+    from snnspx.functional.quant import pow2_scale_exponent
+
+    q = snnspx.nn.Quantizer(8)
+    q(torch.tensor([63.7499999999], dtype=torch.float64))  # just below the 2**1 boundary 63.75
+    assert q.scale_exponent.item() == pow2_scale_exponent(63.7499999999, 8).item() == 1
+    q = snnspx.nn.Quantizer(24)
+    q(torch.tensor([70000.0]))
+    for convert in (lambda m: m.half(), lambda m: m.bfloat16(), lambda m: m.to(torch.float16), lambda m: m.double()):
+        c = convert(copy.deepcopy(q))
+        assert c.running_min.dtype == c.running_max.dtype == torch.float64
+        assert c.running_max.item() == 70000.0
+        c(torch.tensor([1.0], dtype=torch.float16))
+        assert c.scale_exponent.item() == pow2_scale_exponent(70000.0, 24).item() == 6
+    q = snnspx.nn.Quantizer(8).bfloat16()
+    q(torch.tensor([0.4979]))  # a float32 batch into a bfloat16 module
+    assert q.scale_exponent.item() == pow2_scale_exponent(0.4979, 8).item() == 8
+    # built on the meta device, then materialised: float64 buffers, reset by reset_running_stats
+    m = snnspx.nn.Quantizer(8).to("meta").to_empty(device="cpu")
+    m.reset_running_stats()
+    assert m.running_min.dtype == torch.float64 and m.running_min.item() == float("inf")
+    # a checkpoint with float32 buffers (from before) loads into the float64 ones
+    q = snnspx.nn.Quantizer(8)
+    q.load_state_dict({"running_min": torch.tensor(-1.0), "running_max": torch.tensor(2.5), "scale_exponent": torch.tensor(5)})
+    assert q.running_max.dtype == torch.float64 and q.running_max.item() == 2.5 and q.scale_exponent.item() == 5

@@ -32,8 +32,10 @@ class Quantizer(nn.Module):
     the next batch's finite range.) Checking is done on the device: no read-back per call.
 
     Buffers (in ``state_dict``): ``running_min`` (``+inf`` until data is seen),
-    ``running_max`` (``-inf``), ``scale_exponent`` (int64, ``-1`` until a finite value is
-    seen; an integer, so ``.half()`` cannot overflow it). A quantizer that has seen no
+    ``running_max`` (``-inf``), both float64 whatever the module's dtype (``.half()`` or
+    ``.to(torch.bfloat16)`` move them to another device but keep them float64: a range kept
+    in half precision would round, and overflow to inf above 65504, which moves the fitted
+    scale), and ``scale_exponent`` (int64, ``-1`` until a finite value is seen). A quantizer that has seen no
     finite value (nor loaded a calibrated ``state_dict``) raises ``RuntimeError`` in eval
     mode rather than pass values through unquantized; in training mode it quantizes such a
     batch with scale 1. Whether it has is read back from the device once, when the module
@@ -52,8 +54,8 @@ class Quantizer(nn.Module):
         super().__init__()
         _checks.check_quantizer_params(bits, rounding)
         self.bits, self.rounding = bits, rounding
-        self.register_buffer("running_min", torch.empty(()))
-        self.register_buffer("running_max", torch.empty(()))
+        self.register_buffer("running_min", torch.empty((), dtype=torch.float64))
+        self.register_buffer("running_max", torch.empty((), dtype=torch.float64))
         self.register_buffer("scale_exponent", torch.empty((), dtype=torch.int64))
         # Whether scale_exponent >= 0, kept on the host so that forward never reads a GPU
         # tensor back: True / False when known, None after training batches whose finiteness
@@ -70,6 +72,19 @@ class Quantizer(nn.Module):
         self.scale_exponent.fill_(-1)
         self._calibrated = False
 
+    def _apply(self, fn, recurse=True):
+        # The running range stays float64 whatever fn does to dtypes (.half(), .to(dtype));
+        # only its device follows. fn's own result gives the device and, for to_empty() or a
+        # meta tensor (no data to copy), the values.
+        exact = (self.running_min, self.running_max)
+        super()._apply(fn, recurse)
+        for name, old in zip(("running_min", "running_max"), exact):
+            new = getattr(self, name)
+            if new.dtype != torch.float64:
+                src = new if old.is_meta or new.is_meta or old is new else old
+                setattr(self, name, src.to(device=new.device, dtype=torch.float64))
+        return self
+
     @property
     def scale(self) -> torch.Tensor:
         """``2**scale_exponent`` as a float64 scalar tensor (0.5 until a finite value is seen,
@@ -83,8 +98,9 @@ class Quantizer(nn.Module):
         lo = x.masked_fill(~finite, float("inf")).amin()  # +inf when no value is finite
         hi = x.masked_fill(~finite, float("-inf")).amax()
         # fmin/fmax: a NaN already in the buffer (an old checkpoint) gives way to the batch's range.
-        self.running_min.copy_(torch.fmin(self.running_min, lo.to(self.running_min.dtype)))
-        self.running_max.copy_(torch.fmax(self.running_max, hi.to(self.running_max.dtype)))
+        # The buffers are float64: every input dtype converts to them exactly.
+        self.running_min.copy_(torch.fmin(self.running_min, lo.to(torch.float64)))
+        self.running_max.copy_(torch.fmax(self.running_max, hi.to(torch.float64)))
         seen = self.running_min <= self.running_max  # false while no finite value has been seen
         absmax = torch.maximum(self.running_min.abs(), self.running_max.abs())
         fitted = Q.pow2_scale_exponent(absmax, self.bits)
