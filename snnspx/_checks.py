@@ -357,7 +357,9 @@ def check_pool_input(x, kernel: tuple[int, int]) -> None:
 
 
 def check_quantizer_params(bits, rounding) -> None:
-    if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 32:
+    if not isinstance(bits, int) or isinstance(bits, bool):
+        raise TypeError(f"bits must be an int in [2, 32], got {type(bits).__name__} {bits!r}")
+    if not 2 <= bits <= 32:
         raise ValueError(f"bits must be an int in [2, 32], got {bits!r}")
     check_rounding(rounding)
 

@@ -46,6 +46,7 @@ def grid_superpixels(
         raise ValueError(f"cell must be >= 1, got {cell}")
     if dtype not in _checks.LABEL_DTYPES:
         raise TypeError(f"dtype must be torch.int32 or torch.int64, got {dtype}")
+    cell = min(cell, max(height, width, 1))  # a larger cell is the same single cell (and fits int64)
     cols = -(-width // cell)
     rows = torch.arange(height, device=device) // cell
     cells = torch.arange(width, device=device) // cell
@@ -57,7 +58,7 @@ _KEY_LIMIT = 2**63
 
 
 def relabel_sequential(labels: torch.Tensor) -> torch.Tensor:
-    """Renumber each image's labels to ``0..K_i-1``, keeping their order; negatives stay -1.
+    """Renumber each image's labels to ``0..K_i-1``, keeping their order; negatives become -1.
 
     An image is one ``[H, W]`` map: `labels` may be ``[H, W]``, ``[B, H, W]`` or
     ``[T, B, H, W]`` (every step of every image is relabelled on its own). Label values

@@ -71,14 +71,18 @@ def spike_raster(
         v_th: draws the threshold as a dashed line on the membrane plot.
         title: axes title.
         color: colour of the spike marks.
-        marker_size: size of the spike marks in points; None picks one from T and N.
+        marker_size: area of the spike marks in points squared (matplotlib's ``s``); None
+            picks one from N.
 
     Returns:
         The :class:`~matplotlib.figure.Figure` that holds the plot.
 
     Raises:
+        TypeError: `neuron` is not an int.
         ValueError: `spikes` is not 2-D, `membrane` does not match it, `neuron` is out of range.
     """
+    if not isinstance(neuron, (int, np.integer)) or isinstance(neuron, bool):
+        raise TypeError(f"neuron must be an int (a column of spikes), got {type(neuron).__name__}")
     s = _numpy(spikes, "spikes")
     if s.ndim != 2:
         raise ValueError(f"spikes must be [T, N] (time, neurons), got shape {tuple(s.shape)}")
@@ -231,14 +235,26 @@ def superpixel_rate_map(
         The :class:`~matplotlib.figure.Figure` that holds the plot.
 
     Raises:
-        ValueError: shapes that do not fit, non-integer labels, a label ``>= K``,
-            `alpha` outside ``[0, 1]``.
+        TypeError: `alpha`, `vmin` or `vmax` is not a number.
+        ValueError: shapes that do not fit, an image without pixels, non-integer labels, a
+            label ``>= K``, `alpha` outside ``[0, 1]``, ``vmin >= vmax`` or either not finite.
     """
+    for name, v in (("alpha", alpha), ("vmin", vmin), ("vmax", vmax)):
+        if v is None and name != "alpha":
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{name} must be a number{' or None' if name != 'alpha' else ''}, got {type(v).__name__}")
+        if not np.isfinite(v):
+            raise ValueError(f"{name} must be finite, got {v}")
+    if vmin is not None and vmax is not None and not vmin < vmax:
+        raise ValueError(f"vmin must be < vmax, got vmin={vmin} and vmax={vmax}")
     img = _numpy(image, "image")
     lab = _numpy(labels, "labels")
     r = _numpy(rates, "rates")
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
         raise ValueError(f"image must be [H, W] or [H, W, 3], got shape {tuple(img.shape)}")
+    if img.shape[0] == 0 or img.shape[1] == 0:
+        raise ValueError(f"image must have at least one pixel, got shape {tuple(img.shape)}")
     if lab.ndim != 2 or lab.shape != img.shape[:2]:
         raise ValueError(f"labels must be [H, W] = {list(img.shape[:2])} to match image, got shape {tuple(lab.shape)}")
     if not np.issubdtype(lab.dtype, np.integer):
@@ -256,10 +272,13 @@ def superpixel_rate_map(
     if K:
         rate_img[inside] = r.astype(np.float64)[lab[inside]]
     finite = r[np.isfinite(r)] if K else r
-    lo = vmin if vmin is not None else (float(finite.min()) if finite.size else 0.0)
-    hi = vmax if vmax is not None else (float(finite.max()) if finite.size else 1.0)
-    if hi <= lo:
-        hi = lo + 1.0
+    lo = float(vmin) if vmin is not None else (float(finite.min()) if finite.size else 0.0)
+    hi = float(vmax) if vmax is not None else (float(finite.max()) if finite.size else 1.0)
+    if hi <= lo:  # a limit taken from the rates meets the other: move the one not given
+        if vmax is None:
+            hi = lo + 1.0
+        else:
+            lo = hi - 1.0
 
     plt = _pyplot()
     if ax is None:

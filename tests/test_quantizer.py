@@ -165,8 +165,11 @@ def test_eval_without_data_and_empty_inputs():
 
 
 def test_bad_arguments():
-    for bits in (1, 33, 8.0, True):
+    for bits in (1, 33):
         with pytest.raises(ValueError, match="bits must be an int"):
+            snnspx.nn.Quantizer(bits)
+    for bits in (8.0, True, "8"):  # a wrong type is a TypeError, as for every other argument
+        with pytest.raises(TypeError, match="bits must be an int"):
             snnspx.nn.Quantizer(bits)
     with pytest.raises(ValueError, match="rounding must be"):
         snnspx.nn.Quantizer(8, "floor")

@@ -142,6 +142,12 @@ def test_grid_superpixels_uneven_sizes(height, width, cell):
     assert torch.equal(S.relabel_sequential(lab), lab), "grid labels are already sequential"
 
 
+def test_grid_superpixels_huge_cell():
+    """A cell larger than the image is one superpixel, also beyond int64 (it overflowed)."""
+    for cell in (9, 2**62, 2**70):
+        assert torch.equal(S.grid_superpixels(3, 4, cell), torch.zeros(3, 4, dtype=torch.int64))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_grid_superpixels_device(device):
     lab = S.grid_superpixels(5, 6, 2, dtype=torch.int32, device=device)

@@ -170,6 +170,9 @@ def _map(image=None, labels=None, rates=None, **kw):
         (lambda: _map(rates=torch.zeros(2, 12)), r"rates must be \[K\]"),
         (lambda: _map(rates=torch.zeros(11)), "labels must be < K"),
         (lambda: _map(alpha=2), "alpha"),
+        (lambda: _map(torch.zeros(0, 0), torch.zeros(0, 0, dtype=torch.long)), "image must have at least one pixel"),
+        (lambda: _map(vmin=0.5, vmax=0.5), "vmin must be < vmax"),
+        (lambda: _map(vmax=float("nan")), "vmax must be finite"),
     ],
 )
 def test_bad_shapes_raise(call, match):
@@ -182,6 +185,25 @@ def test_wrong_types_raise():
         viz.spike_raster([[0, 1]])
     with pytest.raises(TypeError, match="spikes_by_layer must be"):
         viz.firing_rate_curves([torch.zeros(3)])
+    with pytest.raises(TypeError, match="neuron must be an int"):
+        viz.spike_raster(torch.zeros(5, 3), torch.zeros(5, 3), neuron=1.5)
+    for kw in (dict(alpha="0.5"), dict(vmin="0"), dict(vmax=True)):
+        with pytest.raises(TypeError, match=f"{next(iter(kw))} must be a number"):
+            _map(**kw)
+
+
+def test_superpixel_map_keeps_the_given_colour_limits(plt):
+    """vmin and vmax are used as given; only a limit taken from the rates moves when it meets
+    the given one (it overrode the caller's vmax before)."""
+    rates = torch.linspace(0.5, 0.7, 12)
+
+    def clim(**kw):
+        return _map(rates=rates, **kw).axes[0].images[1].get_clim()
+
+    assert clim(vmin=0.0, vmax=0.2) == (0.0, 0.2)
+    assert clim(vmax=0.2) == pytest.approx((-0.8, 0.2))  # the rates' min 0.5 is above it
+    assert clim(vmin=0.9) == pytest.approx((0.9, 1.9))  # the rates' max 0.7 is below it
+    assert clim() == pytest.approx((0.5, 0.7))
 
 
 # --------------------------------------------------------------------------- optional dependency
