@@ -60,6 +60,21 @@ def test_compile_with_changing_float_arguments(backend, device, gen):
         assert torch.equal(f(x, v_th, tau_m), F.srm_neuron(x, tau_m=tau_m, v_th=v_th, backend=backend))
 
 
+@pytest.mark.parametrize("device", [p.values[1] for p in GRID if p.values[0] == "torch"])
+def test_compile_quantize_with_changing_float_scale(device, gen):
+    """F.quantize with a Python-float scale that changes between calls (a symbolic float, which
+    math.frexp could not trace: fullgraph failed). Under compile an invalid scale is checked like
+    a tensor one, on the device: the output is NaN (eager raises ValueError)."""
+    torch._dynamo.reset()
+    x = torch.randn(40, generator=gen).to(device) * 3
+    f = torch.compile(lambda x, s: F.quantize(x, s, 8), backend="aot_eager", fullgraph=True)
+    for s in (0.25, 0.5, 4.0):
+        assert torch.equal(f(x, s), F.quantize(x, s, 8))
+    assert f(x, 3.0).isnan().all()
+    with pytest.raises(ValueError, match="power of two"):
+        F.quantize(x, 3.0, 8)
+
+
 @pytest.mark.parametrize("backend,device", GRID)
 def test_compile_dynamic_modules(backend, device, gen, seed):
     """dynamic=True: every module of the package, shapes and floats symbolic (SRMConv2d aside:

@@ -109,7 +109,8 @@ def quantize(
 
     What is checked about `scale`: it must be a positive power of two ``2**i`` (any integer
     ``i``, e.g. ``2 ** pow2_scale_exponent(...)``) in the normal range of the arithmetic dtype
-    (``2**-126 .. 2**127`` for float32). A Python number that is not raises ``ValueError``. A
+    (``2**-126 .. 2**127`` for float32). A Python number that is not raises ``ValueError``
+    (under ``torch.compile``, where it may be a symbolic float, it is checked like a tensor). A
     tensor must be a real one-element tensor (else ``TypeError``/``ValueError``), but its value
     is not read back (that would synchronise a GPU and break ``torch.compile`` graphs): an
     invalid value (0, negative, NaN, not a power of two) makes the whole output NaN instead.
@@ -131,8 +132,11 @@ def quantize(
         scale = scale.detach().reshape(())
     elif _checks.is_real_number(scale):
         s = _checks.number_as_float(scale)
-        _check_scale_value(s, acc)
-        scale = torch.tensor(s, dtype=torch.float64)
+        if not torch.compiler.is_compiling():
+            _check_scale_value(s, acc)
+        # Under torch.compile a float argument may be symbolic, and math.frexp cannot trace it:
+        # the scale is then checked like a tensor one, on the device (an invalid one gives NaN).
+        scale = torch.scalar_tensor(s, dtype=torch.float64)
     else:
         raise TypeError(f"scale must be a Python number or a one-element tensor, got {type(scale).__name__}")
     if resolve_python(backend, x.device) == "reference":
