@@ -381,19 +381,34 @@ def test_fused_cuda_peak_memory_and_determinism(gen):
 @pytest.mark.parametrize("backend,device", COMPILED)
 def test_fused_opcheck(backend, device, gen):
     T, B, C, P, K = 5, 2, 3, 12, 4
-    x = currents(gen, (T, B, C, P), device=device)
-    labels = torch.randint(-1, K, (1, B, P), generator=gen).to(device)
     ops = torch.ops.snnspx
     F.srm_forward(torch.zeros(1, 1, device=device), backend=backend)
     args = (5.0, 3.0, 2.5, 1.0)
-    for mode in MODES:
+    samples = [  # float32 with one int64 map per image; float64 with int32 maps per step and image
+        (currents(gen, (T, B, C, P), device=device), torch.randint(-1, K, (1, B, P), generator=gen).to(device)),
+        (currents(gen, (T, B, C, P), torch.float64, device), torch.randint(-1, K, (T, B, P), generator=gen).int().to(device)),
+    ]
+    for (x, labels), mode in itertools.product(samples, MODES):
         torch.library.opcheck(ops.srm_suppix_pool.default, (x, labels, K, mode, *args, True))
         torch.library.opcheck(
             ops.srm_suppix_pool_fwd.default, (x.clone().requires_grad_(), labels, K, mode, *args, 4.0, 1e8, False)
         )
         y, saved, counts, argmax = ops.srm_suppix_pool_fwd.default(x, labels, K, mode, *args, 4.0, 1e8, True)
-        g = torch.randn(y.shape, generator=gen).to(device)
+        g = torch.randn(y.shape, generator=gen).to(device, y.dtype)
         torch.library.opcheck(ops.srm_suppix_pool_bwd.default, (g, saved, labels, counts, argmax, mode, 5.0, 3.0, 2.5))
+
+
+@pytest.mark.parametrize("backend,device", COMPILED)
+def test_fused_inference_op_does_not_drop_gradients(backend, device, gen):
+    """snnspx::srm_suppix_pool (the inference form) called directly on an x that needs a
+    gradient: the backward raises, instead of autograd's fallback leaving x.grad None."""
+    x = currents(gen, (4, 2, 3, 16), device=device).requires_grad_()
+    labels = torch.randint(-1, 4, (1, 2, 16), generator=gen).to(device)
+    F.srm_forward(torch.zeros(1, 1, device=device), backend=backend)
+    y = torch.ops.snnspx.srm_suppix_pool.default(x, labels, 4, "avg", 5.0, 3.0, 2.5, 1.0, True)
+    assert y.requires_grad
+    with pytest.raises(RuntimeError, match="inference form of the fused op"):
+        y.sum().backward()
 
 
 @pytest.mark.parametrize("backend,device", COMPILED)
