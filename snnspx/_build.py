@@ -170,6 +170,25 @@ def _torch_cuda_home(cuda_home: str | None):
         cpp_extension.CUDA_HOME = old
 
 
+def _missing_compiler(kind: str, build_dir: Path) -> BuildError | None:
+    """A clear error when the library must be compiled and the C++ compiler that
+    torch.utils.cpp_extension would call (``$CXX``, else ``c++``) is not there; None otherwise
+    (also when the library is already built: loading it needs no compiler)."""
+    if (build_dir / f"snnspx_{kind}.so").exists():
+        return None
+    cxx = os.environ.get("CXX", "").strip()
+    exe = cxx.split()[0] if cxx else "c++"
+    if shutil.which(exe) is not None:
+        return None
+    where = f"CXX={cxx!r}" if cxx else "'c++', the default (set CXX to name another)"
+    return BuildError(
+        f"the snnspx {kind} library must be compiled (nothing built yet in {build_dir}) but there is no C++ "
+        f"compiler: {where} is not an executable on PATH. Install one (e.g. `sudo apt install build-essential` "
+        "or `conda install gxx_linux-64`) or point CXX at one, then restart Python; or use backend='torch', "
+        "which needs no compiler. See docs/build.md, 'When the compiler fails'."
+    )
+
+
 def _build(kind: str) -> None:
     from torch.utils import cpp_extension
 
@@ -188,6 +207,9 @@ def _build(kind: str) -> None:
     name = f"snnspx_{kind}"
     build_dir = _cache_root() / f"torch{torch.__version__.split('+')[0]}" / f"{name}_{_digest(kind, sources, flags, cuda_home)}"
     build_dir.mkdir(parents=True, exist_ok=True)
+    missing = _missing_compiler(kind, build_dir)
+    if missing is not None:
+        raise missing
     verbose = os.environ.get("SNNSPX_VERBOSE_BUILD") == "1"
     try:
         with _torch_cuda_home(cuda_home if kind == "cuda" else cpp_extension.CUDA_HOME):

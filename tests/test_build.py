@@ -77,3 +77,21 @@ def test_broken_source_gives_the_compiler_message(tmp_path, monkeypatch):
     monkeypatch.setenv("SNNSPX_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(_build.BuildError, match=r"(?s)building the snnspx cpu library failed.*this is not C\+\+"):
         _build._build("cpu")
+
+
+def test_missing_compiler_says_what_and_how_to_fix(tmp_path, monkeypatch):
+    """A library that must be compiled, with no compiler at $CXX: the error names the
+    compiler and the fixes, rather than ending a page of ninja command lines with
+    'c++: not found'. A library already built loads without a compiler."""
+    monkeypatch.setenv("SNNSPX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(_build.BuildError, match=r"(?s)no C\+\+ compiler: CXX=.*no-such-compiler.*build-essential.*backend='torch'"):
+        _build._build("cpu")
+    monkeypatch.delenv("CXX")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no c++ on it
+    with pytest.raises(_build.BuildError, match=r"no C\+\+ compiler: 'c\+\+', the default"):
+        _build._build("cpu")
+    built = tmp_path / "built"
+    built.mkdir()
+    (built / "snnspx_cpu.so").touch()
+    assert _build._missing_compiler("cpu", built) is None
