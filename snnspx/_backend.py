@@ -10,6 +10,7 @@ and CPU tensors to ``cpp``; if that library does not build, the op runs on
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from typing import NamedTuple
 
@@ -66,10 +67,27 @@ def _default(device: torch.device) -> str:
                 f"snnspx: the {want!r} backend is unavailable, running the slower 'torch' backend instead. "
                 f"Pass backend=... or set SNNSPX_BACKEND to choose explicitly. Reason: {exc}",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=_caller_stacklevel(),
             )
         return "torch"
     return want
+
+
+# Frames in these folders are not the user's: snnspx itself, and torch (nn.Module.__call__,
+# torch.library's wrappers) between a user's call and snnspx.
+_INTERNAL_DIRS = tuple(
+    os.path.dirname(os.path.abspath(f)) + os.sep for f in (__file__, torch.__file__)
+)
+
+
+def _caller_stacklevel() -> int:
+    """The stacklevel for warnings.warn, called by the caller of this function, that points
+    at the user's line: the first frame outside snnspx and torch, however deep the package's
+    own calls (a functional op, a module, a layer) went."""
+    frame, level = sys._getframe(2), 2  # the caller of the function that calls warnings.warn
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_INTERNAL_DIRS):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def resolve(backend: str | None, device: torch.device) -> str:

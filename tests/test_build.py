@@ -4,6 +4,8 @@ failed build is reported, never silently replaced."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -95,3 +97,21 @@ def test_missing_compiler_says_what_and_how_to_fix(tmp_path, monkeypatch):
     built.mkdir()
     (built / "snnspx_cpu.so").touch()
     assert _build._missing_compiler("cpu", built) is None
+
+
+def test_fallback_warning_points_at_the_callers_line(monkeypatch):
+    """The fallback RuntimeWarning names the user's line, for a functional op and for a module
+    (whose call passes through torch.nn.Module), not a line inside snnspx or torch."""
+    monkeypatch.setattr(_build, "_loaded", {})
+    monkeypatch.setattr(_build, "_failed", {"cpu": _build.BuildError("no compiler here")})
+    monkeypatch.delenv("SNNSPX_BACKEND", raising=False)
+    calls = [
+        lambda: snnspx.functional.srm_neuron(torch.randn(3, 2)),
+        lambda: snnspx.nn.SRMNeuron()(torch.randn(3, 2)),
+        lambda: snnspx.nn.SupPixPool("avg", num_superpixels=2)(torch.randn(2, 1, 1, 2, 2), torch.tensor([[0, 1], [1, 0]])),
+    ]
+    for call in calls:
+        monkeypatch.setattr(_backend, "_warned", set())
+        with pytest.warns(RuntimeWarning, match="no compiler here") as record:
+            call()
+        assert [Path(w.filename).name for w in record] == [Path(__file__).name]
