@@ -351,8 +351,14 @@ def test_torch_compile_module(backend, device, gen):
 def test_opcheck(backend, device, gen):
     snnspx.functional.srm_forward(torch.zeros(1, 1, device=device), backend=backend)  # loads the library
     ops = torch.ops.snnspx
-    for dtype in (torch.float32, torch.float64):
-        x = currents(gen, (7, 3, 2), dtype, device)
+    samples = [
+        *(currents(gen, (7, 3, 2), dtype, device) for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)),
+        currents(gen, (7, 2, 3), torch.float32, device).transpose(1, 2),  # not contiguous
+        currents(gen, (0, 3, 2), torch.float32, device),  # T = 0
+        currents(gen, (5, 0, 2), torch.float32, device),  # no neurons
+    ]
+    for x in samples:
+        dtype = x.dtype
         args = (5.0, 3.0, 2.5, 1.0)
         torch.library.opcheck(ops.srm_forward.default, (x, *args))
         torch.library.opcheck(ops.srm_forward.default, (x.clone().requires_grad_(), *args))

@@ -483,8 +483,13 @@ def test_opcheck(backend, device, label_dtype, gen):
     F.suppix_counts(torch.zeros(1, 1, dtype=torch.int64, device=device), 1, backend=backend)  # loads the library
     ops = torch.ops.snnspx
     T, B, C, P, K = 3, 2, 4, 10, 6
-    for dtype in (torch.float32, torch.float64):
-        x = rand_x(gen, (T, B, C, P), dtype, device)
+    samples = [  # (x, K): float32/64, half precision, a non-contiguous x, no superpixels
+        *((rand_x(gen, (T, B, C, P), dtype, device), K) for dtype in (torch.float32, torch.float64, torch.bfloat16)),
+        (rand_x(gen, (T, B, P, C), torch.float32, device).transpose(2, 3), K),
+        (rand_x(gen, (T, B, C, P), torch.float16, device), 0),
+    ]
+    for x, K in samples:
+        dtype = x.dtype
         for lab in (
             torch.randint(-1, K, (1, B, P), generator=gen).to(label_dtype).to(device),
             torch.randint(-1, K, (T, 1, P), generator=gen).to(label_dtype).to(device),
