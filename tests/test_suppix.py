@@ -30,6 +30,14 @@ def pool_and_grad(x, labels, K, mode, backend, w, grad="exact"):
     return y.detach(), xg.grad
 
 
+def unpool_and_grad(y, labels, w, backend):
+    """z = unpool(y) and dL/dy for L = sum(z * w); y's strides are kept."""
+    yg = y.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+    z = F.suppix_unpool(yg, labels, backend=backend)
+    (z * w).sum().backward()
+    return z.detach(), yg.grad
+
+
 def ref_pool_and_grad(x, labels, K, mode, w, grad="exact"):
     xg = x.detach().cpu().clone().requires_grad_()
     y = R.suppix_pool(xg, labels.cpu(), K, mode, grad=grad)
@@ -242,13 +250,8 @@ def test_label_forms_and_dtypes_agree(backend, device, mode, gen):
     # unpooling and its backward, int32 against int64 labels
     yv = rand_x(gen, (T, B, C, K), torch.float32, device)
     wz = rand_x(gen, (T, B, C, H, W), torch.float32, device)
-    unpooled = []
-    for f in (lab, lab.int()):
-        yg = yv.clone().requires_grad_()
-        z = F.suppix_unpool(yg, f, backend=backend)
-        (z * wz).sum().backward()
-        unpooled.append((z.detach(), yg.grad))
-    assert torch.equal(unpooled[0][0], unpooled[1][0]) and torch.equal(unpooled[0][1], unpooled[1][1])
+    (z64, g64), (z32, g32) = (unpool_and_grad(yv, f, wz, backend) for f in (lab, lab.int()))
+    assert torch.equal(z64, z32) and torch.equal(g64, g32)
     # per-step labels really are per step
     per_step = rand_labels(gen, "per_step", T, B, H, W, K, device)
     y = F.suppix_pool(x, per_step, K, mode, backend=backend)
@@ -287,14 +290,9 @@ def test_noncontiguous_and_single_step(backend, device, mode, gen):
     # unpooling of a non-contiguous y, forward and backward
     y_t = rand_x(gen, (T, B, K, C), torch.float32, device).transpose(2, 3)  # [T, B, C, K]
     wz = rand_x(gen, (T, B, C, H, W), torch.float32, device)
-    got = []
-    for v in (y_t, y_t.contiguous()):
-        vg = v.detach().requires_grad_()
-        z = F.suppix_unpool(vg, labels, backend=backend)
-        (z * wz).sum().backward()
-        got.append((z.detach(), vg.grad))
-    assert not y_t.is_contiguous()
-    assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1])
+    assert not y_t.is_contiguous() and not y_t.clone(memory_format=torch.preserve_format).is_contiguous()
+    (z_nc, g_nc), (z_c, g_c) = (unpool_and_grad(v, labels, wz, backend) for v in (y_t, y_t.contiguous()))
+    assert torch.equal(z_nc, z_c) and torch.equal(g_nc, g_c)
 
 
 @pytest.mark.parametrize("backend,device", GRID)
