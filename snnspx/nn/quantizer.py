@@ -31,11 +31,11 @@ class Quantizer(nn.Module):
     ``+-q_max / scale``. (A range that holds NaN, e.g. from an old checkpoint, is replaced by
     the next batch's finite range.) Checking is done on the device: no read-back per call.
 
-    Buffers (in ``state_dict``): ``running_min`` (``+inf`` until data is seen),
-    ``running_max`` (``-inf``), both float64 whatever the module's dtype (``.half()`` or
-    ``.to(torch.bfloat16)`` move them to another device but keep them float64: a range kept
-    in half precision would round, and overflow to inf above 65504, which moves the fitted
-    scale), and ``scale_exponent`` (int64, ``-1`` until a finite value is seen). A quantizer that has seen no
+    Buffers (in ``state_dict``): ``running_min`` (``+inf`` until data is seen) and
+    ``running_max`` (``-inf``), float64 whatever the module's dtype (``.half()`` or
+    ``.to(dtype)`` keep them float64 and only move them: a range in half precision would
+    round, and overflow to inf above 65504, which moves the fitted scale), and
+    ``scale_exponent`` (int64, ``-1`` until a finite value is seen). A quantizer that has seen no
     finite value (nor loaded a calibrated ``state_dict``) raises ``RuntimeError`` in eval
     mode rather than pass values through unquantized; in training mode it quantizes such a
     batch with scale 1. Whether it has is read back from the device once, when the module
