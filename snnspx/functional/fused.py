@@ -31,7 +31,8 @@ def srm_suppix_pool(
     Equal, element for element, to
     ``suppix_pool(srm_neuron(x, ...), labels, num_superpixels, mode)``; bitwise for
     ``"sum"`` and ``"max"``, and ``"avg"`` divides the same integer spike count by
-    the same pixel count. Deterministic: spike counts are integers, so the result
+    the same pixel count (while a superpixel has at most ``2**24`` spikes at one step:
+    beyond, the fused count stays exact and pooling's float32 sum does not). Deterministic: spike counts are integers, so the result
     does not depend on the order in which pixels are added.
 
     Memory: the ``"cuda"`` and ``"cpp"`` backends write no ``[T, B, C, H, W]`` tensor
