@@ -6,7 +6,7 @@ import torch
 
 from .. import _checks
 from .._backend import resolve
-from .srm import register_once_differentiable, srm_neuron
+from .srm import register_once_differentiable, register_raising_autograd, srm_neuron
 
 __all__ = ["srm_suppix_pool"]
 
@@ -101,21 +101,16 @@ def srm_suppix_pool(
     return y
 
 
-def _no_training_through_inference_op(ctx, *grads):
-    raise RuntimeError(
-        "snnspx::srm_suppix_pool is the inference form of the fused op and keeps no state for a "
-        "backward: train through snnspx.functional.srm_suppix_pool (which calls "
-        "snnspx::srm_suppix_pool_fwd when x needs a gradient)"
-    )
-
-
 def _register() -> None:
     lib = "snnspx::"
     register_once_differentiable(lib + "srm_suppix_pool_bwd")
     # Called directly on an x that needs a gradient, the inference op must not drop the
     # gradient silently (autograd's fallback warns and gives None): its backward raises.
-    torch.library.register_autograd(
-        lib + "srm_suppix_pool", _no_training_through_inference_op, setup_context=lambda ctx, inputs, output: None
+    register_raising_autograd(
+        lib + "srm_suppix_pool",
+        "snnspx::srm_suppix_pool is the inference form of the fused op and keeps no state for a "
+        "backward: train through snnspx.functional.srm_suppix_pool (which calls "
+        "snnspx::srm_suppix_pool_fwd when x needs a gradient)",
     )
 
     @torch.library.register_fake(lib + "srm_suppix_pool")

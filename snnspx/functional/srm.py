@@ -242,20 +242,27 @@ def srm_neuron(
 
 
 # --------------------------------------------------------------------------- registrations
+def register_raising_autograd(op: str, message: str) -> None:
+    """Give `op` an autograd formula that raises ``RuntimeError(message)`` when a backward
+    reaches it, so that differentiating its outputs fails loudly instead of autograd's
+    fallback silently giving None."""
+
+    def setup(ctx, inputs, output):
+        pass
+
+    def backward(ctx, *grads):
+        raise RuntimeError(message)
+
+    torch.library.register_autograd(op, backward, setup_context=setup)
+
+
 def register_once_differentiable(op: str) -> None:
     """Give the backward op `op` an autograd formula that raises: the event-driven gradient is
     a surrogate, not the derivative of a function, so it has no derivative of its own. A double
     backward (``create_graph=True``, then a backward through the gradient) fails with this
     message instead of silently giving None, as ``once_differentiable`` does for Python
     functions."""
-
-    def setup(ctx, inputs, output):
-        pass
-
-    def backward(ctx, *grads):
-        raise RuntimeError(no_derivative_message(op))
-
-    torch.library.register_autograd(op, backward, setup_context=setup)
+    register_raising_autograd(op, no_derivative_message(op))
 
 
 def _register() -> None:

@@ -81,7 +81,7 @@ class Quantizer(nn.Module):
         for name, old in zip(("running_min", "running_max"), exact):
             new = getattr(self, name)
             if new.dtype != torch.float64:
-                src = new if old.is_meta or new.is_meta or old is new else old
+                src = new if old.is_meta or new.is_meta else old
                 setattr(self, name, src.to(device=new.device, dtype=torch.float64))
         return self
 
