@@ -84,20 +84,27 @@ class Table:
                 f.write("\n" + block)
 
 
-LEGACY = "SNNSPX_LEGACY_CUDA"
+# The strategies that were the CUDA defaults before the current ones (csrc/cuda/strategy.h).
+LEGACY_STRATEGIES = {
+    "suppix_pool": "sorted", "suppix_pool_backward": "one_pixel", "suppix_unpool": "one_pixel",
+    "srm_suppix_pool": "atomic", "srm_suppix_pool_fwd": "atomic", "srm_suppix_pool_bwd": "per_spike",
+}
+LEGACY = "legacy strategies"
+
+
+def force_strategies(strategies, lenient: bool = False):
+    """A context in which the snnspx ops run the named strategies (tests/conftest.py's
+    ForceStrategy: a dispatch mode, which adds some microseconds of Python per op call)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from conftest import ForceStrategy
+
+    return ForceStrategy(strategies, lenient=lenient)
 
 
 @contextlib.contextmanager
 def legacy_cuda():
-    """SNNSPX_LEGACY_CUDA=1 inside the block: the earlier default CUDA kernels (sorted
-    pooling, the global-atomic fused forward, the per-spike loads of the fused backward,
-    the one-pixel gather). The ops read the variable at every call."""
-    old = os.environ.get(LEGACY)
-    os.environ[LEGACY] = "1"
-    try:
+    """The earlier default CUDA kernels inside the block (LEGACY_STRATEGIES)."""
+    with force_strategies(LEGACY_STRATEGIES):
         yield
-    finally:
-        if old is None:
-            del os.environ[LEGACY]
-        else:
-            os.environ[LEGACY] = old

@@ -1,6 +1,6 @@
 """Where the GPU time of one call goes: per-kernel device time (torch.profiler) of the
 superpixel ops and the fused op (inference and training) at the benchmark shapes, with the
-default kernels and with SNNSPX_LEGACY_CUDA=1 (the earlier defaults). A diagnostic, not a benchmark: the
+default strategies and with each other CUDA strategy forced (csrc/cuda/strategy.h). A diagnostic, not a benchmark: the
 ratios in docs/benchmarks.md come from the bench_*.py scripts.
 
     python benchmarks/profile_gpu.py [--calls 20]
@@ -9,14 +9,12 @@ ratios in docs/benchmarks.md come from the bench_*.py scripts.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections import defaultdict
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-import snnspx
 from snnspx import functional as F
 from snnspx.superpixels import grid_superpixels
 
@@ -66,42 +64,45 @@ def main() -> None:
 
     def fused_train():
         with torch.enable_grad():
-            F.srm_suppix_pool(xg, grid_d, K, "avg").sum().backward()
+            F.srm_suppix_pool(xg, grid_d, num_superpixels=K, mode="avg").sum().backward()
 
     cases = {
-        "suppix_pool avg": lambda: F.suppix_pool(x, labels, K, "avg"),
-        "suppix_pool avg, check_labels=False": lambda: F.suppix_pool(x, labels, K, "avg", check_labels=False),
-        "suppix_pool sum, check_labels=False": lambda: F.suppix_pool(x, labels, K, "sum", check_labels=False),
+        "suppix_pool avg": lambda: F.suppix_pool(x, labels, num_superpixels=K, mode="avg"),
+        "suppix_pool avg, check_labels=False": lambda: F.suppix_pool(x, labels, num_superpixels=K, mode="avg", check_labels=False),
+        "suppix_pool sum, check_labels=False": lambda: F.suppix_pool(x, labels, num_superpixels=K, mode="sum", check_labels=False),
         "suppix_pool avg grad='spike', check_labels=False": lambda: F.suppix_pool(
-            x, labels, K, "avg", grad="spike", check_labels=False
+            x, labels, num_superpixels=K, mode="avg", grad="spike", check_labels=False
         ),
-        "suppix_pool max": lambda: F.suppix_pool(x, labels, K, "max"),
+        "suppix_pool max": lambda: F.suppix_pool(x, labels, num_superpixels=K, mode="max"),
         "suppix_unpool": lambda: F.suppix_unpool(y, labels),
-        "srm_suppix_pool avg (inference)": lambda: F.srm_suppix_pool(currents, grid_d, K, "avg"),
+        "srm_suppix_pool avg (inference)": lambda: F.srm_suppix_pool(currents, grid_d, num_superpixels=K, mode="avg"),
         "srm_suppix_pool avg (inference), check_labels=False": lambda: F.srm_suppix_pool(
-            currents, grid_d, K, "avg", check_labels=False
+            currents, grid_d, num_superpixels=K, mode="avg", check_labels=False
         ),
         "srm_suppix_pool avg (inference), no spikes (v_th=1e9)": lambda: F.srm_suppix_pool(
-            currents, grid_d, K, "avg", v_th=1e9
+            currents, grid_d, num_superpixels=K, mode="avg", v_th=1e9
         ),
         "srm_suppix_pool avg (training fwd+bwd, grad accumulated)": fused_train,
     }
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; T,B,C,H,W,K = {T},{B},{C},{H},{W},{K}")
+    import contextlib
+
+    from common import force_strategies
+
+    forced = [None, "sorted", "nosort_quad", "max_key", "one_pixel", "tiled_reuse", "atomic", "plane", "per_spike"]
     with torch.no_grad():
         for name, fn in cases.items():
-            for flag in ("0", "1"):
-                os.environ["SNNSPX_LEGACY_CUDA"] = flag
-                per, total = kernel_times(fn, args.calls)
-                wall = wall_us(fn, args.calls)
-                print(f"\n{name}, SNNSPX_LEGACY_CUDA={flag}: {total:.1f} us of kernels, {wall:.1f} us wall per call")
+            for strategy in forced:
+                ctx = contextlib.nullcontext() if strategy is None else force_strategies(strategy, lenient=True)
+                with ctx as mode:
+                    per, total = kernel_times(fn, args.calls)
+                    wall = wall_us(fn, args.calls)
+                if mode is not None and not mode.runs:
+                    continue  # the strategy does not apply to this call
+                label = "default strategies" if strategy is None else f"forcing {strategy!r} ({dict(mode.runs)})"
+                print(f"\n{name}, {label}: {total:.1f} us of kernels, {wall:.1f} us wall per call")
                 for k, v in sorted(per.items(), key=lambda kv: -kv[1]):
                     print(f"  {v:9.1f} us  {k}")
-    os.environ.pop("SNNSPX_LEGACY_CUDA", None)
-    names = ["cuda.suppix_pool", "cuda.suppix_pool_nosort", "cuda.suppix_pool_nosort_quad", "cuda.suppix_pool_max_key",
-             "cuda.suppix_pool_max_key_quad",
-             "cuda.suppix_gather_tiled", "cuda.srm_suppix_pool",
-             "cuda.srm_suppix_pool_quad", "cuda.srm_suppix_pool_plane"]
-    print("\ncompiled kernel calls:", {n: snnspx.kernel_calls(n) for n in names})
 
 
 if __name__ == "__main__":

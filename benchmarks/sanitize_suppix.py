@@ -4,7 +4,7 @@ Each new pooling kernel, on small planes: the 4-pixel no-sort kernel (vector loa
 P = 1440, scalar loads at P = 1443) for sum, avg and avg_spike; the key max kernel, also
 with 8 channels a block (that needs T * B * C >= 32768 planes); the tiled gather
 (unpooling and the pooling backward); the label check. Every call names its backend, the
-kernel counters must have moved, and the results are compared with the CPU library within
+opt-in strategies are forced (each must have run), and the results are compared with the CPU library within
 float32 rounding of a sum of the plane's pixels (the GPU adds in another order).
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool racecheck python benchmarks/sanitize_suppix.py
@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import torch
 
-import snnspx
 from snnspx import functional as F
 
-COUNTERS = ("cuda.suppix_pool_nosort_quad", "cuda.suppix_pool_max_key", "cuda.suppix_gather_tiled")
+from common import force_strategies
+
+# Each forced in turn where it applies (csrc/cuda/strategy.h); each must run at least once.
+STRATEGIES = ("nosort", "nosort_quad", "max_key", "tiled", "tiled_reuse")
 
 
 def check(T: int, B: int, C: int, H: int, W: int, K: int, modes, gen: torch.Generator) -> None:
@@ -29,7 +31,7 @@ def check(T: int, B: int, C: int, H: int, W: int, K: int, modes, gen: torch.Gene
             out = {}
             for dev, backend in (("cuda", "cuda"), ("cpu", "cpp")):
                 xg = x.to(dev).requires_grad_()
-                y = F.suppix_pool(xg, labels.to(dev), K, mode, grad=grad, backend=backend)
+                y = F.suppix_pool(xg, labels.to(dev), num_superpixels=K, mode=mode, grad=grad, backend=backend)
                 (y * w.to(dev)).sum().backward()
                 z = F.suppix_unpool(y.detach(), labels.to(dev), backend=backend)
                 out[dev] = (y.detach().cpu(), xg.grad.cpu(), z.cpu())
@@ -42,17 +44,21 @@ def check(T: int, B: int, C: int, H: int, W: int, K: int, modes, gen: torch.Gene
 
 def main() -> None:
     gen = torch.Generator().manual_seed(0)
-    before = {n: snnspx.kernel_calls(n) for n in COUNTERS}
     every = (("sum", "exact"), ("avg", "exact"), ("avg", "spike"), ("max", "exact"))
-    for H, W in ((36, 40), (37, 39)):  # P = 1440 (vector loads), P = 1443 (scalar loads)
-        check(2, 2, 3, H, W, 7, every, gen)
-    check(1, 512, 64, 4, 4, 5, (("max", "exact"),), gen)  # the key kernel with 8 channels a block
-    torch.cuda.synchronize()
-    ran = {n: snnspx.kernel_calls(n) - before[n] for n in COUNTERS}
-    missing = [n for n, c in ran.items() if c == 0]
+    missing = []
+    for strategy in STRATEGIES:
+        with force_strategies(strategy, lenient=True) as mode:
+            for H, W in ((36, 40), (37, 39)):  # P = 1440 (vector loads), P = 1443 (scalar loads)
+                check(2, 2, 3, H, W, 7, every, gen)
+            if strategy == "max_key":
+                check(1, 512, 64, 4, 4, 5, (("max", "exact"),), gen)  # 8 channels a block
+            torch.cuda.synchronize()
+        if not mode.runs:
+            missing.append(strategy)
+        print(f"sanitize_suppix: {strategy}: {dict(mode.runs)}")
     if missing:
-        raise SystemExit(f"sanitize_suppix: these kernels did not run: {missing}")
-    print("sanitize_suppix: ok;", ", ".join(f"{n} {c}" for n, c in ran.items()))
+        raise SystemExit(f"sanitize_suppix: these strategies did not run: {missing}")
+    print("sanitize_suppix: ok")
 
 
 if __name__ == "__main__":

@@ -10,23 +10,9 @@
 #include <cstdint>
 
 #include "srm_core.h"
+#include "suppix_core.h"
 
 namespace snnspx {
-
-enum class PoolMode : int { Sum = 0, Avg = 1, Max = 2 };
-
-// Labels are read as [L, LB, P]: L = 1 (one map for all steps) or T, LB = 1 (one
-// map for the batch) or B.
-struct LabelLayout {
-  int64_t L, LB, P;
-  SNNSPX_HD int64_t offset(int64_t t, int64_t b) const {
-    return ((L == 1 ? 0 : t) * LB + (LB == 1 ? 0 : b)) * P;
-  }
-  // Index into counts [L, LB, K].
-  SNNSPX_HD int64_t count_row(int64_t t, int64_t b, int64_t K) const {
-    return ((L == 1 ? 0 : t) * LB + (LB == 1 ? 0 : b)) * K;
-  }
-};
 
 // y[t, b, c, k] from the spike count of that superpixel and its pixel count n.
 template <typename acc_t>

@@ -12,26 +12,19 @@
 
 namespace snnspx {
 
-inline PoolMode parse_pool_mode(const std::string& mode) {
-  if (mode == "sum") return PoolMode::Sum;
-  if (mode == "avg") return PoolMode::Avg;
-  if (mode == "max") return PoolMode::Max;
-  TORCH_CHECK(false, "mode must be 'sum', 'avg' or 'max', got '", mode, "'");
-}
-
 struct FusedArgs {
-  at::Tensor x, labels;  // x [T, B, C, P] contiguous; labels [L, LB, P] contiguous int32/int64
+  at::Tensor x, labels;  // x [T, B, C, P] contiguous; labels [L, Bl, P] contiguous int32/int64
   int64_t T, B, C, P, K;
   LabelLayout layout;
   PoolMode mode;
 };
 
-// Checks labels [L, LB, P] (L in {1, T}, LB in {1, B}) against the sizes of x.
+// Checks labels [L, Bl, P] (L in {1, T}, Bl in {1, B}) against the sizes of x.
 inline FusedArgs prepare_fused_sizes(int64_t T, int64_t B, int64_t C, int64_t P, const at::Device& device,
-                                     const at::Tensor& labels, int64_t K, const std::string& mode) {
+                                     const at::Tensor& labels, int64_t K, c10::string_view mode) {
   TORCH_CHECK(labels.scalar_type() == at::kInt || labels.scalar_type() == at::kLong,
               "labels must be int32 or int64, got ", labels.scalar_type());
-  TORCH_CHECK(labels.dim() == 3, "labels must be [L, LB, P] (the op's flattened form), got ", labels.sizes());
+  TORCH_CHECK(labels.dim() == 3, "labels must be [L, Bl, P] (the op's flattened form), got ", labels.sizes());
   TORCH_CHECK(labels.device() == device, "labels must be on x's device ", device, ", got ", labels.device());
   FusedArgs a;
   a.T = T, a.B = B, a.C = C, a.P = P, a.K = K;
@@ -44,14 +37,14 @@ inline FusedArgs prepare_fused_sizes(int64_t T, int64_t B, int64_t C, int64_t P,
   TORCH_CHECK(labels.size(1) == 1 || labels.size(1) == B, "labels must hold 1 or B = ", B,
               " maps along dim 1, got ", labels.size(1));
   a.layout = LabelLayout{labels.size(0), labels.size(1), P};
-  a.mode = parse_pool_mode(mode);
+  a.mode = parse_pool_mode(mode, /*allow_avg_spike=*/false);
   a.labels = labels.contiguous();
   return a;
 }
 
-// x: [T, B, C, P] currents; labels: [L, LB, P] with L in {1, T}, LB in {1, B}.
+// x: [T, B, C, P] currents; labels: [L, Bl, P] with L in {1, T}, Bl in {1, B}.
 // The Python wrapper brings [T, B, C, H, W] inputs and every label form to these.
-inline FusedArgs prepare_fused(const at::Tensor& x, const at::Tensor& labels, int64_t K, const std::string& mode) {
+inline FusedArgs prepare_fused(const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode) {
   check_float_input(x, "x");
   TORCH_CHECK(x.dim() == 4, "x must be [T, B, C, P] (the op's flattened form), got ", x.sizes());
   FusedArgs a = prepare_fused_sizes(x.size(0), x.size(1), x.size(2), x.size(3), x.device(), labels, K, mode);
@@ -61,7 +54,7 @@ inline FusedArgs prepare_fused(const at::Tensor& x, const at::Tensor& labels, in
 
 // The backward's view of the shapes: saved is [2, T, B, C, P], grad_y [T, B, C, K].
 inline FusedArgs prepare_fused_backward(const at::Tensor& grad_y, const at::Tensor& saved, const at::Tensor& labels,
-                                        const std::string& mode) {
+                                        c10::string_view mode) {
   check_float_input(grad_y, "grad_y");
   TORCH_CHECK(grad_y.dim() == 4, "grad_y must be [T, B, C, K], got ", grad_y.sizes());
   TORCH_CHECK(saved.dim() == 5, "saved must be [2, T, B, C, P], got ", saved.sizes());
@@ -86,8 +79,8 @@ inline void check_fused_backward(const at::Tensor& grad_y, const at::Tensor& sav
   TORCH_CHECK(saved.scalar_type() == srm_acc_type(grad_y.scalar_type()), "saved must be ",
               srm_acc_type(grad_y.scalar_type()), " for grad_y of dtype ", grad_y.scalar_type(), ", got ",
               saved.scalar_type());
-  TORCH_CHECK(counts.scalar_type() == at::kInt && counts.sizes() == at::IntArrayRef({a.layout.L, a.layout.LB, a.K}),
-              "counts must be int32 [L, LB, K], got ", counts.scalar_type(), " ", counts.sizes());
+  TORCH_CHECK(counts.scalar_type() == at::kInt && counts.sizes() == at::IntArrayRef({a.layout.L, a.layout.Bl, a.K}),
+              "counts must be int32 [L, Bl, K], got ", counts.scalar_type(), " ", counts.sizes());
   if (a.mode == PoolMode::Max) {
     TORCH_CHECK(argmax.scalar_type() == at::kInt && argmax.sizes() == at::IntArrayRef({a.T, a.B, a.C, a.K}),
                 "argmax must be int32 [T, B, C, K] for mode 'max', got ", argmax.scalar_type(), " ",

@@ -11,11 +11,7 @@
 #include <cstdint>
 #include <limits>
 
-#if defined(__CUDACC__)
-#define SNNSPX_HD __host__ __device__ __forceinline__
-#else
-#define SNNSPX_HD inline
-#endif
+#include "host_device.h"
 
 namespace snnspx {
 

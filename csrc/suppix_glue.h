@@ -19,17 +19,21 @@
 
 namespace snnspx {
 
-inline SupPixMode parse_suppix_mode(c10::string_view mode) {
-  if (mode == "sum") return SupPixMode::Sum;
-  if (mode == "avg") return SupPixMode::Avg;
-  if (mode == "max") return SupPixMode::Max;
-  if (mode == "avg_spike") return SupPixMode::AvgSpike;
-  TORCH_CHECK(false, "mode must be 'sum', 'avg', 'max' or 'avg_spike', got '", std::string(mode), "'");
+// The one parser of the `mode` argument of the pooling and fused ops. "avg_spike" (avg
+// whose backward is the spike form g / m) is a pooling mode only.
+inline PoolMode parse_pool_mode(c10::string_view mode, bool allow_avg_spike) {
+  if (mode == "sum") return PoolMode::Sum;
+  if (mode == "avg") return PoolMode::Avg;
+  if (mode == "max") return PoolMode::Max;
+  if (allow_avg_spike && mode == "avg_spike") return PoolMode::AvgSpike;
+  TORCH_CHECK(false, "mode must be 'sum', 'avg', 'max'", allow_avg_spike ? " or 'avg_spike'" : "", ", got '",
+              std::string(mode), "'");
 }
 
 struct SupPixDims {
   int64_t T = 0, B = 0, C = 0, P = 0, K = 0, L = 1, Bl = 1;
   int64_t planes() const { return T * B * C; }
+  LabelLayout layout() const { return LabelLayout{L, Bl, P}; }
 };
 
 inline void check_suppix_float(const at::Tensor& t, const char* name, const char* layout) {
@@ -76,7 +80,7 @@ inline void check_num_superpixels(int64_t K) {
 struct SupPixPoolArgs {
   at::Tensor x, labels;  // contiguous
   SupPixDims d;
-  SupPixMode mode;
+  PoolMode mode;
 };
 
 inline SupPixPoolArgs prepare_suppix_pool(const at::Tensor& x, const at::Tensor& labels, int64_t K,
@@ -86,7 +90,7 @@ inline SupPixPoolArgs prepare_suppix_pool(const at::Tensor& x, const at::Tensor&
   check_suppix_labels(labels, x, "x", x.size(0), x.size(1), x.size(3));
   if (check_labels) check_suppix_label_range(labels, K);
   SupPixPoolArgs a;
-  a.mode = parse_suppix_mode(mode);
+  a.mode = parse_pool_mode(mode, /*allow_avg_spike=*/true);
   a.x = x.contiguous();
   a.labels = labels.contiguous();
   a.d.T = x.size(0), a.d.B = x.size(1), a.d.C = x.size(2), a.d.P = x.size(3), a.d.K = K;
@@ -100,21 +104,21 @@ inline std::pair<at::Tensor, at::Tensor> allocate_suppix_pool(const SupPixPoolAr
   const auto& d = a.d;
   at::Tensor y = at::empty({d.T, d.B, d.C, d.K}, a.x.options());
   const auto iopt = a.x.options().dtype(at::kInt);
-  at::Tensor aux = (a.mode == SupPixMode::Sum || a.mode == SupPixMode::Avg) ? at::empty({d.L, d.Bl, d.K}, iopt)
+  at::Tensor aux = (a.mode == PoolMode::Sum || a.mode == PoolMode::Avg) ? at::empty({d.L, d.Bl, d.K}, iopt)
                                                                             : at::empty({d.T, d.B, d.C, d.K}, iopt);
   return {y, aux};
 }
 
 struct SupPixGatherArgs {
   at::Tensor src, labels, aux;  // contiguous; aux undefined for Sum
-  at::Tensor out;               // [T, B, C, P]
+  at::Tensor out;               // [T, B, C, P], by allocate_suppix_gather
   SupPixDims d;
-  SupPixMode mode;
+  PoolMode mode;
 };
 
 // grad_x[t, b, c, p] (or the unpooled z) from grad_y / y [T, B, C, K].
 inline SupPixGatherArgs prepare_suppix_gather(const at::Tensor& src, const char* src_name, const at::Tensor& labels,
-                                              const at::Tensor* aux, SupPixMode mode) {
+                                              const at::Tensor* aux, PoolMode mode) {
   check_suppix_float(src, src_name, "[T, B, C, K]");
   // The kernels index superpixels with int32 (as pooling's num_superpixels check ensures).
   TORCH_CHECK_VALUE(src.size(3) < std::numeric_limits<int32_t>::max(), src_name,
@@ -126,12 +130,12 @@ inline SupPixGatherArgs prepare_suppix_gather(const at::Tensor& src, const char*
   a.d.L = labels.size(0), a.d.Bl = labels.size(1), a.d.P = labels.size(2);
   a.src = src.contiguous();
   a.labels = labels.contiguous();
-  if (mode != SupPixMode::Sum) {
+  if (mode != PoolMode::Sum) {
     TORCH_CHECK(aux != nullptr, "internal: aux is required");
     TORCH_CHECK(aux->scalar_type() == at::kInt, "aux must be int32, got ", aux->scalar_type());
     TORCH_CHECK(aux->device() == src.device(), "aux and ", src_name, " must be on the same device, got ",
                 aux->device(), " and ", src.device());
-    if (mode == SupPixMode::Avg) {
+    if (mode == PoolMode::Avg) {
       TORCH_CHECK(aux->sizes() == at::IntArrayRef({a.d.L, a.d.Bl, a.d.K}),
                   "aux must be the counts [L, Bl, K] = [", a.d.L, ", ", a.d.Bl, ", ", a.d.K, "] for mode 'avg', got ",
                   aux->sizes());
@@ -141,8 +145,13 @@ inline SupPixGatherArgs prepare_suppix_gather(const at::Tensor& src, const char*
     }
     a.aux = aux->contiguous();
   }
-  a.out = at::empty({a.d.T, a.d.B, a.d.C, a.d.P}, src.options().memory_format(at::MemoryFormat::Contiguous));
   return a;
+}
+
+// The gather's output [T, B, C, P], made once the strategy is known (a strategy error
+// allocates nothing). Freshly made, so aligned for vector stores.
+inline void allocate_suppix_gather(SupPixGatherArgs& a) {
+  a.out = at::empty({a.d.T, a.d.B, a.d.C, a.d.P}, a.src.options().memory_format(at::MemoryFormat::Contiguous));
 }
 
 }  // namespace snnspx

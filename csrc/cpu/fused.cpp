@@ -12,29 +12,14 @@
 #include <vector>
 
 #include "../fused_glue.h"
-#include "../kernel_counter.h"
 #include "../suppix_core.h"
+#include "labels.h"
+#include "strategy.h"
 
 namespace snnspx {
 namespace {
 
 constexpr int64_t kBlock = 256;
-
-// counts[l, lb, k] = number of pixels with label k in map (l, lb).
-template <typename label_t>
-void count_labels_cpu(const label_t* labels, int32_t* counts, int64_t maps, int64_t P, int64_t K) {
-  at::parallel_for(0, maps, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m) {
-      int32_t* row = counts + m * K;
-      std::fill(row, row + K, 0);
-      const label_t* lab = labels + m * P;
-      for (int64_t p = 0; p < P; ++p) {
-        const int64_t k = static_cast<int64_t>(lab[p]);
-        if (k >= 0 && k < K) row[k] += 1;  // labels >= K (check_labels=False) are ignored
-      }
-    }
-  });
-}
 
 // Spike counts go to kCopies interleaved histograms (pixel i of a block adds to
 // copy i % kCopies) that are summed at the end: neighbouring pixels mostly
@@ -231,11 +216,16 @@ void fused_backward_kernel(const FusedArgs& a, const scalar_t* grad_y, const acc
   });
 }
 
+// The fused ops' one CPU strategy, or an error naming the valid ones.
+void fused_strategy(const char* op, c10::string_view strategy) {
+  resolve_strategy(op, strategy, cpu::kFusedStrategies, cpu::srm_suppix_pool_strategy(),
+                   [](cpu::FusedStrategy s) { return cpu::fused_rejects(s); });
+}
+
 at::Tensor count_labels(const FusedArgs& a) {
-  at::Tensor counts = at::empty({a.layout.L, a.layout.LB, a.K}, a.labels.options().dtype(at::kInt));
+  at::Tensor counts = at::empty({a.layout.L, a.layout.Bl, a.K}, a.labels.options().dtype(at::kInt));
   AT_DISPATCH_INDEX_TYPES(a.labels.scalar_type(), "count_labels_cpu", [&] {
-    count_labels_cpu<index_t>(a.labels.data_ptr<index_t>(), counts.data_ptr<int32_t>(), a.layout.L * a.layout.LB,
-                              a.P, a.K);
+    cpu::count_labels<index_t>(a.labels.data_ptr<index_t>(), counts.data_ptr<int32_t>(), a.layout.maps(), a.P, a.K);
   });
   return counts;
 }
@@ -256,23 +246,26 @@ void run_forward(const FusedArgs& a, double tau_m, double tau_s, double tau_grad
 }
 
 at::Tensor srm_suppix_pool_cpu(const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode,
-                               double tau_m, double tau_s, double tau_grad, double v_th, bool check_labels) {
+                               double tau_m, double tau_s, double tau_grad, double v_th, bool check_labels,
+                               c10::string_view strategy) {
+  fused_strategy("srm_suppix_pool", strategy);
   check_srm_neuron_params(tau_m, tau_s, tau_grad, v_th);
-  auto a = prepare_fused(x, labels, K, std::string(mode));
+  auto a = prepare_fused(x, labels, K, mode);
   if (check_labels) check_suppix_label_range(a.labels, K);
   const at::Tensor counts = count_labels(a);
   at::Tensor y = fused_output(a);
   run_forward<false>(a, tau_m, tau_s, tau_grad, v_th, 0.0, 0.0, counts, y, nullptr, nullptr);
-  count_kernel("cpu.srm_suppix_pool");
   return y;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_cpu(
     const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode, double tau_m, double tau_s,
-    double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv, bool check_labels) {
+    double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv, bool check_labels,
+    c10::string_view strategy) {
+  fused_strategy("srm_suppix_pool_fwd", strategy);
   check_srm_neuron_params(tau_m, tau_s, tau_grad, v_th);
   check_backward_params(du_inv_clamp, max_dudt_inv);
-  auto a = prepare_fused(x, labels, K, std::string(mode));
+  auto a = prepare_fused(x, labels, K, mode);
   if (check_labels) check_suppix_label_range(a.labels, K);
   const at::Tensor counts = count_labels(a);
   at::Tensor y = fused_output(a);
@@ -280,15 +273,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_c
   at::Tensor argmax = a.mode == PoolMode::Max ? at::empty({a.T, a.B, a.C, a.K}, counts.options())
                                               : at::empty({0}, counts.options());
   run_forward<true>(a, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, counts, y, &saved, &argmax);
-  count_kernel("cpu.srm_suppix_pool_fwd");
   return {y, saved, counts, argmax};
 }
 
 at::Tensor srm_suppix_pool_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& saved, const at::Tensor& labels,
                                    const at::Tensor& counts, const at::Tensor& argmax, c10::string_view mode,
-                                   double tau_m, double tau_s, double tau_grad) {
+                                   double tau_m, double tau_s, double tau_grad,
+                                   c10::string_view strategy) {
+  fused_strategy("srm_suppix_pool_bwd", strategy);
   check_srm_taus(tau_m, tau_s, tau_grad);
-  auto a = prepare_fused_backward(grad_y, saved, labels, std::string(mode));
+  auto a = prepare_fused_backward(grad_y, saved, labels, mode);
   check_fused_backward(grad_y, saved, counts, argmax, a);
   const at::Tensor g = grad_y.contiguous();
   const at::Tensor sv = saved.contiguous();
@@ -306,7 +300,6 @@ at::Tensor srm_suppix_pool_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& s
                                                       tables.data(), grad_x.data_ptr<scalar_t>());
     });
   });
-  count_kernel("cpu.srm_suppix_pool_bwd");
   return grad_x;
 }
 

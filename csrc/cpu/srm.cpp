@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <limits>
 
-#include "../kernel_counter.h"
 #include "../srm_core.h"
 #include "../srm_glue.h"
 
@@ -139,7 +138,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> srm_forward_cpu(const at::Tensor&
                                                make_srm_params<acc_t>(tau_m, tau_s, tau_grad, v_th), acc_t(0),
                                                acc_t(0));
   });
-  count_kernel("cpu.srm_forward");
   return {o.spikes, o.du, o.dut};
 }
 
@@ -156,7 +154,6 @@ std::tuple<at::Tensor, at::Tensor> srm_neuron_fwd_cpu(const at::Tensor& x, doubl
                                               make_srm_params<acc_t>(tau_m, tau_s, tau_grad, v_th),
                                               param_to_acc<acc_t>(du_inv_clamp), param_to_acc<acc_t>(max_dudt_inv));
   });
-  count_kernel("cpu.srm_neuron_fwd");
   return {o.spikes, o.du};
 }
 
@@ -184,7 +181,6 @@ std::tuple<at::Tensor, at::Tensor> srm_backward_cpu(const at::Tensor& grad_spike
         a.grad_w.data_ptr<scalar_t>(), a.grad_t.data_ptr<scalar_t>(), tables.data(), a.T, a.N,
         param_to_acc<acc_t>(du_inv_clamp), param_to_acc<acc_t>(max_dudt_inv));
   });
-  count_kernel("cpu.srm_backward");
   return {a.grad_w, a.grad_t};
 }
 
@@ -203,7 +199,6 @@ at::Tensor srm_neuron_bwd_cpu(const at::Tensor& grad_spikes, const at::Tensor& s
                                                tables.data(), a.T, a.N, param_to_acc<acc_t>(du_inv_clamp),
                                                param_to_acc<acc_t>(max_dudt_inv));
   });
-  count_kernel("cpu.srm_neuron_bwd");
   return a.grad_w;
 }
 

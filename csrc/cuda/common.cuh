@@ -1,6 +1,6 @@
-// Device helpers shared by the CUDA kernel files: the accumulation type, the
-// element conversions (half/bfloat16 through intrinsics, since PyTorch builds
-// with __CUDA_NO_HALF_CONVERSIONS__) and vector access (Quad).
+// Device helpers shared by the CUDA kernel files: the launchers' type dispatch, the
+// accumulation type, the element conversions (half/bfloat16 through intrinsics, since
+// PyTorch builds with __CUDA_NO_HALF_CONVERSIONS__) and vector access (Quad).
 // Light on purpose: CUDA headers, ../srm_core.h and launch.h only.
 #pragma once
 
@@ -68,6 +68,8 @@ template <typename T>
 inline bool quad_aligned(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % sizeof(Quad<T>) == 0;
 }
+
+constexpr unsigned kFullMask = 0xffffffffu;
 
 // A streaming store of a Quad (evict-first, like __stcs for outputs that are not read
 // again soon): one 8- or 16-byte store, two 16-byte stores for a 32-byte Quad.

@@ -1,16 +1,17 @@
-// CUDA registrations of the fused SRM + superpixel pooling ops: checks and
-// allocation from ../fused_glue.h (shared with the CPU), kernels from fused.cu.
+// CUDA registrations of the fused SRM + superpixel pooling ops: checks and allocation
+// from ../fused_glue.h (shared with the CPU), the kernel choice from strategy.h, kernels
+// from fused_forward.cu, fused_backward.cu and count.cu.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-
 #include "../fused_glue.h"
-#include "../kernel_counter.h"
-#include "glue.h"
 #include "fused_launch.h"
+#include "glue.h"
+#include "strategy.h"
+#include "suppix_launch.h"
 
 namespace snnspx {
 namespace {
@@ -26,55 +27,73 @@ cuda::FusedShape shape_of(const FusedArgs& a) {
   return cuda::FusedShape{a.T, a.B, a.C, a.P, a.K, a.layout, a.mode};
 }
 
+// Pixels per superpixel of each label map, int32 [L, Bl, K], by the count kernel of pooling.
 at::Tensor counts_cuda(const FusedArgs& a, cudaStream_t stream) {
-  at::Tensor counts = at::empty({a.layout.L, a.layout.LB, a.K}, a.labels.options().dtype(at::kInt));
-  cuda::count_labels(label_type(a.labels), a.labels.data_ptr(), counts.data_ptr<int32_t>(), shape_of(a), stream);
+  at::Tensor counts = at::zeros({a.layout.L, a.layout.Bl, a.K}, a.labels.options().dtype(at::kInt));
+  cuda::suppix_count(a.labels.data_ptr(), a.labels.scalar_type() == at::kLong, counts.data_ptr<int32_t>(),
+                     /*top=*/nullptr, a.layout.maps(), a.P, a.K, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return counts;
 }
 
+// The forward kernel of `op` for prepared arguments.
+cuda::FusedKernel forward_strategy(const char* op, const FusedArgs& a, bool training, c10::string_view strategy) {
+  const auto dtype = cuda::launch_dtype(a.x.scalar_type());
+  const auto lt = label_type(a.labels);
+  const auto s = shape_of(a);
+  const void* x = a.x.data_ptr();
+  const void* labels = a.labels.data_ptr();
+  return resolve_strategy(op, strategy, cuda::kFusedForwardStrategies,
+                          cuda::srm_suppix_pool_strategy(dtype, lt, x, labels, s, training),
+                          [&](cuda::FusedKernel k) {
+                            return cuda::fused_forward_rejects(k, dtype, lt, x, labels, s, training);
+                          });
+}
+
 void forward_cuda(const FusedArgs& a, double tau_m, double tau_s, double tau_grad, double v_th, double du_inv_clamp,
                   double max_dudt_inv, const at::Tensor& counts, at::Tensor& y, at::Tensor* saved,
-                  at::Tensor* argmax, cudaStream_t stream) {
+                  at::Tensor* argmax, cuda::FusedKernel kernel, cudaStream_t stream) {
   const auto iopt = counts.options();
   at::Tensor scratch = at::empty({a.T * a.B * a.C * a.K}, iopt);
   const bool want_max = argmax != nullptr && a.mode == PoolMode::Max;
   at::Tensor scratch_first = want_max ? at::empty({a.T * a.B * a.C * a.K}, iopt) : at::Tensor();
-  cuda::FusedKernel ran = cuda::FusedKernel::Atomic;
-  cuda::fused_forward(cuda::launch_dtype(a.x.scalar_type()), label_type(a.labels), a.x.data_ptr(), a.labels.data_ptr(),
-                      counts.data_ptr<int32_t>(), y.data_ptr(), saved ? saved->data_ptr() : nullptr,
-                      want_max ? argmax->data_ptr<int32_t>() : nullptr, scratch.data_ptr<int32_t>(),
-                      want_max ? scratch_first.data_ptr<int32_t>() : nullptr, shape_of(a), tau_m, tau_s, tau_grad,
-                      v_th, du_inv_clamp, max_dudt_inv, cuda::legacy_cuda(), &ran, stream);
+  const bool ran = cuda::fused_forward(
+      cuda::launch_dtype(a.x.scalar_type()), label_type(a.labels), a.x.data_ptr(), a.labels.data_ptr(),
+      counts.data_ptr<int32_t>(), y.data_ptr(), saved ? saved->data_ptr() : nullptr,
+      want_max ? argmax->data_ptr<int32_t>() : nullptr, scratch.data_ptr<int32_t>(),
+      want_max ? scratch_first.data_ptr<int32_t>() : nullptr, shape_of(a), tau_m, tau_s, tau_grad, v_th, du_inv_clamp,
+      max_dudt_inv, kernel, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (ran == cuda::FusedKernel::Plane) count_kernel("cuda.srm_suppix_pool_plane");
-  if (ran == cuda::FusedKernel::Quad) count_kernel("cuda.srm_suppix_pool_quad");
+  TORCH_INTERNAL_ASSERT(ran, "the fused forward kernel ", static_cast<int>(kernel), " did not apply");
 }
 
 at::Tensor srm_suppix_pool_cuda(const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode,
-                                double tau_m, double tau_s, double tau_grad, double v_th, bool check_labels) {
+                                double tau_m, double tau_s, double tau_grad, double v_th, bool check_labels,
+                                c10::string_view strategy) {
   cuda::check_cuda_tensor(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
   check_srm_neuron_params(tau_m, tau_s, tau_grad, v_th);
-  auto a = prepare_fused(x, labels, K, std::string(mode));
+  auto a = prepare_fused(x, labels, K, mode);
+  const auto kernel = forward_strategy("srm_suppix_pool", a, /*training=*/false, strategy);
   cuda::DeviceLabelCheck check(a.labels, K, check_labels && cuda::can_read_back());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor counts = counts_cuda(a, stream);
   at::Tensor y = fused_output(a);
-  forward_cuda(a, tau_m, tau_s, tau_grad, v_th, 0.0, 0.0, counts, y, nullptr, nullptr, stream);
+  forward_cuda(a, tau_m, tau_s, tau_grad, v_th, 0.0, 0.0, counts, y, nullptr, nullptr, kernel, stream);
   check.verify();  // the kernels skipped labels >= K; now the verdict
-  count_kernel("cuda.srm_suppix_pool");
   return y;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_cuda(
     const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode, double tau_m, double tau_s,
-    double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv, bool check_labels) {
+    double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv, bool check_labels,
+    c10::string_view strategy) {
   cuda::check_cuda_tensor(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
   check_srm_neuron_params(tau_m, tau_s, tau_grad, v_th);
   check_backward_params(du_inv_clamp, max_dudt_inv);
-  auto a = prepare_fused(x, labels, K, std::string(mode));
+  auto a = prepare_fused(x, labels, K, mode);
+  const auto kernel = forward_strategy("srm_suppix_pool_fwd", a, /*training=*/true, strategy);
   cuda::DeviceLabelCheck check(a.labels, K, check_labels && cuda::can_read_back());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor counts = counts_cuda(a, stream);
@@ -82,20 +101,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_c
   at::Tensor saved = fused_saved(a);
   at::Tensor argmax = a.mode == PoolMode::Max ? at::empty({a.T, a.B, a.C, a.K}, counts.options())
                                               : at::empty({0}, counts.options());
-  forward_cuda(a, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, counts, y, &saved, &argmax, stream);
+  forward_cuda(a, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, counts, y, &saved, &argmax, kernel,
+               stream);
   check.verify();
-  count_kernel("cuda.srm_suppix_pool_fwd");
   return {y, saved, counts, argmax};
 }
 
 at::Tensor srm_suppix_pool_bwd_cuda(const at::Tensor& grad_y, const at::Tensor& saved, const at::Tensor& labels,
                                     const at::Tensor& counts, const at::Tensor& argmax, c10::string_view mode,
-                                    double tau_m, double tau_s, double tau_grad) {
+                                    double tau_m, double tau_s, double tau_grad, c10::string_view strategy) {
   cuda::check_cuda_tensor(grad_y, "grad_y");
   c10::cuda::CUDAGuard guard(grad_y.device());
   check_srm_taus(tau_m, tau_s, tau_grad);
-  auto a = prepare_fused_backward(grad_y, saved, labels, std::string(mode));
+  auto a = prepare_fused_backward(grad_y, saved, labels, mode);
   check_fused_backward(grad_y, saved, counts, argmax, a);
+  const auto s = shape_of(a);
+  const auto kernel = resolve_strategy("srm_suppix_pool_bwd", strategy, cuda::kFusedBackwardStrategies,
+                                       cuda::srm_suppix_pool_bwd_strategy(s),
+                                       [&](cuda::FusedBackwardKernel k) { return cuda::fused_backward_rejects(k, s); });
   const at::Tensor g = grad_y.contiguous();
   const at::Tensor sv = saved.contiguous();
   const at::Tensor cn = counts.contiguous();
@@ -105,9 +128,8 @@ at::Tensor srm_suppix_pool_bwd_cuda(const at::Tensor& grad_y, const at::Tensor& 
   cuda::fused_backward(cuda::launch_dtype(g.scalar_type()), label_type(a.labels), g.data_ptr(), sv.data_ptr(),
                        a.labels.data_ptr(), cn.data_ptr<int32_t>(),
                        a.mode == PoolMode::Max ? am.data_ptr<int32_t>() : nullptr, tables.data_ptr(),
-                       grad_x.data_ptr(), shape_of(a), cuda::legacy_cuda(), c10::cuda::getCurrentCUDAStream());
+                       grad_x.data_ptr(), s, kernel, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  count_kernel("cuda.srm_suppix_pool_bwd");
   return grad_x;
 }
 

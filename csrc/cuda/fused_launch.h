@@ -1,5 +1,5 @@
-// Launchers of the fused SRM + superpixel pooling kernels (fused.cu), for the
-// CUDA glue (fused.cpp). No ATen here.
+// Launchers of the fused SRM + superpixel pooling kernels (fused_forward.cu,
+// fused_backward.cu), for the CUDA glue (fused.cpp, strategy.cpp). No ATen here.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -17,33 +17,43 @@ enum class LabelType : int { Int32 = 0, Int64 = 1 };
 struct FusedShape {
   int64_t T, B, C, P, K;
   LabelLayout layout;
-  PoolMode mode;
+  PoolMode mode;  // Sum, Avg or Max
 };
 
-// counts[L, LB, K] (int32) = pixels per superpixel of each label map; labels >= K
-// or < 0 are not counted.
-void count_labels(LabelType lt, const void* labels, int32_t* counts, const FusedShape& s, cudaStream_t stream);
-
-// y [T, B, C, K] of `dtype`. scratch: int32 [T, B, C, K] (and another for "max"
-// when argmax != nullptr). saved: [2, T, B, C, P] accumulation type, or nullptr
-// for inference. argmax: int32 [T, B, C, K] or nullptr.
-// The forward kernels, fastest first where they apply (all give the same bits):
-// Quad (inference, one label map per image, P % 4 == 0, aligned), Plane (per-block
-// shared-memory histograms of T * K counts within 48 KB), Atomic (any shape; global
-// integer atomics and a finishing kernel). legacy (SNNSPX_LEGACY_CUDA=1, set by the
-// glue) runs Atomic always. *ran says which kernel counted the spikes.
+// The forward kernels (fused_forward.cu says how each works); all give the same bits.
+//   Atomic: any shape; global integer atomics and a finishing kernel.
+//   Plane:  per-block shared-memory histograms of T * K counts (twice that for max in
+//           training), within 48 KiB.
+//   Quad:   inference of float32/float16/bfloat16 with one label map per image (L == 1),
+//           P % 4 == 0, x and labels aligned to 4 elements, T, B * C, K > 0, and planes
+//           that the plane kernel would not split.
 enum class FusedKernel : int { Atomic = 0, Plane = 1, Quad = 2 };
-void fused_forward(DType dtype, LabelType lt, const void* x, const void* labels, const int32_t* counts, void* y,
+
+// Whether `kernel` can run this forward (training: the srm_suppix_pool_fwd form).
+bool fused_forward_applies(FusedKernel kernel, DType dtype, LabelType lt, const void* x, const void* labels,
+                           const FusedShape& s, bool training);
+
+// y [T, B, C, K] of `dtype` by `kernel`. counts: int32 [L, Bl, K] pixels per superpixel.
+// scratch_count: int32 [T, B, C, K] (scratch_first another for "max" when argmax !=
+// nullptr). saved: [2, T, B, C, P] accumulation type, or nullptr for inference. argmax:
+// int32 [T, B, C, K] or nullptr. False, having done nothing, where `kernel` does not
+// apply (fused_forward_applies).
+bool fused_forward(DType dtype, LabelType lt, const void* x, const void* labels, const int32_t* counts, void* y,
                    void* saved, int32_t* argmax, int32_t* scratch_count, int32_t* scratch_first,
                    const FusedShape& s, double tau_m, double tau_s, double tau_grad, double v_th,
-                   double du_inv_clamp, double max_dudt_inv, bool legacy, FusedKernel* ran, cudaStream_t stream);
+                   double du_inv_clamp, double max_dudt_inv, FusedKernel kernel, cudaStream_t stream);
+
+// The backward kernels: one thread per neuron walks the steps backwards, 4 at a time.
+//   PerSpike: loads per spike what it needs (dut factor, dL/dy, argmax, count); any labels.
+//   Batched:  one label map for all steps (L == 1): reads the pixel's superpixel and size
+//             once, and each chunk's loads in one batch. Same values.
+enum class FusedBackwardKernel : int { PerSpike = 0, Batched = 1 };
 
 // grad_x [T, B, C, P] from grad_y [T, B, C, K]; tables: the SRM kernel tables (see
-// srm_backward in launch.h). legacy: load per spike what it needs (the earlier kernel)
-// also with one label map for all steps; same values.
+// srm_backward in launch.h).
 void fused_backward(DType dtype, LabelType lt, const void* grad_y, const void* saved, const void* labels,
                     const int32_t* counts, const int32_t* argmax, const void* tables, void* grad_x,
-                    const FusedShape& s, bool legacy, cudaStream_t stream);
+                    const FusedShape& s, FusedBackwardKernel kernel, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace snnspx

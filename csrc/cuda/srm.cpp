@@ -6,7 +6,6 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "../kernel_counter.h"
 #include "../srm_glue.h"
 #include "glue.h"
 #include "launch.h"
@@ -23,7 +22,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> srm_forward_cuda(const at::Tensor
                     o.dut.data_ptr(), o.T, o.N, tau_m, tau_s, tau_grad, v_th, 0.0, 0.0, /*packed=*/false,
                     c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  count_kernel("cuda.srm_forward");
   return {o.spikes, o.du, o.dut};
 }
 
@@ -39,7 +37,6 @@ std::tuple<at::Tensor, at::Tensor> srm_neuron_fwd_cuda(const at::Tensor& x, doub
                     saved + o.T * o.N * o.du.element_size(), o.T, o.N, tau_m, tau_s, tau_grad, v_th,
                     du_inv_clamp, max_dudt_inv, /*packed=*/true, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  count_kernel("cuda.srm_neuron_fwd");
   return {o.spikes, o.du};
 }
 
@@ -63,7 +60,6 @@ std::tuple<at::Tensor, at::Tensor> srm_backward_cuda(const at::Tensor& grad_spik
                      a.dut.data_ptr(), a.grad_w.data_ptr(), a.grad_t.data_ptr(), tables.data_ptr(), a.T, a.N,
                      du_inv_clamp, max_dudt_inv, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  count_kernel("cuda.srm_backward");
   return {a.grad_w, a.grad_t};
 }
 
@@ -79,16 +75,10 @@ at::Tensor srm_neuron_bwd_cuda(const at::Tensor& grad_spikes, const at::Tensor& 
                      sp + a.T * a.N * a.du.element_size(), a.grad_w.data_ptr(), nullptr, tables.data_ptr(), a.T,
                      a.N, du_inv_clamp, max_dudt_inv, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  count_kernel("cuda.srm_neuron_bwd");
   return a.grad_w;
 }
 
 }  // namespace
-
-TORCH_LIBRARY_FRAGMENT(snnspx, m) {
-  // The CUDA library keeps its own launch counts (see ops.cpp's _kernel_calls).
-  m.def("_cuda_kernel_calls(str name) -> int", &kernel_calls);
-}
 
 TORCH_LIBRARY_IMPL(snnspx, CUDA, m) {
   m.impl("srm_forward", &srm_forward_cuda);

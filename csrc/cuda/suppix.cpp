@@ -1,24 +1,17 @@
 // CUDA registrations of the superpixel ops: checks and allocation come from
-// ../suppix_glue.h (shared with the CPU), kernels from suppix.cu.
+// ../suppix_glue.h (shared with the CPU), the kernel choice from strategy.h, kernels
+// from pool_*.cu, gather.cu and count.cu.
 //
-// Pooling needs each label map's pixels grouped by superpixel. They are built
-// here with deterministic ATen ops, once per call and per label map (not per
+// The "sorted" pooling needs each label map's pixels grouped by superpixel. They are
+// built here with deterministic ATen ops, once per call and per label map (not per
 // step or channel): a stable sort of the labels gives `order` (pixel indices,
 // ascending within each superpixel) and a searchsorted of 0..K in the sorted
 // labels gives `offsets`. Negative labels sort before offsets[0] and labels >= K
 // (possible only without the range check) after offsets[K]: both are skipped.
 //
-// The pooling forward runs a no-sort kernel where it fits: for max of float, half and
-// bfloat16 the key kernel (suppix_pool_max_key, K <= 6144; counters
-// "cuda.suppix_pool_nosort" and "cuda.suppix_pool_max_key", plus
-// "cuda.suppix_pool_max_key_quad" for its vector-load variant), for the other modes and
-// float64 the warp-row kernel where its rows fit shared memory (suppix_pool_nosort_fits;
-// counter "cuda.suppix_pool_nosort", plus "cuda.suppix_pool_nosort_quad" when sum, avg or
-// avg_spike ran its 4-pixel kernel's vector-load variant),
-// with the counts (and the largest label, for the range check) from one small count
-// kernel; otherwise, and under SNNSPX_LEGACY_CUDA=1, the sorted path runs. The range
-// check never syncs the stream (DeviceLabelCheck in glue.h): the host waits for the
-// largest label alone, after the kernels are queued.
+// The no-sort strategies take the counts (and the largest label, for the range check)
+// from one count kernel. The range check never syncs the stream (DeviceLabelCheck in
+// glue.h): the host waits for the largest label alone, after the kernels are queued.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -28,9 +21,9 @@
 #include <limits>
 #include <optional>
 
-#include "../kernel_counter.h"
 #include "../suppix_glue.h"
 #include "glue.h"
+#include "strategy.h"
 #include "suppix_launch.h"
 
 namespace snnspx {
@@ -73,27 +66,21 @@ at::Tensor counts_from_offsets(const at::Tensor& offsets, int64_t K) {
   return (offsets.narrow(2, 1, K) - offsets.narrow(2, 0, K)).contiguous();
 }
 
-// The no-sort forward, or nullopt (nothing run) when the sorted path must take the call.
+// The no-sort strategies ("nosort", "nosort_quad", "max_key"), which apply to `a`.
 // `a` was prepared without the range check, which runs here when check_labels.
-std::optional<std::tuple<at::Tensor, at::Tensor>> suppix_pool_nosort_cuda(const SupPixPoolArgs& a,
-                                                                          bool check_labels) {
+std::tuple<at::Tensor, at::Tensor> suppix_pool_nosort_cuda(const SupPixPoolArgs& a, cuda::PoolStrategy strategy,
+                                                           bool check_labels) {
   const auto& d = a.d;
   const auto dtype = cuda::launch_dtype(a.x.scalar_type());
-  // Max of float, half and bfloat16: the key kernel, whose keys fit for K <= 6144.
-  const bool max_key = a.mode == SupPixMode::Max && dtype != cuda::DType::Double && cuda::suppix_pool_max_key_fits(d.K);
-  if (d.planes() == 0 || d.P == 0 || d.K == 0 ||
-      !(max_key || cuda::suppix_pool_nosort_fits(dtype, a.mode, d.P, d.K))) {
-    return std::nullopt;
-  }
   TORCH_INTERNAL_ASSERT(d.K * int64_t(sizeof(int32_t)) <= 48 * 1024);  // the count kernel's histogram
   const auto shape = launch_shape(d);
   auto [y, aux] = allocate_suppix_pool(a);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const bool labels64 = a.labels.scalar_type() == at::kLong;
   at::Tensor counts;  // int32 [L, Bl, K]: sum/avg's aux itself, avg_spike's divisor
-  if (a.mode == SupPixMode::Sum || a.mode == SupPixMode::Avg) {
+  if (a.mode == PoolMode::Sum || a.mode == PoolMode::Avg) {
     counts = aux.zero_();
-  } else if (a.mode == SupPixMode::AvgSpike) {
+  } else if (a.mode == PoolMode::AvgSpike) {
     counts = at::zeros({d.L, d.Bl, d.K}, aux.options());
   }
   at::Tensor top;
@@ -104,35 +91,37 @@ std::optional<std::tuple<at::Tensor, at::Tensor>> suppix_pool_nosort_cuda(const 
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   cuda::DeviceLabelCheck check(d.K);
-  if (check_labels) check.start_on_side(top);
-  const bool aux_out = a.mode == SupPixMode::Max || a.mode == SupPixMode::AvgSpike;
-  bool quad = false;
-  if (max_key) {
-    quad = cuda::suppix_pool_max_key(dtype, a.x.data_ptr(), a.labels.data_ptr(), labels64, y.data_ptr(),
-                                     aux.data_ptr<int32_t>(), shape, stream);
-  } else {
-    quad = cuda::suppix_pool_nosort(dtype, a.mode, a.x.data_ptr(), a.labels.data_ptr(), labels64,
-                                    counts.defined() ? counts.data_ptr<int32_t>() : nullptr, y.data_ptr(),
-                                    aux_out ? aux.data_ptr<int32_t>() : nullptr, shape, stream);
+  if (check_labels) check.start(top);
+  const bool aux_out = a.mode == PoolMode::Max || a.mode == PoolMode::AvgSpike;
+  const int32_t* cp = counts.defined() ? counts.data_ptr<int32_t>() : nullptr;
+  int32_t* ap = aux_out ? aux.data_ptr<int32_t>() : nullptr;
+  switch (strategy) {
+    case cuda::PoolStrategy::NoSortQuad:
+      cuda::suppix_pool_nosort_quad(dtype, a.mode, a.x.data_ptr(), a.labels.data_ptr(), labels64, cp, y.data_ptr(), ap,
+                                    shape, stream);
+      break;
+    case cuda::PoolStrategy::MaxKey:
+      cuda::suppix_pool_max_key(dtype, a.x.data_ptr(), a.labels.data_ptr(), labels64, y.data_ptr(), ap, shape, stream);
+      break;
+    default:
+      cuda::suppix_pool_nosort(dtype, a.mode, a.x.data_ptr(), a.labels.data_ptr(), labels64, cp, y.data_ptr(), ap,
+                               shape, stream);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  // Labels >= K were ignored by both kernels (never out of bounds); now the verdict.
+  // Labels >= K were ignored by the kernels (never out of bounds); now the verdict.
   check.verify();
-  count_kernel("cuda.suppix_pool_nosort");
-  if (max_key) count_kernel("cuda.suppix_pool_max_key");
-  if (quad) count_kernel(max_key ? "cuda.suppix_pool_max_key_quad" : "cuda.suppix_pool_nosort_quad");
-  return std::make_tuple(y, aux);
+  return {y, aux};
 }
 
-// The sorted path, for prepared arguments (range already checked where asked).
+// The "sorted" strategy, for prepared arguments (range already checked where asked).
 std::tuple<at::Tensor, at::Tensor> suppix_pool_sorted_cuda(const SupPixPoolArgs& a) {
   auto [y, aux] = allocate_suppix_pool(a);
   const auto shape = launch_shape(a.d);
   Segments seg = build_segments(a.labels, a.d.K);
-  const bool aux_out = a.mode == SupPixMode::Max || a.mode == SupPixMode::AvgSpike;
-  cuda::suppix_pool(cuda::launch_dtype(a.x.scalar_type()), a.mode, a.x.data_ptr(), seg.order.data_ptr<int32_t>(),
-                    seg.offsets.data_ptr<int32_t>(), y.data_ptr(), aux_out ? aux.data_ptr<int32_t>() : nullptr,
-                    shape, c10::cuda::getCurrentCUDAStream());
+  const bool aux_out = a.mode == PoolMode::Max || a.mode == PoolMode::AvgSpike;
+  cuda::suppix_pool_sorted(cuda::launch_dtype(a.x.scalar_type()), a.mode, a.x.data_ptr(),
+                           seg.order.data_ptr<int32_t>(), seg.offsets.data_ptr<int32_t>(), y.data_ptr(),
+                           aux_out ? aux.data_ptr<int32_t>() : nullptr, shape, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (!aux_out) aux.copy_(counts_from_offsets(seg.offsets, a.d.K));
   return {y, aux};
@@ -140,53 +129,64 @@ std::tuple<at::Tensor, at::Tensor> suppix_pool_sorted_cuda(const SupPixPoolArgs&
 
 std::tuple<at::Tensor, at::Tensor> suppix_pool_cuda(const at::Tensor& x, const at::Tensor& labels,
                                                     int64_t num_superpixels, c10::string_view mode,
-                                                    bool check_labels) {
+                                                    bool check_labels, c10::string_view strategy) {
   cuda::check_cuda_tensor(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
   auto a = prepare_suppix_pool(x, labels, num_superpixels, mode, /*check_labels=*/false);
+  const auto dtype = cuda::launch_dtype(a.x.scalar_type());
+  const cuda::SupPixShape s{a.d.T, a.d.B, a.d.C, a.d.P, a.d.K, a.d.L, a.d.Bl};
+  const auto chosen = resolve_strategy("suppix_pool", strategy, cuda::kPoolStrategies,
+                                       cuda::suppix_pool_strategy(dtype, a.mode, s),
+                                       [&](cuda::PoolStrategy p) { return cuda::pool_rejects(p, dtype, a.mode, s); });
   const bool check = check_labels && cuda::can_read_back();
-  if (!cuda::legacy_cuda()) {
-    auto out = suppix_pool_nosort_cuda(a, check);
-    if (out) {
-      count_kernel("cuda.suppix_pool");
-      return *out;
-    }
-  }
+  if (chosen != cuda::PoolStrategy::Sorted) return suppix_pool_nosort_cuda(a, chosen, check);
   cuda::DeviceLabelCheck deferred(a.labels, a.d.K, check);
   auto out = suppix_pool_sorted_cuda(a);
   deferred.verify();
-  count_kernel("cuda.suppix_pool");
   return out;
 }
 
-void run_gather_cuda(SupPixGatherArgs& a) {
+// The gather kernel of `op` for prepared arguments, before the output exists (it will
+// be a fresh, aligned tensor).
+cuda::GatherKernel gather_strategy(const char* op, const SupPixGatherArgs& a, c10::string_view strategy) {
   const auto shape = launch_shape(a.d);
-  const bool tiled = cuda::suppix_gather(
-      cuda::launch_dtype(a.src.scalar_type()), a.mode, a.src.data_ptr(), a.labels.data_ptr(),
-      a.labels.scalar_type() == at::kLong, a.aux.defined() ? a.aux.data_ptr<int32_t>() : nullptr, a.out.data_ptr(),
-      shape, /*allow_tiled=*/!cuda::legacy_cuda(), c10::cuda::getCurrentCUDAStream());
+  const bool labels_aligned = cuda::quad_aligned_bytes(a.labels.data_ptr(), a.labels.element_size());
+  return resolve_strategy(op, strategy, cuda::kGatherStrategies,
+                          cuda::suppix_gather_strategy(shape, labels_aligned, /*out_aligned=*/true),
+                          [&](cuda::GatherKernel k) {
+                            return cuda::gather_rejects(k, shape, labels_aligned, /*out_aligned=*/true);
+                          });
+}
+
+void run_gather_cuda(SupPixGatherArgs& a, cuda::GatherKernel kernel) {
+  allocate_suppix_gather(a);
+  const auto shape = launch_shape(a.d);
+  TORCH_INTERNAL_ASSERT(kernel == cuda::GatherKernel::OnePixel ||
+                        cuda::quad_aligned_bytes(a.out.data_ptr(), a.out.element_size()));
+  cuda::suppix_gather(cuda::launch_dtype(a.src.scalar_type()), a.mode, a.src.data_ptr(), a.labels.data_ptr(),
+                      a.labels.scalar_type() == at::kLong, a.aux.defined() ? a.aux.data_ptr<int32_t>() : nullptr,
+                      a.out.data_ptr(), shape, kernel, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (tiled) count_kernel("cuda.suppix_gather_tiled");
 }
 
 at::Tensor suppix_pool_backward_cuda(const at::Tensor& grad_y, const at::Tensor& labels, const at::Tensor& aux,
-                                     c10::string_view mode) {
+                                     c10::string_view mode, c10::string_view strategy) {
   cuda::check_cuda_tensor(grad_y, "grad_y");
   c10::cuda::CUDAGuard guard(grad_y.device());
-  auto a = prepare_suppix_gather(grad_y, "grad_y", labels, &aux, parse_suppix_mode(mode));
-  run_gather_cuda(a);
-  count_kernel("cuda.suppix_pool_backward");
+  auto a = prepare_suppix_gather(grad_y, "grad_y", labels, &aux, parse_pool_mode(mode, /*allow_avg_spike=*/true));
+  run_gather_cuda(a, gather_strategy("suppix_pool_backward", a, strategy));
   return a.out;
 }
 
-at::Tensor suppix_unpool_cuda(const at::Tensor& y, const at::Tensor& labels, bool check_labels) {
+at::Tensor suppix_unpool_cuda(const at::Tensor& y, const at::Tensor& labels, bool check_labels,
+                              c10::string_view strategy) {
   cuda::check_cuda_tensor(y, "y");
   c10::cuda::CUDAGuard guard(y.device());
-  auto a = prepare_suppix_gather(y, "y", labels, nullptr, SupPixMode::Sum);
+  auto a = prepare_suppix_gather(y, "y", labels, nullptr, PoolMode::Sum);
+  const auto kernel = gather_strategy("suppix_unpool", a, strategy);
   cuda::DeviceLabelCheck check(a.labels, a.d.K, check_labels && cuda::can_read_back());
-  run_gather_cuda(a);  // writes 0 for labels >= K
+  run_gather_cuda(a, kernel);  // writes 0 for labels >= K
   check.verify();
-  count_kernel("cuda.suppix_unpool");
   return a.out;
 }
 
@@ -197,7 +197,6 @@ at::Tensor suppix_counts_cuda(const at::Tensor& labels, int64_t num_superpixels)
   check_suppix_labels(labels, labels, "labels", labels.dim() == 3 ? labels.size(0) : 1,
                       labels.dim() == 3 ? labels.size(1) : 1, -1);
   Segments seg = build_segments(labels.contiguous(), num_superpixels);
-  count_kernel("cuda.suppix_counts");
   return counts_from_offsets(seg.offsets, num_superpixels);
 }
 

@@ -1,47 +1,39 @@
-// CUDA kernels of the fused SRM + superpixel pooling (docs/maths.md §6).
+// CUDA forward kernels of the fused SRM + superpixel pooling (docs/maths.md §6). Each
+// is a strategy of cuda/strategy.h; all count spikes per superpixel as integers, so they
+// give the same y bit for bit. Nothing of size [T, B, C, P] is written unless the
+// training variant saves the backward state.
 //
-// Forward: one thread per pixel-neuron walks all T steps (coalesced like the SRM
+// "atomic": one thread per pixel-neuron walks all T steps (coalesced like the SRM
 // kernel). At each step the spiking lanes of a warp that share a superpixel are
 // grouped with __match_any_sync; the group's lowest lane adds the group size to
 // an int32 counter (and, for "max", offers its pixel index to an atomicMin).
 // Integer atomics give the same result in any order, so the output is
-// deterministic; a finishing kernel turns counts into y. Nothing of size
-// [T, B, C, P] is written unless the training variant saves the backward state.
+// deterministic; a finishing kernel turns counts into y. Any shape.
 //
-// "Plane" forward (the default where its histograms fit shared memory; the
-// kernel above runs under SNNSPX_LEGACY_CUDA=1, docs/build.md): a block owns the
-// pixels of one (b, c) plane, or a slice of one, and keeps the int32 histograms of
-// all T steps in shared memory, so spikes cost shared atomics only. A block that
-// owns a whole plane writes y (and argmax) itself; slices of a plane add their
-// histograms into the global scratch and the finishing kernel makes y.
+// "plane": a block owns the pixels of one (b, c) plane, or a slice of one, and keeps
+// the int32 histograms of all T steps in shared memory, so spikes cost shared atomics
+// only. A block that owns a whole plane writes y (and argmax) itself; slices of a plane
+// add their histograms into the global scratch and the finishing kernel makes y.
 //
-// "Quad" forward, the plane kernel's inference form for one label map per image
+// "quad", the plane kernel's inference form for one label map per image
 // (L == 1) and P % 4 == 0: each thread runs 4 neighbouring neurons, reads their 4
 // inputs of a step with one vector load and their labels once, and adds their
 // spikes with one shared atomic when the 4 share a superpixel.
 #include <cmath>
 #include <cstdint>
 
-#include "../fused_core.h"
-#include "common.cuh"
-#include "fused_launch.h"
+#include "fused.cuh"
 
 namespace snnspx {
 namespace cuda {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kAhead = 4;
-constexpr int64_t kSharedTableSteps = 2048;
-constexpr int32_t kNoPixel = 0x7fffffff;  // above every pixel index (the glue checks P <= 2^31 - 1)
 // The plane kernel's histograms must fit the default dynamic shared memory of a
 // block (no opt-in attribute needed): T * K int32 counts, twice that with argmax.
 constexpr int64_t kPlaneSharedBytes = 48 * 1024;
 // Steps of x loaded ahead by the plane kernel: each of its threads walks several
 // pixels one after the other, so it keeps more loads in flight per pixel.
 constexpr int kPlaneAhead = 8;
-
-inline unsigned int blocks_for(int64_t n) { return static_cast<unsigned int>((n + kThreads - 1) / kThreads); }
 
 // The "no pixel" sentinel of the max scratch (a memset cannot write 0x7fffffff).
 __global__ void fill_no_pixel_kernel(int32_t* __restrict__ p, int64_t n) {
@@ -51,15 +43,6 @@ __global__ void fill_no_pixel_kernel(int32_t* __restrict__ p, int64_t n) {
 
 inline void fill_no_pixel(int32_t* p, int64_t n, cudaStream_t stream) {
   if (n > 0) fill_no_pixel_kernel<<<blocks_for(n), kThreads, 0, stream>>>(p, n);
-}
-
-template <typename label_t>
-__global__ void count_labels_kernel(const label_t* __restrict__ labels, int32_t* __restrict__ counts, int64_t maps,
-                                    int64_t P, int64_t K) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (i >= maps * P) return;
-  const int64_t k = static_cast<int64_t>(labels[i]);
-  if (k >= 0 && k < K) atomicAdd(counts + (i / P) * K + k, 1);
 }
 
 template <typename scalar_t, typename acc_t, typename label_t, bool kSave>
@@ -196,7 +179,7 @@ fused_plane_kernel(const scalar_t* __restrict__ x, const label_t* __restrict__ l
   const int64_t start = part * chunk;
   const int64_t end = start + chunk < s.P ? start + chunk : s.P;
   const bool static_labels = s.layout.L == 1;
-  const int64_t lab_step = static_labels ? 0 : s.layout.LB * s.P;  // between the label maps of t and t + 1
+  const int64_t lab_step = static_labels ? 0 : s.layout.Bl * s.P;  // between the label maps of t and t + 1
   const label_t* lab0 = labels + s.layout.offset(0, b);
   for (int64_t p = start + threadIdx.x; p < end; p += kThreads) {
     // Running pointers (no per-step 64-bit index products, which cost registers).
@@ -331,98 +314,6 @@ fused_quad_kernel(const scalar_t* __restrict__ x, const label_t* __restrict__ la
   }
 }
 
-// The backward: one thread per neuron walks t = T-1 .. 0. Each chunk of kAhead steps
-// loads its saved du factors first (they say which steps spiked), then, in one batch,
-// what the spiking steps need: the dut factor and, with one label map for all steps
-// (kStatic: the label and its pixel count read once), dL/dy and the argmax of the
-// pixel's superpixel. A spike thus waits for one batch of loads per chunk instead of a
-// chain of dependent loads per spike. kStatic == false (per-step label maps, or
-// SNNSPX_LEGACY_CUDA=1) loads them per spike, as before. Same values either way.
-template <typename scalar_t, typename acc_t, typename label_t, bool kStatic>
-__global__ void __launch_bounds__(kThreads)
-fused_backward_kernel(const scalar_t* __restrict__ grad_y, const acc_t* __restrict__ saved,
-                      const label_t* __restrict__ labels, const int32_t* __restrict__ counts,
-                      const int32_t* __restrict__ argmax, const acc_t* __restrict__ tables,
-                      scalar_t* __restrict__ grad_x, FusedShape s) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  const acc_t* tab = tables;
-  if (s.T <= kSharedTableSteps) {
-    acc_t* sh = reinterpret_cast<acc_t*>(smem_raw);
-    for (int64_t i = threadIdx.x; i < 2 * s.T; i += kThreads) sh[i] = tables[i];
-    __syncthreads();
-    tab = sh;
-  }
-  const int64_t BC = s.B * s.C;
-  const int64_t N = BC * s.P;
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (n >= N) return;
-  const int64_t bc = n / s.P;
-  const int64_t p = n - bc * s.P;
-  const int64_t b = bc / s.C;
-  const acc_t* epsw = tab;
-  const acc_t* epst = tab + s.T;
-  int64_t k0 = -1;  // kStatic: the pixel's superpixel (-1: pooled nowhere) and its size
-  int32_t n0 = 0;
-  if (kStatic) {
-    const int64_t k = static_cast<int64_t>(labels[s.layout.offset(0, b) + p]);
-    if (k >= 0 && k < s.K) {
-      k0 = k;
-      n0 = counts[s.layout.count_row(0, b, s.K) + k];
-    }
-  }
-  SRMGradState<acc_t> st;
-  for (int64_t t0 = s.T - 1; t0 >= 0; t0 -= kAhead) {
-    acc_t lead[kAhead];
-#pragma unroll
-    for (int j = 0; j < kAhead; ++j) {
-      lead[j] = t0 - j >= 0 ? __ldcs(saved + (t0 - j) * N + n) : acc_t(1);
-    }
-    acc_t fts[kAhead], gys[kAhead];
-    int32_t ams[kAhead];
-    if (kStatic) {
-#pragma unroll
-      for (int j = 0; j < kAhead; ++j) {
-        fts[j] = acc_t(0);
-        gys[j] = acc_t(0);
-        ams[j] = -1;
-        if (t0 - j >= 0 && lead[j] <= acc_t(0)) {  // lead = 1 for the steps before 0
-          fts[j] = __ldcs(saved + s.T * N + (t0 - j) * N + n);
-          if (k0 >= 0) {
-            const int64_t yi = ((t0 - j) * BC + bc) * s.K + k0;
-            gys[j] = to_acc<acc_t>(grad_y[yi]);
-            if (argmax != nullptr) ams[j] = argmax[yi];
-          }
-        }
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < kAhead; ++j) {
-      const int64_t t = t0 - j;
-      if (t < 0) break;
-      const bool spike = lead[j] <= acc_t(0);
-      acc_t G = acc_t(0), ft = acc_t(0);
-      if (spike) {
-        if (kStatic) {
-          ft = fts[j];
-          if (k0 >= 0) G = pooled_grad<acc_t>(s.mode, gys[j], n0, ams[j], static_cast<int32_t>(p));
-        } else {
-          ft = __ldcs(saved + s.T * N + t * N + n);
-          const int64_t k = static_cast<int64_t>(labels[s.layout.offset(t, b) + p]);
-          if (k >= 0 && k < s.K) {
-            const int64_t yi = (t * BC + bc) * s.K + k;
-            const int32_t am = argmax != nullptr ? argmax[yi] : -1;
-            G = pooled_grad<acc_t>(s.mode, to_acc<acc_t>(grad_y[yi]), counts[s.layout.count_row(t, b, s.K) + k],
-                                   am, static_cast<int32_t>(p));
-          }
-        }
-      }
-      acc_t gw, gt;
-      srm_grad_step<acc_t>(st, spike, G, lead[j], ft, epsw, epst, gw, gt);
-      __stcs(grad_x + t * N + n, from_acc<scalar_t, acc_t>(gw));
-    }
-  }
-}
-
 inline int64_t plane_shared_bytes(const FusedShape& s, bool with_first) {
   return s.T * s.K * static_cast<int64_t>(sizeof(int32_t)) * (with_first ? 2 : 1);
 }
@@ -454,14 +345,14 @@ inline void plane_split(const FusedShape& s, int64_t& split, int64_t& chunk) {
   if (split < 1) split = 1;
 }
 
-// The plane forward (see fused_plane_kernel). Returns false, having done
-// nothing, when the histograms do not fit kPlaneSharedBytes; the caller then
-// runs the atomic kernel.
+// The plane forward (see fused_plane_kernel). Returns false, having done nothing,
+// when the histograms do not fit kPlaneSharedBytes or the slices of planes exceed one
+// grid (see fused_forward_applies).
 template <typename scalar_t, typename label_t>
 bool forward_plane_typed(const void* x, const void* labels, const int32_t* counts, void* y, void* saved,
                          int32_t* argmax, int32_t* scratch_count, int32_t* scratch_first, const FusedShape& s,
                          double tau_m, double tau_s, double tau_grad, double v_th, double du_inv_clamp,
-                         double max_dudt_inv, bool* ran, cudaStream_t stream) {
+                         double max_dudt_inv, cudaStream_t stream) {
   using acc_t = typename Acc<scalar_t>::type;
   const bool with_first = argmax != nullptr && scratch_first != nullptr;
   const int64_t TK = s.T * s.K;
@@ -473,7 +364,7 @@ bool forward_plane_typed(const void* x, const void* labels, const int32_t* count
   if (s.T == 0 || BC == 0 || (out == 0 && saved == nullptr)) return true;
   int64_t split = 1, chunk = 0;
   plane_split(s, split, chunk);
-  if (BC * split > int64_t(0x7fffffff)) return false;  // beyond one grid: the atomic kernel runs
+  if (BC * split > int64_t(0x7fffffff)) return false;  // beyond one grid
   const bool direct = split == 1;
   if (!direct && out > 0) {
     cudaMemsetAsync(scratch_count, 0, sizeof(int32_t) * out, stream);
@@ -487,7 +378,6 @@ bool forward_plane_typed(const void* x, const void* labels, const int32_t* count
   const acc_t c1 = param_to_acc<acc_t>(du_inv_clamp), c2 = param_to_acc<acc_t>(max_dudt_inv);
   const unsigned int blocks = static_cast<unsigned int>(BC * split);
   const size_t bytes = static_cast<size_t>(smem);
-  if (ran != nullptr) *ran = true;
   if (saved == nullptr) {
     fused_plane_kernel<scalar_t, acc_t, label_t, false, false><<<blocks, kThreads, bytes, stream>>>(
         xp, lp, counts, s, prm, c1, c2, nullptr, yp, nullptr, scratch_count, nullptr, split, chunk, direct);
@@ -536,31 +426,27 @@ bool forward_quad_typed(const void* x, const void* labels, const int32_t* counts
   return false;
 }
 
+// The forward by `kernel`; false (nothing done) when it does not apply (see
+// fused_forward_applies).
 template <typename scalar_t, typename label_t>
-void forward_typed(const void* x, const void* labels, const int32_t* counts, void* y, void* saved, int32_t* argmax,
+bool forward_typed(const void* x, const void* labels, const int32_t* counts, void* y, void* saved, int32_t* argmax,
                    int32_t* scratch_count, int32_t* scratch_first, const FusedShape& s, double tau_m, double tau_s,
-                   double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv, bool legacy,
-                   FusedKernel* ran, cudaStream_t stream) {
-  *ran = FusedKernel::Atomic;
-  if (!legacy) {
-    if (argmax == nullptr &&
-        forward_quad_typed<scalar_t, label_t>(x, labels, counts, y, saved, s, tau_m, tau_s, tau_grad, v_th, stream)) {
-      *ran = FusedKernel::Quad;
-      return;
-    }
-    bool plane_ran = false;
-    if (forward_plane_typed<scalar_t, label_t>(x, labels, counts, y, saved, argmax, scratch_count, scratch_first, s,
-                                               tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, &plane_ran,
-                                               stream)) {
-      if (plane_ran) *ran = FusedKernel::Plane;
-      return;
-    }
+                   double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv, FusedKernel kernel,
+                   cudaStream_t stream) {
+  if (kernel == FusedKernel::Quad) {
+    return argmax == nullptr &&
+           forward_quad_typed<scalar_t, label_t>(x, labels, counts, y, saved, s, tau_m, tau_s, tau_grad, v_th, stream);
+  }
+  if (kernel == FusedKernel::Plane) {
+    return forward_plane_typed<scalar_t, label_t>(x, labels, counts, y, saved, argmax, scratch_count, scratch_first,
+                                                  s, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv,
+                                                  stream);
   }
   using acc_t = typename Acc<scalar_t>::type;
   const int64_t out = s.T * s.B * s.C * s.K;
   // With K == 0 (every label negative) there is nothing to pool, but training
   // still needs the saved state: the backward reads it for every neuron.
-  if (out == 0 && saved == nullptr) return;
+  if (out == 0 && saved == nullptr) return true;
   if (out > 0) {
     cudaMemsetAsync(scratch_count, 0, sizeof(int32_t) * out, stream);
     if (scratch_first != nullptr) fill_no_pixel(scratch_first, out, stream);
@@ -579,82 +465,51 @@ void forward_typed(const void* x, const void* labels, const int32_t* counts, voi
           xp, lp, s, prm, c1, c2, nullptr, scratch_count, scratch_first);
     }
   }
-  if (out == 0) return;
+  if (out == 0) return true;
   fused_finish_kernel<scalar_t, acc_t><<<blocks_for(out), kThreads, 0, stream>>>(
       scratch_count, scratch_first, counts, static_cast<scalar_t*>(y), argmax, s);
+  return true;
 }
 
+// Whether `kernel` applies to a forward call (training: saved state and, for max, argmax
+// are written), the test fused_forward runs before launching it.
 template <typename scalar_t, typename label_t>
-void backward_typed(const void* grad_y, const void* saved, const void* labels, const int32_t* counts,
-                    const int32_t* argmax, const void* tables, void* grad_x, const FusedShape& s, bool legacy,
-                    cudaStream_t stream) {
+bool applies_typed(FusedKernel kernel, const void* x, const void* labels, const FusedShape& s, bool training) {
+  const bool with_first = training && s.mode == PoolMode::Max;
+  if (kernel == FusedKernel::Atomic) return true;
+  if (!plane_fits(s, with_first)) return false;
+  int64_t split = 1, chunk = 0;
+  plane_split(s, split, chunk);
+  const int64_t BC = s.B * s.C;
+  if (kernel == FusedKernel::Plane) return BC * split <= int64_t(0x7fffffff);
   using acc_t = typename Acc<scalar_t>::type;
-  const int64_t N = s.B * s.C * s.P;
-  if (N == 0 || s.T == 0) return;
-  const auto* tab = static_cast<const acc_t*>(tables);
-  const size_t smem = s.T <= kSharedTableSteps ? static_cast<size_t>(2 * s.T) * sizeof(acc_t) : 0;
-  const auto* gp = static_cast<const scalar_t*>(grad_y);
-  const auto* sp = static_cast<const acc_t*>(saved);
-  const auto* lp = static_cast<const label_t*>(labels);
-  auto* gx = static_cast<scalar_t*>(grad_x);
-  if (!legacy && s.layout.L == 1) {
-    fused_backward_kernel<scalar_t, acc_t, label_t, true><<<blocks_for(N), kThreads, smem, stream>>>(
-        gp, sp, lp, counts, argmax, tab, gx, s);
-  } else {
-    fused_backward_kernel<scalar_t, acc_t, label_t, false><<<blocks_for(N), kThreads, smem, stream>>>(
-        gp, sp, lp, counts, argmax, tab, gx, s);
-  }
+  return sizeof(acc_t) == sizeof(float) && !training && s.layout.L == 1 && s.P % 4 == 0 &&
+         quad_aligned<scalar_t>(x) && quad_aligned<label_t>(labels) && s.T > 0 && BC > 0 && s.K > 0 && split == 1 &&
+         BC <= int64_t(0x7fffffff);
 }
 
-template <template <typename, typename> class F, typename... Args>
-void dispatch(DType dtype, LabelType lt, Args&&... args) {
-  // F<scalar_t, label_t>::run(args...)
-  with_scalar(dtype, [&](auto sc) {
-    with_label(lt == LabelType::Int64, [&](auto lb) {
-      F<typename decltype(sc)::type, typename decltype(lb)::type>::run(args...);
+}  // namespace
+
+bool fused_forward_applies(FusedKernel kernel, DType dtype, LabelType lt, const void* x, const void* labels,
+                           const FusedShape& s, bool training) {
+  return with_scalar(dtype, [&](auto sc) {
+    return with_label(lt == LabelType::Int64, [&](auto lb) {
+      return applies_typed<typename decltype(sc)::type, typename decltype(lb)::type>(kernel, x, labels, s, training);
     });
   });
 }
 
-template <typename scalar_t, typename label_t>
-struct Forward {
-  template <typename... Args>
-  static void run(Args&&... args) { forward_typed<scalar_t, label_t>(args...); }
-};
-template <typename scalar_t, typename label_t>
-struct Backward {
-  template <typename... Args>
-  static void run(Args&&... args) { backward_typed<scalar_t, label_t>(args...); }
-};
-
-}  // namespace
-
-void count_labels(LabelType lt, const void* labels, int32_t* counts, const FusedShape& s, cudaStream_t stream) {
-  const int64_t maps = s.layout.L * s.layout.LB;
-  if (maps * s.K == 0) return;
-  cudaMemsetAsync(counts, 0, sizeof(int32_t) * maps * s.K, stream);
-  if (maps * s.P == 0) return;
-  with_label(lt == LabelType::Int64, [&](auto lb) {
-    using label_t = typename decltype(lb)::type;
-    count_labels_kernel<label_t><<<blocks_for(maps * s.P), kThreads, 0, stream>>>(
-        static_cast<const label_t*>(labels), counts, maps, s.P, s.K);
-  });
-}
-
-
-void fused_forward(DType dtype, LabelType lt, const void* x, const void* labels, const int32_t* counts, void* y,
+bool fused_forward(DType dtype, LabelType lt, const void* x, const void* labels, const int32_t* counts, void* y,
                    void* saved, int32_t* argmax, int32_t* scratch_count, int32_t* scratch_first,
                    const FusedShape& s, double tau_m, double tau_s, double tau_grad, double v_th,
-                   double du_inv_clamp, double max_dudt_inv, bool legacy, FusedKernel* ran,
-                   cudaStream_t stream) {
-  dispatch<Forward>(dtype, lt, x, labels, counts, y, saved, argmax, scratch_count, scratch_first, s, tau_m, tau_s,
-                    tau_grad, v_th, du_inv_clamp, max_dudt_inv, legacy, ran, stream);
-}
-
-void fused_backward(DType dtype, LabelType lt, const void* grad_y, const void* saved, const void* labels,
-                    const int32_t* counts, const int32_t* argmax, const void* tables, void* grad_x,
-                    const FusedShape& s, bool legacy, cudaStream_t stream) {
-  dispatch<Backward>(dtype, lt, grad_y, saved, labels, counts, argmax, tables, grad_x, s, legacy, stream);
+                   double du_inv_clamp, double max_dudt_inv, FusedKernel kernel, cudaStream_t stream) {
+  return with_scalar(dtype, [&](auto sc) {
+    return with_label(lt == LabelType::Int64, [&](auto lb) {
+      return forward_typed<typename decltype(sc)::type, typename decltype(lb)::type>(
+          x, labels, counts, y, saved, argmax, scratch_count, scratch_first, s, tau_m, tau_s, tau_grad, v_th,
+          du_inv_clamp, max_dudt_inv, kernel, stream);
+    });
+  });
 }
 
 }  // namespace cuda
