@@ -1,19 +1,21 @@
 """Find the toolchain, JIT-build the compiled libraries, cache them, explain failures.
 
-Two libraries are built from ``csrc/`` with :func:`torch.utils.cpp_extension.load`
-and ninja, on first use, never at import:
+Two libraries are built from ``csrc/`` on first use (never at import) with
+:mod:`torch.utils.cpp_extension` and ninja; both only add kernels to the schemas that
+:mod:`snnspx._library` declares at import:
 
-* ``cpu``: ``csrc/ops.cpp`` (the operator schemas) and ``csrc/cpu/*.cpp``. Needs only
-  a C++ compiler; no CUDA toolkit.
-* ``cuda``: ``csrc/cuda/*.cpp`` and ``csrc/cuda/*.cu``. Needs ``nvcc`` and a CUDA
-  build of PyTorch; it registers CUDA kernels for the schemas of the ``cpu`` library,
-  which is therefore loaded first.
+* ``cpu``: ``csrc/cpu/*.cpp``. Needs only a C++ compiler.
+* ``cuda``: ``csrc/cuda/*.cpp`` and ``csrc/cuda/*.cu``. Needs ``nvcc`` and a CUDA build of PyTorch.
 
-Builds land in ``$SNNSPX_CACHE_DIR`` (default ``~/.cache/snnspx``), in a folder
-named after a hash of the sources, the source folder's path, the flags and the
-PyTorch, CUDA and Python versions, so an edited kernel (or a moved checkout) is
-rebuilt and an unchanged one is loaded straight from disk. A build takes about 30 s
-per library on 2 cores.
+The cache (``$SNNSPX_CACHE_DIR``, default ``~/.cache/snnspx``) holds one folder per library
+and key: the key is a hash of the sources' contents, the flags and the PyTorch, CUDA and
+Python versions (not file times, not the source folder, not ninja's log). A folder is
+complete when its ``manifest.json`` names the library's size and SHA-256 and the file
+matches them: such a folder is loaded directly (``torch.ops.load_library``), with no
+ninja, no compiler and nothing written, so a read-only shared cache works. A build runs
+in a private folder beside it and is published by renaming that folder, so no process
+ever sees a partial library; a damaged one (a truncated copy, a full disk) fails the
+checksum and is rebuilt, never loaded.
 
 Environment:
 
@@ -24,7 +26,7 @@ Environment:
     GPU architectures to build for (PyTorch's own variable). Otherwise those of the
     visible GPUs, or ``9.0`` (Hopper) when none is visible (a compile-and-link check).
 ``SNNSPX_CACHE_DIR``, ``MAX_JOBS``, ``SNNSPX_VERBOSE_BUILD=1``
-    Build folder, parallel compile jobs, and the full compiler output.
+    Cache folder, parallel compile jobs, and the full compiler output.
 ``SNNSPX_EXTRA_CFLAGS``, ``SNNSPX_EXTRA_LDFLAGS``
     Extra compiler / linker flags (space-separated) for both libraries; the compiler
     flags reach the ``.cpp`` files only, not ``nvcc``.
@@ -34,16 +36,20 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import torch
 
-__all__ = ["BuildError", "load_library", "library_status", "find_cuda_home", "source_dir", "cuda_arch_flags"]
+__all__ = [
+    "BuildError", "load_library", "library_status", "find_cuda_home", "source_dir", "cuda_arch_flags", "cache_entry",
+]
 
 
 class BuildError(RuntimeError):
@@ -51,7 +57,7 @@ class BuildError(RuntimeError):
 
 
 _lock = threading.RLock()
-_loaded: dict[str, float] = {}  # kind -> seconds the build/load took
+_loaded: dict[str, tuple[float, bool]] = {}  # kind -> (seconds the build or load took, whether it compiled)
 _failed: dict[str, BuildError] = {}
 
 
@@ -59,7 +65,7 @@ def source_dir() -> Path:
     """The ``csrc`` folder: beside the package in a checkout, ``snnspx/_csrc`` in a wheel."""
     here = Path(__file__).resolve().parent
     for cand in (here.parent / "csrc", here / "_csrc"):
-        if (cand / "ops.cpp").is_file():
+        if (cand / "srm_core.h").is_file():
             return cand
     raise BuildError(f"snnspx C++/CUDA sources not found (looked in {here.parent / 'csrc'} and {here / '_csrc'})")
 
@@ -113,7 +119,7 @@ def _cache_root() -> Path:
 def _sources(kind: str) -> list[Path]:
     src = source_dir()
     if kind == "cpu":
-        return [src / "ops.cpp", *sorted((src / "cpu").glob("*.cpp"))]
+        return sorted((src / "cpu").glob("*.cpp"))
     return [*sorted((src / "cuda").glob("*.cpp")), *sorted((src / "cuda").glob("*.cu"))]
 
 
@@ -142,11 +148,10 @@ def _flags(kind: str) -> dict[str, list[str]]:
     }
 
 
-def _digest(kind: str, sources: list[Path], flags: dict[str, list[str]], cuda_home: str | None) -> str:
+def _digest(kind: str, flags: dict[str, list[str]]) -> str:
+    """The cache key: the sources' contents, the flags and the versions the library depends on."""
     h = hashlib.sha256()
-    # The source folder is part of the key: the compiler records absolute paths, so
-    # two checkouts sharing one cache folder would keep rebuilding each other's kernels.
-    h.update(f"{kind}|{torch.__version__}|{torch.version.cuda}|{sys.version_info[:2]}|{cuda_home}|{source_dir()}".encode())
+    h.update(f"{kind}|{torch.__version__}|{torch.version.cuda}|{sys.version_info[:2]}".encode())
     h.update(repr(sorted(flags.items())).encode())
     h.update(os.environ.get("TORCH_CUDA_ARCH_LIST", "").encode())
     src = source_dir()
@@ -172,10 +177,8 @@ def _torch_cuda_home(cuda_home: str | None):
 
 def _missing_compiler(kind: str, build_dir: Path) -> BuildError | None:
     """A clear error when the library must be compiled and the C++ compiler that
-    torch.utils.cpp_extension would call (``$CXX``, else ``c++``) is not there; None otherwise
-    (also when the library is already built: loading it needs no compiler)."""
-    if (build_dir / f"snnspx_{kind}.so").exists():
-        return None
+    torch.utils.cpp_extension would call (``$CXX``, else ``c++``) is not there; None otherwise.
+    (Loading a complete cache entry needs no compiler.)"""
     cxx = os.environ.get("CXX", "").strip()
     exe = cxx.split()[0] if cxx else "c++"
     if shutil.which(exe) is not None:
@@ -189,47 +192,132 @@ def _missing_compiler(kind: str, build_dir: Path) -> BuildError | None:
     )
 
 
-def _build(kind: str) -> None:
-    from torch.utils import cpp_extension
-
-    cuda_home = None
-    if kind == "cuda":
-        if torch.version.cuda is None:
-            raise BuildError(f"the cuda backend needs a CUDA build of PyTorch; this one ({torch.__version__}) is CPU-only")
-        cuda_home = find_cuda_home()
-        if cuda_home is None or not _is_toolkit(Path(cuda_home)):
-            raise BuildError(
-                "the cuda backend needs the CUDA toolkit: set CUDA_HOME to the folder holding bin/nvcc and "
-                f"include/cuda_runtime_api.h (found {cuda_home!r})"
-            )
-    sources = _sources(kind)
-    flags = _flags(kind)
-    name = f"snnspx_{kind}"
-    build_dir = _cache_root() / f"torch{torch.__version__.split('+')[0]}" / f"{name}_{_digest(kind, sources, flags, cuda_home)}"
-    build_dir.mkdir(parents=True, exist_ok=True)
-    missing = _missing_compiler(kind, build_dir)
-    if missing is not None:
-        raise missing
-    verbose = os.environ.get("SNNSPX_VERBOSE_BUILD") == "1"
-    try:
-        with _torch_cuda_home(cuda_home if kind == "cuda" else cpp_extension.CUDA_HOME):
-            cpp_extension.load(
-                name=name,
-                sources=[str(s) for s in sources],
-                build_directory=str(build_dir),
-                with_cuda=(kind == "cuda"),
-                is_python_module=False,
-                verbose=verbose,
-                **flags,
-            )
-    except Exception as exc:  # noqa: BLE001 - re-raised with the compiler's story attached
-        detail = str(exc).strip()
-        if len(detail) > 6000:
-            detail = "...\n" + detail[-6000:]
+def _check_cuda_toolkit() -> str:
+    if torch.version.cuda is None:
+        raise BuildError(f"the cuda backend needs a CUDA build of PyTorch; this one ({torch.__version__}) is CPU-only")
+    cuda_home = find_cuda_home()
+    if cuda_home is None or not _is_toolkit(Path(cuda_home)):
         raise BuildError(
-            f"building the snnspx {kind} library failed (build folder {build_dir}; set SNNSPX_VERBOSE_BUILD=1 "
-            f"for the full compiler output):\n{detail}"
+            "the cuda backend needs the CUDA toolkit: set CUDA_HOME to the folder holding bin/nvcc and "
+            f"include/cuda_runtime_api.h (found {cuda_home!r})"
+        )
+    return cuda_home
+
+
+def cache_entry(kind: str) -> Path:
+    """The cache folder of the ``"cpu"`` or ``"cuda"`` library for these sources, flags and versions."""
+    return _cache_root() / f"snnspx_{kind}-{_digest(kind, _flags(kind))}"
+
+
+def _prebuilt_entries(kind: str) -> list[Path]:
+    """Cache entries a wheel built with ``SNNSPX_PREBUILD`` carries (setup.py), for any key."""
+    return sorted((Path(__file__).resolve().parent / "_prebuilt").glob(f"snnspx_{kind}-*"))
+
+
+def _library_file(entry: Path, kind: str) -> Path:
+    return entry / f"snnspx_{kind}.so"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def entry_state(entry: Path, kind: str) -> str:
+    """``"complete"``, ``"missing"`` or ``"damaged: <why>"`` for a cache folder."""
+    lib, manifest = _library_file(entry, kind), entry / "manifest.json"
+    if not entry.exists():
+        return "missing"
+    try:
+        want = json.loads(manifest.read_text())
+        size = lib.stat().st_size
+    except (OSError, ValueError) as exc:
+        return f"damaged: {exc}"
+    if size != want.get("size"):
+        return f"damaged: {lib.name} has {size} bytes, the manifest says {want.get('size')}"
+    if _sha256(lib) != want.get("sha256"):
+        return f"damaged: {lib.name} does not match its checksum"
+    return "complete"
+
+
+def _load_file(lib: Path, kind: str) -> None:
+    try:
+        torch.ops.load_library(str(lib))
+    except OSError as exc:
+        raise BuildError(
+            f"the snnspx {kind} library {lib} could not be loaded ({exc}); it was built for another "
+            f"PyTorch, CUDA or Python than this one (torch {torch.__version__}). Delete it, or run "
+            "`python -m snnspx build` to make one for this environment; backend='torch' needs none"
         ) from exc
+
+
+def _build(kind: str) -> None:
+    """Compile the library into a private folder, load it, and publish the folder as its cache entry."""
+    from torch.utils import cpp_extension  # only to build: its import warns about CUDA
+
+    cuda_home = _check_cuda_toolkit() if kind == "cuda" else None
+    entry = cache_entry(kind)
+    root = entry.parent
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        private = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=root))
+    except OSError as exc:
+        raise BuildError(
+            f"the snnspx kernel cache {root} cannot be written ({exc}), and the {kind} library is not "
+            "built there yet. Point SNNSPX_CACHE_DIR at a writable folder, build ahead of time with "
+            "`python -m snnspx build`, or use backend='torch', which needs no compiled library"
+        ) from exc
+    try:
+        missing = _missing_compiler(kind, entry)
+        if missing is not None:
+            raise missing
+        verbose = os.environ.get("SNNSPX_VERBOSE_BUILD") == "1"
+        _say(f"compiling the {kind} kernels: none are cached yet for these sources and this PyTorch "
+             f"(about {'2-4 minutes' if kind == 'cuda' else '1 minute'} on 2 cores; once): {entry}")
+        start = time.perf_counter()
+        try:
+            with _torch_cuda_home(cuda_home if kind == "cuda" else cpp_extension.CUDA_HOME):
+                cpp_extension.load(
+                    name=f"snnspx_{kind}",
+                    sources=[str(s) for s in _sources(kind)],
+                    build_directory=str(private),
+                    with_cuda=(kind == "cuda"),
+                    is_python_module=False,
+                    verbose=verbose,
+                    **_flags(kind),
+                )
+        except Exception as exc:  # noqa: BLE001 - re-raised with the compiler's story attached
+            detail = str(exc).strip()
+            if len(detail) > 6000:
+                detail = "...\n" + detail[-6000:]
+            raise BuildError(
+                f"building the snnspx {kind} library failed (set SNNSPX_VERBOSE_BUILD=1 for the full "
+                f"compiler output):\n{detail}"
+            ) from exc
+        _say(f"compiled the {kind} kernels in {time.perf_counter() - start:.0f} s")
+        lib = _library_file(private, kind)
+        manifest = {"size": lib.stat().st_size, "sha256": _sha256(lib), "torch": torch.__version__,
+                    "cuda": torch.version.cuda, "python": list(sys.version_info[:2])}
+        for f in private.iterdir():  # objects and ninja's files: an entry is never rebuilt in place
+            if f != lib:
+                shutil.rmtree(f) if f.is_dir() else f.unlink()
+        (private / "manifest.json").write_text(json.dumps(manifest))
+        os.chmod(private, 0o755)  # mkdtemp's folder is private to its owner; a cache may be shared
+        try:
+            os.rename(private, entry)  # atomic: the entry appears complete or not at all
+            private = None
+        except OSError:
+            pass  # another process published the same entry first; ours is discarded
+    finally:
+        if private is not None:
+            shutil.rmtree(private, ignore_errors=True)
+
+
+def _say(msg: str) -> None:
+    print(f"snnspx: {msg}", file=sys.stderr, flush=True)
 
 
 def _load_library_locked(kind: str) -> None:
@@ -237,19 +325,57 @@ def _load_library_locked(kind: str) -> None:
         return
     if kind in _failed:
         raise _failed[kind]
-    if kind == "cuda":
-        _load_library_locked("cpu")  # the schemas live in the cpu library
     start = time.perf_counter()
     try:
-        _build(kind)
+        if kind == "cuda" and torch.version.cuda is None:
+            raise BuildError(f"the cuda backend needs a CUDA build of PyTorch; this one ({torch.__version__}) is CPU-only")
+        entry = cache_entry(kind)
+        prebuilt = _prebuilt_entries(kind)
+        mine = [p for p in prebuilt if p.name == entry.name]
+        if mine and entry_state(mine[0], kind) == "complete":
+            entry = mine[0]
+        elif prebuilt:
+            _say(f"the {kind} library inside this installation was made for {_made_for(prebuilt[0])}, and this "
+                 f"is torch {torch.__version__} (CUDA {torch.version.cuda}, Python "
+                 f"{sys.version_info[0]}.{sys.version_info[1]}), or is damaged; using the cache {entry} instead")
+        state = entry_state(entry, kind)
+        if state == "complete":
+            _load_file(_library_file(entry, kind), kind)
+            compiled = False
+        else:
+            if state != "missing":
+                _say(f"the cached {kind} library in {entry} is {state}; building it again")
+                _discard(entry)
+            _build(kind)
+            compiled = True
     except BuildError as exc:
         _failed[kind] = exc
         raise
-    _loaded[kind] = time.perf_counter() - start
-    if kind == "cpu":
-        from . import _registrations  # fake kernels and autograd need the schemas
+    _loaded[kind] = (time.perf_counter() - start, compiled)
 
-        _registrations.register_all()
+
+def _made_for(entry: Path) -> str:
+    try:
+        m = json.loads((entry / "manifest.json").read_text())
+        return f"torch {m['torch']} (CUDA {m['cuda']}, Python {'.'.join(map(str, m['python']))})"
+    except (OSError, ValueError, KeyError):
+        return "another build (its manifest is unreadable)"
+
+
+def _discard(entry: Path) -> None:
+    """Move a damaged entry out of the way (a process may still have its library mapped)."""
+    try:
+        os.rename(entry, entry.with_name(f".{entry.name}.damaged.{os.getpid()}"))
+    except OSError as exc:
+        raise BuildError(
+            f"the cached snnspx library in {entry} is damaged and cannot be replaced ({exc}): delete that "
+            "folder, or point SNNSPX_CACHE_DIR elsewhere"
+        ) from exc
+
+
+def is_loaded(kind: str) -> bool:
+    """Whether the ``"cpu"`` or ``"cuda"`` library is loaded in this process (no build)."""
+    return kind in _loaded
 
 
 def load_library(kind: str) -> None:
@@ -270,10 +396,10 @@ def library_status(kind: str) -> tuple[bool, str]:
         load_library(kind)
     except BuildError as exc:
         return False, str(exc)
-    secs = _loaded[kind]
-    return True, (f"built and loaded in {secs:.1f} s" if secs > 2 else "loaded (cached build)")
+    secs, compiled = _loaded[kind]
+    return True, (f"built and loaded in {secs:.1f} s" if compiled else "loaded (cached build)")
 
 
 def build_seconds(kind: str) -> float | None:
     """Seconds the build or cache load of `kind` took in this process, None if not loaded."""
-    return _loaded.get(kind)
+    return _loaded[kind][0] if kind in _loaded else None
