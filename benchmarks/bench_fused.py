@@ -7,9 +7,9 @@ unfused pair (``srm_neuron`` + ``suppix_pool``). Shapes: GPU T,B,C,H,W,K =
 
     python benchmarks/bench_fused.py [--device cpu|cuda] [--write]
 
-On CUDA the fused op is timed a second time with SNNSPX_LEGACY_CUDA=1 (the earlier
+On CUDA the fused op is timed a second time with the legacy strategies forced (the earlier
 default kernels: the forward with global integer atomics, the backward loading per spike;
-docs/build.md), set only around that measurement. ``--quick`` (tiny shapes, a smoke test)
+benchmarks/common.py's LEGACY_STRATEGIES), only around that measurement. ``--quick`` (tiny shapes, a smoke test)
 skips the torch.compile row.
 """
 
@@ -54,16 +54,16 @@ def main() -> None:
     F = snnspx.functional
 
     def eager_inf():
-        return eager_pool(S._forward_torch(x, 5.0, 3.0, 2.5, 1.0)[0], index, K)
+        return eager_pool(S._forward_kernel(x, 5.0, 3.0, 2.5, 1.0)[0], index, K)
 
     def unfused_inf():
-        return F.suppix_pool(F.srm_forward(x, backend=kernel)[0], labels, K, "avg", backend=kernel)
+        return F.suppix_pool(F.srm_forward(x, backend=kernel)[0], labels, num_superpixels=K, mode="avg", backend=kernel)
 
     def fused_inf():
-        return F.srm_suppix_pool(x, labels, K, "avg", backend=kernel)
+        return F.srm_suppix_pool(x, labels, num_superpixels=K, mode="avg", backend=kernel)
 
     def fused_inf_unchecked():  # no label range check: no read-back at all
-        return F.srm_suppix_pool(x, labels, K, "avg", check_labels=False, backend=kernel)
+        return F.srm_suppix_pool(x, labels, num_superpixels=K, mode="avg", check_labels=False, backend=kernel)
 
     xg = x.clone().requires_grad_()
 
@@ -72,11 +72,11 @@ def main() -> None:
         y.sum().backward()
 
     def unfused_train():
-        y = F.suppix_pool(F.srm_neuron(xg, backend=kernel), labels, K, "avg", backend=kernel)
+        y = F.suppix_pool(F.srm_neuron(xg, backend=kernel), labels, num_superpixels=K, mode="avg", backend=kernel)
         y.sum().backward()
 
     def fused_train():
-        F.srm_suppix_pool(xg, labels, K, "avg", backend=kernel).sum().backward()
+        F.srm_suppix_pool(xg, labels, num_superpixels=K, mode="avg", backend=kernel).sum().backward()
 
     torch.testing.assert_close(fused_inf(), eager_inf())
     with torch.no_grad():
@@ -108,10 +108,10 @@ def main() -> None:
                 same = torch.equal(fused_inf(), y_default)
                 x_inf = run(fused_inf)
             x_tr = run(fused_train)
-        row = f"snnspx fused, {LEGACY}=1"
+        row = f"snnspx fused, {LEGACY}"
         t.add("inference", row, x_inf, f"{x_inf / f_inf:.2f}x")
         t.add("training fwd+bwd", row, x_tr, f"{x_tr / f_tr:.2f}x")
-        notes += f" {LEGACY}=1 output bitwise equal to the default kernel's: {'yes' if same else 'NO'}."
+        notes += f" The {LEGACY}' output bitwise equal to the default kernel's: {'yes' if same else 'NO'}."
     if dev == "cuda":
         nbytes = x.numel() * x.element_size()
         notes += f" Reading x once: {run(lambda: x.sum()):.3f} ms ({nbytes / 1e6:.0f} MB, torch.sum)."

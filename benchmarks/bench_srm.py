@@ -45,15 +45,15 @@ def main() -> None:
     kernel = "cuda" if dev == "cuda" else "cpp"
     run = lambda f: time_ms(f, args.min_run_time)  # noqa: E731
 
-    spikes, du, dut = S._forward_torch(x, *P, 1.0)
-    eager_f = run(lambda: S._forward_torch(x, *P, 1.0))
-    eager_b = run(lambda: S._backward_torch(grad, spikes, du, dut, *P, 4.0, 123456789.0))
+    spikes, du, dut = S._forward_kernel(x, *P, 1.0)
+    eager_f = run(lambda: S._forward_kernel(x, *P, 1.0))
+    eager_b = run(lambda: S._backward_kernel(grad, spikes, du, dut, *P, 4.0, snnspx.MAX_DUDT_INV))
 
     k_fwd = run(lambda: snnspx.functional.srm_forward(x, backend=kernel))
-    k_nfwd = run(lambda: torch.ops.snnspx.srm_neuron_fwd(x, *P, 1.0, 4.0, 123456789.0))
-    _, saved = torch.ops.snnspx.srm_neuron_fwd(x, *P, 1.0, 4.0, 123456789.0)
+    k_nfwd = run(lambda: torch.ops.snnspx.srm_neuron_fwd(x, *P, 1.0, 4.0, snnspx.MAX_DUDT_INV))
+    _, saved = torch.ops.snnspx.srm_neuron_fwd(x, *P, 1.0, 4.0, snnspx.MAX_DUDT_INV)
     k_bwd = run(lambda: snnspx.functional.srm_backward(grad, spikes, du, dut, backend=kernel))
-    k_nbwd = run(lambda: torch.ops.snnspx.srm_neuron_bwd(grad, saved, *P, 4.0, 123456789.0))
+    k_nbwd = run(lambda: torch.ops.snnspx.srm_neuron_bwd(grad, saved, *P, 4.0, snnspx.MAX_DUDT_INV))
 
     t = Table(
         f"SRM neuron, {dev}, T,B,C,H,W = {','.join(map(str, shape))}",
@@ -66,7 +66,7 @@ def main() -> None:
     t.add("forward+backward: srm_neuron", eager_f + eager_b, k_nfwd + k_nbwd,
           f"{(eager_f + eager_b) / (k_nfwd + k_nbwd):.1f}x")
     if dev == "cuda":
-        compiled = torch.compile(S._forward_torch, fullgraph=True)
+        compiled = torch.compile(S._forward_kernel, fullgraph=True)
         comp_f = run(lambda: compiled(x, *P, 1.0))
         t.add("forward: torch.compile of the eager loop", comp_f, k_fwd, f"{comp_f / k_fwd:.1f}x")
         nbytes = x.numel() * x.element_size()

@@ -10,8 +10,8 @@ times the gather with the mask that labels with ignored pixels need.
 
     python benchmarks/bench_suppix.py [--device cpu|cuda] [--write]
 
-On CUDA, extra rows time the earlier default kernels (SNNSPX_LEGACY_CUDA=1: sorted
-pooling, one-pixel gather), set only around those measurements.
+On CUDA, extra rows time the earlier default kernels (the legacy strategies of
+benchmarks/common.py: sorted pooling, one-pixel gather), forced only around those measurements.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def main() -> None:
         )
 
     def ours(v, mode, **kw):
-        return F.suppix_pool(v, labels, K, mode, backend=kernel, **kw)
+        return F.suppix_pool(v, labels, num_superpixels=K, mode=mode, backend=kernel, **kw)
 
     t = Table(
         f"Superpixel pooling, {dev}, T,B,C,H,W = {T},{B},{C},{H},{W}, K = {K}",
@@ -115,10 +115,10 @@ def main() -> None:
         t.add("read x once (x.sum(), bandwidth floor)", run(lambda: x.sum()), "", f"{nbytes:.3g} B read")
         with legacy_cuda():
             for mode in ("avg", "max", "sum"):
-                row(f"pool {mode}, forward, {LEGACY}=1", bases[mode], run(lambda: ours(x, mode)))
-            row(f"pool avg, backward, {LEGACY}=1", backward_ms(lambda v: scatter(v, "mean"), x, g_y, args.min_run_time),
+                row(f"pool {mode}, forward, {LEGACY}", bases[mode], run(lambda: ours(x, mode)))
+            row(f"pool avg, backward, {LEGACY}", backward_ms(lambda v: scatter(v, "mean"), x, g_y, args.min_run_time),
                 backward_ms(lambda v: ours(v, "avg"), x, g_y, args.min_run_time))
-            row(f"unpool, forward, {LEGACY}=1", base, run(lambda: unpool(g_y)))
+            row(f"unpool, forward, {LEGACY}", base, run(lambda: unpool(g_y)))
     t.emit(
         dev, args.write,
         f"Threads: {torch.get_num_threads()}. snnspx backend: {kernel}"

@@ -70,7 +70,7 @@ def parse_args(argv=None):
     p.add_argument("--target-false", type=float, default=0.2,
                    help="target spike count of the other classes, as a fraction of T (default %(default)s)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--backend", default=None, choices=["cuda", "cpp", "torch", "reference"],
+    p.add_argument("--backend", default=None, choices=["cuda", "cpp", "torch"],
                    help="force a backend (default: cuda on GPUs, cpp on CPUs)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return p.parse_args(argv)

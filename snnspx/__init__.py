@@ -1,19 +1,21 @@
 """snnspx: Spike Response Model layers and superpixel spike pooling for PyTorch.
 
-Kernels are compiled on first use (never at import); see :func:`backends`.
+The ops are declared at import, each with a PyTorch kernel; the C++/CUDA kernels are
+compiled on first use (never at import) and added to them; see :func:`backends`.
 :mod:`snnspx.viz` (figures, needs matplotlib) is imported on first use.
 """
 
+from .params import MAX_DUDT_INV, SRMParams
 from . import functional, nn, reference, superpixels
-from ._backend import BACKENDS, BackendInfo, backends, kernel_calls
+from ._backend import BACKENDS, BackendInfo, backends
 from ._build import BuildError
 from . import encoding
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "functional", "nn", "reference", "superpixels", "backends", "BackendInfo", "BACKENDS", "BuildError", "kernel_calls",
-    "encoding", "viz",
+    "SRMParams", "MAX_DUDT_INV", "functional", "nn", "reference", "superpixels", "backends", "BackendInfo",
+    "BACKENDS", "BuildError", "encoding", "viz",
 ]
 
 

@@ -1,10 +1,13 @@
-"""Which implementation runs an op: ``cuda``, ``cpp``, ``torch`` or ``reference``.
+"""Which kernel runs an op: ``cuda``, ``cpp`` or ``torch``.
 
-The rule (docs/build.md, "The four backends"): an explicit ``backend=`` argument
-wins, then the environment variable ``SNNSPX_BACKEND``; both are requests, and a
-request that cannot run is an error. With neither, CUDA tensors go to ``cuda``
-and CPU tensors to ``cpp``; if that library does not build, the op runs on
-``torch`` after one warning that carries the build error.
+An explicit ``backend=`` argument wins, then the environment variable ``SNNSPX_BACKEND``;
+both are requests, and a request that cannot run is an error. With neither, CUDA tensors go
+to ``cuda`` and CPU tensors to ``cpp``; if that library does not build, the op runs its
+PyTorch kernel (``torch``) after one warning that carries the build error.
+
+Every backend runs the same op (one schema, one autograd formula): ``cpp`` and ``cuda`` are
+the kernels a compiled library registers for its device, ``torch`` the PyTorch kernel every
+op has (see :mod:`snnspx._library`).
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from typing import NamedTuple
 
 import torch
 
-from . import _build
+from . import _build, _library
 
-BACKENDS = ("cuda", "cpp", "torch", "reference")
+BACKENDS = ("cuda", "cpp", "torch")
 _COMPILED = {"cuda": "cuda", "cpp": "cpu"}  # backend -> library kind
 _warned: set[str] = set()
 
@@ -35,7 +38,7 @@ def backends() -> dict[str, BackendInfo]:
     a 2-core machine with an empty cache; later calls load the cached build).
 
     Returns:
-        ``{"cuda": BackendInfo(available, reason), "cpp": ..., "torch": ..., "reference": ...}``
+        ``{"cuda": BackendInfo(available, reason), "cpp": ..., "torch": ...}``
     """
     out: dict[str, BackendInfo] = {}
     if not torch.cuda.is_available():
@@ -44,16 +47,23 @@ def backends() -> dict[str, BackendInfo]:
         out["cuda"] = BackendInfo(*_build.library_status("cuda"))
     out["cpp"] = BackendInfo(*_build.library_status("cpu"))
     out["torch"] = BackendInfo(True, "vectorised PyTorch, always available")
-    out["reference"] = BackendInfo(True, "per-element Python loops, always available (slow: for tests)")
     return out
 
 
-def _check_name(backend: str, source: str) -> None:
+def check_name(backend, source: str = "backend") -> None:
+    """A backend request: one of BACKENDS (None is checked by the caller)."""
+    if backend == "reference":
+        raise ValueError(
+            f"{source}='reference' is not a backend: snnspx.reference holds the plain loops the tests "
+            "compare with; call its functions directly"
+        )
     if backend not in BACKENDS:
         raise ValueError(f"{source} must be one of {BACKENDS} or None, got {backend!r}")
 
 
 def _default(device: torch.device) -> str:
+    if device.type not in ("cpu", "cuda"):
+        return "torch"  # e.g. meta: the fake kernels serve, nothing is built
     want = "cuda" if device.type == "cuda" else "cpp"
     kind = _COMPILED[want]
     if kind in _build._loaded:  # fast path, also keeps torch.compile tracing simple
@@ -152,7 +162,7 @@ def _resolve(backend: str | None, device: torch.device) -> str:
             backend, source = env, "SNNSPX_BACKEND"
     if backend is None:
         return _default(device)
-    _check_name(backend, source)
+    check_name(backend, source)
     if backend == "cpp" and device.type != "cpu":
         raise ValueError(f"{source}='cpp' runs on CPU tensors, got tensors on {device}")
     if backend == "cuda" and device.type != "cuda":
@@ -162,29 +172,18 @@ def _resolve(backend: str | None, device: torch.device) -> str:
     return backend
 
 
-def resolve_python(backend: str | None, device: torch.device) -> str:
-    """The backend for an op that has no compiled kernel: ``"reference"`` or ``"torch"``.
-
-    The request (argument, then ``SNNSPX_BACKEND``) is checked like :func:`resolve`
-    (unknown name, wrong device, a compiled library that does not build: all errors);
-    ``"reference"`` runs the loops and every other backend the PyTorch ops. With no
-    request nothing is built or loaded.
-    """
-    if torch.compiler.is_compiling():
-        _check_compile_version()
-    if backend is None and not os.environ.get("SNNSPX_BACKEND"):
-        return "torch"
-    return "reference" if resolve(backend, device) == "reference" else "torch"
+def check_request(backend: str | None, device: torch.device) -> None:
+    """For an op that has only PyTorch code: a request (argument, then ``SNNSPX_BACKEND``) is
+    checked as :func:`resolve` checks it; with none, nothing is built or loaded."""
+    if backend is not None or os.environ.get("SNNSPX_BACKEND"):
+        resolve(backend, device)
 
 
-def kernel_calls(name: str) -> int:
-    """How often the compiled kernel `name` (``"cpu.srm_forward"``, ``"cuda.srm_backward"``...) ran.
-
-    A test sentinel: proves that a compiled kernel ran rather than a Python path.
-    """
-    kind = name.split(".", 1)[0]
-    if kind not in ("cpu", "cuda"):
-        raise ValueError(f"name must start with 'cpu.' or 'cuda.', got {name!r}")
-    _build.load_library(kind)
-    op = torch.ops.snnspx._kernel_calls if kind == "cpu" else torch.ops.snnspx._cuda_kernel_calls
-    return int(op(name))
+def kernels(backend: str, device: torch.device):
+    """The context an op of the resolved `backend` runs in: :func:`snnspx._library.torch_kernels`
+    when ``"torch"`` was chosen for a device whose compiled kernels are loaded (they would
+    otherwise win), else nothing. Inside torch.compile the traced op runs the kernel
+    registered for the device: the choice is made in eager mode only."""
+    kind = {"cpu": "cpu", "cuda": "cuda"}.get(device.type)
+    active = backend == "torch" and kind is not None and _build.is_loaded(kind) and not torch.compiler.is_compiling()
+    return _library.torch_kernels(active)

@@ -1,10 +1,13 @@
 """The oracle: per-element Python loops written straight from the definitions in docs/maths.md.
 
-Slow on purpose (one Python iteration per neuron and step); every other backend
-is tested against these on small inputs. Same signatures as
-:mod:`snnspx.functional`, without ``backend``. Arithmetic happens in NumPy
-scalars of the neuron-state dtype (float32, or float64 for float64 inputs) in
-the same order as the kernels, so spikes agree exactly.
+Slow on purpose (one Python iteration per neuron and step); every kernel is tested
+against these on small inputs. Plain functions with no autograd: each forward has its
+backward beside it (``srm_forward`` / ``srm_backward``, ``suppix_pool`` /
+``suppix_pool_backward``, ...), and the tests compare an op's output with the forward and
+the gradients autograd gives with the backward. Arguments as in :mod:`snnspx.functional`,
+without ``backend``. Arithmetic happens in NumPy scalars of the neuron-state dtype
+(float32, or float64 for float64 inputs) in the same order as the kernels, so spikes
+agree exactly.
 """
 
 from __future__ import annotations
@@ -13,22 +16,23 @@ import math
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
-
 from . import _checks
+from .params import SRMParams
 
 __all__ = [
     "suppix_pool",
+    "suppix_pool_backward",
+    "suppix_pool_double_backward",
     "suppix_unpool",
+    "suppix_unpool_backward",
     "suppix_counts",
     "srm_suppix_pool",
+    "srm_suppix_pool_backward",
     "srm_forward",
     "srm_backward",
-    "srm_neuron",
-    "srm_conv2d",
+    "srm_neuron_backward",
     "srm_conv2d_forward",
     "srm_conv2d_backward",
-    "srm_linear",
     "srm_linear_forward",
     "srm_linear_backward",
     "standardize_weight",
@@ -53,13 +57,13 @@ def _clamp(v, lo, hi):
     return lo if v < lo else (hi if v > hi else v)  # NaN stays NaN
 
 
-def srm_forward(x: torch.Tensor, tau_m: float = 5.0, tau_s: float = 3.0, tau_grad: float = 2.5, v_th: float = 1.0):
+def srm_forward(x: torch.Tensor, *, params: SRMParams | None = None, **neuron):
     """docs/maths.md §2 by explicit loops. Returns ``(spikes, du, dut)``, each shaped like `x`."""
+    p = SRMParams.make(params, **neuron)
     _checks.check_tensor(x, "x")
-    _checks.check_srm_params(tau_m, tau_s, tau_grad, v_th)
     f = _np_dtype(x.dtype)
-    a_m, a_s, a_g, c = (f(v) for v in _checks.srm_constants(tau_m, tau_s, tau_grad))
-    vth = f(_checks.to_acc_float(v_th, x.dtype))
+    a_m, a_s, a_g, c = (f(v) for v in p.constants())
+    vth = f(_checks.to_acc_float(p.v_th, x.dtype))
     xs = _as_2d(x, f)
     T, N = xs.shape
     spikes = np.zeros((T, N), f)
@@ -93,17 +97,15 @@ def srm_backward(
     spikes: torch.Tensor,
     du: torch.Tensor,
     dut: torch.Tensor,
-    tau_m: float = 5.0,
-    tau_s: float = 3.0,
-    tau_grad: float = 2.5,
-    du_inv_clamp: float = 4.0,
-    max_dudt_inv: float = 123456789.0,
+    *,
+    params: SRMParams | None = None,
+    **neuron,
 ):
     """docs/maths.md §3 by explicit loops. Returns ``(grad_w, grad_t)`` in the dtype of `grad_spikes`."""
+    p = SRMParams.make(params, **neuron)
     _checks.check_tensor(grad_spikes, "grad_spikes")
     _checks.check_same_shape(grad_spikes, "grad_spikes", spikes=spikes, du=du, dut=dut)
-    _checks.check_srm_params(tau_m, tau_s, tau_grad)
-    _checks.check_backward_params(du_inv_clamp, max_dudt_inv)
+    _checks.check_tensor(spikes, "spikes")
     _checks.check_srm_backward_dtypes(grad_spikes, spikes, du, dut)
     f = _np_dtype(du.dtype)
     G = _as_2d(grad_spikes, f)
@@ -111,10 +113,10 @@ def srm_backward(
     DU = _as_2d(du, f)
     DUT = _as_2d(dut, f)
     T, N = G.shape
-    epsw_d, epst_d = _checks.srm_tables(T, tau_m, tau_s, tau_grad)
+    epsw_d, epst_d = p.tables(T)
     epsw = [f(v) for v in epsw_d]
     epst = [f(v) for v in epst_d]
-    lo_w, lo_t = -f(_checks.to_acc_float(du_inv_clamp, du.dtype)), -f(_checks.to_acc_float(max_dudt_inv, du.dtype))
+    lo_w, lo_t = -f(_checks.to_acc_float(p.du_inv_clamp, du.dtype)), -f(_checks.to_acc_float(p.max_dudt_inv, du.dtype))
     zero, minus_one = f(0), f(-1)
     grad_w = np.zeros((T, N), f)
     grad_t = np.zeros((T, N), f)
@@ -140,36 +142,10 @@ def srm_backward(
     return back(grad_w), back(grad_t)
 
 
-class _ReferenceNeuron(torch.autograd.Function):
-    """The event-driven gradient is a surrogate, not a derivative: it has none of its own."""
-
-    @staticmethod
-    def forward(ctx, x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv):
-        spikes, du, dut = srm_forward(x, tau_m, tau_s, tau_grad, v_th)
-        ctx.save_for_backward(spikes, du, dut)
-        ctx.params = (tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv)
-        return spikes
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_spikes):
-        spikes, du, dut = ctx.saved_tensors
-        grad_w, _ = srm_backward(grad_spikes, spikes, du, dut, *ctx.params)
-        return grad_w, None, None, None, None, None, None
-
-
-def srm_neuron(
-    x: torch.Tensor,
-    tau_m: float = 5.0,
-    tau_s: float = 3.0,
-    tau_grad: float = 2.5,
-    v_th: float = 1.0,
-    du_inv_clamp: float = 4.0,
-    max_dudt_inv: float = 123456789.0,
-) -> torch.Tensor:
-    """Spikes of `x` with the event-driven gradient dL/dx = grad_w (docs/maths.md §3)."""
-    _checks.check_backward_params(du_inv_clamp, max_dudt_inv)
-    return _ReferenceNeuron.apply(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv)
+def srm_neuron_backward(grad_spikes: torch.Tensor, x: torch.Tensor, *, params: SRMParams | None = None, **neuron):
+    """dL/dx of ``srm_neuron(x)`` for ``grad_spikes = dL/dspikes``: ``grad_w`` of :func:`srm_backward`."""
+    p = SRMParams.make(params, **neuron)
+    return srm_backward(grad_spikes, *srm_forward(x, params=p), params=p)[0]
 
 
 # ------------------------------------------------------------------ superpixel pooling (docs/maths.md §5)
@@ -295,9 +271,7 @@ def _conv2d_weight_grad(x, g, w_shape, conv):
     return out
 
 
-def srm_conv2d_forward(
-    s_in, weight, stride=1, padding=0, dilation=1, groups=1, tau_m=5.0, tau_s=3.0, tau_grad=2.5, v_th=1.0
-):
+def srm_conv2d_forward(s_in, weight, *, stride=1, padding=0, dilation=1, groups=1, params=None, **neuron):
     """Convolution by loops, then :func:`srm_forward`. Returns ``(spikes, du, dut)``, ``[T, B, C_out, H', W']``."""
     conv = _checks.conv2d_params(stride, padding, dilation, groups)
     _checks.check_srm_conv2d(s_in, weight, conv[3])
@@ -305,12 +279,12 @@ def srm_conv2d_forward(
     T, B = s_in.shape[:2]
     x = _conv2d(_np(s_in, f).reshape(T * B, *s_in.shape[2:]), _np(weight, f), conv)
     x = torch.from_numpy(x).reshape(T, B, *x.shape[1:]).to(device=s_in.device, dtype=s_in.dtype)
-    return srm_forward(x, tau_m, tau_s, tau_grad, v_th)
+    return srm_forward(x, params=SRMParams.make(params, **neuron))
 
 
 def srm_conv2d_backward(
-    grad_spikes, s_in, weight, spikes, du, dut, stride=1, padding=0, dilation=1, groups=1,
-    tau_m=5.0, tau_s=3.0, tau_grad=2.5, du_inv_clamp=4.0, max_dudt_inv=123456789.0, input_grad_scale=0.85,
+    grad_spikes, s_in, weight, spikes, du, dut, *, stride=1, padding=0, dilation=1, groups=1,
+    params=None, input_grad_scale=0.85, **neuron,
 ):
     """docs/maths.md §4 backward by loops. Returns ``(grad_s_in, grad_weight)``::
 
@@ -318,7 +292,7 @@ def srm_conv2d_backward(
     grad_s_in   = conv input-gradient(grad_t, weight) * s_in * input_grad_scale   (exactly 0 where s_in is 0)
     """
     conv = _checks.conv2d_params(stride, padding, dilation, groups)
-    grad_w, grad_t = srm_backward(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv)
+    grad_w, grad_t = srm_backward(grad_spikes, spikes, du, dut, params=SRMParams.make(params, **neuron))
     f = _np_dtype(du.dtype)
     T, B = s_in.shape[:2]
     x = _np(s_in, f).reshape(T * B, *s_in.shape[2:])
@@ -336,39 +310,7 @@ def srm_conv2d_backward(
     )
 
 
-class _ReferenceLayer(torch.autograd.Function):
-    """Autograd around a (forward, backward) pair of loops of this module."""
-
-    @staticmethod
-    def forward(ctx, s_in, weight, fwd, bwd, fwd_args, bwd_args):
-        spikes, du, dut = fwd(s_in, weight, *fwd_args)
-        ctx.save_for_backward(s_in, weight, spikes, du, dut)
-        ctx.bwd, ctx.bwd_args = bwd, bwd_args
-        return spikes
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_spikes):
-        s_in, weight, spikes, du, dut = ctx.saved_tensors
-        grad_in, grad_weight = ctx.bwd(grad_spikes, s_in, weight, spikes, du, dut, *ctx.bwd_args)
-        return grad_in, grad_weight, None, None, None, None
-
-
-def srm_conv2d(
-    s_in, weight, stride=1, padding=0, dilation=1, groups=1, tau_m=5.0, tau_s=3.0, tau_grad=2.5, v_th=1.0,
-    du_inv_clamp=4.0, max_dudt_inv=123456789.0, input_grad_scale=0.85,
-):
-    """Spikes of :func:`srm_conv2d_forward`, differentiable with :func:`srm_conv2d_backward`."""
-    conv = _checks.conv2d_params(stride, padding, dilation, groups)
-    _checks.check_backward_params(du_inv_clamp, max_dudt_inv)
-    srm = (tau_m, tau_s, tau_grad)
-    return _ReferenceLayer.apply(
-        s_in, weight, srm_conv2d_forward, srm_conv2d_backward,
-        (*conv, *srm, v_th), (*conv, *srm, du_inv_clamp, max_dudt_inv, input_grad_scale),
-    )
-
-
-def srm_linear_forward(s_in, weight, tau_m=5.0, tau_s=3.0, tau_grad=2.5, v_th=1.0):
+def srm_linear_forward(s_in, weight, *, params=None, **neuron):
     """``x[..., o] = sum_i s_in[..., i] * weight[o, i]`` by loops, then :func:`srm_forward`."""
     _checks.check_srm_linear(s_in, weight)
     f = _np_dtype(s_in.dtype)
@@ -379,19 +321,16 @@ def srm_linear_forward(s_in, weight, tau_m=5.0, tau_s=3.0, tau_grad=2.5, v_th=1.
         for i in range(w.shape[1]):
             x[:, o] += w[o, i] * s[:, i]
     x = torch.from_numpy(x).reshape(*s_in.shape[:-1], w.shape[0]).to(device=s_in.device, dtype=s_in.dtype)
-    return srm_forward(x, tau_m, tau_s, tau_grad, v_th)
+    return srm_forward(x, params=SRMParams.make(params, **neuron))
 
 
-def srm_linear_backward(
-    grad_spikes, s_in, weight, spikes, du, dut, tau_m=5.0, tau_s=3.0, tau_grad=2.5,
-    du_inv_clamp=4.0, max_dudt_inv=123456789.0, input_grad_scale=0.85,
-):
+def srm_linear_backward(grad_spikes, s_in, weight, spikes, du, dut, *, params=None, input_grad_scale=0.85, **neuron):
     """docs/maths.md §4 backward of the dense layer by loops. Returns ``(grad_s_in, grad_weight)``::
 
     grad_weight[o, i] = sum over rows of grad_w[., o] * s_in[., i]
     grad_s_in[., i]   = sum_o grad_t[., o] * weight[o, i] * input_grad_scale    (no s_in mask)
     """
-    grad_w, grad_t = srm_backward(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv)
+    grad_w, grad_t = srm_backward(grad_spikes, spikes, du, dut, params=SRMParams.make(params, **neuron))
     f = _np_dtype(du.dtype)
     s = _np(s_in, f).reshape(math.prod(s_in.shape[:-1]), s_in.shape[-1])
     w = _np(weight, f)
@@ -411,20 +350,7 @@ def srm_linear_backward(
     )
 
 
-def srm_linear(
-    s_in, weight, tau_m=5.0, tau_s=3.0, tau_grad=2.5, v_th=1.0,
-    du_inv_clamp=4.0, max_dudt_inv=123456789.0, input_grad_scale=0.85,
-):
-    """Spikes of :func:`srm_linear_forward`, differentiable with :func:`srm_linear_backward`."""
-    _checks.check_backward_params(du_inv_clamp, max_dudt_inv)
-    srm = (tau_m, tau_s, tau_grad)
-    return _ReferenceLayer.apply(
-        s_in, weight, srm_linear_forward, srm_linear_backward,
-        (*srm, v_th), (*srm, du_inv_clamp, max_dudt_inv, input_grad_scale),
-    )
-
-
-def standardize_weight(weight, bn_weight=None, bn_bias=None, eps=1e-5):
+def standardize_weight(weight, bn_weight=None, bn_bias=None, *, eps=1e-5):
     """Row by row: ``(w - mean) / sqrt(unbiased var + eps) * bn_weight + bn_bias`` (float64 loops, no autograd).
 
     A zero denominator (a constant row with ``eps = 0``) divides as IEEE floats do: NaN for
@@ -454,7 +380,7 @@ def _windows(H, W, kernel):
             yield oh, ow, [(oh * kh + i, ow * kw + j) for i in range(kh) for j in range(kw)]
 
 
-def spike_avg_pool2d_backward(grad_y, x, kernel_size=2):
+def spike_avg_pool2d_backward(grad_y, x, *, kernel_size=2):
     """Every pixel of a window gets ``g / n``, ``n`` its window's non-zero inputs; 0 where ``n = 0``
     and for pixels in no window."""
     kernel = _checks.kernel_pair(kernel_size)
@@ -489,66 +415,7 @@ def _pool_adjoint_loops(V: np.ndarray, label_map, K: int, f, scale=None, arg=Non
     return y
 
 
-class _ReferencePool(torch.autograd.Function):
-    """Pooling by loops; its backward is :class:`_ReferencePoolGrad`, itself differentiable."""
-
-    @staticmethod
-    def forward(ctx, x4, labels, K, mode, grad):
-        f = _np_dtype(x4.dtype)
-        y, arg, n, m = _pool_loops(_np(x4, f), _maps(labels), K, mode, f)
-        ctx.save_for_backward(labels)
-        ctx.P = x4.shape[-1]
-        # what the backward reads besides the labels: the argmax, or the divisor of "avg"
-        ctx.arg = arg if mode == "max" else None
-        ctx.scale = None if mode in ("sum", "max") else (n if grad == "exact" else m)
-        return torch.from_numpy(y).to(device=x4.device, dtype=x4.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        (labels,) = ctx.saved_tensors
-        grad_x = _ReferencePoolGrad.apply(grad_y, labels, ctx.P, ctx.scale, ctx.arg)
-        return grad_x, None, None, None, None
-
-
-class _ReferencePoolGrad(torch.autograd.Function):
-    """Pooling's backward, grad_x[p] = grad_y[label(p)] (/ scale, only at the argmax); linear in
-    grad_y, so its own backward is the adjoint loop (a second derivative of pooling)."""
-
-    @staticmethod
-    def forward(ctx, grad_y, labels, P, scale, arg):
-        f = _np_dtype(grad_y.dtype)
-        z = _unpool_loops(_np(grad_y, f), _maps(labels), P, f, scale=scale, arg=arg)
-        ctx.save_for_backward(labels)
-        ctx.K, ctx.scale, ctx.arg = grad_y.shape[-1], scale, arg
-        return torch.from_numpy(z).to(device=grad_y.device, dtype=grad_y.dtype)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, v):
-        (labels,) = ctx.saved_tensors
-        f = _np_dtype(v.dtype)
-        y = _pool_adjoint_loops(_np(v, f), _maps(labels), ctx.K, f, scale=ctx.scale, arg=ctx.arg)
-        return torch.from_numpy(y).to(device=v.device, dtype=v.dtype), None, None, None, None
-
-
-class _ReferenceUnpool(torch.autograd.Function):
-    """Unpooling by loops; its backward is sum pooling, itself differentiable."""
-
-    @staticmethod
-    def forward(ctx, y4, labels):
-        f = _np_dtype(y4.dtype)
-        ctx.save_for_backward(labels)
-        ctx.K = y4.shape[-1]
-        z = _unpool_loops(_np(y4, f), _maps(labels), labels.shape[-1], f)
-        return torch.from_numpy(z).to(device=y4.device, dtype=y4.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_z):
-        (labels,) = ctx.saved_tensors
-        return _ReferencePool.apply(grad_z, labels, ctx.K, "sum", "exact"), None
-
-
-def suppix_counts(labels: torch.Tensor, num_superpixels: int | None = None) -> torch.Tensor:
+def suppix_counts(labels: torch.Tensor, *, num_superpixels: int | None = None) -> torch.Tensor:
     """Pixels per superpixel, int64 ``labels.shape[:-2] + (K,)`` (docs/maths.md §5's n)."""
     _checks.check_labels_tensor(labels)
     K, inferred = _checks.num_superpixels(labels, num_superpixels)
@@ -563,80 +430,121 @@ def suppix_counts(labels: torch.Tensor, num_superpixels: int | None = None) -> t
     return torch.from_numpy(n).reshape(*labels.shape[:-2], K).to(labels.device)
 
 
-def suppix_pool(
-    x: torch.Tensor,
-    labels: torch.Tensor,
-    num_superpixels: int | None = None,
-    mode: str = "avg",
-    *,
-    grad: str = "exact",
-    return_counts: bool = False,
-    check_labels: bool = True,
-):
-    """docs/maths.md §5 by explicit loops: ``[T, B, C, H, W]`` -> ``[T, B, C, K]``, or
-    ``[B, C, H, W]`` -> ``[B, C, K]``.
-
-    Differentiable in `x` with the backward of `mode` (and `grad` for "avg"). Labels
-    >= K are an error unless ``check_labels=False``, which ignores them.
-    """
-    internal = _checks.suppix_mode(mode, grad)
+def _pool_layout(x, labels, num_superpixels, check_labels):
+    """(layout, K) with labels >= K turned into ignored pixels when they are not checked."""
     lay = _checks.suppix_layout(x, labels, pooled=False)
     K, inferred = _checks.num_superpixels(lay.labels, num_superpixels)
     if _checks.check_flag(check_labels, "check_labels") and not inferred:
         _checks.check_label_range(lay.labels, K)
-    if not check_labels:  # labels >= K are ignored pixels, as in the kernels
-        lay = lay._replace(labels=torch.where(lay.labels >= K, -1, lay.labels))
-    y = _ReferencePool.apply(lay.data, lay.labels, K, "avg" if internal == "avg_spike" else internal, grad)
+    return lay._replace(labels=torch.where(lay.labels >= K, -1, lay.labels)), K
+
+
+def suppix_pool(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    num_superpixels: int | None = None,
+    mode: str = "avg",
+    return_counts: bool = False,
+    check_labels: bool = True,
+):
+    """docs/maths.md §5 by explicit loops: ``[T, B, C, H, W]`` -> ``[T, B, C, K]``, or
+    ``[B, C, H, W]`` -> ``[B, C, K]``. Labels >= K are an error unless ``check_labels=False``,
+    which ignores them. With ``return_counts`` also ``n``, int64 ``labels.shape[:-2] + (K,)``."""
+    _checks.suppix_mode(mode, "exact")
+    lay, K = _pool_layout(x, labels, num_superpixels, check_labels)
+    f = _np_dtype(lay.data.dtype)
+    y = _pool_loops(_np(lay.data, f), _maps(lay.labels), K, mode, f)[0]
+    y = torch.from_numpy(y).to(device=x.device, dtype=x.dtype)
     y = y[0] if lay.single_step else y
     if return_counts:
-        return y, suppix_counts(torch.where(labels >= K, -1, labels), K)
+        return y, suppix_counts(torch.where(labels >= K, -1, labels), num_superpixels=K)
     return y
+
+
+def _pool_grad_terms(x, labels, num_superpixels, mode, grad):
+    """(layout, K, f, scale, arg): what pooling's backward reads besides the labels, the divisor
+    of "avg" (``n``, or ``m`` for ``grad="spike"``) or the argmax of "max"."""
+    _checks.suppix_mode(mode, grad)
+    lay, K = _pool_layout(x, labels, num_superpixels, False)
+    f = _np_dtype(lay.data.dtype)
+    _, arg, n, m = _pool_loops(_np(lay.data, f), _maps(lay.labels), K, mode, f)
+    scale = None if mode in ("sum", "max") else (n if grad == "exact" else m)
+    return lay, K, f, scale, (arg if mode == "max" else None)
+
+
+def suppix_pool_backward(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    num_superpixels: int | None = None,
+    mode: str = "avg",
+    grad: str = "exact",
+) -> torch.Tensor:
+    """dL/dx of :func:`suppix_pool` for ``grad_y = dL/dy`` (docs/maths.md §5): ``g[k]`` to every
+    pixel of k ("sum"), ``g[k] / n[k]`` ("avg"; ``g[k] / m[t, b, c, k]`` with ``grad="spike"``),
+    ``g[k]`` to the argmax pixel ("max"); 0 for ignored pixels. Shaped like `x`."""
+    lay, K, f, scale, arg = _pool_grad_terms(x, labels, num_superpixels, mode, grad)
+    gy = grad_y.unsqueeze(0) if lay.single_step else grad_y
+    z = _unpool_loops(_np(gy, f), _maps(lay.labels), lay.labels.shape[-1], f, scale=scale, arg=arg)
+    return torch.from_numpy(z).reshape(x.shape).to(device=x.device, dtype=grad_y.dtype)
+
+
+def suppix_pool_double_backward(
+    v: torch.Tensor,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    num_superpixels: int | None = None,
+    mode: str = "avg",
+    grad: str = "exact",
+) -> torch.Tensor:
+    """The derivative of :func:`suppix_pool_backward` (linear in ``grad_y``): its adjoint applied
+    to ``v = dL/dgrad_x`` (shaped like `x`), giving ``dL/dgrad_y`` ``[T, B, C, K]``."""
+    lay, K, f, scale, arg = _pool_grad_terms(x, labels, num_superpixels, mode, grad)
+    V = _np(v.reshape(lay.data.shape), f)
+    y = torch.from_numpy(_pool_adjoint_loops(V, _maps(lay.labels), K, f, scale=scale, arg=arg))
+    y = y.to(device=v.device, dtype=v.dtype)
+    return y[0] if lay.single_step else y
 
 
 def suppix_unpool(y: torch.Tensor, labels: torch.Tensor, *, check_labels: bool = True) -> torch.Tensor:
     """docs/maths.md §5 unpooling by explicit loops: ``z[p] = y[label(p)]``, 0 for negative labels.
 
-    ``[T, B, C, K]`` (or ``[B, C, K]``) -> ``[T, B, C, H, W]`` (or ``[B, C, H, W]``); its
-    backward is sum pooling of the gradient.
+    ``[T, B, C, K]`` (or ``[B, C, K]``) -> ``[T, B, C, H, W]`` (or ``[B, C, H, W]``).
     """
     lay = _checks.suppix_layout(y, labels, pooled=True)
     K = y.shape[-1]
     if _checks.check_flag(check_labels, "check_labels"):
         _checks.check_label_range(lay.labels, K)
-    else:
-        lay = lay._replace(labels=torch.where(lay.labels >= K, -1, lay.labels))
-    z = _ReferenceUnpool.apply(lay.data, lay.labels)
+    labs = torch.where(lay.labels >= K, -1, lay.labels)
+    f = _np_dtype(y.dtype)
+    z = torch.from_numpy(_unpool_loops(_np(lay.data, f), _maps(labs), labs.shape[-1], f))
     H, W = lay.spatial
-    z = z.reshape(*z.shape[:3], H, W)
+    z = z.to(device=y.device, dtype=y.dtype).reshape(*lay.data.shape[:3], H, W)
     return z[0] if lay.single_step else z
 
 
-class _ReferenceSpikePool(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, kernel):
-        f = _np_dtype(x.dtype)
-        H, W = x.shape[-2:]
-        xs = _np(x, f).reshape(math.prod(x.shape[:-2]), H, W)
-        y = np.zeros((xs.shape[0], H // kernel[0], W // kernel[1]), f)
-        for p in range(xs.shape[0]):
-            for oh, ow, pixels in _windows(H, W, kernel):
-                y[p, oh, ow] = sum(xs[p, ih, iw] for ih, iw in pixels) / f(len(pixels))
-        ctx.save_for_backward(x)
-        ctx.kernel = kernel
-        return torch.from_numpy(y).reshape(*x.shape[:-2], *y.shape[1:]).to(device=x.device, dtype=x.dtype)
-
-    @staticmethod
-    @once_differentiable  # a surrogate like the other layers' gradients: a double backward raises
-    def backward(ctx, grad_y):
-        (x,) = ctx.saved_tensors
-        return spike_avg_pool2d_backward(grad_y, x, ctx.kernel), None
+def suppix_unpool_backward(grad_z: torch.Tensor, labels: torch.Tensor, *, num_superpixels: int) -> torch.Tensor:
+    """dL/dy of :func:`suppix_unpool` for ``grad_z = dL/dz``: sum pooling of `grad_z` (labels
+    >= K ignored)."""
+    return suppix_pool(grad_z, labels, num_superpixels=num_superpixels, mode="sum", check_labels=False)
 
 
-def spike_avg_pool2d(x, kernel_size=2):
-    """Window means of ``[..., H, W]`` by loops (stride = kernel), with :func:`spike_avg_pool2d_backward`."""
+def spike_avg_pool2d(x, *, kernel_size=2):
+    """Window means of ``[..., H, W]`` by loops (stride = kernel); its backward is
+    :func:`spike_avg_pool2d_backward`."""
     kernel = _checks.kernel_pair(kernel_size)
     _checks.check_pool_input(x, kernel)
-    return _ReferenceSpikePool.apply(x, kernel)
+    f = _np_dtype(x.dtype)
+    H, W = x.shape[-2:]
+    xs = _np(x, f).reshape(math.prod(x.shape[:-2]), H, W)
+    y = np.zeros((xs.shape[0], H // kernel[0], W // kernel[1]), f)
+    for p in range(xs.shape[0]):
+        for oh, ow, pixels in _windows(H, W, kernel):
+            y[p, oh, ow] = sum(xs[p, ih, iw] for ih, iw in pixels) / f(len(pixels))
+    return torch.from_numpy(y).reshape(*x.shape[:-2], *y.shape[1:]).to(device=x.device, dtype=x.dtype)
 
 
 # =========================================================================== quantizer (docs/maths.md §7)
@@ -669,18 +577,9 @@ def pow2_scale_exponent(absmax, bits):
     return torch.tensor(best, dtype=torch.int64, device=device)
 
 
-class _ReferenceStraightThrough(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, q):
-        return q.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
-
-
-def quantize(x, scale, bits=8, rounding="nearest"):
-    """Element by element ``clamp(round(x * scale), -q_max, q_max) / scale``; gradient straight through.
+def quantize(x, scale, *, bits=8, rounding="nearest"):
+    """Element by element ``clamp(round(x * scale), -q_max, q_max) / scale``; its gradient is the
+    identity (straight through).
 
     `scale` must be a positive power of two within the normal range of the arithmetic dtype
     (float64 for float64 `x`, float32 otherwise): a Python number or a one-element real
@@ -707,36 +606,50 @@ def quantize(x, scale, bits=8, rounding="nearest"):
         v = xs[k] * s
         v = f(np.round(v)) if rounding == "nearest" else f(np.trunc(v))  # np.round: ties to even
         out[k] = min(max(v, -q_max), q_max) / s
-    q = torch.from_numpy(out).reshape(x.shape).to(device=x.device, dtype=x.dtype)
-    return _ReferenceStraightThrough.apply(x, q)
+    return torch.from_numpy(out).reshape(x.shape).to(device=x.device, dtype=x.dtype)
+
+
+def _fused_layout(x, labels, num_superpixels, mode, check_labels):
+    if not isinstance(x, torch.Tensor) or x.dim() != 5:
+        raise ValueError(f"x must be a [T, B, C, H, W] tensor, got {getattr(x, 'shape', type(x))}")
+    _checks.suppix_mode(mode, "exact")
+    return _pool_layout(x, labels, num_superpixels, check_labels)[1]
 
 
 def srm_suppix_pool(
     x: torch.Tensor,
     labels: torch.Tensor,
+    *,
     num_superpixels: int | None = None,
     mode: str = "avg",
-    tau_m: float = 5.0,
-    tau_s: float = 3.0,
-    tau_grad: float = 2.5,
-    v_th: float = 1.0,
-    du_inv_clamp: float = 4.0,
-    max_dudt_inv: float = 123456789.0,
-    *,
+    params: SRMParams | None = None,
     check_labels: bool = True,
+    **neuron,
 ) -> torch.Tensor:
-    """docs/maths.md §6 by definition: reference pooling of the reference SRM spikes (differentiable).
+    """docs/maths.md §6 by definition: reference pooling of the reference SRM spikes.
 
     A label ``>= K`` raises ``ValueError`` (before the neuron loops run); with
-    ``check_labels=False`` such pixels are ignored like negative ones, as in
-    :func:`suppix_pool`.
+    ``check_labels=False`` such pixels are ignored like negative ones.
     """
-    if not isinstance(x, torch.Tensor) or x.dim() != 5:
-        raise ValueError(f"x must be a [T, B, C, H, W] tensor, got {getattr(x, 'shape', type(x))}")
-    lay = _checks.suppix_layout(x, labels, pooled=False)
-    _checks.suppix_mode(mode, "exact")
-    K, inferred = _checks.num_superpixels(lay.labels, num_superpixels)
-    if _checks.check_flag(check_labels, "check_labels") and not inferred:
-        _checks.check_label_range(lay.labels, K)
-    spikes = srm_neuron(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv)
-    return suppix_pool(spikes, labels, K, mode, check_labels=False)
+    K = _fused_layout(x, labels, num_superpixels, mode, check_labels)
+    spikes = srm_forward(x, params=SRMParams.make(params, **neuron))[0]
+    return suppix_pool(spikes, labels, num_superpixels=K, mode=mode, check_labels=False)
+
+
+def srm_suppix_pool_backward(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    num_superpixels: int | None = None,
+    mode: str = "avg",
+    params: SRMParams | None = None,
+    **neuron,
+) -> torch.Tensor:
+    """dL/dx of :func:`srm_suppix_pool`: §5's pooling backward of `grad_y` at the spikes,
+    then §3's ``grad_w`` (labels >= K ignored)."""
+    p = SRMParams.make(params, **neuron)
+    K = _fused_layout(x, labels, num_superpixels, mode, False)
+    spikes, du, dut = srm_forward(x, params=p)
+    grad_spikes = suppix_pool_backward(grad_y, spikes, labels, num_superpixels=K, mode=mode)
+    return srm_backward(grad_spikes, spikes, du, dut, params=p)[0]

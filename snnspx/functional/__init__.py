@@ -1,7 +1,7 @@
 """Functional form of every snnspx operator.
 
-Each op takes ``backend: str | None = None``: ``"cuda"``, ``"cpp"``, ``"torch"``
-or ``"reference"``; None picks one as :func:`snnspx.backends` explains.
+Each op takes ``backend: str | None = None``: ``"cuda"``, ``"cpp"`` or ``"torch"``; None
+picks one as :func:`snnspx.backends` explains. Every argument after the tensors is keyword-only.
 """
 
 from .layers import spike_avg_pool2d, srm_conv2d, srm_linear, standardize_weight

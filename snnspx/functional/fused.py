@@ -1,30 +1,150 @@
-"""Fused SRM neuron + superpixel pooling (docs/maths.md §6): wrapper, fake kernels, autograd."""
+"""Fused SRM neuron + superpixel pooling (docs/maths.md §6): its ops' schemas, PyTorch kernels,
+fake kernels and autograd formulas, and the public wrapper.
+
+Layouts as in :mod:`snnspx.functional.suppix` (``x`` ``[T, B, C, P]`` currents, labels
+``[L, LB, P]``), mode ``"sum" | "avg" | "max"``:
+
+* ``srm_suppix_pool(x, labels, num_superpixels, mode, tau_m, tau_s, tau_grad, v_th, check_labels)
+  -> y [T, B, C, K]``: inference; the compiled kernels write no ``[T, B, C, P]`` tensor.
+* ``srm_suppix_pool_fwd(..., v_th, du_inv_clamp, max_dudt_inv, check_labels) -> (y, saved, counts,
+  argmax)``: training; ``saved`` is srm_neuron_fwd's compact state ``[2, T, B, C, P]``, ``counts``
+  int32 ``[L, LB, K]`` pixels per superpixel, ``argmax`` int32 ``[T, B, C, K]`` the lowest spiking
+  pixel (-1: none) for "max", empty otherwise.
+* ``srm_suppix_pool_bwd(grad_y, saved, labels, counts, argmax, mode, tau_m, tau_s, tau_grad) -> grad_x``:
+  §5's pooling backward composed with §3's ``grad_w``.
+
+The PyTorch kernels compose the unfused kernels (they write the spikes).
+"""
 
 from __future__ import annotations
 
 import torch
 
-from .. import _checks
-from .._backend import resolve
-from .srm import register_once_differentiable, register_raising_autograd, srm_neuron
+from .. import _checks, _library
+from .._backend import kernels, resolve
+from ..params import SRMParams
+from .srm import _neuron_bwd_kernel, _neuron_fwd_kernel
+from .suppix import _counts_kernel, _pool_backward_kernel, _pool_kernel, check_strategy
 
 __all__ = ["srm_suppix_pool"]
 
 
+# --------------------------------------------------------------------------- PyTorch kernels
+def _fwd_kernel(x, labels, K, mode, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, check_labels, strategy):
+    _checks.check_devices("srm_suppix_pool", x=x, labels=labels)
+    check_strategy("srm_suppix_pool_fwd", strategy)
+    spikes, saved = _neuron_fwd_kernel(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv)
+    y, aux = _pool_kernel(spikes, labels, K, mode, check_labels)
+    counts = aux if mode != "max" else _counts_kernel(labels, K)
+    argmax = aux if mode == "max" else aux.new_empty((0,))
+    return y, saved, counts, argmax
+
+
+def _inference_kernel(x, labels, K, mode, tau_m, tau_s, tau_grad, v_th, check_labels, strategy):
+    check_strategy("srm_suppix_pool", strategy)
+    d = SRMParams()
+    return _fwd_kernel(x, labels, K, mode, tau_m, tau_s, tau_grad, v_th, d.du_inv_clamp, d.max_dudt_inv, check_labels, "")[0]
+
+
+def _bwd_kernel(grad_y, saved, labels, counts, argmax, mode, tau_m, tau_s, tau_grad, strategy):
+    _checks.check_devices("srm_suppix_pool_bwd", grad_y=grad_y, saved=saved, labels=labels, counts=counts, argmax=argmax)
+    check_strategy("srm_suppix_pool_bwd", strategy)
+    grad_spikes = _pool_backward_kernel(grad_y, labels, argmax if mode == "max" else counts, mode)
+    # the clamps are already inside saved's factors
+    return _neuron_bwd_kernel(grad_spikes, saved, tau_m, tau_s, tau_grad, 0.0, 0.0)
+
+
+# --------------------------------------------------------------------------- schemas, fakes, autograd
+_library.define(
+    "srm_suppix_pool(Tensor x, Tensor labels, int num_superpixels, str mode, float tau_m, float tau_s,"
+    " float tau_grad, float v_th, bool check_labels, str strategy) -> Tensor",
+    _inference_kernel,
+)
+_library.define(
+    "srm_suppix_pool_fwd(Tensor x, Tensor labels, int num_superpixels, str mode, float tau_m, float tau_s,"
+    " float tau_grad, float v_th, float du_inv_clamp, float max_dudt_inv, bool check_labels, str strategy)"
+    " -> (Tensor, Tensor, Tensor, Tensor)",
+    _fwd_kernel,
+)
+_library.define(
+    "srm_suppix_pool_bwd(Tensor grad_y, Tensor saved, Tensor labels, Tensor counts, Tensor argmax, str mode,"
+    " float tau_m, float tau_s, float tau_grad, str strategy) -> Tensor",
+    _bwd_kernel,
+)
+_INFER = _library.op("srm_suppix_pool")
+_FWD = _library.op("srm_suppix_pool_fwd")
+_BWD = _library.op("srm_suppix_pool_bwd")
+
+_library.register_no_derivative("srm_suppix_pool_bwd")
+# Called directly on an x that needs a gradient, the inference op must not drop the
+# gradient silently (autograd's fallback warns and gives None): its backward raises.
+_library.register_raising_autograd(
+    "srm_suppix_pool",
+    "snnspx::srm_suppix_pool is the inference form of the fused op and keeps no state for a "
+    "backward: train through snnspx.functional.srm_suppix_pool (which calls "
+    "snnspx::srm_suppix_pool_fwd when x needs a gradient)",
+)
+
+
+@torch.library.register_fake("snnspx::srm_suppix_pool")
+def _infer_fake(x, labels, num_superpixels, mode, tau_m, tau_s, tau_grad, v_th, check_labels, strategy):
+    _checks.check_devices("srm_suppix_pool", x=x, labels=labels)
+    T, B, C, _ = x.shape
+    return x.new_empty((T, B, C, num_superpixels))
+
+
+@torch.library.register_fake("snnspx::srm_suppix_pool_fwd")
+def _fwd_fake(
+    x, labels, num_superpixels, mode, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, check_labels, strategy
+):
+    _checks.check_devices("srm_suppix_pool_fwd", x=x, labels=labels)
+    T, B, C, P = x.shape
+    K = num_superpixels
+    y = x.new_empty((T, B, C, K))
+    saved = x.new_empty((2, T, B, C, P), dtype=_checks.acc_dtype(x.dtype))
+    counts = labels.new_empty((labels.shape[0], labels.shape[1], K), dtype=torch.int32)
+    argmax = labels.new_empty((T, B, C, K) if mode == "max" else (0,), dtype=torch.int32)
+    return y, saved, counts, argmax
+
+
+@torch.library.register_fake("snnspx::srm_suppix_pool_bwd")
+def _bwd_fake(grad_y, saved, labels, counts, argmax, mode, tau_m, tau_s, tau_grad, strategy):
+    _checks.check_devices("srm_suppix_pool_bwd", grad_y=grad_y, saved=saved, labels=labels, counts=counts, argmax=argmax)
+    return grad_y.new_empty(saved.shape[1:])
+
+
+def _setup(ctx, inputs, output):
+    _, labels, _, mode, tau_m, tau_s, tau_grad, _, _, _, _, _ = inputs
+    _, saved, counts, argmax = output
+    ctx.save_for_backward(saved, labels, counts, argmax)
+    ctx.mark_non_differentiable(saved, counts, argmax)
+    # Without this, autograd would zero-fill a gradient of each unused output before
+    # calling _backward: a [2, T, B, C, H, W] buffer of zeros.
+    ctx.set_materialize_grads(False)
+    ctx.args = (mode, tau_m, tau_s, tau_grad)
+
+
+def _backward(ctx, grad_y, *_unused):
+    if grad_y is None:
+        return (None,) * 12
+    saved, labels, counts, argmax = ctx.saved_tensors
+    return (_BWD(grad_y, saved, labels, counts, argmax, *ctx.args, ""),) + (None,) * 11
+
+
+_library.register_autograd("srm_suppix_pool_fwd", _backward, _setup)
+
+
+# --------------------------------------------------------------------------- public wrapper
 def srm_suppix_pool(
     x: torch.Tensor,
     labels: torch.Tensor,
+    *,
     num_superpixels: int | None = None,
     mode: str = "avg",
-    tau_m: float = 5.0,
-    tau_s: float = 3.0,
-    tau_grad: float = 2.5,
-    v_th: float = 1.0,
-    du_inv_clamp: float = 4.0,
-    max_dudt_inv: float = 123456789.0,
-    *,
+    params: SRMParams | None = None,
     check_labels: bool = True,
     backend: str | None = None,
+    **neuron,
 ) -> torch.Tensor:
     """SRM spikes of `x`, pooled per superpixel and step, in one pass.
 
@@ -32,15 +152,15 @@ def srm_suppix_pool(
     ``suppix_pool(srm_neuron(x, ...), labels, num_superpixels, mode)``; bitwise for
     ``"sum"`` and ``"max"``, and ``"avg"`` divides the same integer spike count by
     the same pixel count (while a superpixel has at most ``2**24`` spikes at one step:
-    beyond, the fused count stays exact and pooling's float32 sum does not). Deterministic: spike counts are integers, so the result
-    does not depend on the order in which pixels are added.
+    beyond, the fused count stays exact and pooling's float32 sum does not). Deterministic:
+    spike counts are integers, so the result does not depend on the order of the pixels.
 
     Memory: the ``"cuda"`` and ``"cpp"`` backends write no ``[T, B, C, H, W]`` tensor
     when no gradient is needed, provided `x` is contiguous in its ``[T, B, C, H, W]``
     order; any other `x` (e.g. the transposed ``[B, T, ...]`` input of
     ``SRMSupPixPool(batch_first=True)``) is first copied to a contiguous tensor. In training
     they keep the SRM neuron's compact backward state (8 bytes per float32 neuron-step).
-    The ``"torch"`` and ``"reference"`` backends run the unfused ops and write the spikes.
+    The ``"torch"`` backend runs the unfused PyTorch kernels and writes the spikes.
 
     Gradient for `x`: docs/maths.md §5's pooling backward composed with §3's event-driven
     ``grad_w``. In float32 and float64 the C++ kernel gives the same bits as
@@ -68,91 +188,25 @@ def srm_suppix_pool(
             negative ones.
         mode: ``"avg"`` (spike count / pixel count, 0 for an empty superpixel),
             ``"sum"`` or ``"max"`` (1 if any pixel spiked).
-        tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv: as :func:`srm_neuron`.
-        backend: ``"cuda"``, ``"cpp"`` (fused kernels), ``"torch"``, ``"reference"``
-            (the composition of the unfused ops), or None.
+        params, **neuron: the neuron's constants, as :func:`srm_neuron`.
+        backend: ``"cuda"``, ``"cpp"`` (fused kernels), ``"torch"`` (the composition of the
+            unfused PyTorch kernels), or None.
 
     Returns:
         ``y`` ``[T, B, C, K]`` in the dtype of `x`.
     """
+    p = SRMParams.make(params, **neuron)
     _checks.check_tensor(x, "x")
     if x.dim() != 5:
         raise ValueError(f"x must be [T, B, C, H, W], got shape {tuple(x.shape)}")
-    _checks.check_srm_params(tau_m, tau_s, tau_grad, v_th)
-    _checks.check_backward_params(du_inv_clamp, max_dudt_inv)
+    p.check_dtype(x.dtype)
     layout = _checks.suppix_layout(x, labels, pooled=False)
     _checks.suppix_mode(mode, "exact")
     K, inferred = _checks.num_superpixels(labels, num_superpixels)
     check = _checks.check_flag(check_labels, "check_labels") and not inferred  # an inferred K bounds every label
     b = resolve(backend, x.device)
-    if b in ("torch", "reference"):
-        from .suppix import suppix_pool
-
-        spikes = srm_neuron(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, backend=b)
-        return suppix_pool(spikes, labels, K, mode, check_labels=check, backend=b)
-    args = (float(tau_m), float(tau_s), float(tau_grad), float(v_th))
     xf, lab = layout.data, layout.labels
-    if torch.is_grad_enabled() and x.requires_grad:
-        y = torch.ops.snnspx.srm_suppix_pool_fwd.default(
-            xf, lab, K, mode, *args, float(du_inv_clamp), float(max_dudt_inv), check
-        )[0]
-    else:
-        y = torch.ops.snnspx.srm_suppix_pool.default(xf, lab, K, mode, *args, check)
-    return y
-
-
-def _register() -> None:
-    lib = "snnspx::"
-    register_once_differentiable(lib + "srm_suppix_pool_bwd")
-    # Called directly on an x that needs a gradient, the inference op must not drop the
-    # gradient silently (autograd's fallback warns and gives None): its backward raises.
-    register_raising_autograd(
-        lib + "srm_suppix_pool",
-        "snnspx::srm_suppix_pool is the inference form of the fused op and keeps no state for a "
-        "backward: train through snnspx.functional.srm_suppix_pool (which calls "
-        "snnspx::srm_suppix_pool_fwd when x needs a gradient)",
-    )
-
-    @torch.library.register_fake(lib + "srm_suppix_pool")
-    def _fused_fake(x, labels, num_superpixels, mode, tau_m, tau_s, tau_grad, v_th, check_labels):
-        T, B, C, _ = x.shape
-        return x.new_empty((T, B, C, num_superpixels))
-
-    @torch.library.register_fake(lib + "srm_suppix_pool_fwd")
-    def _fused_fwd_fake(
-        x, labels, num_superpixels, mode, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, check_labels
-    ):
-        T, B, C, P = x.shape
-        K = num_superpixels
-        y = x.new_empty((T, B, C, K))
-        saved = x.new_empty((2, T, B, C, P), dtype=_checks.acc_dtype(x.dtype))
-        counts = labels.new_empty((labels.shape[0], labels.shape[1], K), dtype=torch.int32)
-        argmax = labels.new_empty((T, B, C, K) if mode == "max" else (0,), dtype=torch.int32)
-        return y, saved, counts, argmax
-
-    @torch.library.register_fake(lib + "srm_suppix_pool_bwd")
-    def _fused_bwd_fake(grad_y, saved, labels, counts, argmax, mode, tau_m, tau_s, tau_grad):
-        return grad_y.new_empty(saved.shape[1:])
-
-    def _setup(ctx, inputs, output):
-        _, labels, _, mode, tau_m, tau_s, tau_grad, _, _, _, _ = inputs
-        _, saved, counts, argmax = output
-        ctx.save_for_backward(saved, labels, counts, argmax)
-        ctx.mark_non_differentiable(saved, counts, argmax)
-        # Without this, autograd would zero-fill a gradient of each unused output before
-        # calling _backward: a [2, T, B, C, H, W] buffer of zeros per step (about as much
-        # memory traffic as the backward kernel itself).
-        ctx.set_materialize_grads(False)
-        ctx.args = (mode, tau_m, tau_s, tau_grad)
-
-    def _backward(ctx, grad_y, *_unused):
-        if grad_y is None:
-            return (None,) * 11
-        saved, labels, counts, argmax = ctx.saved_tensors
-        mode, tau_m, tau_s, tau_grad = ctx.args
-        grad_x = torch.ops.snnspx.srm_suppix_pool_bwd.default(
-            grad_y, saved, labels, counts, argmax, mode, tau_m, tau_s, tau_grad
-        )
-        return (grad_x,) + (None,) * 10
-
-    torch.library.register_autograd(lib + "srm_suppix_pool_fwd", _backward, setup_context=_setup)
+    with kernels(b, x.device):
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _FWD(xf, lab, K, mode, *p.forward_args, p.du_inv_clamp, p.max_dudt_inv, check, "")[0]
+        return _INFER(xf, lab, K, mode, *p.forward_args, check, "")

@@ -25,21 +25,15 @@ import torch
 import torch.nn.functional as TF
 from torch.autograd.function import once_differentiable
 
-from .. import _checks, reference
-from .._backend import _assume_constant_result, resolve, resolve_python
+from .. import _checks
+from .._backend import _assume_constant_result, check_request, resolve
+from ..params import SRMParams
 from .srm import srm_backward, srm_forward
 
 __all__ = ["srm_conv2d", "srm_linear", "spike_avg_pool2d", "standardize_weight"]
 
 
 # --------------------------------------------------------------------------- shared pieces
-def _srm_args(tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, input_grad_scale):
-    _checks.check_srm_params(tau_m, tau_s, tau_grad, v_th)
-    _checks.check_backward_params(du_inv_clamp, max_dudt_inv)
-    _checks.check_input_grad_scale(input_grad_scale)
-    return tuple(float(v) for v in (tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv)), float(input_grad_scale)
-
-
 @_assume_constant_result
 def _autocast_available(device_type: str) -> bool:
     """Whether autocast knows this device type (``torch.is_autocast_enabled`` raises for one it
@@ -70,35 +64,31 @@ def _autocast_synapse(s_in: torch.Tensor, weight: torch.Tensor) -> tuple[torch.T
     return s_in, weight
 
 
-def _neuron_forward(ctx, s_in, weight, x, srm, input_grad_scale, backend):
+def _neuron_forward(ctx, s_in, weight, x, params, input_grad_scale, backend):
     """Run the neurons on currents ``x`` [T, ...] and keep what the backward needs."""
-    spikes, du, dut = srm_forward(x, *srm[:4], backend=backend)
+    spikes, du, dut = srm_forward(x, params=params, backend=backend)
     # spikes is this Function's output and s_in its caller's tensor: saving them costs no
     # memory of its own; du and dut are new (4 + 4 bytes per float32 neuron-step).
     ctx.save_for_backward(s_in, weight, spikes, du, dut)
-    ctx.srm, ctx.input_grad_scale, ctx.backend = srm, input_grad_scale, backend
+    ctx.params, ctx.input_grad_scale, ctx.backend = params, input_grad_scale, backend
     return spikes
 
 
 def _neuron_backward(ctx, grad_spikes):
     """``(s_in, weight, grad_w, grad_t)`` from dL/dspikes (docs/maths.md §3)."""
     s_in, weight, spikes, du, dut = ctx.saved_tensors
-    tau_m, tau_s, tau_grad, _, du_inv_clamp, max_dudt_inv = ctx.srm
-    grad_w, grad_t = srm_backward(
-        grad_spikes.contiguous(), spikes, du, dut, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv,
-        backend=ctx.backend,
-    )
+    grad_w, grad_t = srm_backward(grad_spikes.contiguous(), spikes, du, dut, params=ctx.params, backend=ctx.backend)
     return s_in, weight, grad_w, grad_t
 
 
 # --------------------------------------------------------------------------- convolution
 class _SRMConv2d(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, s_in, weight, conv, srm, input_grad_scale, backend):
+    def forward(ctx, s_in, weight, conv, params, input_grad_scale, backend):
         T, B = s_in.shape[:2]
         x = TF.conv2d(s_in.reshape(T * B, *s_in.shape[2:]), weight, None, *conv)
         ctx.conv = conv
-        return _neuron_forward(ctx, s_in, weight, x.reshape(T, B, *x.shape[1:]), srm, input_grad_scale, backend)
+        return _neuron_forward(ctx, s_in, weight, x.reshape(T, B, *x.shape[1:]), params, input_grad_scale, backend)
 
     @staticmethod
     @once_differentiable  # the SRM gradient is a surrogate (docs/maths.md §3)
@@ -129,19 +119,15 @@ class _SRMConv2d(torch.autograd.Function):
 def srm_conv2d(
     s_in: torch.Tensor,
     weight: torch.Tensor,
+    *,
     stride=1,
     padding=0,
     dilation=1,
     groups: int = 1,
-    tau_m: float = 5.0,
-    tau_s: float = 3.0,
-    tau_grad: float = 2.5,
-    v_th: float = 1.0,
-    du_inv_clamp: float = 4.0,
-    max_dudt_inv: float = 123456789.0,
+    params: SRMParams | None = None,
     input_grad_scale: float = 0.85,
-    *,
     backend: str | None = None,
+    **neuron,
 ) -> torch.Tensor:
     """Convolution of input spikes into SRM neurons, split spike-time gradient (docs/maths.md §4).
 
@@ -166,11 +152,10 @@ def srm_conv2d(
         stride, padding, dilation: ints or pairs, as :func:`torch.nn.functional.conv2d`
             (padding must be numbers, not ``"same"``).
         groups: blocked connections from input to output channels.
-        tau_m, tau_s, tau_grad, v_th: the neuron (see :func:`srm_forward`).
-        du_inv_clamp, max_dudt_inv: the backward's clamps (see :func:`srm_backward`).
+        params, **neuron: the neuron's constants and the backward's clamps (see
+            :func:`srm_forward`, :func:`srm_backward`).
         input_grad_scale: factor of the input-spike gradient (0.85 as in the original).
-        backend: the SRM neuron's backend (see :func:`snnspx.backends`); ``"reference"``
-            runs :func:`snnspx.reference.srm_conv2d` (loops, convolution included).
+        backend: the SRM neuron's backend (see :func:`snnspx.backends`).
 
     Returns:
         spikes ``[T, B, C_out, H', W']``, dtype of `s_in` (inside ``torch.autocast``, the
@@ -180,18 +165,17 @@ def srm_conv2d(
     s_in, weight = _autocast_synapse(s_in, weight)
     _checks.check_srm_conv2d(s_in, weight, conv[3])
     _checks.conv2d_output_size(s_in.shape[-2:], weight.shape[-2:], *conv[:3])
-    srm, scale = _srm_args(tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, input_grad_scale)
+    p = SRMParams.make(params, **neuron)
+    _checks.check_input_grad_scale(input_grad_scale)
     b = resolve(backend, s_in.device)
-    if b == "reference":
-        return reference.srm_conv2d(s_in, weight, *conv, *srm, scale)
-    return _SRMConv2d.apply(s_in, weight, conv, srm, scale, b)
+    return _SRMConv2d.apply(s_in, weight, conv, p, float(input_grad_scale), b)
 
 
 # --------------------------------------------------------------------------- linear
 class _SRMLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, s_in, weight, srm, input_grad_scale, backend):
-        return _neuron_forward(ctx, s_in, weight, TF.linear(s_in, weight), srm, input_grad_scale, backend)
+    def forward(ctx, s_in, weight, params, input_grad_scale, backend):
+        return _neuron_forward(ctx, s_in, weight, TF.linear(s_in, weight), params, input_grad_scale, backend)
 
     @staticmethod
     @once_differentiable  # the SRM gradient is a surrogate (docs/maths.md §3)
@@ -209,15 +193,11 @@ class _SRMLinear(torch.autograd.Function):
 def srm_linear(
     s_in: torch.Tensor,
     weight: torch.Tensor,
-    tau_m: float = 5.0,
-    tau_s: float = 3.0,
-    tau_grad: float = 2.5,
-    v_th: float = 1.0,
-    du_inv_clamp: float = 4.0,
-    max_dudt_inv: float = 123456789.0,
-    input_grad_scale: float = 0.85,
     *,
+    params: SRMParams | None = None,
+    input_grad_scale: float = 0.85,
     backend: str | None = None,
+    **neuron,
 ) -> torch.Tensor:
     """Dense synapses into SRM neurons, with the split spike-time gradient (docs/maths.md §4).
 
@@ -246,17 +226,17 @@ def srm_linear(
     """
     s_in, weight = _autocast_synapse(s_in, weight)
     _checks.check_srm_linear(s_in, weight)
-    srm, scale = _srm_args(tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, input_grad_scale)
+    p = SRMParams.make(params, **neuron)
+    _checks.check_input_grad_scale(input_grad_scale)
     b = resolve(backend, s_in.device)
-    if b == "reference":
-        return reference.srm_linear(s_in, weight, *srm, scale)
-    return _SRMLinear.apply(s_in, weight, srm, scale, b)
+    return _SRMLinear.apply(s_in, weight, p, float(input_grad_scale), b)
 
 
 def standardize_weight(
     weight: torch.Tensor,
     bn_weight: torch.Tensor | None = None,
     bn_bias: torch.Tensor | None = None,
+    *,
     eps: float = 1e-5,
 ) -> torch.Tensor:
     """Each row of `weight` standardised over its inputs, then scaled and shifted per row.
@@ -319,7 +299,7 @@ class _SpikeAvgPool2d(torch.autograd.Function):
         return TF.pad(g, (0, W - g.shape[-1], 0, H - g.shape[-2])), None
 
 
-def spike_avg_pool2d(x: torch.Tensor, kernel_size=2, *, backend: str | None = None) -> torch.Tensor:
+def spike_avg_pool2d(x: torch.Tensor, *, kernel_size=2, backend: str | None = None) -> torch.Tensor:
     """Average pooling of spikes over non-overlapping windows, with the spike-count gradient.
 
     Forward: :func:`torch.nn.functional.avg_pool2d` with ``stride = kernel_size`` on every
@@ -332,14 +312,13 @@ def spike_avg_pool2d(x: torch.Tensor, kernel_size=2, *, backend: str | None = No
     Args:
         x: ``[..., H, W]`` with at least 3 dimensions, e.g. spikes ``[T, B, C, H, W]``.
         kernel_size: int or ``(kH, kW)``; also the stride.
-        backend: ``"reference"`` runs the loops of :func:`snnspx.reference.spike_avg_pool2d`;
-            every other backend the PyTorch ops above (there is no compiled kernel).
+        backend: checked like every op's; every backend runs the PyTorch ops above (there
+            is no compiled kernel).
 
     Returns:
         ``[..., H // kH, W // kW]``, dtype of `x`.
     """
     kernel = _checks.kernel_pair(kernel_size)
     _checks.check_pool_input(x, kernel)
-    if resolve_python(backend, x.device) == "reference":
-        return reference.spike_avg_pool2d(x, kernel)
+    check_request(backend, x.device)
     return _SpikeAvgPool2d.apply(x, kernel)

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from .. import _checks, reference
-from .._backend import resolve_python
+from .. import _checks
+from .._backend import check_request
 
 __all__ = ["quantize", "pow2_scale_exponent"]
 
@@ -93,9 +93,9 @@ class _StraightThrough(torch.autograd.Function):
 def quantize(
     x: torch.Tensor,
     scale: torch.Tensor | float,
+    *,
     bits: int = 8,
     rounding: str = "nearest",
-    *,
     backend: str | None = None,
 ) -> torch.Tensor:
     """``clamp(round(x * scale), -q_max, q_max) / scale``, ``q_max = 2**(bits-1) - 1``.
@@ -114,15 +114,14 @@ def quantize(
     tensor must be a real one-element tensor (else ``TypeError``/``ValueError``), but its value
     is not read back (that would synchronise a GPU and break ``torch.compile`` graphs): an
     invalid value (0, negative, NaN, not a power of two) makes the whole output NaN instead.
-    The ``"reference"`` backend reads the value anyway and raises ``ValueError``.
 
     Args:
         x: any float tensor.
         scale: a positive power of two: a Python number or a one-element real tensor.
         bits: 2 .. 32.
         rounding: ``"nearest"`` or ``"truncate"``.
-        backend: ``"reference"`` runs :func:`snnspx.reference.quantize` (loops); every other
-            backend the PyTorch ops.
+        backend: checked like every op's (see :func:`snnspx.backends`); every backend runs
+            the same PyTorch ops (there is no compiled kernel).
     """
     _checks.check_tensor(x, "x", min_dim=0)
     _checks.check_quantizer_params(bits, rounding)
@@ -139,7 +138,5 @@ def quantize(
         scale = torch.scalar_tensor(s, dtype=torch.float64)
     else:
         raise TypeError(f"scale must be a Python number or a one-element tensor, got {type(scale).__name__}")
-    if resolve_python(backend, x.device) == "reference":
-        _check_scale_value(float(scale), acc)
-        return reference.quantize(x, scale, bits, rounding)
+    check_request(backend, x.device)
     return _StraightThrough.apply(x, scale, bits, rounding)

@@ -1,25 +1,37 @@
-"""Superpixel pooling (docs/maths.md §5): wrappers, the vectorised ``torch`` backend, fake
-kernels and autograd for the compiled ops.
+"""Superpixel pooling (docs/maths.md §5): its ops' schemas, PyTorch kernels, fake kernels and
+autograd formulas, and the public wrappers.
 
-Every backend is deterministic: the same inputs give the same bits on every run.
-The compiled kernels never use float atomics (see csrc/cpu/suppix.cpp and
-csrc/cuda/suppix.cu); the ``torch`` backend groups pixels by label with a stable
-sort and reduces the groups with :func:`torch.segment_reduce`, which walks each
-segment in a fixed order on the CPU and on CUDA (it avoids ``scatter_add``/
-``index_add``, whose CUDA kernels add in a varying order).
+The ops work on canonical layouts (:mod:`snnspx._checks.labels`): ``x`` ``[T, B, C, P]``, labels
+``[L, Bl, P]`` int32/int64 with ``L`` in ``{1, T}``, ``Bl`` in ``{1, B}``; negative labels are
+ignored pixels. ``mode`` is ``"sum" | "avg" | "max" | "avg_spike"`` (``"avg"`` whose backward is
+the spike form ``g / m``).
+
+* ``suppix_pool(x, labels, num_superpixels, mode, check_labels) -> (y [T, B, C, K], aux int32)``:
+  ``aux`` holds the counts ``[L, Bl, K]`` for sum/avg, the argmax ``[T, B, C, K]`` (-1 where empty)
+  for max, and ``m``, the non-zero inputs ``[T, B, C, K]``, for avg_spike. ``check_labels``: fail on
+  a label ``>= K``; without it such labels are ignored, never read or written out of bounds.
+* ``suppix_pool_backward(grad_y, labels, aux, mode) -> grad_x [T, B, C, P]``.
+* ``suppix_unpool(y, labels, check_labels) -> z [T, B, C, P]``, ``z[p] = y[labels[p]]``, 0 for
+  ignored pixels.
+* ``suppix_counts(labels, num_superpixels) -> int32 [L, Bl, K]``, labels outside ``[0, K)`` not counted.
+
+Every kernel is deterministic: the same inputs give the same bits on every run. The compiled
+kernels never use float atomics; the PyTorch kernels group pixels by label with a stable
+sort and reduce the groups with :func:`torch.segment_reduce`, which walks each segment in a
+fixed order on the CPU and on CUDA (``scatter_add``/``index_add`` add in a varying order on CUDA).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .. import _checks, reference
-from .._backend import resolve
+from .. import _checks, _library
+from .._backend import kernels, resolve
 
 __all__ = ["suppix_pool", "suppix_unpool", "suppix_counts"]
 
 
-# --------------------------------------------------------------------------- torch backend
+# --------------------------------------------------------------------------- PyTorch kernels
 def _segments(lab: torch.Tensor, K: int):
     """Per label map [L, Bl, P]: (keys, order, offsets): the labels stably sorted, the pixel
     indices in that order, and superpixel k's range [offsets[k], offsets[k + 1]) of it."""
@@ -30,8 +42,19 @@ def _segments(lab: torch.Tensor, K: int):
     return keys, order, torch.searchsorted(keys, bounds)
 
 
-def _pool_torch(x: torch.Tensor, lab: torch.Tensor, K: int, mode: str):
-    """x [T, B, C, P], lab [L, Bl, P] -> (y [T, B, C, K], aux) with the ops' aux (see csrc/ops.cpp)."""
+def check_strategy(op: str, strategy: str) -> None:
+    """The PyTorch kernels have one strategy, ``"torch"`` (``""`` chooses it); the same error as
+    the compiled kernels' for any other."""
+    if strategy not in ("", "torch"):
+        raise RuntimeError(f"{op}: unknown strategy '{strategy}'; this device's strategies are 'torch', or '' for the default")
+
+
+def _pool_kernel(x: torch.Tensor, lab: torch.Tensor, K: int, mode: str, check_labels: bool = False, strategy: str = ""):
+    """x [T, B, C, P], lab [L, Bl, P] -> (y [T, B, C, K], aux) (see the module docstring)."""
+    check_strategy("suppix_pool", strategy)
+    _checks.check_devices("suppix_pool", x=x, labels=lab)
+    if check_labels:
+        _checks.check_label_range(lab, K)
     T, B, C, P = x.shape
     L, Bl, _ = lab.shape
     dev = x.device
@@ -76,11 +99,16 @@ def _pool_torch(x: torch.Tensor, lab: torch.Tensor, K: int, mode: str):
             aux = seg((xs != 0).to(acc), "sum").to(torch.int32) if mode == "avg_spike" else None
     if mode in ("sum", "avg"):
         aux = counts.to(torch.int32)
-    return _checks.cast_output(y, x.dtype), aux  # every aux above is a fresh int32 tensor
+    return y.to(x.dtype), aux
 
 
-def _gather_torch(src: torch.Tensor, lab: torch.Tensor, aux: torch.Tensor | None, mode: str) -> torch.Tensor:
-    """out[t, b, c, p] from src[t, b, c, label(p)] [T, B, C, K] (see csrc/suppix_core.h's SupPixMode)."""
+def _pool_backward_kernel(
+    src: torch.Tensor, lab: torch.Tensor, aux: torch.Tensor | None, mode: str, strategy: str = ""
+) -> torch.Tensor:
+    """out[t, b, c, p] from src[t, b, c, label(p)] [T, B, C, K], divided as `mode` says: pooling's
+    backward (src = grad_y), and unpooling (mode "sum")."""
+    _checks.check_devices("suppix_pool_backward", grad_y=src, labels=lab, **({} if aux is None else {"aux": aux}))
+    check_strategy("suppix_pool_backward", strategy)
     T, B, C, K = src.shape
     P = lab.shape[-1]
     if K == 0 or src.numel() == 0:
@@ -102,59 +130,137 @@ def _gather_torch(src: torch.Tensor, lab: torch.Tensor, aux: torch.Tensor | None
     return torch.where(valid, val.gather(-1, idx), 0)
 
 
-class _TorchPool(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, lab, K, mode):
-        y, aux = _pool_torch(x, lab, K, mode)
-        ctx.save_for_backward(lab, aux)
-        ctx.mode = mode
-        ctx.mark_non_differentiable(aux)
-        ctx.set_materialize_grads(False)  # no zero-filled grads for the non-differentiable outputs
-        return y, aux
-
-    @staticmethod
-    def backward(ctx, grad_y, _grad_aux):
-        if grad_y is None:
-            return None, None, None, None
-        lab, aux = ctx.saved_tensors
-        return _TorchPoolGrad.apply(grad_y.contiguous(), lab, aux, ctx.mode), None, None, None
+def _unpool_kernel(y: torch.Tensor, lab: torch.Tensor, check_labels: bool, strategy: str) -> torch.Tensor:
+    check_strategy("suppix_unpool", strategy)
+    if check_labels:
+        _checks.check_label_range(lab, y.shape[-1])
+    return _pool_backward_kernel(y, lab, None, "sum")
 
 
-class _TorchPoolGrad(torch.autograd.Function):
-    """Pooling's backward (a gather), with the adjoint of :func:`_pool_adjoint` as its own
-    backward: a double backward rounds once, like the compiled backends and the reference."""
-
-    @staticmethod
-    def forward(ctx, grad_y, lab, aux, mode):
-        ctx.save_for_backward(lab, aux)
-        ctx.mode, ctx.K = mode, grad_y.shape[-1]
-        return _gather_torch(grad_y, lab, aux, mode)
-
-    @staticmethod
-    def backward(ctx, v):
-        lab, aux = ctx.saved_tensors
-        return _pool_adjoint(v.contiguous(), lab, aux, ctx.mode, ctx.K, _pool_torch_y), None, None, None
-
-
-def _pool_torch_y(v, lab, K, mode):
-    return _pool_torch(v, lab, K, mode)[0]
-
-
-class _TorchUnpool(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, y, lab):
-        ctx.save_for_backward(lab)
-        ctx.K = y.shape[-1]
-        return _gather_torch(y, lab, None, "sum")
-
-    @staticmethod
-    def backward(ctx, grad_z):
-        (lab,) = ctx.saved_tensors
-        return _pool_torch(grad_z.contiguous(), lab, ctx.K, "sum")[0], None
-
-
-def _counts_torch(lab: torch.Tensor, K: int) -> torch.Tensor:
+def _counts_kernel(lab: torch.Tensor, K: int) -> torch.Tensor:
     return _segments(lab, K)[2].diff(dim=-1).to(torch.int32)
+
+
+
+def _pool_adjoint(v: torch.Tensor, labels: torch.Tensor, aux: torch.Tensor, mode: str, K: int, pool) -> torch.Tensor:
+    """The adjoint of pooling's backward ``gather(., labels, aux, mode)``: [T, B, C, P] -> [T, B, C, K],
+    with ``pool(v, labels, K, mode)`` the sum/avg pooling of the backend. Sums and divides in
+    float32 (float64 for float64) and rounds once, as the reference does."""
+    if mode in ("sum", "avg"):  # sum / n with n the pixel count, 0 where n = 0
+        return pool(v, labels, K, mode)
+    if mode == "avg_spike":  # sum / m with m = aux, the non-zero inputs per (t, b, c, k)
+        s = pool(v.to(_checks.acc_dtype(v.dtype)), labels, K, "sum")
+        return _checks.cast_output(torch.where(aux > 0, s / aux.clamp(min=1), 0), v.dtype)
+    # max: the value at the argmax pixel, 0 for an empty superpixel (aux = -1)
+    if v.shape[-1] == 0:
+        return v.new_zeros(aux.shape)
+    return torch.where(aux >= 0, v.gather(-1, aux.clamp(min=0).long()), 0)
+
+
+def _pool_op(v, labels, K, mode):
+    return _POOL(v, labels, K, mode, False, "")[0]
+
+
+
+# --------------------------------------------------------------------------- schemas, fakes, autograd
+_library.define(
+    "suppix_pool(Tensor x, Tensor labels, int num_superpixels, str mode, bool check_labels, str strategy)"
+    " -> (Tensor, Tensor)",
+    _pool_kernel,
+)
+_library.define(
+    "suppix_pool_backward(Tensor grad_y, Tensor labels, Tensor aux, str mode, str strategy) -> Tensor",
+    _pool_backward_kernel,
+)
+_library.define("suppix_unpool(Tensor y, Tensor labels, bool check_labels, str strategy) -> Tensor", _unpool_kernel)
+_library.define("suppix_counts(Tensor labels, int num_superpixels) -> Tensor", _counts_kernel)
+# The strategy that `op` (a superpixel or fused op) runs with strategy "" for these inputs (x: the
+# op's first tensor in its canonical layout; labels [L, Bl, P]): which kernel serves a call,
+# without instrumenting the ops. The PyTorch kernel answers "torch".
+_library.define(
+    "_strategy(str op, Tensor x, Tensor labels, int num_superpixels, str mode) -> str",
+    lambda op, x, labels, num_superpixels, mode: "torch",
+)
+_POOL = _library.op("suppix_pool")
+_POOL_BACKWARD = _library.op("suppix_pool_backward")
+_UNPOOL = _library.op("suppix_unpool")
+_COUNTS = _library.op("suppix_counts")
+
+
+@torch.library.register_fake("snnspx::suppix_pool")
+def _pool_fake(x, labels, num_superpixels, mode, check_labels, strategy):
+    _checks.check_devices("suppix_pool", x=x, labels=labels)
+    T, B, C, _ = x.shape
+    K = num_superpixels
+    y = x.new_empty((T, B, C, K))
+    if mode in ("sum", "avg"):
+        aux = x.new_empty((labels.shape[0], labels.shape[1], K), dtype=torch.int32)
+    else:
+        aux = x.new_empty((T, B, C, K), dtype=torch.int32)
+    return y, aux
+
+
+@torch.library.register_fake("snnspx::suppix_pool_backward")
+def _pool_backward_fake(grad_y, labels, aux, mode, strategy):
+    _checks.check_devices("suppix_pool_backward", grad_y=grad_y, labels=labels, aux=aux)
+    T, B, C, _ = grad_y.shape
+    return grad_y.new_empty((T, B, C, labels.shape[-1]))
+
+
+@torch.library.register_fake("snnspx::suppix_unpool")
+def _unpool_fake(y, labels, check_labels, strategy):
+    _checks.check_devices("suppix_unpool", y=y, labels=labels)
+    T, B, C, _ = y.shape
+    return y.new_empty((T, B, C, labels.shape[-1]))
+
+
+@torch.library.register_fake("snnspx::suppix_counts")
+def _counts_fake(labels, num_superpixels):
+    return labels.new_empty((labels.shape[0], labels.shape[1], num_superpixels), dtype=torch.int32)
+
+
+def _pool_setup(ctx, inputs, output):
+    _, labels, _, mode, _, _ = inputs
+    ctx.save_for_backward(labels, output[1])
+    ctx.mode = mode
+    ctx.set_materialize_grads(False)  # no zero-filled grads for the non-differentiable outputs
+
+
+def _pool_backward(ctx, grad_y, _grad_aux):
+    if grad_y is None:
+        return (None,) * 6
+    labels, aux = ctx.saved_tensors
+    return (_POOL_BACKWARD(grad_y, labels, aux, ctx.mode, ""),) + (None,) * 5
+
+
+# Pooling's backward is linear in grad_y; its derivative (for a double backward) is the
+# adjoint map: pooling again with the same divisor, or a read at the argmax.
+def _pool_backward_setup(ctx, inputs, output):
+    grad_y, labels, aux, mode, _ = inputs
+    ctx.save_for_backward(labels, aux)
+    ctx.mode, ctx.K = mode, grad_y.shape[-1]
+
+
+def _pool_backward_backward(ctx, gg):
+    labels, aux = ctx.saved_tensors
+    return _pool_adjoint(gg, labels, aux, ctx.mode, ctx.K, _pool_op), None, None, None, None
+
+
+# Unpooling's backward is sum pooling (labels >= K were ignored forward, and are here).
+def _unpool_setup(ctx, inputs, output):
+    y, labels, _, _ = inputs
+    ctx.save_for_backward(labels)
+    ctx.K = y.shape[-1]
+
+
+def _unpool_backward(ctx, grad_z):
+    (labels,) = ctx.saved_tensors
+    return _POOL(grad_z, labels, ctx.K, "sum", False, "")[0], None, None, None
+
+
+_library.register_autograd("suppix_pool", _pool_backward, _pool_setup)
+_library.register_autograd("suppix_pool_backward", _pool_backward_backward, _pool_backward_setup)
+_library.register_autograd("suppix_unpool", _unpool_backward, _unpool_setup)
 
 
 # --------------------------------------------------------------------------- public wrappers
@@ -165,9 +271,9 @@ def _counts_shape(labels: torch.Tensor, counts: torch.Tensor, K: int) -> torch.T
 def suppix_pool(
     x: torch.Tensor,
     labels: torch.Tensor,
+    *,
     num_superpixels: int | None = None,
     mode: str = "avg",
-    *,
     grad: str = "exact",
     return_counts: bool = False,
     check_labels: bool = True,
@@ -210,8 +316,7 @@ def suppix_pool(
             small copy, made on a side stream, not for the pooling kernel), when K is given
             (an inferred K needs none). ``False`` skips it; labels ``>= K`` are then ignored
             like negative ones (never read or written out of bounds).
-        backend: ``"cuda"``, ``"cpp"``, ``"torch"``, ``"reference"`` or None (see
-            :func:`snnspx.backends`).
+        backend: ``"cuda"``, ``"cpp"``, ``"torch"`` or None (see :func:`snnspx.backends`).
 
     Returns:
         y ``[T, B, C, K]`` (``[B, C, K]`` for 4-D `x`) in the dtype of `x`; with
@@ -222,25 +327,13 @@ def suppix_pool(
     K, inferred = _checks.num_superpixels(lay.labels, num_superpixels)
     check = _checks.check_flag(check_labels, "check_labels") and not inferred
     b = resolve(backend, x.device)
-    if b == "reference":
-        return reference.suppix_pool(x, labels, K, mode, grad=grad, return_counts=return_counts, check_labels=check)
-    if b == "torch":
-        if check:
-            _checks.check_label_range(lay.labels, K)
-        y, aux = _TorchPool.apply(lay.data, lay.labels, K, internal)
-    else:
-        y, aux = torch.ops.snnspx.suppix_pool.default(lay.data, lay.labels, K, internal, check)
+    with kernels(b, x.device):
+        y, aux = _POOL(lay.data, lay.labels, K, internal, check, "")
+        if return_counts:
+            counts = aux if internal in ("sum", "avg") else _COUNTS(lay.labels, K)
     if lay.single_step:
         y = y[0]
-    if not return_counts:
-        return y
-    if internal in ("sum", "avg"):
-        counts = aux
-    elif b == "torch":
-        counts = _counts_torch(lay.labels, K)
-    else:
-        counts = torch.ops.snnspx.suppix_counts.default(lay.labels, K)
-    return y, _counts_shape(labels, counts, K)
+    return (y, _counts_shape(labels, counts, K)) if return_counts else y
 
 
 def suppix_unpool(
@@ -265,21 +358,13 @@ def suppix_unpool(
     lay = _checks.suppix_layout(y, labels, pooled=True)
     _checks.check_flag(check_labels, "check_labels")
     b = resolve(backend, y.device)
-    if b == "reference":
-        return reference.suppix_unpool(y, labels, check_labels=check_labels)
-    if b == "torch":
-        if check_labels:
-            _checks.check_label_range(lay.labels, y.shape[-1])
-        z = _TorchUnpool.apply(lay.data, lay.labels)
-    else:
-        z = torch.ops.snnspx.suppix_unpool.default(lay.data, lay.labels, check_labels)
+    with kernels(b, y.device):
+        z = _UNPOOL(lay.data, lay.labels, check_labels, "")
     z = z.unflatten(-1, lay.spatial)
     return z[0] if lay.single_step else z
 
 
-def suppix_counts(
-    labels: torch.Tensor, num_superpixels: int | None = None, *, backend: str | None = None
-) -> torch.Tensor:
+def suppix_counts(labels: torch.Tensor, *, num_superpixels: int | None = None, backend: str | None = None) -> torch.Tensor:
     """Pixels per superpixel, ``n[..., k]``: int64 of shape ``labels.shape[:-2] + (K,)``.
 
     `labels` and `num_superpixels` as for :func:`suppix_pool` (an inferred K reads the
@@ -288,108 +373,13 @@ def suppix_counts(
     _checks.check_labels_tensor(labels)
     K, inferred = _checks.num_superpixels(labels, num_superpixels)
     b = resolve(backend, labels.device)
-    if b == "reference":
-        return reference.suppix_counts(labels, K)
     if not inferred:
         _checks.check_label_range(labels, K)
     L = labels.shape[0] if labels.dim() == 4 else 1
     Bl = labels.shape[-3] if labels.dim() >= 3 else 1
     lab = labels.reshape(L, Bl, labels.shape[-2] * labels.shape[-1])  # no -1: H * W may be 0
-    if b == "torch":
-        counts = _counts_torch(lab, K)
-    else:
-        counts = torch.ops.snnspx.suppix_counts.default(lab, K)
+    with kernels(b, labels.device):
+        counts = _COUNTS(lab, K)
     return _counts_shape(labels, counts, K)
 
 
-def _pool_adjoint(v: torch.Tensor, labels: torch.Tensor, aux: torch.Tensor, mode: str, K: int, pool) -> torch.Tensor:
-    """The adjoint of pooling's backward ``gather(., labels, aux, mode)``: [T, B, C, P] -> [T, B, C, K],
-    with ``pool(v, labels, K, mode)`` the sum/avg pooling of the backend. Sums and divides in
-    float32 (float64 for float64) and rounds once, as the reference does."""
-    if mode in ("sum", "avg"):  # sum / n with n the pixel count, 0 where n = 0
-        return pool(v, labels, K, mode)
-    if mode == "avg_spike":  # sum / m with m = aux, the non-zero inputs per (t, b, c, k)
-        s = pool(v.to(_checks.acc_dtype(v.dtype)), labels, K, "sum")
-        return _checks.cast_output(torch.where(aux > 0, s / aux.clamp(min=1), 0), v.dtype)
-    # max: the value at the argmax pixel, 0 for an empty superpixel (aux = -1)
-    if v.shape[-1] == 0:
-        return v.new_zeros(aux.shape)
-    return torch.where(aux >= 0, v.gather(-1, aux.clamp(min=0).long()), 0)
-
-
-def _pool_op(v, labels, K, mode):
-    return torch.ops.snnspx.suppix_pool.default(v, labels, K, mode, False)[0]
-
-
-# --------------------------------------------------------------------------- registrations
-def _register() -> None:
-    """Fake kernels and autograd of the compiled superpixel ops (called once the schemas exist)."""
-    lib = "snnspx::"
-
-    @torch.library.register_fake(lib + "suppix_pool")
-    def _pool_fake(x, labels, num_superpixels, mode, check_labels):
-        T, B, C, _ = x.shape
-        K = num_superpixels
-        y = x.new_empty((T, B, C, K))
-        if mode in ("sum", "avg"):
-            aux = x.new_empty((labels.shape[0], labels.shape[1], K), dtype=torch.int32)
-        else:
-            aux = x.new_empty((T, B, C, K), dtype=torch.int32)
-        return y, aux
-
-    @torch.library.register_fake(lib + "suppix_pool_backward")
-    def _pool_backward_fake(grad_y, labels, aux, mode):
-        T, B, C, _ = grad_y.shape
-        return grad_y.new_empty((T, B, C, labels.shape[-1]))
-
-    @torch.library.register_fake(lib + "suppix_unpool")
-    def _unpool_fake(y, labels, check_labels):
-        T, B, C, _ = y.shape
-        return y.new_empty((T, B, C, labels.shape[-1]))
-
-    @torch.library.register_fake(lib + "suppix_counts")
-    def _counts_fake(labels, num_superpixels):
-        return labels.new_empty((labels.shape[0], labels.shape[1], num_superpixels), dtype=torch.int32)
-
-    def _pool_setup(ctx, inputs, output):
-        _, labels, _, mode, _ = inputs
-        ctx.save_for_backward(labels, output[1])
-        ctx.mode = mode
-        ctx.set_materialize_grads(False)  # no zero-filled grads for the non-differentiable outputs
-
-    def _pool_backward(ctx, grad_y, _grad_aux):
-        if grad_y is None:
-            return None, None, None, None, None
-        labels, aux = ctx.saved_tensors
-        grad_x = torch.ops.snnspx.suppix_pool_backward.default(grad_y, labels, aux, ctx.mode)
-        return grad_x, None, None, None, None
-
-    torch.library.register_autograd(lib + "suppix_pool", _pool_backward, setup_context=_pool_setup)
-
-    # Pooling's backward is linear in grad_y; its derivative (for a double backward) is the
-    # adjoint map: pooling again with the same divisor, or a read at the argmax.
-    def _pool_backward_setup(ctx, inputs, output):
-        grad_y, labels, aux, mode = inputs
-        ctx.save_for_backward(labels, aux)
-        ctx.mode, ctx.K = mode, grad_y.shape[-1]
-
-    def _pool_backward_backward(ctx, gg):
-        labels, aux = ctx.saved_tensors
-        return _pool_adjoint(gg, labels, aux, ctx.mode, ctx.K, _pool_op), None, None, None
-
-    torch.library.register_autograd(
-        lib + "suppix_pool_backward", _pool_backward_backward, setup_context=_pool_backward_setup
-    )
-
-    # The backward of unpooling is sum pooling (labels >= K were ignored forward, and are here).
-    def _unpool_setup(ctx, inputs, output):
-        y, labels, _ = inputs
-        ctx.save_for_backward(labels)
-        ctx.K = y.shape[-1]
-
-    def _unpool_backward(ctx, grad_z):
-        (labels,) = ctx.saved_tensors
-        grad_y, _ = torch.ops.snnspx.suppix_pool.default(grad_z, labels, ctx.K, "sum", False)
-        return grad_y, None, None
-
-    torch.library.register_autograd(lib + "suppix_unpool", _unpool_backward, setup_context=_unpool_setup)

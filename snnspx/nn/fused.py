@@ -18,15 +18,14 @@ class SRMSupPixPool(SRMModule):
         mode: ``"avg"`` (default) | ``"sum"`` | ``"max"``.
         num_superpixels: K, or None (default) to infer ``labels.max() + 1`` on every call
             (a GPU read-back; give K under ``torch.compile``).
-        tau_m, tau_s, tau_grad, v_th: SRM constants (defaults 5, 3, 2.5, 1).
-        du_inv_clamp, max_dudt_inv: the event-driven backward's clamps (defaults 4,
-            123456789).
+        params: the neuron's constants (:class:`snnspx.SRMParams`; default: its defaults).
         batch_first: `x` is ``[B, T, C, H, W]`` and the output ``[B, T, C, K]``; per-step
             labels are then ``[B, T, H, W]``. Default False. With True the fused kernels
             work on a time-major copy of `x`.
         backend: force a backend (see :func:`snnspx.backends`); None (default) picks one.
         check_labels: raise ``ValueError`` on a label ``>= K`` (default); ``False``
             ignores such pixels and saves the check's read-back (see the functional form).
+        **neuron: fields of :class:`snnspx.SRMParams` that replace those of `params`.
 
     Shape:
         - x: ``[T, B, C, H, W]`` currents (``[B, T, C, H, W]`` with ``batch_first``).
@@ -38,17 +37,14 @@ class SRMSupPixPool(SRMModule):
         self,
         mode: str = "avg",
         num_superpixels: int | None = None,
-        tau_m: float = 5.0,
-        tau_s: float = 3.0,
-        tau_grad: float = 2.5,
-        v_th: float = 1.0,
-        du_inv_clamp: float = 4.0,
-        max_dudt_inv: float = 123456789.0,
+        params: SRMParams | None = None,
+        *,
         batch_first: bool = False,
         backend: str | None = None,
         check_labels: bool = True,
+        **neuron,
     ) -> None:
-        super().__init__(tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, batch_first, backend)
+        super().__init__(params, neuron, batch_first, backend)
         _checks.suppix_mode(mode, "exact")
         if num_superpixels is not None:
             _checks.num_superpixels(torch.empty(0), num_superpixels)
@@ -56,15 +52,12 @@ class SRMSupPixPool(SRMModule):
         self.check_labels = _checks.check_flag(check_labels, "check_labels")
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.batch_first:
-            if x.dim() != 5:
-                raise ValueError(f"x must be [B, T, C, H, W] with batch_first=True, got shape {tuple(x.shape)}")
-            x = x.transpose(0, 1)
-            if labels.dim() == 4:
-                labels = labels.transpose(0, 1)
+        x = self._time_major(x, full_dim=5)
+        if self.batch_first and labels.dim() == 4:
+            labels = labels.transpose(0, 1)
         y = srm_suppix_pool(
-            x, labels, self.num_superpixels, self.mode, self.tau_m, self.tau_s, self.tau_grad, self.v_th,
-            self.du_inv_clamp, self.max_dudt_inv, check_labels=self.check_labels, backend=self.backend,
+            x, labels, num_superpixels=self.num_superpixels, mode=self.mode, params=self.params,
+            check_labels=self.check_labels, backend=self.backend,
         )
         return y.transpose(0, 1) if self.batch_first else y
 

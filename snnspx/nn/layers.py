@@ -7,7 +7,8 @@ from torch import nn
 
 from .. import _checks
 from ..functional import layers as F
-from ._base import SRMModule, backend_repr
+from ..params import SRMParams
+from ._base import SRMModule, backend_repr, check_backend
 from .quantizer import Quantizer
 
 __all__ = ["SRMConv2d", "SRMLinear", "SpikeAvgPool2d"]
@@ -28,9 +29,8 @@ def _orthogonal_(w: torch.Tensor) -> None:
 class _SRMLayer(SRMModule):
     """The SRM constants, the layout flag and the optional weight quantizer shared by the layers."""
 
-    def __init__(self, tau_m, tau_s, tau_grad, v_th, input_grad_scale, du_inv_clamp, max_dudt_inv,
-                 batch_first, weight_bits, weight_rounding, backend):
-        super().__init__(tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, batch_first, backend)
+    def __init__(self, params, neuron, input_grad_scale, batch_first, weight_bits, weight_rounding, backend):
+        super().__init__(params, neuron, batch_first, backend)
         _checks.check_input_grad_scale(input_grad_scale)
         self.input_grad_scale = float(input_grad_scale)
         _checks.check_rounding(weight_rounding, "weight_rounding")
@@ -41,21 +41,10 @@ class _SRMLayer(SRMModule):
             self.weight_quantizer.reset_running_stats()
 
     def _srm_kwargs(self) -> dict:
-        return dict(
-            tau_m=self.tau_m, tau_s=self.tau_s, tau_grad=self.tau_grad, v_th=self.v_th,
-            du_inv_clamp=self.du_inv_clamp, max_dudt_inv=self.max_dudt_inv,
-            input_grad_scale=self.input_grad_scale, backend=self.backend,
-        )
+        return dict(params=self.params, input_grad_scale=self.input_grad_scale, backend=self.backend)
 
     def _quantized(self, w: torch.Tensor) -> torch.Tensor:
         return w if self.weight_quantizer is None else self.weight_quantizer(w)
-
-    def _time_major(self, x: torch.Tensor) -> torch.Tensor:
-        if self.batch_first:
-            if x.dim() < 2:
-                raise ValueError(f"input must be [B, T, ...] with batch_first=True, got shape {tuple(x.shape)}")
-            return x.transpose(0, 1)
-        return x
 
     def _srm_repr(self) -> str:
         return f"input_grad_scale={self.input_grad_scale}, " + self._neuron_repr()
@@ -75,9 +64,9 @@ class SRMConv2d(_SRMLayer):
         stride, padding, dilation: ints or pairs, as :class:`torch.nn.Conv2d` (padding:
             numbers only, not ``"same"``). Defaults 1, 0, 1.
         groups: blocked connections, as :class:`torch.nn.Conv2d`. Default 1.
-        tau_m, tau_s, tau_grad, v_th: the neuron. Defaults 5, 3, 2.5, 1.
+        params: the neuron's constants and the backward's clamps (:class:`snnspx.SRMParams`;
+            default: its defaults).
         input_grad_scale: factor of the input-spike gradient. Default 0.85 (the original).
-        du_inv_clamp, max_dudt_inv: clamps of the backward. Defaults 4, 123456789.
         batch_first: inputs and outputs are ``[B, T, ...]`` instead of ``[T, B, ...]``.
             Default False.
         weight_bits: if set, the weight passes through a :class:`Quantizer` of that many
@@ -85,6 +74,8 @@ class SRMConv2d(_SRMLayer):
             through. Default None (no quantization).
         weight_rounding: the quantizer's rounding, ``"nearest"`` (default) or ``"truncate"``.
         backend: the SRM neuron's backend (see :func:`snnspx.backends`); None picks one.
+        **neuron: fields of :class:`snnspx.SRMParams` that replace those of `params`
+            (``SRMConv2d(2, 8, 3, v_th=0.5)``).
 
     Shape:
         - Input: spikes ``[T, B, C_in, H, W]`` (``[B, T, ...]`` with ``batch_first``).
@@ -105,22 +96,18 @@ class SRMConv2d(_SRMLayer):
         padding=0,
         dilation=1,
         groups: int = 1,
-        tau_m: float = 5.0,
-        tau_s: float = 3.0,
-        tau_grad: float = 2.5,
-        v_th: float = 1.0,
+        params: SRMParams | None = None,
+        *,
         input_grad_scale: float = 0.85,
-        du_inv_clamp: float = 4.0,
-        max_dudt_inv: float = 123456789.0,
         batch_first: bool = False,
         weight_bits: int | None = None,
         weight_rounding: str = "nearest",
         backend: str | None = None,
         device=None,
         dtype=None,
+        **neuron,
     ) -> None:
-        super().__init__(tau_m, tau_s, tau_grad, v_th, input_grad_scale, du_inv_clamp, max_dudt_inv,
-                         batch_first, weight_bits, weight_rounding, backend)
+        super().__init__(params, neuron, input_grad_scale, batch_first, weight_bits, weight_rounding, backend)
         self.stride, self.padding, self.dilation, self.groups = _checks.conv2d_params(stride, padding, dilation, groups)
         self.kernel_size = _checks.kernel_pair(kernel_size)
         if in_channels % groups or out_channels % groups:
@@ -137,8 +124,8 @@ class SRMConv2d(_SRMLayer):
 
     def forward(self, s_in: torch.Tensor) -> torch.Tensor:
         out = F.srm_conv2d(
-            self._time_major(s_in), self._quantized(self.weight), self.stride, self.padding, self.dilation,
-            self.groups, **self._srm_kwargs(),
+            self._time_major(s_in), self._quantized(self.weight), stride=self.stride, padding=self.padding,
+            dilation=self.dilation, groups=self.groups, **self._srm_kwargs(),
         )
         return out.transpose(0, 1) if self.batch_first else out
 
@@ -181,13 +168,9 @@ class SRMLinear(_SRMLayer):
         self,
         in_features: int,
         out_features: int,
-        tau_m: float = 5.0,
-        tau_s: float = 3.0,
-        tau_grad: float = 2.5,
-        v_th: float = 1.0,
+        params: SRMParams | None = None,
+        *,
         input_grad_scale: float = 0.85,
-        du_inv_clamp: float = 4.0,
-        max_dudt_inv: float = 123456789.0,
         weight_norm: bool = True,
         eps: float = 1e-5,
         batch_first: bool = False,
@@ -196,9 +179,9 @@ class SRMLinear(_SRMLayer):
         backend: str | None = None,
         device=None,
         dtype=None,
+        **neuron,
     ) -> None:
-        super().__init__(tau_m, tau_s, tau_grad, v_th, input_grad_scale, du_inv_clamp, max_dudt_inv,
-                         batch_first, weight_bits, weight_rounding, backend)
+        super().__init__(params, neuron, input_grad_scale, batch_first, weight_bits, weight_rounding, backend)
         if weight_norm and in_features < 2:
             raise ValueError(f"weight_norm needs in_features >= 2 (an unbiased variance per row), got {in_features}")
         self.in_features, self.out_features = in_features, out_features
@@ -228,7 +211,7 @@ class SRMLinear(_SRMLayer):
         """
         w = self.weight
         if self.weight_norm:
-            w = F.standardize_weight(w, self.bn_weight, self.bn_bias, self.eps)
+            w = F.standardize_weight(w, self.bn_weight, self.bn_bias, eps=self.eps)
         return self._quantized(w)
 
     def forward(self, s_in: torch.Tensor) -> torch.Tensor:
@@ -253,8 +236,8 @@ class SpikeAvgPool2d(nn.Module):
         kernel_size: int or pair, also the stride. Default 2.
         batch_first: accepted for symmetry with the other layers; pooling acts on each
             ``[H, W]`` plane, so both layouts pass through unchanged.
-        backend: None (default) or ``"torch"``: the PyTorch ops; ``"reference"``: the loops.
-            There is no compiled kernel, but ``"cpp"`` and ``"cuda"`` are still requests:
+        backend: None (default) or ``"torch"``: the PyTorch ops. There is no compiled
+            kernel, but ``"cpp"`` and ``"cuda"`` are still requests:
             the device is checked (``"cuda"`` with CPU tensors, or ``"cpp"`` with CUDA
             tensors, raises ``ValueError``) and their library is built or loaded
             (``BuildError`` if it fails) before the PyTorch ops run. An unknown name raises
@@ -266,15 +249,15 @@ class SpikeAvgPool2d(nn.Module):
         - Output: ``[T, B, C, H // kH, W // kW]``, same layout and dtype.
     """
 
-    def __init__(self, kernel_size=2, batch_first: bool = False, backend: str | None = None) -> None:
+    def __init__(self, kernel_size=2, *, batch_first: bool = False, backend: str | None = None) -> None:
         super().__init__()
         self.kernel_size = _checks.kernel_pair(kernel_size)
-        _checks.check_backend_name(backend)
+        check_backend(backend)
         self.batch_first = _checks.check_flag(batch_first, "batch_first")
         self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.spike_avg_pool2d(x, self.kernel_size, backend=self.backend)
+        return F.spike_avg_pool2d(x, kernel_size=self.kernel_size, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, batch_first={self.batch_first}" + backend_repr(self.backend)

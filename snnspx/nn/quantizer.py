@@ -131,7 +131,7 @@ class Quantizer(nn.Module):
             )
         # In training, before any finite value was seen (scale_exponent -1), scale 1.
         scale = torch.exp2(self.scale_exponent.clamp(min=0).to(torch.float64))
-        return Q.quantize(x, scale, self.bits, self.rounding)
+        return Q.quantize(x, scale, bits=self.bits, rounding=self.rounding)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

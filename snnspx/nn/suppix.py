@@ -7,7 +7,7 @@ from torch import nn
 
 from .. import _checks
 from ..functional import suppix as F
-from ._base import backend_repr
+from ._base import backend_repr, check_backend
 
 __all__ = ["SupPixPool", "SupPixUnpool"]
 
@@ -55,7 +55,7 @@ class SupPixPool(nn.Module):
     ) -> None:
         super().__init__()
         _checks.suppix_mode(mode, grad)
-        _checks.check_backend_name(backend)
+        check_backend(backend)
         if num_superpixels is not None:
             _checks.num_superpixels(torch.empty(0), num_superpixels)
         self.mode, self.grad, self.num_superpixels = mode, grad, num_superpixels
@@ -67,7 +67,7 @@ class SupPixPool(nn.Module):
         if self.batch_first:
             x, labels = _time_major(x, 5), _time_major(labels, 4)
         y = F.suppix_pool(
-            x, labels, self.num_superpixels, self.mode, grad=self.grad, check_labels=self.check_labels,
+            x, labels, num_superpixels=self.num_superpixels, mode=self.mode, grad=self.grad, check_labels=self.check_labels,
             backend=self.backend,
         )
         return _time_major(y, 4) if self.batch_first else y
@@ -94,7 +94,7 @@ class SupPixUnpool(nn.Module):
 
     def __init__(self, check_labels: bool = True, batch_first: bool = False, backend: str | None = None) -> None:
         super().__init__()
-        _checks.check_backend_name(backend)
+        check_backend(backend)
         self.check_labels = _checks.check_flag(check_labels, "check_labels")
         self.batch_first = _checks.check_flag(batch_first, "batch_first")
         self.backend = backend
