@@ -1,9 +1,12 @@
-"""The JIT build: the CPU library builds here, the CUDA one compiles and links
-wherever nvcc and a CUDA build of PyTorch exist (also without a GPU), and a
-failed build is reported, never silently replaced."""
+"""The JIT build: the ops exist at import without any build, the CPU library builds here,
+the CUDA one compiles and links wherever nvcc and a CUDA build of PyTorch exist (also
+without a GPU), and a failed build is reported, never silently replaced."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,15 +22,63 @@ def test_cpu_library_builds():
     assert torch._C._dispatch_has_kernel_for_dispatch_key("snnspx::srm_forward", "CPU")
 
 
+IMPORT_ONLY = r"""
+import sys, torch, snnspx
+from snnspx import _build
+op = torch.ops.snnspx.srm_forward
+x = torch.randn(4, 2, 3, device="meta")
+spikes, du, dut = op(x, 5.0, 3.0, 2.5, 1.0)
+assert spikes.device.type == "meta" and spikes.shape == du.shape == dut.shape == x.shape
+assert du.dtype == torch.float32
+s = snnspx.functional.srm_neuron(x.requires_grad_(), v_th=0.5)  # the wrapper, autograd included
+s.sum().backward()
+assert s.shape == x.grad.shape == x.shape and x.grad.device.type == "meta"
+assert not torch._C._dispatch_has_kernel_for_dispatch_key("snnspx::srm_forward", "CPU")
+# the strategy query answers for the kernels that serve: here the PyTorch ones
+lab = torch.zeros(1, 1, 4, dtype=torch.int64)
+assert torch.ops.snnspx._strategy("suppix_pool", torch.zeros(1, 1, 1, 4), lab, 1, "sum") == "torch"
+assert _build.is_loaded("cpu") is False and _build.is_loaded("cuda") is False
+print(sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("snnspx::")))
+"""
+
+
+def test_ops_exist_at_import_without_a_build(tmp_path):
+    """`import snnspx` declares every op (snnspx._library; no C++ schema): in a fresh process
+    with an empty cache and no compiler, the ops resolve and run on meta tensors (their fake
+    kernels and autograd formulas), and no compiled library is loaded: the strategy query
+    answers "torch"."""
+    env = dict(os.environ, SNNSPX_CACHE_DIR=str(tmp_path / "empty-cache"), CXX=str(tmp_path / "no-compiler"))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(snnspx.__file__).resolve().parent.parent),
+                                                      os.environ.get("PYTHONPATH")]))
+    env.pop("SNNSPX_BACKEND", None)
+    proc = subprocess.run([sys.executable, "-c", IMPORT_ONLY], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ops = proc.stdout.strip().splitlines()[-1]
+    for name in ("srm_forward", "srm_backward", "srm_neuron_fwd", "suppix_pool", "suppix_unpool", "srm_suppix_pool"):
+        assert f"'snnspx::{name}'" in ops, ops
+    assert "kernel_calls" not in ops, ops
+    assert not (tmp_path / "empty-cache").exists() or not any((tmp_path / "empty-cache").iterdir())
+
+
+def test_schemas_are_declared_in_python():
+    """One declaration per op, in Python (snnspx._library); the C++ sources only add kernels to
+    them (TORCH_LIBRARY_IMPL), and hold no test instrumentation."""
+    import re
+
+    assert not hasattr(snnspx, "kernel_calls")
+    assert not hasattr(torch.ops.snnspx, "_kernel_calls")
+    src = _build.source_dir()
+    assert not (src / "ops.cpp").exists()
+    files = sorted(p for p in src.rglob("*") if p.suffix in (".cpp", ".cu", ".h", ".cuh"))
+    assert len(files) >= 6, files
+    pattern = re.compile(r"TORCH_LIBRARY(_FRAGMENT)?\(|\bm\.def\(|kernel_calls")
+    declaring = [p.name for p in files if pattern.search(p.read_text())]
+    assert declaring == [], f"schemas or instrumentation in {declaring}"
+
+
 def _snnspx_ops() -> list[str]:
     """Every operator registered in the snnspx namespace, from the dispatcher's own list."""
     return sorted(name for name in torch._C._dispatch_get_all_op_names() if name.startswith("snnspx::"))
-
-
-def _device_independent(op: str) -> bool:
-    """The test sentinels (_kernel_calls, _cuda_kernel_calls) have one kernel for every device
-    (CompositeImplicitAutograd, registered with their schema) instead of a CPU and a CUDA one."""
-    return torch._C._dispatch_has_kernel_for_dispatch_key(op, "CompositeImplicitAutograd")
 
 
 @pytest.mark.skipif(torch.version.cuda is None, reason="needs a CUDA build of PyTorch")
@@ -36,23 +87,29 @@ def test_cuda_extension_compiles_and_links():
     """Runs in CI on machines with no GPU: a broken kernel fails here, not on a user's GPU.
 
     Every operator of the snnspx namespace (the list comes from the dispatcher, not from
-    this file) has a CPU and a CUDA kernel, apart from the device-independent sentinels."""
+    this file) has its PyTorch kernel, and a CPU and a CUDA kernel once both libraries are loaded.
+    The one private op is the strategy query `_strategy` (kernels for every device, no autograd
+    formula or fake kernel: it returns a str); no test sentinels."""
+    _build.load_library("cpu")
     _build.load_library("cuda")
     ops = _snnspx_ops()
-    device_ops = [op for op in ops if not _device_independent(op)]
-    sentinels = sorted(set(ops) - set(device_ops))
-    assert sentinels == ["snnspx::_cuda_kernel_calls", "snnspx::_kernel_calls"], sentinels
+    device_ops = [op for op in ops if not op.startswith("snnspx::_")]
+    assert [op for op in ops if op.startswith("snnspx::_")] == ["snnspx::_strategy"], ops
+    assert all(torch._C._dispatch_has_kernel_for_dispatch_key(op, "CompositeExplicitAutograd") for op in device_ops)
     assert len(device_ops) >= 11, device_ops  # srm_* (4), suppix_* (4), srm_suppix_pool* (3) at least
     assert "snnspx::srm_suppix_pool_bwd" in device_ops and "snnspx::suppix_counts" in device_ops
     for key in ("CPU", "CUDA"):
         missing = [op for op in device_ops if not torch._C._dispatch_has_kernel_for_dispatch_key(op, key)]
         assert not missing, f"no {key} kernel registered for {missing}"
+    for key in ("CompositeExplicitAutograd", "CPU", "CUDA"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key("snnspx::_strategy", key), key
+    assert not [op for op in ops if "kernel_calls" in op], ops
 
 
 def test_backends_report():
     info = snnspx.backends()
-    assert set(info) == set(snnspx.BACKENDS)
-    assert info["torch"].available and info["reference"].available
+    assert set(info) == set(snnspx.BACKENDS) == {"cuda", "cpp", "torch"}
+    assert info["torch"].available and "reference" not in info
     if not torch.cuda.is_available():
         assert not info["cuda"].available and "CUDA device" in info["cuda"].reason
 
@@ -74,7 +131,7 @@ def test_failed_build_is_an_error_when_requested_and_a_warning_by_default(monkey
 def test_broken_source_gives_the_compiler_message(tmp_path, monkeypatch):
     src = tmp_path / "csrc"
     (src / "cpu").mkdir(parents=True)
-    (src / "ops.cpp").write_text("#include <torch/library.h>\nthis is not C++;\n")
+    (src / "cpu" / "ops.cpp").write_text("#include <torch/library.h>\nthis is not C++;\n")
     monkeypatch.setattr(_build, "source_dir", lambda: src)
     monkeypatch.setenv("SNNSPX_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(_build.BuildError, match=r"(?s)building the snnspx cpu library failed.*this is not C\+\+"):
@@ -84,7 +141,9 @@ def test_broken_source_gives_the_compiler_message(tmp_path, monkeypatch):
 def test_missing_compiler_says_what_and_how_to_fix(tmp_path, monkeypatch):
     """A library that must be compiled, with no compiler at $CXX: the error names the
     compiler and the fixes, rather than ending a page of ninja command lines with
-    'c++: not found'. A library already built loads without a compiler."""
+    'c++: not found'. A library already built (a complete cache entry) loads without a compiler."""
+    real_cache = os.environ.get("SNNSPX_CACHE_DIR")
+    _build.load_library("cpu")  # the real cache holds a complete entry from here on
     monkeypatch.setenv("SNNSPX_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     with pytest.raises(_build.BuildError, match=r"(?s)no C\+\+ compiler: CXX=.*no-such-compiler.*build-essential.*backend='torch'"):
@@ -93,10 +152,15 @@ def test_missing_compiler_says_what_and_how_to_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no c++ on it
     with pytest.raises(_build.BuildError, match=r"no C\+\+ compiler: 'c\+\+', the default"):
         _build._build("cpu")
-    built = tmp_path / "built"
-    built.mkdir()
-    (built / "snnspx_cpu.so").touch()
-    assert _build._missing_compiler("cpu", built) is None
+    if real_cache is None:
+        monkeypatch.delenv("SNNSPX_CACHE_DIR")
+    else:
+        monkeypatch.setenv("SNNSPX_CACHE_DIR", real_cache)
+    assert _build.entry_state(_build.cache_entry("cpu"), "cpu") == "complete"
+    monkeypatch.setattr(_build, "_loaded", {})
+    monkeypatch.setattr(_build, "_failed", {})
+    _build.load_library("cpu")  # PATH has no compiler
+    assert _build._loaded["cpu"][1] is False, "the complete entry should load, not compile"
 
 
 def test_fallback_warning_points_at_the_callers_line(monkeypatch):

@@ -82,6 +82,14 @@ def train(model, params, spikes, labels, target):
     return grads
 
 
+def fused_backward_kernels(fn) -> list[str]:
+    """Which kernel served each call of the fused op's backward in fn() (see
+    conftest.kernels_run: "compiled" or "torch")."""
+    from conftest import kernels_run
+
+    return kernels_run(fn).get("snnspx::srm_suppix_pool_bwd", [])
+
+
 def _worker(rank: int, port: int, out_dir: str, backends: list[str]) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -98,11 +106,14 @@ def _worker(rank: int, port: int, out_dir: str, backends: list[str]) -> None:
             net = make_net(backend)
             model = DDP(net)
             params = list(net.parameters())
-            grads = train(model, params, spikes[:, part], labels, target[part])
+            out = []
+            calls = fused_backward_kernels(
+                lambda: out.append(train(model, params, spikes[:, part], labels, target[part])))
             results[backend] = {
-                "grads": grads,
+                "grads": out[0],
                 "params": [p.detach().clone() for p in params],
-                "calls": snnspx.kernel_calls("cpu.srm_suppix_pool_bwd") if backend == "cpp" else 0,
+                "calls": calls,
+                "cpu_kernel": torch._C._dispatch_has_kernel_for_dispatch_key("snnspx::srm_suppix_pool_bwd", "CPU"),
             }
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.barrier()
@@ -167,5 +178,7 @@ def test_ddp_matches_single_process(backend, ddp_results):
                 torch.testing.assert_close(a, b, msg=lambda m: f"rank {r}, step {step}, parameter {i}: {m}")
         for a, b in zip(got["params"], params):
             torch.testing.assert_close(a, b.detach())
-        if backend == "cpp":
-            assert got["calls"] == STEPS, "each rank should run the compiled fused backward once per step"
+        kind = "compiled" if backend == "cpp" else "torch"
+        assert got["calls"] == [kind] * STEPS, f"each rank should run the {kind} fused backward once per step"
+        if backend == "cpp":  # the compiled kernel is registered, so the dispatcher picks it
+            assert got["cpu_kernel"]

@@ -51,8 +51,11 @@ def test_superpixel_demo_small(tmp_path):
     text = proc.stdout
     for stage in range(1, 8):
         assert re.search(rf"^\[{stage}/7\] .*done in [0-9.]+ s$", text, re.M), f"no progress line for stage {stage}"
-    assert re.search(r"running on cpu with the '(cpp|torch)' backend", text)
+    backend = re.search(r"running on cpu with the '(cpp|torch)' backend", text)
+    assert backend
     assert "gradient norms: conv1.weight" in text
+    if backend.group(1) == "cpp":  # the C++ kernels served the neuron and fused ops
+        assert re.search(r"compiled kernels run: snnspx::srm_forward x[1-9].*snnspx::srm_suppix_pool_bwd x[1-9]", text)
 
 
 def test_superpixel_demo_rejects_a_missing_device(tmp_path):

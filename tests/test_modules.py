@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import snnspx
-from conftest import ALL_BACKENDS
+from conftest import GRID
 
 
 def _layers(backend):
@@ -17,7 +17,7 @@ def _layers(backend):
     }
 
 
-@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("backend,device", GRID)
 @pytest.mark.parametrize("layer", ["linear", "conv"])
 def test_layers_under_autocast(backend, device, layer, gen):
     """Inside torch.autocast the synapse runs in the autocast dtype, forward and backward,
@@ -39,7 +39,7 @@ def test_layers_under_autocast(backend, device, layer, gen):
     s2 = s.detach().clone().requires_grad_()
     w = m2.weight
     if layer == "linear":
-        w_hat = snnspx.functional.standardize_weight(w, m2.bn_weight, m2.bn_bias, m2.eps)
+        w_hat = snnspx.functional.standardize_weight(w, m2.bn_weight, m2.bn_bias, eps=m2.eps)
         y2 = snnspx.functional.srm_linear(s2.to(dtype), w_hat.to(dtype), v_th=0.5, backend=backend)
     else:
         y2 = snnspx.functional.srm_conv2d(s2.to(dtype), w.to(dtype), padding=1, v_th=0.5, backend=backend)
@@ -109,11 +109,11 @@ def test_extra_repr_shows_every_setting():
     assert "check_labels=False" in r and "batch_first=True" in r and "backend='torch'" in r
     r = repr(snnspx.nn.SupPixUnpool(check_labels=False, backend="cpp"))
     assert r == "SupPixUnpool(check_labels=False, batch_first=False, backend='cpp')"
-    assert "backend='reference'" in repr(snnspx.nn.SpikeAvgPool2d(backend="reference"))
+    assert "backend='cpp'" in repr(snnspx.nn.SpikeAvgPool2d(backend="cpp"))
     assert "check_labels=True" in repr(snnspx.nn.SRMSupPixPool())
 
 
-@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("backend,device", GRID)
 def test_stacked_layers_under_autocast(backend, device, gen):
     """The README's network under autocast: the second layer receives spikes already in the
     autocast dtype while its weight is float32; both train, the weights' gradients float32."""
@@ -131,6 +131,50 @@ def test_stacked_layers_under_autocast(backend, device, gen):
         assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
 
 
+def _srm_modules():
+    return {
+        "neuron": lambda *a, **kw: snnspx.nn.SRMNeuron(*a, **kw),
+        "conv": lambda *a, **kw: snnspx.nn.SRMConv2d(2, 4, 3, 1, 0, 1, 1, *a, **kw),
+        "linear": lambda *a, **kw: snnspx.nn.SRMLinear(8, 4, *a, **kw),
+        "fused": lambda *a, **kw: snnspx.nn.SRMSupPixPool("avg", 4, *a, **kw),
+    }
+
+
+@pytest.mark.parametrize("name", ["neuron", "conv", "linear", "fused"])
+def test_modules_take_params_and_expose_them(name, gen):
+    """Every SRM module takes params=SRMParams(...) (also positionally, right after its own
+    arguments), the fields as keywords, or both (the keywords win); it exposes ``.params`` and
+    the fields as read-only attributes, and runs that neuron."""
+    import dataclasses
+
+    make = _srm_modules()[name]
+    p = snnspx.SRMParams(tau_m=6.0, v_th=0.5)
+    forms = [make(params=p), make(p), make(tau_m=6.0, v_th=0.5),
+             make(params=snnspx.SRMParams(tau_m=6.0, v_th=2.0), v_th=0.5)]
+    for m in forms:
+        assert m.params == p and isinstance(m.params, snnspx.SRMParams)
+        got = (m.tau_m, m.tau_s, m.tau_grad, m.v_th, m.du_inv_clamp, m.max_dudt_inv)
+        assert got == (6.0, 3.0, 2.5, 0.5, 4.0, snnspx.MAX_DUDT_INV), got
+        with pytest.raises(AttributeError):
+            m.tau_m = 7.0
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            m.params.v_th = 0.25
+    assert make().params == snnspx.SRMParams()
+    with pytest.raises(TypeError):
+        make(p, True)  # batch_first (and everything after params) is keyword-only
+    with pytest.raises(ValueError, match="tau_m and tau_s must differ"):
+        make(tau_m=3.0)
+    with pytest.raises(TypeError, match="v_th"):
+        make(v_th="1.0")
+    if name == "neuron":  # the module runs its params: the oracle's spikes, also after params is replaced
+        x = torch.randn(8, 2, 5, generator=gen) * 2
+        m = forms[0]
+        assert torch.equal(m(x), snnspx.reference.srm_forward(x, params=p)[0])
+        m.params = snnspx.SRMParams(tau_m=6.0, v_th=0.25)
+        assert m.v_th == 0.25
+        assert torch.equal(m(x), snnspx.reference.srm_forward(x, tau_m=6.0, v_th=0.25)[0])
+
+
 def test_meta_tensors_reach_the_backend_check():
     """A device autocast does not know (meta) gets the backend's own error, not autocast's."""
     s = torch.zeros(2, 1, 4, device="meta")
@@ -139,16 +183,19 @@ def test_meta_tensors_reach_the_backend_check():
         snnspx.functional.srm_linear(s, w, backend="cpp")
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch", "cpp"])
+@pytest.mark.parametrize("backend", ["oracle", "torch", "cpp"])
 def test_functional_check_labels_must_be_bool(backend):
+    """The functional ops and the oracle's functions (snnspx.reference) alike."""
     x = torch.zeros(2, 1, 1, 2, 2)
     lab = torch.zeros(2, 2, dtype=torch.long)
+    F = snnspx.reference if backend == "oracle" else snnspx.functional
+    kw = {} if backend == "oracle" else dict(backend=backend)
     with pytest.raises(TypeError, match="check_labels must be True or False"):
-        snnspx.functional.suppix_pool(x, lab, 1, check_labels="no", backend=backend)
+        F.suppix_pool(x, lab, num_superpixels=1, check_labels="no", **kw)
     with pytest.raises(TypeError, match="check_labels must be True or False"):
-        snnspx.functional.suppix_unpool(torch.zeros(2, 1, 1, 1), lab, check_labels=None, backend=backend)
+        F.suppix_unpool(torch.zeros(2, 1, 1, 1), lab, check_labels=None, **kw)
     with pytest.raises(TypeError, match="check_labels must be True or False"):
-        snnspx.functional.srm_suppix_pool(x, lab, 1, check_labels=1, backend=backend)
+        F.srm_suppix_pool(x, lab, num_superpixels=1, check_labels=1, **kw)
 
 
 def _every_module():

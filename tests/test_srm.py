@@ -1,18 +1,30 @@
-"""SRM neuron (docs/maths.md §2-§3): every backend against snnspx.reference, elementwise."""
+"""SRM neuron (docs/maths.md §2-§3): every backend against snnspx.reference, elementwise.
+
+The ops' outputs are compared with ``reference.srm_forward`` and their gradients (``x.grad``,
+``srm_backward``) with ``reference.srm_backward`` / ``reference.srm_neuron_backward``: plain
+loops without autograd. Edge cases the oracle must survive too call those functions directly.
+"""
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import math
 
 import pytest
 import torch
 
 import snnspx
+from snnspx import MAX_DUDT_INV, SRMParams
 from snnspx import functional as F
 from snnspx import reference as R
-from conftest import ALL_BACKENDS, COMPILED, DTYPES, GRID
+from snnspx._backend import resolve
+from conftest import COMPILED, DTYPES, GRID, profiled_ops
 
 PARAMS = dict(tau_m=5.0, tau_s=3.0, tau_grad=2.5)
+# Arithmetic ops of the PyTorch kernels (functional/srm.py) that the compiled kernels never
+# dispatch: in the profile of a block that runs snnspx ops only, they show a PyTorch kernel ran.
+TORCH_KERNEL_OPS = {"aten::where", "aten::mul", "aten::reciprocal", "aten::clamp"}
 
 
 def currents(gen, shape, dtype=torch.float32, device="cpu", mean=0.5, std=1.0):
@@ -31,6 +43,20 @@ def assert_forward_equal(got, want, msg=""):
     torch.testing.assert_close(dut.cpu(), rdut.cpu(), rtol=0, atol=0, msg=lambda m: f"dut {msg}: {m}")
 
 
+def srm_ops(counts: collections.Counter) -> dict:
+    return {k: v for k, v in counts.items() if k.startswith("snnspx::")}
+
+
+def run_every_srm_op(x, backend):
+    """srm_forward, srm_backward and srm_neuron with its backward, once each."""
+    s, du, dut = F.srm_forward(x, backend=backend)
+    F.srm_backward(torch.ones_like(s), s, du, dut, backend=backend)
+    F.srm_neuron(x.detach().clone().requires_grad_(), backend=backend).sum().backward()
+
+
+ONCE_EACH = {f"snnspx::{n}": 1 for n in ("srm_forward", "srm_backward", "srm_neuron_fwd", "srm_neuron_bwd")}
+
+
 # --------------------------------------------------------------------------- forward
 @pytest.mark.parametrize("backend,device", GRID)
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -38,7 +64,7 @@ def assert_forward_equal(got, want, msg=""):
 def test_forward_matches_reference(backend, device, dtype, shape, gen):
     x = currents(gen, shape, dtype, device, std=4.0 if shape[0] == 1 else 1.0)
     got = F.srm_forward(x, v_th=1.0, backend=backend, **PARAMS)
-    want = R.srm_forward(x, v_th=1.0, **PARAMS)
+    want = R.srm_forward(x, params=SRMParams(v_th=1.0, **PARAMS))
     assert want[0].sum() > 0, "the test input should make some neurons spike"
     assert_forward_equal(got, want, f"({backend}, {device}, {dtype})")
     assert got[0].device.type == device
@@ -61,7 +87,7 @@ def test_forward_noncontiguous(backend, device, gen):
         assert_forward_equal(got, R.srm_forward(x))
 
 
-@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("backend,device", GRID)
 def test_forward_empty_T(backend, device):
     for shape in [(0, 3, 4), (0,), (3, 0)]:
         x = torch.zeros(shape, device=device)
@@ -74,11 +100,28 @@ def test_forward_empty_T(backend, device):
         assert xg.grad.shape == shape
 
 
-@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+def test_reference_empty_T():
+    """The oracle on empty inputs: T = 0 and no neurons."""
+    for shape in [(0, 3, 4), (0,), (3, 0)]:
+        x = torch.zeros(shape)
+        spikes, du, dut = R.srm_forward(x)
+        assert spikes.shape == du.shape == dut.shape == shape
+        gw, gt = R.srm_backward(spikes, spikes, du, dut)
+        assert gw.shape == gt.shape == shape
+        assert R.srm_neuron_backward(spikes, x).shape == shape
+
+
+@pytest.mark.parametrize("backend,device", GRID)
 def test_backward_spikes_must_be_float(backend, device):
     s, du, dut = F.srm_forward(torch.randn(4, 3, device=device), backend=backend)
     with pytest.raises(TypeError, match="spikes must be float32"):
         F.srm_backward(s, s.bool(), du, dut, backend=backend)
+
+
+def test_reference_backward_spikes_must_be_float():
+    s, du, dut = R.srm_forward(torch.randn(4, 3))
+    with pytest.raises(TypeError, match="spikes must be float32"):  # the op's message
+        R.srm_backward(s, s.bool(), du, dut)
 
 
 @pytest.mark.parametrize("backend,device", GRID)
@@ -144,9 +187,9 @@ def test_backward_matches_reference(backend, device, dtype, T, gen):
     spikes, du, dut = R.srm_forward(x)
     assert spikes.sum() > 0, "the test input should make some neurons spike"
     grad = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype).to(device)
-    kw = dict(du_inv_clamp=4.0, max_dudt_inv=123456789.0, **PARAMS)
-    gw, gt = F.srm_backward(grad, spikes, du, dut, backend=backend, **kw)
-    rw, rt = R.srm_backward(grad, spikes, du, dut, **kw)
+    p = SRMParams(du_inv_clamp=4.0, max_dudt_inv=MAX_DUDT_INV, **PARAMS)
+    gw, gt = F.srm_backward(grad, spikes, du, dut, params=p, backend=backend)
+    rw, rt = R.srm_backward(grad, spikes, du, dut, params=p)
     assert gw.dtype == gt.dtype == dtype
     assert rw.abs().sum() > 0 and rt.abs().sum() > 0, "the test should exercise a non-zero gradient"
     torch.testing.assert_close(gw.cpu(), rw.cpu(), msg=lambda m: f"grad_w ({backend}): {m}")
@@ -184,7 +227,7 @@ def test_backward_clamps_and_ignores_silent_grads(backend, device):
     torch.testing.assert_close(gt[:, 0].cpu(), torch.tensor([2 * -7.0 * -(0.6**2), 2 * -7.0 * -0.6, 0.0]))
 
 
-@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("backend,device", GRID)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_neuron_autograd_matches_reference(backend, device, dtype, gen):
     x = currents(gen, (20, 3, 5), dtype, device)
@@ -192,10 +235,24 @@ def test_neuron_autograd_matches_reference(backend, device, dtype, gen):
     xg = x.clone().requires_grad_()
     spikes = F.srm_neuron(xg, du_inv_clamp=3.0, max_dudt_inv=50.0, backend=backend)
     (spikes * w).sum().backward()
-    rs, rdu, rdut = R.srm_forward(x)
-    rw, _ = R.srm_backward(w, rs, rdu, rdut, du_inv_clamp=3.0, max_dudt_inv=50.0)
+    rs = R.srm_forward(x)[0]
+    rw = R.srm_neuron_backward(w, x, du_inv_clamp=3.0, max_dudt_inv=50.0)
     assert torch.equal(spikes.detach().cpu(), rs.cpu())
     torch.testing.assert_close(xg.grad.cpu(), rw.cpu())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_reference_neuron_backward_is_the_composition(dtype, gen):
+    """reference.srm_neuron_backward is srm_backward's grad_w on srm_forward's outputs, with
+    the given constants; plain loops: nothing the oracle returns is part of an autograd graph."""
+    x = currents(gen, (20, 3, 5), dtype).requires_grad_()
+    w = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype)
+    p = SRMParams(du_inv_clamp=3.0, max_dudt_inv=50.0)
+    rs, rdu, rdut = R.srm_forward(x, params=p)
+    rw, rt = R.srm_backward(w, rs, rdu, rdut, params=p)
+    got = R.srm_neuron_backward(w, x, params=p)
+    assert torch.equal(got, rw) and got.dtype == dtype
+    assert not any(t.requires_grad for t in (rs, rdu, rdut, rw, rt, got))
 
 
 @pytest.mark.parametrize("backend,device", GRID)
@@ -281,12 +338,10 @@ def test_backward_noncontiguous(backend, device, dtype, gen):
     assert torch.equal(grads[0], grads[1])
 
 
-@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
-def test_nonfinite_inputs_follow_the_rule(backend, device, gen):
-    """docs/maths.md §2: a NaN current (or +inf and -inf meeting in m - s; an infinite current
-    enters both traces, so any one does) makes u NaN; the neuron then never spikes again and
-    gets gradient 0 from there on. Every backend gives the reference's spikes, state (NaN
-    where it is NaN) and gradient."""
+NONFINITE_NEURONS = ((0, 4), (1, 5), (2, 5), (3, 7))  # (neuron, first step with a NaN u)
+
+
+def nonfinite_currents(gen, device):
     x = currents(gen, (12, 5), torch.float32, device)
     x[0:3, :] = 3.0  # spikes early on every neuron, so the NaN neurons have a gradient before
     x[4, 0] = math.nan
@@ -294,30 +349,55 @@ def test_nonfinite_inputs_follow_the_rule(backend, device, gen):
     x[5, 2], x[6, 2] = math.inf, -math.inf
     x[7, 3] = -math.inf
     x[:, 4] = 3.0  # a finite neuron that keeps spiking
+    return x
+
+
+def test_reference_nonfinite_inputs_follow_the_rule(gen):
+    """The oracle itself follows docs/maths.md §2's rule for NaN/inf currents (see below)."""
+    x = nonfinite_currents(gen, "cpu")
+    spikes, du, dut = R.srm_forward(x)
+    for n, t in NONFINITE_NEURONS:
+        assert spikes[t:, n].sum() == 0 and torch.isnan(du[t:, n]).all(), f"neuron {n} after step {t}"
+    assert spikes[7:, 4].sum() > 0, "the finite neuron keeps spiking"
+    w = torch.randn(x.shape, generator=gen)
+    rw, rt = R.srm_backward(w, spikes, du, dut)
+    assert torch.equal(R.srm_neuron_backward(w, x), rw)
+    for n, t in NONFINITE_NEURONS:
+        assert torch.all(rw[t:, n] == 0) and torch.all(rt[t:, n] == 0), f"neuron {n}: no gradient after step {t}"
+    assert torch.isfinite(rw).all() and rw[:4, 0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+def test_nonfinite_inputs_follow_the_rule(backend, device, gen):
+    """docs/maths.md §2: a NaN current (or +inf and -inf meeting in m - s; an infinite current
+    enters both traces, so any one does) makes u NaN; the neuron then never spikes again and
+    gets gradient 0 from there on. Every backend gives the reference's spikes, state (NaN
+    where it is NaN) and gradient."""
+    x = nonfinite_currents(gen, device)
     got = F.srm_forward(x, backend=backend)
     want = R.srm_forward(x.cpu())
     for a, b in zip(got, want):
         torch.testing.assert_close(a.cpu(), b, rtol=0, atol=0, equal_nan=True)
     spikes, du = got[0].cpu(), got[1].cpu()
-    for n, t in ((0, 4), (1, 5), (2, 5), (3, 7)):
+    for n, t in NONFINITE_NEURONS:
         assert spikes[t:, n].sum() == 0 and torch.isnan(du[t:, n]).all(), f"neuron {n} after step {t}"
     assert spikes[7:, 4].sum() > 0, "the finite neuron keeps spiking"
     w = torch.randn(x.shape, generator=gen).to(device)
     xg = x.clone().requires_grad_()
     (F.srm_neuron(xg, backend=backend) * w).sum().backward()
-    rw, _ = R.srm_backward(w.cpu(), *want)
+    rw = R.srm_neuron_backward(w.cpu(), x.cpu())
     torch.testing.assert_close(xg.grad.cpu(), rw, rtol=1.3e-6, atol=1e-5, equal_nan=True)
-    for n, t in ((0, 4), (1, 5), (2, 5), (3, 7)):
+    for n, t in NONFINITE_NEURONS:
         assert torch.all(xg.grad[t:, n] == 0), f"neuron {n}: no gradient after step {t} (no later spike)"
     assert torch.isfinite(xg.grad).all() and xg.grad[:4, 0].abs().sum() > 0
 
 
 def test_subthreshold_recurrence_gradcheck(gen):
     """Below threshold the recurrence is linear in x: gradcheck the membrane it produces."""
-    from snnspx.functional.srm import _forward_torch
+    from snnspx.functional.srm import _forward_kernel  # the PyTorch kernel, under plain autograd
 
     x = currents(gen, (6, 3), torch.float64, mean=0.0, std=0.1).requires_grad_()
-    torch.autograd.gradcheck(lambda v: torch.cumsum(_forward_torch(v, 5.0, 3.0, 2.5, math.inf)[1], 0), (x,))
+    assert torch.autograd.gradcheck(lambda v: torch.cumsum(_forward_kernel(v, 5.0, 3.0, 2.5, math.inf)[1], 0), (x,))
 
 
 # --------------------------------------------------------------------------- module, compile, opcheck
@@ -328,6 +408,26 @@ def test_module_batch_first(backend, device, gen):
     m_tf = snnspx.nn.SRMNeuron(backend=backend)
     assert torch.equal(m_bf(x), m_tf(x.transpose(0, 1)).transpose(0, 1))
     assert "tau_m=5.0" in repr(m_bf)
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+def test_module_params(backend, device, gen):
+    """SRMNeuron(params, **neuron) runs srm_neuron with SRMParams.make(params, **neuron); its
+    fields read as read-only attributes; a new ``params`` replaces them all."""
+    p = SRMParams(tau_m=7.0, tau_s=2.0, tau_grad=3.0, v_th=0.8, du_inv_clamp=2.0, max_dudt_inv=9.0)
+    m = snnspx.nn.SRMNeuron(p, v_th=0.6, backend=backend)
+    assert m.params == dataclasses.replace(p, v_th=0.6) and (m.tau_m, m.v_th) == (7.0, 0.6)
+    with pytest.raises(AttributeError):
+        m.tau_m = 4.0
+    x = currents(gen, (9, 2, 4), torch.float32, device)
+    xg = x.clone().requires_grad_()
+    out = m(xg)
+    w = torch.randn(x.shape, generator=gen).to(device)
+    (out * w).sum().backward()
+    assert torch.equal(out.detach().cpu(), R.srm_forward(x.cpu(), params=m.params)[0])
+    torch.testing.assert_close(xg.grad.cpu(), R.srm_neuron_backward(w.cpu(), x.cpu(), params=m.params))
+    m.params = SRMParams()
+    assert m.v_th == 1.0 and torch.equal(m(x).cpu(), R.srm_forward(x.cpu())[0])
 
 
 @pytest.mark.parametrize("backend,device", COMPILED)
@@ -370,8 +470,10 @@ def test_opcheck(backend, device, gen):
         torch.library.opcheck(ops.srm_neuron_bwd.default, (g, saved, 5.0, 3.0, 2.5, 4.0, 1e8))
 
 
-def test_saved_state_is_compact(gen):
-    """srm_neuron keeps one [2, T, ...] tensor for backward: 8 bytes per float32 neuron-step."""
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_saved_state_is_compact(backend, gen):
+    """srm_neuron keeps one [2, T, ...] tensor for backward: 8 bytes per float32 neuron-step,
+    whichever kernel runs (one autograd formula)."""
     x = currents(gen, (16, 4, 8), torch.float32).requires_grad_()
     saved = []
 
@@ -380,56 +482,133 @@ def test_saved_state_is_compact(gen):
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        F.srm_neuron(x, backend="cpp")
+        F.srm_neuron(x, backend=backend)
     total = sum(t.numel() * t.element_size() for t in saved)
     assert total == 8 * x.numel(), f"saved {total / x.numel()} bytes per neuron-step"
 
 
 # --------------------------------------------------------------------------- sentinels and errors
 def test_cpp_kernel_actually_runs():
-    before = snnspx.kernel_calls("cpu.srm_forward"), snnspx.kernel_calls("cpu.srm_backward")
-    s, du, dut = F.srm_forward(torch.randn(3, 4), backend="cpp")
-    F.srm_backward(torch.ones_like(s), s, du, dut, backend="cpp")
-    assert (snnspx.kernel_calls("cpu.srm_forward"), snnspx.kernel_calls("cpu.srm_backward")) == (
-        before[0] + 1, before[1] + 1)
-    # With no backend given, CPU tensors go to the compiled kernel when it builds, not to a fallback.
-    before_fwd, before_bwd = snnspx.kernel_calls("cpu.srm_neuron_fwd"), snnspx.kernel_calls("cpu.srm_neuron_bwd")
-    x = torch.randn(5, 4).requires_grad_()
-    F.srm_neuron(x).sum().backward()
-    assert snnspx.kernel_calls("cpu.srm_neuron_fwd") == before_fwd + 1
-    assert snnspx.kernel_calls("cpu.srm_neuron_bwd") == before_bwd + 1
+    """The cpp library's CPU kernels serve the neuron's ops (a CPU kernel beats the PyTorch
+    CompositeExplicitAutograd kernel): each op runs once per call, with none of the PyTorch
+    kernel's arithmetic inside, for backend="cpp" and, CPU tensors going to the compiled
+    kernels when they build rather than to a fallback, with no backend given."""
+    F.srm_forward(torch.zeros(1, 1), backend="cpp")  # loads the library
+    for name in ONCE_EACH:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CPU"), name
+    assert resolve(None, torch.device("cpu")) == "cpp"
+    for backend in ("cpp", None):
+        ran = profiled_ops(lambda: run_every_srm_op(torch.randn(5, 4), backend))
+        assert srm_ops(ran) == ONCE_EACH, f"backend={backend}"
+        assert not TORCH_KERNEL_OPS & ran.keys(), f"backend={backend}: the PyTorch kernel ran"
+
+
+def test_torch_backend_runs_pytorch_kernels_on_cpu(gen):
+    """backend="torch" with the cpp library loaded runs the same ops with their PyTorch kernels
+    (the backward too: it follows the forward's choice), and the same values as cpp."""
+    F.srm_forward(torch.zeros(1, 1), backend="cpp")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("snnspx::srm_forward", "CPU")
+    x = currents(gen, (8, 3, 4))
+    ran = profiled_ops(lambda: run_every_srm_op(x, "torch"))
+    assert srm_ops(ran) == ONCE_EACH
+    assert TORCH_KERNEL_OPS <= ran.keys(), "the PyTorch kernels did not run"
+    # the choice holds for the backward of srm_neuron alone (it runs after the forward's block)
+    xg = x.clone().requires_grad_()
+    out = F.srm_neuron(xg, backend="torch")
+    ran = profiled_ops(lambda: out.sum().backward())
+    assert ran["snnspx::srm_neuron_bwd"] == 1 and "aten::where" in ran
+    for a, b in zip(F.srm_forward(x, backend="torch"), F.srm_forward(x, backend="cpp")):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.cuda
 def test_cuda_kernel_actually_runs(gen):
-    """Every CUDA kernel of the neuron runs once per call (the counters are the C++ side's);
-    with no backend given, CUDA tensors go to the compiled kernels."""
-    names = ["cuda.srm_forward", "cuda.srm_backward", "cuda.srm_neuron_fwd", "cuda.srm_neuron_bwd"]
-    before = {n: snnspx.kernel_calls(n) for n in names}
+    """Every CUDA op of the neuron runs once per call, with its CUDA kernel (none of the
+    PyTorch kernel's arithmetic); with no backend given, CUDA tensors go to the compiled kernels."""
     x = currents(gen, (6, 4), device="cuda")
-    s, du, dut = F.srm_forward(x, backend="cuda")
-    F.srm_backward(torch.ones_like(s), s, du, dut, backend="cuda")
-    F.srm_neuron(x.clone().requires_grad_()).sum().backward()
-    assert {n: snnspx.kernel_calls(n) - before[n] for n in names} == dict.fromkeys(names, 1)
+    F.srm_forward(x, backend="cuda")  # loads the library
+    for name in ONCE_EACH:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CUDA"), name
+    assert resolve(None, torch.device("cuda")) == "cuda"
+    for backend in ("cuda", None):
+        ran = profiled_ops(lambda: run_every_srm_op(x, backend))
+        assert srm_ops(ran) == ONCE_EACH, f"backend={backend}"
+        assert not TORCH_KERNEL_OPS & ran.keys(), f"backend={backend}: the PyTorch kernel ran"
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch", "cpp"])
-def test_bad_arguments_name_the_argument(backend):
+def check_bad_arguments(forward, backward):
+    """Argument errors name the argument; `forward`/`backward` take srm_forward's/srm_backward's
+    arguments (an op's backend or the reference)."""
     x = torch.randn(4, 3)
     with pytest.raises(ValueError, match="tau_m and tau_s must differ"):
-        F.srm_forward(x, tau_m=3.0, tau_s=3.0, backend=backend)
+        forward(x, tau_m=3.0, tau_s=3.0)
     for name in ("tau_m", "tau_s", "tau_grad"):
         with pytest.raises(ValueError, match=name):
-            F.srm_forward(x, **{name: 1.0}, backend=backend)
+            forward(x, **{name: 1.0})
     with pytest.raises(TypeError, match="x must be float32"):
-        F.srm_forward(torch.ones(4, 3, dtype=torch.int64), backend=backend)
+        forward(torch.ones(4, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match="x must have at least 1"):
-        F.srm_forward(torch.tensor(1.0), backend=backend)
-    s, du, dut = F.srm_forward(x, backend=backend)
+        forward(torch.tensor(1.0))
+    s, du, dut = forward(x)
     with pytest.raises(ValueError, match="du must have the shape"):
-        F.srm_backward(s, s, du[:2], dut, backend=backend)
+        backward(s, s, du[:2], dut)
     with pytest.raises(ValueError, match="du_inv_clamp"):
-        F.srm_backward(s, s, du, dut, du_inv_clamp=-1.0, backend=backend)
+        backward(s, s, du, dut, du_inv_clamp=-1.0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_bad_arguments_name_the_argument(backend):
+    check_bad_arguments(
+        lambda *a, **k: F.srm_forward(*a, backend=backend, **k), lambda *a, **k: F.srm_backward(*a, backend=backend, **k)
+    )
+
+
+def test_reference_bad_arguments_name_the_argument():
+    check_bad_arguments(R.srm_forward, R.srm_backward)
+
+
+def test_ops_check_params_through_srm_params():
+    """The functional ops take params= and SRMParams fields as keywords (which override it);
+    a bad field or keyword is the error of SRMParams; every argument after the tensors is keyword-only."""
+    x = torch.randn(4, 3)
+    s, du, dut = F.srm_forward(x)
+    for call in (lambda **k: F.srm_forward(x, **k), lambda **k: F.srm_neuron(x, **k),
+                 lambda **k: F.srm_backward(s, s, du, dut, **k)):
+        with pytest.raises(ValueError, match="tau_m must be a finite number > 1"):
+            call(params=SRMParams(), tau_m=0.5)
+        with pytest.raises(TypeError, match="v_th must be a Python number"):
+            call(v_th="1")
+        with pytest.raises(TypeError, match="params must be an snnspx.SRMParams"):
+            call(params=dict(tau_m=5.0))
+        with pytest.raises(TypeError):
+            call(tau=5.0)  # not a field
+    with pytest.raises(TypeError):
+        F.srm_forward(x, 5.0)  # positional constants are gone
+    with pytest.raises(TypeError):
+        F.srm_neuron(x, SRMParams())
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+def test_params_and_keywords_agree(backend, device, gen):
+    """params=SRMParams(...) and the same fields as keywords run the same neuron, as the
+    reference does with them; keywords replace the fields of params."""
+    p = SRMParams(tau_m=7.0, tau_s=2.0, tau_grad=3.0, v_th=0.8, du_inv_clamp=2.0, max_dudt_inv=9.0)
+    fields = dataclasses.asdict(p)
+    x = currents(gen, (15, 2, 3), torch.float64, device)
+    w = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(device)
+    want = R.srm_forward(x, params=p)
+    assert want[0].sum() > 0
+    assert_forward_equal(F.srm_forward(x, params=p, backend=backend), want)
+    assert_forward_equal(F.srm_forward(x, backend=backend, **fields), want)
+    q = dataclasses.replace(p, v_th=0.3)
+    assert_forward_equal(F.srm_forward(x, params=p, v_th=0.3, backend=backend), R.srm_forward(x, params=q))
+    rw, rt = R.srm_backward(w, *want, params=p)
+    for got in (F.srm_backward(w, *want, params=p, backend=backend), F.srm_backward(w, *want, backend=backend, **fields)):
+        torch.testing.assert_close(got[0].cpu(), rw.cpu(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got[1].cpu(), rt.cpu(), rtol=1e-12, atol=1e-12)
+    xg = x.clone().requires_grad_()
+    (F.srm_neuron(xg, params=p, v_th=0.3, backend=backend) * w).sum().backward()
+    torch.testing.assert_close(xg.grad.cpu(), R.srm_neuron_backward(w, x, params=q).cpu(), rtol=1e-12, atol=1e-12)
 
 
 def test_compiled_op_checks_its_arguments():
@@ -443,9 +622,9 @@ def test_compiled_op_checks_its_arguments():
     # The fused ops check the threshold like srm_forward.
     x, labels, nan = torch.randn(3, 1, 1, 2), torch.zeros(1, 1, 2, dtype=torch.long), float("nan")
     with pytest.raises(ValueError, match="v_th must not be NaN"):
-        ops.srm_suppix_pool(x, labels, 1, "sum", 5.0, 3.0, 2.5, nan, True)
+        ops.srm_suppix_pool(x, labels, 1, "sum", 5.0, 3.0, 2.5, nan, True, "")
     with pytest.raises(ValueError, match="v_th must not be NaN"):
-        ops.srm_suppix_pool_fwd(x, labels, 1, "sum", 5.0, 3.0, 2.5, nan, 4.0, 1e8, True)
+        ops.srm_suppix_pool_fwd(x, labels, 1, "sum", 5.0, 3.0, 2.5, nan, 4.0, 1e8, True, "")
     with pytest.raises(RuntimeError, match="x must be a floating-point tensor"):
         ops.srm_forward(torch.ones(3, 2, dtype=torch.int32), 5.0, 3.0, 2.5, 1.0)
     x = torch.randn(3, 2)
@@ -459,13 +638,21 @@ def test_compiled_op_checks_its_arguments():
 def test_backend_selection(monkeypatch):
     with pytest.raises(ValueError, match="backend must be one of"):
         F.srm_forward(torch.randn(2, 2), backend="triton")
+    with pytest.raises(ValueError, match="'reference' is not a backend"):
+        F.srm_forward(torch.randn(2, 2), backend="reference")
+    with pytest.raises(ValueError, match="'reference' is not a backend"):
+        snnspx.nn.SRMNeuron(backend="reference")
     monkeypatch.setenv("SNNSPX_BACKEND", "nope")
     with pytest.raises(ValueError, match="SNNSPX_BACKEND must be one of"):
         F.srm_forward(torch.randn(2, 2))
+    monkeypatch.setenv("SNNSPX_BACKEND", "reference")
+    with pytest.raises(ValueError, match="SNNSPX_BACKEND='reference' is not a backend"):
+        F.srm_forward(torch.randn(2, 2))
     monkeypatch.setenv("SNNSPX_BACKEND", "torch")
-    before = snnspx.kernel_calls("cpu.srm_forward")
-    F.srm_forward(torch.randn(2, 2))
-    assert snnspx.kernel_calls("cpu.srm_forward") == before, "SNNSPX_BACKEND=torch must not run the kernel"
+    F.srm_forward(torch.zeros(1, 1), backend="cpp")  # the cpp kernels are loaded, yet not used:
+    assert resolve(None, torch.device("cpu")) == "torch"
+    ran = profiled_ops(lambda: F.srm_forward(torch.randn(2, 2)))
+    assert ran["snnspx::srm_forward"] == 1 and "aten::where" in ran, "SNNSPX_BACKEND=torch must not run the kernel"
     monkeypatch.setenv("SNNSPX_BACKEND", "cuda")
     with pytest.raises(ValueError, match="runs on CUDA tensors"):
         F.srm_forward(torch.randn(2, 2))

@@ -1,0 +1,123 @@
+"""SRMParams, the neuron's one parameter object: validation, replacement, and the dtype check
+that rejects time constants whose decays round to the same number."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+import snnspx
+from snnspx import SRMParams, functional as F
+
+
+def test_defaults_fields_and_repr():
+    """Defaults and the named constant; every field a float; thresholds and clamps unbounded
+    where the neuron allows it; a repr that evaluates back to the same params."""
+    p = SRMParams()
+    assert dataclasses.astuple(p) == (5.0, 3.0, 2.5, 1.0, 4.0, snnspx.MAX_DUDT_INV)
+    assert snnspx.MAX_DUDT_INV == 123456789.0
+    q = SRMParams(tau_m=7, tau_s=2, tau_grad=3, v_th=-1, du_inv_clamp=0, max_dudt_inv=math.inf)
+    assert all(type(v) is float for v in dataclasses.astuple(q)), "int fields become floats"
+    assert (q.tau_m, q.v_th, q.du_inv_clamp, q.max_dudt_inv) == (7.0, -1.0, 0.0, math.inf)
+    assert SRMParams(v_th=math.inf).v_th == math.inf and SRMParams(v_th=-1e300).v_th == -1e300
+    assert repr(p) == (
+        "SRMParams(tau_m=5.0, tau_s=3.0, tau_grad=2.5, v_th=1.0, du_inv_clamp=4.0, max_dudt_inv=123456789.0)"
+    )
+    assert eval(repr(q), {"SRMParams": SRMParams, "inf": math.inf}) == q
+
+
+def test_frozen_and_replaced_by_make():
+    """Frozen, hashable, compared by value; make returns the defaults, the params given, or a
+    copy with fields replaced (validated again)."""
+    p = SRMParams(tau_m=7)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.tau_m = 3.0
+    assert hash(SRMParams()) == hash(SRMParams()) and SRMParams(v_th=2.0) != SRMParams()
+    q = SRMParams.make(p, v_th=0.5)
+    assert (q.tau_m, q.v_th, p.v_th) == (7.0, 0.5, 1.0)
+    every = SRMParams(tau_m=7, tau_s=2, tau_grad=3, v_th=-1, du_inv_clamp=0, max_dudt_inv=math.inf)
+    assert SRMParams.make(every, v_th=0.5) == dataclasses.replace(every, v_th=0.5)
+    assert SRMParams.make() == SRMParams()
+    assert SRMParams.make(p) is p and SRMParams.make(None, tau_s=2) == SRMParams(tau_s=2)
+    with pytest.raises(ValueError, match="tau_s must be a finite number > 1"):
+        SRMParams.make(p, tau_s=1.0)
+    with pytest.raises(TypeError, match="params must be an snnspx.SRMParams"):
+        SRMParams.make({"tau_m": 5.0})
+    with pytest.raises(TypeError, match="tau_x"):
+        SRMParams.make(None, tau_x=1.0)
+
+
+@pytest.mark.parametrize(
+    "fields, error, match",
+    [
+        ({"tau_m": "5"}, TypeError, "tau_m must be a Python number, got str"),
+        ({"tau_m": None}, TypeError, "tau_m must be a Python number, got NoneType"),
+        ({"tau_m": True}, TypeError, "tau_m must be a Python number, got bool"),
+        ({"tau_m": torch.tensor(5.0)}, TypeError, "tau_m must be a Python number, got Tensor"),
+        ({"v_th": True}, TypeError, "v_th must be a Python number, got bool"),
+        ({"tau_m": 1.0}, ValueError, "tau_m must be a finite number > 1, got 1.0"),
+        ({"tau_s": 1.0}, ValueError, "tau_s must be a finite number > 1, got 1.0"),
+        ({"tau_s": 0.5}, ValueError, "tau_s must be a finite number > 1, got 0.5"),
+        ({"tau_grad": 1.0}, ValueError, "tau_grad must be a finite number > 1, got 1.0"),
+        ({"tau_grad": float("inf")}, ValueError, "tau_grad must be a finite number > 1"),
+        ({"tau_grad": float("nan")}, ValueError, "tau_grad must be a finite number > 1"),
+        ({"tau_m": float("inf")}, ValueError, "tau_m must be a finite number > 1"),
+        ({"tau_m": float("nan")}, ValueError, "tau_m must be a finite number > 1"),
+        ({"tau_m": 3.0}, ValueError, "tau_m and tau_s must differ"),
+        ({"v_th": float("nan")}, ValueError, "v_th must not be NaN"),
+        ({"du_inv_clamp": -1.0}, ValueError, "du_inv_clamp must be >= 0"),
+        ({"du_inv_clamp": float("nan")}, ValueError, "du_inv_clamp must be >= 0"),
+        ({"max_dudt_inv": -0.5}, ValueError, "max_dudt_inv must be >= 0"),
+        ({"max_dudt_inv": float("nan")}, ValueError, "max_dudt_inv must be >= 0"),
+    ],
+)
+def test_invalid_fields_are_named(fields, error, match):
+    with pytest.raises(error, match=match):
+        SRMParams(**fields)
+    with pytest.raises(error, match=match):  # the same check through every entry point
+        F.srm_neuron(torch.ones(2, 3), **fields)
+    with pytest.raises(error, match=match):
+        snnspx.nn.SRMNeuron(**fields)
+
+
+def test_tables_and_constants():
+    p = SRMParams(tau_m=4.0, tau_s=2.0, tau_grad=3.0)
+    a_m, a_s, a_g, c = p.constants()
+    assert (a_m, a_s, a_g, c) == (0.75, 0.5, 1 - 1 / 3, 2.0)
+    epsw, epst = p.tables(3)
+    assert epsw == [c * (a_m ** (d + 1) - a_s ** (d + 1)) for d in range(3)]
+    assert epst == [-(a_g ** (d + 1)) for d in range(3)]
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_decays_equal_in_float32_are_rejected(backend):
+    """tau_m = 5 and tau_s = 5.0000001 differ in double but give the same float32 decay: the
+    membrane would stay 0 and the neuron never fire. Float32 inputs are rejected with the dtype
+    and the gap to use; float64 inputs keep working."""
+    x = torch.randn(8, 3) + 2.0
+    with pytest.raises(ValueError, match=r"same decay 1 - 1/tau in float32 .*differ by at least about 1\.5e-06"):
+        F.srm_neuron(x, tau_m=5.0, tau_s=5.0000001, backend=backend)
+    for fn in (lambda: F.srm_forward(x, tau_m=5.0, tau_s=5.0000001, backend=backend),
+               lambda: F.srm_suppix_pool(x.reshape(2, 1, 1, 2, 6), torch.zeros(2, 6, dtype=torch.long),
+                                         tau_m=5.0, tau_s=5.0000001, backend=backend),
+               lambda: snnspx.nn.SRMLinear(3, 2, tau_m=5.0, tau_s=5.0000001, backend=backend)(x.reshape(8, 1, 3))):
+        with pytest.raises(ValueError, match="same decay"):
+            fn()
+    spikes = F.srm_neuron(x.double(), tau_m=5.0, tau_s=5.0000001, backend=backend)
+    assert spikes.sum() > 0  # in float64 the decays differ, and the neuron fires
+    assert F.srm_neuron(x, tau_m=5.0, tau_s=5.00001, backend=backend).shape == x.shape
+
+
+def test_modules_carry_one_params():
+    p = SRMParams(tau_m=6.0, v_th=0.4)
+    conv = snnspx.nn.SRMConv2d(2, 3, 3, params=p, v_th=0.6)
+    assert conv.params == SRMParams(tau_m=6.0, v_th=0.6)
+    assert conv.tau_m == 6.0 and conv.v_th == 0.6
+    with pytest.raises(AttributeError):
+        conv.v_th = 0.1
+    for m in (snnspx.nn.SRMNeuron(p), snnspx.nn.SRMLinear(4, 2, p), snnspx.nn.SRMSupPixPool("sum", 3, p)):
+        assert m.params is p
+        assert "tau_m=6.0" in repr(m)
