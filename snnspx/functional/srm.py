@@ -59,19 +59,17 @@ def _forward_kernel(x, tau_m, tau_s, tau_grad, v_th):
     return spikes, du, dut
 
 
-def _factors(du, dut, spk, du_inv_clamp, max_dudt_inv, dtype):
-    """The spike-time factors ``clamp(-1/du, -du_inv_clamp, 0)`` and ``clamp(-1/dut, -max_dudt_inv, 0)``
-    at spikes; the silent marker ``+1`` and ``0`` elsewhere (the layout of ``saved``)."""
+def _factors(du, dut, du_inv_clamp, max_dudt_inv, dtype):
+    """The spike-time factors ``clamp(-1/du, -du_inv_clamp, 0)`` and ``clamp(-1/dut, -max_dudt_inv, 0)``."""
     lo_w = -_checks.to_acc_float(du_inv_clamp, dtype)  # inf beyond float32's range, as in the kernels
     lo_t = -_checks.to_acc_float(max_dudt_inv, dtype)
-    fw = torch.where(spk, torch.clamp(torch.reciprocal(-du), lo_w, 0.0), 1.0)
-    ft = torch.where(spk, torch.clamp(torch.reciprocal(-dut), lo_t, 0.0), 0.0)
-    return fw, ft
+    return torch.clamp(torch.reciprocal(-du), lo_w, 0.0), torch.clamp(torch.reciprocal(-dut), lo_t, 0.0)
 
 
-def _grad_loop(grad_spikes, spk, fw, ft, tau_m, tau_s, tau_grad, with_t: bool):
-    """§3's backward walk from T-1 down to 0 over factors ``fw``/``ft`` read at spikes."""
-    acc = fw.dtype
+def _grad_loop(grad_spikes, step, tau_m, tau_s, tau_grad, acc, with_t: bool):
+    """§3's backward walk from T-1 down to 0; ``step(t)`` gives ``(spiked, fw, ft)`` at step t,
+    the factors read at spikes only (computed per step: whole-tensor factors cost more memory
+    traffic than they save)."""
     T = grad_spikes.shape[0]
     dev = grad_spikes.device
     epsw_l, epst_l = SRMParams(tau_m, tau_s, tau_grad).tables(max(T, 1))
@@ -86,34 +84,42 @@ def _grad_loop(grad_spikes, spk, fw, ft, tau_m, tau_s, tau_grad, with_t: bool):
     grad_w = torch.empty(grad_spikes.shape, dtype=grad_spikes.dtype, device=dev)
     grad_t = torch.empty_like(grad_w) if with_t else None
     for t in range(T - 1, -1, -1):
-        s = spk[t]
+        s, fw, ft = step(t)
         g = grad_spikes[t].to(acc)
-        a_w = torch.where(s, g * fw[t], a_w)
+        a_w = torch.where(s, g * fw, a_w)
         lag = torch.where(s, 0, torch.where(seen, lag + 1, lag))
         seen = seen | s
         grad_w[t] = torch.where(seen, a_w * epsw[lag], zero)
         if with_t:
-            a_t = torch.where(s, g * ft[t], a_t)
+            a_t = torch.where(s, g * ft, a_t)
             grad_t[t] = torch.where(seen, a_t * epst[lag], zero)
     return grad_w, grad_t
 
 
 def _backward_kernel(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv):
     _checks.check_devices("srm_backward", grad_spikes=grad_spikes, spikes=spikes, du=du, dut=dut)
-    spk = spikes == 1
-    fw, ft = _factors(du, dut, spk, du_inv_clamp, max_dudt_inv, du.dtype)
-    return _grad_loop(grad_spikes, spk, fw, ft, tau_m, tau_s, tau_grad, True)
+
+    def step(t):
+        return (spikes[t] == 1, *_factors(du[t], dut[t], du_inv_clamp, max_dudt_inv, du.dtype))
+
+    return _grad_loop(grad_spikes, step, tau_m, tau_s, tau_grad, du.dtype, True)
 
 
 def _neuron_fwd_kernel(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv):
     spikes, du, dut = _forward_kernel(x, tau_m, tau_s, tau_grad, v_th)
-    fw, ft = _factors(du, dut, spikes == 1, du_inv_clamp, max_dudt_inv, du.dtype)
-    return spikes, torch.stack([fw, ft])
+    fw, ft = _factors(du, dut, du_inv_clamp, max_dudt_inv, du.dtype)
+    spk = spikes == 1  # silent steps hold the marker +1 and 0 (see the module docstring)
+    return spikes, torch.stack([torch.where(spk, fw, 1.0), torch.where(spk, ft, 0.0)])
 
 
 def _neuron_bwd_kernel(grad_spikes, saved, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv):
     _checks.check_devices("srm_neuron_bwd", grad_spikes=grad_spikes, saved=saved)
-    return _grad_loop(grad_spikes, saved[0] <= 0, saved[0], saved[1], tau_m, tau_s, tau_grad, False)[0]
+
+    def step(t):
+        fw = saved[0, t]
+        return fw <= 0, fw, None  # a spike is a factor <= 0; silent steps hold +1
+
+    return _grad_loop(grad_spikes, step, tau_m, tau_s, tau_grad, saved.dtype, False)[0]
 
 
 # --------------------------------------------------------------------------- schemas, fakes, autograd
