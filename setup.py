@@ -12,6 +12,14 @@ from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
+from setuptools.dist import Distribution
+
+
+class MaybeBinaryDistribution(Distribution):
+    """A wheel with prebuilt libraries is for one platform and Python, not pure Python."""
+
+    def has_ext_modules(self):
+        return os.environ.get("SNNSPX_PREBUILD", "") in ("1", "cuda")
 
 
 class BuildPyWithKernels(build_py):
@@ -37,4 +45,4 @@ class BuildPyWithKernels(build_py):
         subprocess.run([sys.executable, "-c", script, str(out)], env=env, check=True, cwd=tempfile.gettempdir())
 
 
-setup(cmdclass={"build_py": BuildPyWithKernels})
+setup(cmdclass={"build_py": BuildPyWithKernels}, distclass=MaybeBinaryDistribution)

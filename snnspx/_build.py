@@ -38,6 +38,7 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import shutil
 import sys
 import tempfile
@@ -152,8 +153,10 @@ def _digest(kind: str, flags: dict[str, list[str]]) -> str:
     """The cache key: the sources' contents, the flags and the versions the library depends on."""
     h = hashlib.sha256()
     h.update(f"{kind}|{torch.__version__}|{torch.version.cuda}|{sys.version_info[:2]}".encode())
+    h.update(f"{sys.platform}|{platform.machine()}".encode())
     h.update(repr(sorted(flags.items())).encode())
-    h.update(os.environ.get("TORCH_CUDA_ARCH_LIST", "").encode())
+    if kind == "cuda":
+        h.update(os.environ.get("TORCH_CUDA_ARCH_LIST", "").encode())
     src = source_dir()
     for path in sorted(src.rglob("*")):
         if path.suffix in {".cpp", ".cu", ".h", ".cuh"}:
@@ -234,11 +237,14 @@ def entry_state(entry: Path, kind: str) -> str:
     try:
         want = json.loads(manifest.read_text())
         size = lib.stat().st_size
+        digest = _sha256(lib) if size == want.get("size") else None
+    except PermissionError as exc:
+        return f"unreadable: {exc}"  # another user's entry: not ours to replace
     except (OSError, ValueError) as exc:
         return f"damaged: {exc}"
     if size != want.get("size"):
         return f"damaged: {lib.name} has {size} bytes, the manifest says {want.get('size')}"
-    if _sha256(lib) != want.get("sha256"):
+    if digest != want.get("sha256"):
         return f"damaged: {lib.name} does not match its checksum"
     return "complete"
 
@@ -246,18 +252,15 @@ def entry_state(entry: Path, kind: str) -> str:
 def _load_file(lib: Path, kind: str) -> None:
     try:
         torch.ops.load_library(str(lib))
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
         raise BuildError(
-            f"the snnspx {kind} library {lib} could not be loaded ({exc}); it was built for another "
-            f"PyTorch, CUDA or Python than this one (torch {torch.__version__}). Delete it, or run "
-            "`python -m snnspx build` to make one for this environment; backend='torch' needs none"
+            f"the snnspx {kind} library {lib} could not be loaded ({exc}). Delete its folder to have it "
+            "built again, or run `python -m snnspx build`; backend='torch' needs no library"
         ) from exc
 
 
 def _build(kind: str) -> None:
     """Compile the library into a private folder, load it, and publish the folder as its cache entry."""
-    from torch.utils import cpp_extension  # only to build: its import warns about CUDA
-
     cuda_home = _check_cuda_toolkit() if kind == "cuda" else None
     entry = cache_entry(kind)
     root = entry.parent
@@ -274,6 +277,8 @@ def _build(kind: str) -> None:
         missing = _missing_compiler(kind, entry)
         if missing is not None:
             raise missing
+        from torch.utils import cpp_extension  # only to build: its import warns about CUDA
+
         verbose = os.environ.get("SNNSPX_VERBOSE_BUILD") == "1"
         _say(f"compiling the {kind} kernels: none are cached yet for these sources and this PyTorch "
              f"(about {'2-4 minutes' if kind == 'cuda' else '1 minute'} on 2 cores; once): {entry}")
@@ -298,6 +303,16 @@ def _build(kind: str) -> None:
                 f"compiler output):\n{detail}"
             ) from exc
         _say(f"compiled the {kind} kernels in {time.perf_counter() - start:.0f} s")
+        _publish(private, entry, kind)
+        private = None
+    finally:
+        if private is not None:
+            shutil.rmtree(private, ignore_errors=True)
+
+
+def _publish(private: Path, entry: Path, kind: str) -> None:
+    """Write the manifest of a finished build and rename its private folder to `entry`."""
+    try:
         lib = _library_file(private, kind)
         manifest = {"size": lib.stat().st_size, "sha256": _sha256(lib), "torch": torch.__version__,
                     "cuda": torch.version.cuda, "python": list(sys.version_info[:2])}
@@ -306,14 +321,12 @@ def _build(kind: str) -> None:
                 shutil.rmtree(f) if f.is_dir() else f.unlink()
         (private / "manifest.json").write_text(json.dumps(manifest))
         os.chmod(private, 0o755)  # mkdtemp's folder is private to its owner; a cache may be shared
-        try:
-            os.rename(private, entry)  # atomic: the entry appears complete or not at all
-            private = None
-        except OSError:
-            pass  # another process published the same entry first; ours is discarded
-    finally:
-        if private is not None:
-            shutil.rmtree(private, ignore_errors=True)
+    except OSError as exc:
+        raise BuildError(f"the snnspx {kind} library was built but could not be stored in {private} ({exc})") from exc
+    try:
+        os.rename(private, entry)  # atomic: the entry appears complete or not at all
+    except OSError:
+        shutil.rmtree(private, ignore_errors=True)  # another process published the same entry first
 
 
 def _say(msg: str) -> None:
@@ -331,27 +344,43 @@ def _load_library_locked(kind: str) -> None:
             raise BuildError(f"the cuda backend needs a CUDA build of PyTorch; this one ({torch.__version__}) is CPU-only")
         entry = cache_entry(kind)
         prebuilt = _prebuilt_entries(kind)
-        mine = [p for p in prebuilt if p.name == entry.name]
-        if mine and entry_state(mine[0], kind) == "complete":
-            entry = mine[0]
-        elif prebuilt:
-            _say(f"the {kind} library inside this installation was made for {_made_for(prebuilt[0])}, and this "
-                 f"is torch {torch.__version__} (CUDA {torch.version.cuda}, Python "
-                 f"{sys.version_info[0]}.{sys.version_info[1]}), or is damaged; using the cache {entry} instead")
-        state = entry_state(entry, kind)
-        if state == "complete":
-            _load_file(_library_file(entry, kind), kind)
-            compiled = False
-        else:
-            if state != "missing":
-                _say(f"the cached {kind} library in {entry} is {state}; building it again")
-                _discard(entry)
-            _build(kind)
-            compiled = True
+        compiled = False
+        if not _load_prebuilt(kind, entry):
+            state = entry_state(entry, kind)
+            if state == "complete":
+                _load_file(_library_file(entry, kind), kind)
+            elif state.startswith("unreadable"):
+                raise BuildError(f"the cached snnspx {kind} library in {entry} is {state}; point SNNSPX_CACHE_DIR "
+                                 "at a folder of your own")
+            else:
+                if state != "missing":
+                    _say(f"the cached {kind} library in {entry} is {state}; building it again")
+                    _discard(entry)
+                _build(kind)
+                compiled = True
     except BuildError as exc:
         _failed[kind] = exc
         raise
     _loaded[kind] = (time.perf_counter() - start, compiled)
+
+
+def _load_prebuilt(kind: str, entry: Path) -> bool:
+    """Load the library a wheel carries for this key (see setup.py); False if there is none that
+    loads, after one line that says why when the wheel carries one."""
+    prebuilt = _prebuilt_entries(kind)
+    mine = [p for p in prebuilt if p.name == entry.name]
+    if mine and entry_state(mine[0], kind) == "complete":
+        try:
+            _load_file(_library_file(mine[0], kind), kind)
+            return True
+        except BuildError as exc:
+            _say(f"the {kind} library inside this installation did not load ({exc}); using the cache {entry}")
+            return False
+    if prebuilt:
+        _say(f"the {kind} library inside this installation was made for another build ({_made_for(prebuilt[0])}; "
+             f"sources, flags or platform may differ too: its key is {prebuilt[0].name}, this installation "
+             f"needs {entry.name}), or is damaged; using the cache {entry} instead")
+    return False
 
 
 def _made_for(entry: Path) -> str:
@@ -366,6 +395,8 @@ def _discard(entry: Path) -> None:
     """Move a damaged entry out of the way (a process may still have its library mapped)."""
     try:
         os.rename(entry, entry.with_name(f".{entry.name}.damaged.{os.getpid()}"))
+    except FileNotFoundError:
+        pass  # another process moved it first
     except OSError as exc:
         raise BuildError(
             f"the cached snnspx library in {entry} is damaged and cannot be replaced ({exc}): delete that "

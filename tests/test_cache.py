@@ -137,7 +137,7 @@ def test_prebuilt_library_for_another_torch_is_rejected(fresh_loader, complete_e
     with pytest.raises(_build.BuildError, match="WOULD BUILD cpu"):
         _build.load_library("cpu")
     err = capfd.readouterr().err
-    assert "made for torch 2.0.0" in err and f"this is torch {torch.__version__}" in err
+    assert "made for another build (torch 2.0.0" in err and f"needs {_build.cache_entry('cpu').name}" in err
 
 
 def test_prebuilt_library_for_this_torch_loads(fresh_loader, complete_entry, monkeypatch):
@@ -200,3 +200,64 @@ def test_cache_key_is_the_sources_contents_not_their_place(tmp_path, monkeypatch
     assert _build.cache_entry("cpu").name == key
     (copy / "cpu" / "srm.cpp").write_text((copy / "cpu" / "srm.cpp").read_text() + "\n// edited\n")
     assert _build.cache_entry("cpu").name != key
+
+
+def test_cpu_key_ignores_cuda_settings_and_names_the_platform(monkeypatch):
+    key = _build.cache_entry("cpu").name
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0")
+    assert _build.cache_entry("cpu").name == key  # a CUDA setting does not rebuild the CPU library
+    import platform
+    other = "aarch64" if platform.machine() != "aarch64" else "x86_64"
+    monkeypatch.setattr(platform, "machine", lambda: other)
+    assert _build.cache_entry("cpu").name != key  # nor is another architecture's library loaded
+
+
+def test_damaged_entry_moved_by_another_process_first(tmp_path, complete_entry):
+    """Two processes find the same damaged entry: the second to move it aside finds it gone,
+    which is fine (it then builds or finds the first one's rebuild)."""
+    entry = copy_entry(complete_entry, tmp_path)
+    _build._discard(entry)
+    _build._discard(entry)  # no error
+    assert not entry.exists()
+
+
+def test_unreadable_entry_is_not_discarded(fresh_loader, complete_entry, monkeypatch):
+    """An entry the process may not read (another user's, in a shared cache) is reported, not moved
+    away or rebuilt over."""
+    entry = copy_entry(complete_entry, fresh_loader)
+    real = Path.read_text
+
+    def denied(self, *args, **kwargs):
+        if self.name == "manifest.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    with pytest.raises(_build.BuildError, match="unreadable.*SNNSPX_CACHE_DIR"):
+        _build.load_library("cpu")
+    assert entry.exists()
+
+
+def test_torch_backend_backward_keeps_its_kernel_when_a_library_loads_between(tmp_path, complete_entry):
+    """backend='torch' before any library is loaded; another op loads cpp before the backward:
+    the backward still runs the PyTorch kernel (the same choice as its forward)."""
+    cache = tmp_path / "cache"
+    copy_entry(complete_entry, cache)
+    out = run("""
+import torch, snnspx
+from snnspx import _build, nn
+x = (torch.randn(8, 2, 5, generator=torch.Generator().manual_seed(0)) + 0.6).requires_grad_()
+a, b = nn.SRMNeuron(backend="torch", v_th=0.3), nn.SRMNeuron(v_th=0.3)
+mid = a(x)
+assert not _build.is_loaded("cpu")
+out = b(mid * 3)  # loads cpp
+assert _build.is_loaded("cpu")
+with torch.profiler.profile() as prof:
+    out.sum().backward()
+names = [e.name for e in prof.events()]
+assert names.count("snnspx::srm_neuron_bwd") >= 2
+assert "aten::where" in names  # the PyTorch kernel of a's backward ran
+print("OK")
+""", cache=cache)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "OK"
