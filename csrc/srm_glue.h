@@ -53,7 +53,7 @@ inline void check_srm_neuron_params(double tau_m, double tau_s, double tau_grad,
 }
 
 // packed=false: the public srm_forward outputs. packed=true: srm_neuron_fwd's
-// compact saved state, one [2, T, ...] tensor in `du` (see ops.cpp).
+// compact saved state, one [2, T, ...] tensor in `du` (see snnspx/functional/srm.py).
 inline SRMForwardOut prepare_srm_forward(const at::Tensor& x_in, double tau_m, double tau_s,
                                          double tau_grad, double v_th, bool packed) {
   check_float_input(x_in, "x");

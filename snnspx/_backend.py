@@ -181,9 +181,9 @@ def check_request(backend: str | None, device: torch.device) -> None:
 
 def kernels(backend: str, device: torch.device):
     """The context an op of the resolved `backend` runs in: :func:`snnspx._library.torch_kernels`
-    when ``"torch"`` was chosen for a device whose compiled kernels are loaded (they would
-    otherwise win), else nothing. Inside torch.compile the traced op runs the kernel
+    when ``"torch"`` was chosen on the CPU or a GPU, else nothing. Forced even while no compiled
+    library is loaded, so that a library loaded between an op's forward and its backward does
+    not change the kernel of the backward. Inside torch.compile the traced op runs the kernel
     registered for the device: the choice is made in eager mode only."""
-    kind = {"cpu": "cpu", "cuda": "cuda"}.get(device.type)
-    active = backend == "torch" and kind is not None and _build.is_loaded(kind) and not torch.compiler.is_compiling()
+    active = backend == "torch" and device.type in ("cpu", "cuda") and not torch.compiler.is_compiling()
     return _library.torch_kernels(active)

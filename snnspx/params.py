@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-import struct
+
+from ._checks.args import _finite
 
 __all__ = ["SRMParams", "MAX_DUDT_INV"]
 
@@ -18,20 +18,20 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _finite(v) -> bool:
-    # Comparisons only (no math.isfinite): under torch.compile a float may be symbolic, and
-    # Dynamo can trace a comparison but not math.* on it. NaN fails every comparison.
-    return -math.inf < v < math.inf
+# The decays a = 1 - 1/tau lie in [0.5, 1), where numbers are 2**-24 apart in float32 and 2**-53
+# in float64: each rounding moves a decay by up to half of that.
+_SPACING = {True: 2.0**-24, False: 2.0**-53}
+# The largest relative error of a_m - a_s that the rounding of the decays may cause: the membrane
+# u = c (m - s) scales with a_m - a_s, so this bounds its error from the constants alone.
+_MAX_DECAY_ERROR = 0.01
 
 
 @functools.lru_cache(maxsize=256)
-def _same_decay(tau_m: float, tau_s: float, single: bool) -> bool:
-    """Whether 1 - 1/tau_m and 1 - 1/tau_s (computed in double) round to the same float32
-    (`single`) or are the same double."""
+def _decays_too_close(tau_m: float, tau_s: float, single: bool) -> bool:
+    """Whether the decays 1 - 1/tau_m and 1 - 1/tau_s are so close that their rounding in the
+    neuron-state dtype (float32 if `single`) may change a_m - a_s by more than 1 %."""
     a_m, a_s = 1.0 - 1.0 / tau_m, 1.0 - 1.0 / tau_s
-    if single:
-        a_m, a_s = (struct.unpack("f", struct.pack("f", a))[0] for a in (a_m, a_s))
-    return a_m == a_s
+    return _SPACING[single] > _MAX_DECAY_ERROR * abs(a_m - a_s)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +90,12 @@ class SRMParams:
         Raises:
             TypeError: `params` is not an SRMParams, or a keyword is not a field.
         """
+        unknown = [k for k in fields if k not in _FIELD_NAMES]
+        if unknown:
+            raise TypeError(
+                f"unexpected keyword argument(s) {', '.join(map(repr, unknown))}: the neuron's keywords are the "
+                f"fields of snnspx.SRMParams ({', '.join(_FIELD_NAMES)})"
+            )
         if params is None:
             return cls(**fields)
         if not isinstance(params, SRMParams):
@@ -105,14 +111,15 @@ class SRMParams:
         if torch.compiler.is_compiling():
             return
         single = dtype != torch.float64
-        if _same_decay(self.tau_m, self.tau_s, single):
+        if _decays_too_close(self.tau_m, self.tau_s, single):
             state = "float32" if single else "float64"
-            eps = 2.0**-24 if single else 2.0**-53  # the spacing of numbers in [0.5, 1), where the decays lie
-            gap = max(self.tau_m, self.tau_s) ** 2 * eps
+            # |d(1 - 1/tau)| = |d tau| / tau**2: the gap in tau that keeps the rounding error below the bound
+            gap = max(self.tau_m, self.tau_s) ** 2 * _SPACING[single] / _MAX_DECAY_ERROR
             raise ValueError(
-                f"tau_m={self.tau_m} and tau_s={self.tau_s} give the same decay 1 - 1/tau in {state} (the "
-                f"neuron state of {dtype} inputs), so the membrane c (m - s) stays 0 and the neuron never "
-                f"fires; make the time constants differ by at least about {gap:.2g}"
+                f"tau_m={self.tau_m} and tau_s={self.tau_s} are too close for {state} (the neuron state of "
+                f"{dtype} inputs): their decays 1 - 1/tau round to the same or nearly the same number, so the "
+                f"membrane c (m - s) is 0 or off by more than {_MAX_DECAY_ERROR:.0%}; make the time constants "
+                f"differ by at least about {gap:.2g}"
             )
 
     def constants(self) -> tuple[float, float, float, float]:
@@ -143,3 +150,6 @@ class SRMParams:
     def __repr__(self) -> str:
         fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
         return f"SRMParams({fields})"
+
+
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(SRMParams))

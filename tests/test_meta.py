@@ -61,3 +61,11 @@ def test_direct_op_call_on_two_devices_is_an_error(op, args):
     for first, second in (("meta", "cpu"), ("cpu", "meta")):
         with pytest.raises(ValueError, match=f"snnspx::{op} needs all its tensors on one device"):
             getattr(torch.ops.snnspx, op)(*args(first, second))
+
+
+def test_inferred_num_superpixels_on_meta_is_a_clear_error():
+    x = torch.empty(2, 1, 1, 4, 4, device="meta")
+    lab = torch.empty(4, 4, dtype=torch.long, device="meta")
+    for fn in (lambda: F.suppix_pool(x, lab), lambda: F.suppix_counts(lab), lambda: nn.SRMSupPixPool()(x, lab)):
+        with pytest.raises(ValueError, match="num_superpixels must be given for meta tensors"):
+            fn()

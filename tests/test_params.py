@@ -93,22 +93,41 @@ def test_tables_and_constants():
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
-def test_decays_equal_in_float32_are_rejected(backend):
-    """tau_m = 5 and tau_s = 5.0000001 differ in double but give the same float32 decay: the
-    membrane would stay 0 and the neuron never fire. Float32 inputs are rejected with the dtype
-    and the gap to use; float64 inputs keep working."""
+def test_decays_too_close_for_float32_are_rejected(backend):
+    """tau_m = 5 and tau_s = 5.0000001 differ in double but give the same float32 decay (the
+    membrane would stay 0 and the neuron never fire); tau_s = 5.000002 or 5.00001 give decays one
+    or a few float32 steps apart, and a membrane off by 5-25 %. Float32 inputs are rejected with
+    the dtype and the gap to use (tau**2 * 2**-24 / 1 %, 1.5e-4 at tau = 5); float64 inputs keep
+    working, and a gap above that bound passes."""
     x = torch.randn(8, 3) + 2.0
-    with pytest.raises(ValueError, match=r"same decay 1 - 1/tau in float32 .*differ by at least about 1\.5e-06"):
-        F.srm_neuron(x, tau_m=5.0, tau_s=5.0000001, backend=backend)
+    for tau_s in (5.0000001, 5.000002, 5.00001):
+        with pytest.raises(ValueError, match=r"too close for float32 .*differ by at least about 0\.00015"):
+            F.srm_neuron(x, tau_m=5.0, tau_s=tau_s, backend=backend)
     for fn in (lambda: F.srm_forward(x, tau_m=5.0, tau_s=5.0000001, backend=backend),
                lambda: F.srm_suppix_pool(x.reshape(2, 1, 1, 2, 6), torch.zeros(2, 6, dtype=torch.long),
                                          tau_m=5.0, tau_s=5.0000001, backend=backend),
                lambda: snnspx.nn.SRMLinear(3, 2, tau_m=5.0, tau_s=5.0000001, backend=backend)(x.reshape(8, 1, 3))):
-        with pytest.raises(ValueError, match="same decay"):
+        with pytest.raises(ValueError, match="too close for float32"):
             fn()
     spikes = F.srm_neuron(x.double(), tau_m=5.0, tau_s=5.0000001, backend=backend)
     assert spikes.sum() > 0  # in float64 the decays differ, and the neuron fires
-    assert F.srm_neuron(x, tau_m=5.0, tau_s=5.00001, backend=backend).shape == x.shape
+    assert F.srm_neuron(x, tau_m=5.0, tau_s=5.0002, backend=backend).shape == x.shape
+    # the membrane of the accepted pair is within 1 % of float64's (no spikes: a high threshold)
+    _, du32, _ = F.srm_forward(x, tau_m=5.0, tau_s=5.0002, v_th=1e9, backend=backend)
+    _, du64, _ = F.srm_forward(x.double(), tau_m=5.0, tau_s=5.0002, v_th=1e9, backend=backend)
+    u32, u64 = du32.cumsum(0).double(), du64.cumsum(0)
+    assert ((u32 - u64).abs() <= 0.01 * u64.abs() + 1e-6).all()
+
+
+def test_srm_forward_rejects_clamps_its_gradient_ignores():
+    with pytest.raises(ValueError, match="srm_forward's gradient uses the default clamps"):
+        F.srm_forward(torch.ones(2, 3, requires_grad=True), du_inv_clamp=0.0)
+    assert F.srm_forward(torch.ones(2, 3), du_inv_clamp=0.0)[0].shape == (2, 3)  # no gradient: the forward is the same
+
+
+def test_misspelt_keyword_names_the_fields():
+    with pytest.raises(TypeError, match=r"'backnd'.*fields of snnspx.SRMParams \(tau_m, tau_s"):
+        F.srm_neuron(torch.ones(2, 3), backnd="torch")
 
 
 def test_modules_carry_one_params():

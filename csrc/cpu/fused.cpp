@@ -84,7 +84,7 @@ void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, acc_t
             spk[i] = s ? 1 : 0;
             du[i] = d, dut[i] = dt;  // read only when saving
           }
-          if (kSave) {  // srm_neuron_fwd's compact state (see ops.cpp)
+          if (kSave) {  // srm_neuron_fwd's compact state (see snnspx/functional/srm.py)
             acc_t* __restrict__ s0 = saved + base;
             acc_t* __restrict__ s1 = saved + T * N + base;
             for (int64_t i = 0; i < len; ++i) {

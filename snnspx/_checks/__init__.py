@@ -4,4 +4,3 @@ the dtype policy (:mod:`.dtypes`) and the superpixel label layout (:mod:`.labels
 from .args import *  # noqa: F401,F403
 from .dtypes import *  # noqa: F401,F403
 from .labels import *  # noqa: F401,F403
-from .args import _finite  # noqa: F401

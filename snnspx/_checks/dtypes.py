@@ -15,10 +15,9 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def cast_output(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`t` in `dtype`, calling ``.to`` only when it copies: for what a Python autograd.Function
-    returns. The Dynamo of torch 2.11 gives wrong (zero) gradients to a Function output that a
-    no-op ``.to`` or ``.contiguous`` returned, or that is a view of an intermediate (fixed by
-    2.14); tests/test_compile.py checks the Functions of the package."""
+    """`t` in `dtype`, calling ``.to`` only when it copies: what a Python autograd.Function
+    returns must not come from a no-op ``.to`` or ``.contiguous`` (the Dynamo of torch 2.11, the
+    oldest PyTorch snnspx compiles with, gives such outputs zero gradients)."""
     return t if t.dtype == dtype else t.to(dtype)
 
 

@@ -77,6 +77,8 @@ def suppix_layout(data: torch.Tensor, labels: torch.Tensor, *, pooled: bool) -> 
 def num_superpixels(labels: torch.Tensor, K) -> tuple[int, bool]:
     """(K, inferred): `K` checked, or ``labels.max() + 1`` (0 for all-negative or empty labels)."""
     if K is None:
+        if labels.device.type == "meta":
+            raise ValueError("num_superpixels must be given for meta tensors: inferring it reads labels.max()")
         if torch.compiler.is_compiling():
             raise ValueError(
                 "num_superpixels must be given under torch.compile: inferring it reads labels.max() back, "

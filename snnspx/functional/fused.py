@@ -34,9 +34,12 @@ def _fwd_kernel(x, labels, K, mode, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, 
     _checks.check_devices("srm_suppix_pool", x=x, labels=labels)
     check_strategy("srm_suppix_pool_fwd", strategy)
     spikes, saved = _neuron_fwd_kernel(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv)
+    if mode not in ("sum", "avg", "max"):
+        raise RuntimeError(f"srm_suppix_pool: mode must be 'sum', 'avg' or 'max', got {mode!r}")
     y, aux = _pool_kernel(spikes, labels, K, mode, check_labels)
     counts = aux if mode != "max" else _counts_kernel(labels, K)
-    argmax = aux if mode == "max" else aux.new_empty((0,))
+    # max: the lowest spiking pixel, -1 where none spiked (as the compiled kernels give it)
+    argmax = torch.where(y > 0, aux, -1) if mode == "max" else aux.new_empty((0,))
     return y, saved, counts, argmax
 
 

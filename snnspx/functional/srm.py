@@ -231,11 +231,18 @@ def srm_forward(
         and values 0 or 1; ``du[t] = u[t] - u_last`` and ``dut[t]`` (the gradient
         trace g) are float64 for float64 `x` and float32 otherwise. Gradients flow
         to `x` through ``spikes`` only (the event-driven ``grad_w`` of
-        docs/maths.md §3, with the default clamps); ``du`` and ``dut`` are not
-        differentiable.
+        docs/maths.md §3, with the default clamps: other clamps raise ``ValueError``
+        when `x` needs a gradient); ``du`` and ``dut`` are not differentiable.
     """
     p = SRMParams.make(params, **neuron)
     _checks.check_tensor(x, "x")
+    clamps = (p.du_inv_clamp, p.max_dudt_inv)
+    if clamps != (_DEFAULT.du_inv_clamp, _DEFAULT.max_dudt_inv) and x.requires_grad and torch.is_grad_enabled():
+        raise ValueError(
+            "srm_forward's gradient uses the default clamps (du_inv_clamp=4, max_dudt_inv=MAX_DUDT_INV); for "
+            f"others use srm_neuron, or srm_backward on the outputs (got du_inv_clamp={p.du_inv_clamp}, "
+            f"max_dudt_inv={p.max_dudt_inv} for an x that needs a gradient)"
+        )
     p.check_dtype(x.dtype)
     b = resolve(backend, x.device)
     with kernels(b, x.device):

@@ -52,6 +52,8 @@ def check_strategy(op: str, strategy: str) -> None:
 def _pool_kernel(x: torch.Tensor, lab: torch.Tensor, K: int, mode: str, check_labels: bool = False, strategy: str = ""):
     """x [T, B, C, P], lab [L, Bl, P] -> (y [T, B, C, K], aux) (see the module docstring)."""
     check_strategy("suppix_pool", strategy)
+    if mode not in ("sum", "avg", "max", "avg_spike"):
+        raise RuntimeError(f"suppix_pool: mode must be 'sum', 'avg', 'max' or 'avg_spike', got {mode!r}")
     _checks.check_devices("suppix_pool", x=x, labels=lab)
     if check_labels:
         _checks.check_label_range(lab, K)
@@ -73,7 +75,7 @@ def _pool_kernel(x: torch.Tensor, lab: torch.Tensor, K: int, mode: str, check_la
         lengths = lengths[:, :, None, :].expand(T, B, C, K + 2).contiguous()
 
         def seg(data, reduce):
-            # always a copy, never a view of segment_reduce's result (see cast_output): with one
+            # always a copy, never a view of segment_reduce's result (an op's output must not alias): with one
             # (t, b, c) row the slice is contiguous and .contiguous() would return it as is
             out = torch.segment_reduce(data, reduce, lengths=lengths, axis=3, unsafe=True)
             return out[..., 1 : K + 1].clone(memory_format=torch.contiguous_format)
@@ -131,6 +133,7 @@ def _pool_backward_kernel(
 
 
 def _unpool_kernel(y: torch.Tensor, lab: torch.Tensor, check_labels: bool, strategy: str) -> torch.Tensor:
+    _checks.check_devices("suppix_unpool", y=y, labels=lab)
     check_strategy("suppix_unpool", strategy)
     if check_labels:
         _checks.check_label_range(lab, y.shape[-1])
