@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 from ._checks.args import _finite
 
@@ -26,12 +25,19 @@ _SPACING = {True: 2.0**-24, False: 2.0**-53}
 _MAX_DECAY_ERROR = 0.01
 
 
-@functools.lru_cache(maxsize=256)
-def _decays_too_close(tau_m: float, tau_s: float, single: bool) -> bool:
-    """Whether the decays 1 - 1/tau_m and 1 - 1/tau_s are so close that their rounding in the
-    neuron-state dtype (float32 if `single`) may change a_m - a_s by more than 1 %."""
+def _decay_error(tau_m: float, tau_s: float, single: bool) -> str:
+    """Why the decays 1 - 1/tau_m and 1 - 1/tau_s are too close for the neuron-state dtype
+    (float32 if `single`): their rounding may change a_m - a_s by more than 1 %; "" if not."""
     a_m, a_s = 1.0 - 1.0 / tau_m, 1.0 - 1.0 / tau_s
-    return _SPACING[single] > _MAX_DECAY_ERROR * abs(a_m - a_s)
+    if _SPACING[single] <= _MAX_DECAY_ERROR * abs(a_m - a_s):
+        return ""
+    # |d(1 - 1/tau)| = |d tau| / tau**2: the gap in tau that keeps the rounding error below the bound
+    gap = max(tau_m, tau_s) ** 2 * _SPACING[single] / _MAX_DECAY_ERROR
+    return (
+        f"tau_m={tau_m} and tau_s={tau_s} are too close for {'float32' if single else 'float64'}: their decays "
+        f"1 - 1/tau round to the same or nearly the same number, so the membrane c (m - s) is 0 or off by "
+        f"more than {_MAX_DECAY_ERROR:.0%}; make the time constants differ by at least about {gap:.2g}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,24 +109,18 @@ class SRMParams:
         return dataclasses.replace(params, **fields) if fields else params
 
     def check_dtype(self, dtype) -> None:
-        """Raise ``ValueError`` if ``a_m`` and ``a_s`` round to the same number in the neuron-state
-        dtype of `dtype` inputs (float32, or float64 for float64): the membrane ``u = c (m - s)``
-        would stay 0 and the neuron would never fire. Skipped under torch.compile."""
+        """Raise ``ValueError`` if ``a_m`` and ``a_s`` are so close that their rounding in the
+        neuron-state dtype of `dtype` inputs (float32, or float64 for float64) may change
+        ``a_m - a_s``, and so the membrane ``u = c (m - s)``, by more than 1 % (at worst to 0: a
+        neuron that never fires). Not checked inside torch.compile, where the time constants may be
+        symbolic: check the model once in eager mode."""
         import torch
 
         if torch.compiler.is_compiling():
             return
-        single = dtype != torch.float64
-        if _decays_too_close(self.tau_m, self.tau_s, single):
-            state = "float32" if single else "float64"
-            # |d(1 - 1/tau)| = |d tau| / tau**2: the gap in tau that keeps the rounding error below the bound
-            gap = max(self.tau_m, self.tau_s) ** 2 * _SPACING[single] / _MAX_DECAY_ERROR
-            raise ValueError(
-                f"tau_m={self.tau_m} and tau_s={self.tau_s} are too close for {state} (the neuron state of "
-                f"{dtype} inputs): their decays 1 - 1/tau round to the same or nearly the same number, so the "
-                f"membrane c (m - s) is 0 or off by more than {_MAX_DECAY_ERROR:.0%}; make the time constants "
-                f"differ by at least about {gap:.2g}"
-            )
+        msg = _decay_error(self.tau_m, self.tau_s, dtype != torch.float64)
+        if msg:
+            raise ValueError(f"{msg} (the neuron state of {dtype} inputs)")
 
     def constants(self) -> tuple[float, float, float, float]:
         """``(a_m, a_s, a_g, c)`` in double precision (docs/maths.md §2)."""
