@@ -58,14 +58,18 @@ void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, acc_t
   // argmax for max's backward.
   const bool track_max = kSave && a.mode == PoolMode::Max && argmax != nullptr;
   at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> cnt(static_cast<size_t>(copies * H));
-    std::vector<int32_t> first(track_max ? static_cast<size_t>(copies * H) : 0);
+    // Rewritten for every (b, c): on cache lines of their own (cpu::own_lines).
+    const int64_t n_cnt = copies * H, n_first = track_max ? copies * H : 0;
+    std::vector<int32_t> cnt_buf(cpu::own_lines_size<int32_t>(n_cnt));
+    std::vector<int32_t> first_buf(track_max ? cpu::own_lines_size<int32_t>(n_first) : 0);
+    int32_t* const cnt = cpu::own_lines(cnt_buf.data());
+    int32_t* const first = track_max ? cpu::own_lines(first_buf.data()) : nullptr;
     alignas(64) acc_t m[kBlock], sy[kBlock], g[kBlock], ul[kBlock], du[kBlock], dut[kBlock];
     alignas(64) int32_t spk[kBlock], slot[kBlock];
     for (int64_t bc = begin; bc < end; ++bc) {
       const int64_t b = bc / C;
-      std::fill(cnt.begin(), cnt.end(), 0);
-      std::fill(first.begin(), first.end(), kNoPixel);
+      std::fill(cnt, cnt + n_cnt, 0);
+      if (track_max) std::fill(first, first + n_first, kNoPixel);
       for (int64_t p0 = 0; p0 < P; p0 += kBlock) {
         const int64_t len = std::min(kBlock, P - p0);
         std::fill(m, m + len, acc_t(0));
@@ -93,7 +97,7 @@ void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, acc_t
               s1[i] = spk[i] ? ft : acc_t(0);
             }
           }
-          int32_t* c_t = cnt.data() + t * KS;
+          int32_t* c_t = cnt + t * KS;
           int64_t i = 0;
           if (copies == kCopies) {
             for (; i + kCopies <= len; i += kCopies) {
@@ -102,7 +106,7 @@ void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, acc_t
           }
           for (; i < len; ++i) c_t[slot[i]] += spk[i];
           if (track_max) {
-            int32_t* f_t = first.data() + t * KS;
+            int32_t* f_t = first + t * KS;
             for (i = 0; i < len; ++i) {
               int32_t& f = f_t[(i % copies) * H + slot[i]];
               f = min_first(f, spk[i], static_cast<int32_t>(p0 + i));
@@ -113,7 +117,7 @@ void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, acc_t
       for (int64_t t = 0; t < T; ++t) {
         const int32_t* n_row = counts + a.layout.count_row(t, b, K);
         scalar_t* y_row = y + (t * B * C + bc) * K;
-        const int32_t* c_t = cnt.data() + t * KS;
+        const int32_t* c_t = cnt + t * KS;
         for (int64_t k = 0; k < K; ++k) {
           int32_t total = 0;
           for (int64_t j = 0; j < copies; ++j) total += c_t[j * H + k];
@@ -121,7 +125,7 @@ void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, acc_t
         }
         if (track_max) {
           int32_t* a_row = argmax + (t * B * C + bc) * K;
-          const int32_t* f_t = first.data() + t * KS;
+          const int32_t* f_t = first + t * KS;
           for (int64_t k = 0; k < K; ++k) {
             int32_t f = kNoPixel;
             for (int64_t j = 0; j < copies; ++j) f = std::min(f, f_t[j * H + k]);
@@ -174,11 +178,14 @@ void fused_backward_kernel(const FusedArgs& a, const scalar_t* grad_y, const acc
     alignas(64) acc_t aw[kBlock], at_[kBlock], G[kBlock], ew[kBlock], et[kBlock];
     alignas(64) int32_t lag[kBlock], idx[kBlock], slot[kBlock];
     const bool is_max = a.mode == PoolMode::Max;
-    std::vector<acc_t> gk(static_cast<size_t>(T * (K + 1)));
-    std::vector<int32_t> am(is_max ? static_cast<size_t>(T * (K + 1)) : 0);
+    // Rewritten for every (b, c): on cache lines of their own (cpu::own_lines).
+    std::vector<acc_t> gk_buf(cpu::own_lines_size<acc_t>(T * (K + 1)));
+    std::vector<int32_t> am_buf(is_max ? cpu::own_lines_size<int32_t>(T * (K + 1)) : 0);
+    acc_t* const gk = cpu::own_lines(gk_buf.data());
+    int32_t* const am = is_max ? cpu::own_lines(am_buf.data()) : nullptr;
     for (int64_t bc = begin; bc < end; ++bc) {
       const int64_t b = bc / C;
-      pooled_grad_tables<scalar_t, acc_t>(a, bc, grad_y, counts, argmax, gk.data(), is_max ? am.data() : nullptr);
+      pooled_grad_tables<scalar_t, acc_t>(a, bc, grad_y, counts, argmax, gk, am);
       for (int64_t p0 = 0; p0 < P; p0 += kBlock) {
         const int64_t len = std::min(kBlock, P - p0);
         std::fill(aw, aw + len, acc_t(0));
@@ -191,10 +198,10 @@ void fused_backward_kernel(const FusedArgs& a, const scalar_t* grad_y, const acc
           const acc_t* __restrict__ s1 = saved + T * N + base;
           // G: the pooled gradient were the pixel to spike (srm_grad_advance reads
           // it only at spikes). Unconditional loads, so that no branch depends on a spike.
-          const acc_t* gk_t = gk.data() + t * (K + 1);
+          const acc_t* gk_t = gk + t * (K + 1);
           for (int64_t i = 0; i < len; ++i) G[i] = gk_t[slot[i]];
           if (is_max) {
-            const int32_t* am_t = am.data() + t * (K + 1);
+            const int32_t* am_t = am + t * (K + 1);
             for (int64_t i = 0; i < len; ++i) idx[i] = am_t[slot[i]];
             for (int64_t i = 0; i < len; ++i) G[i] = idx[i] == static_cast<int32_t>(p0 + i) ? G[i] : acc_t(0);
           }

@@ -50,5 +50,21 @@ void count_labels(const label_t* labels, int32_t* counts, int64_t maps, int64_t 
   });
 }
 
+// A scratch table written by one thread over and over (per plane, per row): on cache lines
+// of its own, or a line it shares with data another thread touches moves between the cores
+// (false sharing) at every write. own_lines(buf.data()) of a std::vector buf of
+// own_lines_size<T>(n) elements is 64-byte aligned, and neither its first nor its last line
+// holds anything else.
+constexpr size_t kCacheLine = 64;
+template <typename T>
+size_t own_lines_size(int64_t n) {
+  return static_cast<size_t>(n) + 2 * ((kCacheLine + sizeof(T) - 1) / sizeof(T));
+}
+template <typename T>
+T* own_lines(T* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  return reinterpret_cast<T*>((a + kCacheLine - 1) / kCacheLine * kCacheLine);
+}
+
 }  // namespace cpu
 }  // namespace snnspx

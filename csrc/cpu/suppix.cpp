@@ -186,20 +186,6 @@ void pool_kernel(const scalar_t* x, const label_t* labels, const int32_t* counts
   });
 }
 
-// A scratch table of n values on cache lines of its own: own_lines(buf.data()) of a
-// std::vector buf of own_lines_size<T>(n) elements is 64-byte aligned, and neither its
-// first nor its last line holds anything else.
-constexpr size_t kCacheLine = 64;
-template <typename T>
-size_t own_lines_size(int64_t n) {
-  return static_cast<size_t>(n) + 2 * ((kCacheLine + sizeof(T) - 1) / sizeof(T));
-}
-template <typename T>
-T* own_lines(T* p) {
-  const auto a = reinterpret_cast<uintptr_t>(p);
-  return reinterpret_cast<T*>((a + kCacheLine - 1) / kCacheLine * kCacheLine);
-}
-
 // out[t, b, c, p] from src[t, b, c, label(p)]; see PoolMode for the scaling.
 template <typename scalar_t, typename acc_t, typename label_t, PoolMode kMode>
 void gather_kernel(const scalar_t* src, const label_t* labels, const int32_t* aux, scalar_t* out,
@@ -215,8 +201,8 @@ void gather_kernel(const scalar_t* src, const label_t* labels, const int32_t* au
     // The table is written at every plane: on cache lines of its own (see own_lines), or
     // a line shared with data another thread reads at every plane (mode avg's small counts
     // tensor, say, which the heap may place right next to it) moves between the cores.
-    std::vector<scalar_t> buf(own_lines_size<scalar_t>(K + 1));
-    scalar_t* const val = own_lines(buf.data());
+    std::vector<scalar_t> buf(cpu::own_lines_size<scalar_t>(K + 1));
+    scalar_t* const val = cpu::own_lines(buf.data());
     val[K] = scalar_t(0);  // the ignored pixels' slot
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t tb = plane / d.C, b = tb % d.B, t = tb / d.B;
