@@ -19,27 +19,29 @@ def _info() -> int:
     print(f"snnspx {__version__}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
           f"Python {sys.version.split()[0]}")
     print(f"cache: {_build._cache_root()}")
+    states = {}  # each entry is read and checksummed once
     for kind in ("cpu", "cuda"):
         if kind == "cuda" and torch.version.cuda is None:
             print("  cuda library: not for this PyTorch (a CPU-only build)")
             continue
         entry = _build.cache_entry(kind)
-        print(f"  {kind} library: {_build.entry_state(entry, kind)} ({entry})")
+        states[kind] = _build.entry_state(entry, kind)
+        print(f"  {kind} library: {states[kind]} ({entry})")
     print("backends (nothing is built or loaded to tell):")
-    for name, avail in _available_without_building().items():
+    for name, avail in _available_without_building(states).items():
         print(f"  {name}: {avail}")
     return 0
 
 
-def _available_without_building() -> dict[str, str]:
+def _available_without_building(states: dict[str, str]) -> dict[str, str]:
     out = {}
     for name, kind in (("cpp", "cpu"), ("cuda", "cuda")):
         if kind == "cuda" and not torch.cuda.is_available():
             out[name] = "no (no CUDA device is visible)"
-        elif _build.entry_state(_build.cache_entry(kind), kind) == "complete":
+        elif states.get(kind) == "complete":
             out[name] = "yes (cached build)"
         else:
-            out[name] = "compiled on first use" if kind == "cpu" or torch.version.cuda else "no"
+            out[name] = "compiled on first use" if kind in states else "no"
     out["torch"] = "yes (always)"
     return out
 

@@ -195,9 +195,13 @@ def _missing_compiler(kind: str, build_dir: Path) -> BuildError | None:
     )
 
 
-def _check_cuda_toolkit() -> str:
+def _check_cuda_torch() -> None:
     if torch.version.cuda is None:
         raise BuildError(f"the cuda backend needs a CUDA build of PyTorch; this one ({torch.__version__}) is CPU-only")
+
+
+def _check_cuda_toolkit() -> str:
+    _check_cuda_torch()
     cuda_home = find_cuda_home()
     if cuda_home is None or not _is_toolkit(Path(cuda_home)):
         raise BuildError(
@@ -340,8 +344,8 @@ def _load_library_locked(kind: str) -> None:
         raise _failed[kind]
     start = time.perf_counter()
     try:
-        if kind == "cuda" and torch.version.cuda is None:
-            raise BuildError(f"the cuda backend needs a CUDA build of PyTorch; this one ({torch.__version__}) is CPU-only")
+        if kind == "cuda":
+            _check_cuda_torch()  # loading needs no toolkit, only a CUDA build of PyTorch
         entry = cache_entry(kind)
         prebuilt = _prebuilt_entries(kind)
         compiled = False
