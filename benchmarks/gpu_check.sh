@@ -16,6 +16,9 @@ cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export SNNSPX_CACHE_DIR="${SNNSPX_CACHE_DIR:-/tmp/snnspx-cache}"
 export MAX_JOBS="${MAX_JOBS:-16}"
+# The check is of the compiled CUDA kernels: make them the default for CUDA tensors, as a pass
+# will (snnspx/_backend.py, CUDA_KERNELS_VERIFIED).
+export SNNSPX_CUDA_DEFAULT=cuda
 out="${OUT:-/tmp}"
 log="$out/gpu_check.log"
 status=0

@@ -1,9 +1,12 @@
 """Which kernel runs an op: ``cuda``, ``cpp`` or ``torch``.
 
 An explicit ``backend=`` argument wins, then the environment variable ``SNNSPX_BACKEND``;
-both are requests, and a request that cannot run is an error. With neither, CUDA tensors go
-to ``cuda`` and CPU tensors to ``cpp``; if that library does not build, the op runs its
-PyTorch kernel (``torch``) after one warning that carries the build error.
+both are requests, and a request that cannot run is an error. With neither, CPU tensors go
+to ``cpp``; if that library does not build, the op runs its PyTorch kernel (``torch``) after
+one warning that carries the build error. CUDA tensors go to ``cuda`` only while
+:data:`CUDA_KERNELS_VERIFIED` holds (the CUDA library of this version passed
+``benchmarks/gpu_check.sh`` on a GPU); otherwise to ``torch``, after one warning, unless
+``SNNSPX_CUDA_DEFAULT=cuda`` was set when snnspx was imported (or ``backend="cuda"`` is passed).
 
 Every backend runs the same op (one schema, one autograd formula): ``cpp`` and ``cuda`` are
 the kernels a compiled library registers for its device, ``torch`` the PyTorch kernel every
@@ -24,6 +27,15 @@ from . import _build, _library
 BACKENDS = ("cuda", "cpp", "torch")
 _COMPILED = {"cuda": "cuda", "cpp": "cpu"}  # backend -> library kind
 _warned: set[str] = set()
+
+# Whether the CUDA kernels of this version have passed benchmarks/gpu_check.sh on a GPU. A
+# CUDA kernel that never ran on a GPU is never a default: until a pass, CUDA tensors run the
+# PyTorch kernels unless asked otherwise. Set to True in the commit that records a pass
+# (CONTRIBUTING.md, "The last GPU pass").
+CUDA_KERNELS_VERIFIED = False
+# Read once, at import: "cuda" makes the compiled CUDA kernels the default for CUDA tensors
+# (what gpu_check.sh tests), "torch" the PyTorch kernels; empty: CUDA_KERNELS_VERIFIED decides.
+_CUDA_DEFAULT_ENV = os.environ.get("SNNSPX_CUDA_DEFAULT", "")
 
 
 class BackendInfo(NamedTuple):
@@ -64,6 +76,8 @@ def check_name(backend, source: str = "backend") -> None:
 def _default(device: torch.device) -> str:
     if device.type not in ("cpu", "cuda"):
         return "torch"  # e.g. meta: the fake kernels serve, nothing is built
+    if device.type == "cuda" and not _cuda_kernels_default():
+        return "torch"
     want = "cuda" if device.type == "cuda" else "cpp"
     kind = _COMPILED[want]
     if kind in _build._loaded:  # fast path, also keeps torch.compile tracing simple
@@ -81,6 +95,25 @@ def _default(device: torch.device) -> str:
             )
         return "torch"
     return want
+
+
+def _cuda_kernels_default() -> bool:
+    """Whether CUDA tensors go to the compiled CUDA kernels when no backend is requested; says
+    why not once (a warning) when they do not."""
+    if _CUDA_DEFAULT_ENV not in ("", "cuda", "torch"):
+        raise ValueError(f"SNNSPX_CUDA_DEFAULT must be 'cuda', 'torch' or empty, got {_CUDA_DEFAULT_ENV!r}")
+    if _CUDA_DEFAULT_ENV == "cuda" or (CUDA_KERNELS_VERIFIED and _CUDA_DEFAULT_ENV != "torch"):
+        return True
+    if not CUDA_KERNELS_VERIFIED and "cuda-unverified" not in _warned:
+        _warned.add("cuda-unverified")
+        warnings.warn(
+            "snnspx: CUDA tensors run the PyTorch kernels ('torch' backend): the CUDA kernels of this version "
+            "have not yet passed the project's GPU check (docs/build.md). Pass backend='cuda', or set "
+            "SNNSPX_CUDA_DEFAULT=cuda before importing snnspx, to use them anyway.",
+            RuntimeWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+    return False
 
 
 # Frames in these folders are not the user's: snnspx itself, and torch (nn.Module.__call__,

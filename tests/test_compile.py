@@ -148,9 +148,10 @@ def test_compiled_superpixel_gradients(backend, device, dtype, gen):
 
     Under torch.compile the traced op runs the kernel registered for the device (a forced
     backend="torch" applies in eager mode only), so eager runs that kernel too: a twin of the
-    module with the default backend. (The C++ fused "avg" gradient in float16 may be one unit in
+    module with the device's compiled backend. (The C++ fused "avg" gradient in float16 may be one unit in
     the last place from the PyTorch kernel's, see test_fused.py.)"""
-    snnspx._backend.resolve(None, torch.device(device))  # the device's compiled kernels are loaded
+    compiled = "cpp" if device == "cpu" else "cuda"
+    snnspx._backend.resolve(compiled, torch.device(device))  # the device's compiled kernels are loaded
     K = 5
     x = torch.randn((4, 2, 3, 5, 6), generator=gen).to(device, dtype)
     labels = torch.randint(-1, K, (2, 5, 6), generator=gen).to(device)
@@ -165,7 +166,7 @@ def test_compiled_superpixel_gradients(backend, device, dtype, gen):
         torch._dynamo.reset()
         grads = []
         twin = copy.deepcopy(module)
-        twin.backend = None
+        twin.backend = compiled
         for run in (torch.compile(module, backend="eager", fullgraph=True), twin):
             leaf = inp.detach().clone().requires_grad_()
             out = run(leaf, lab)

@@ -524,13 +524,14 @@ def test_torch_backend_runs_pytorch_kernels_on_cpu(gen):
 @pytest.mark.cuda
 def test_cuda_kernel_actually_runs(gen):
     """Every CUDA op of the neuron runs once per call, with its CUDA kernel (none of the
-    PyTorch kernel's arithmetic); with no backend given, CUDA tensors go to the compiled kernels."""
+    PyTorch kernel's arithmetic); with no backend given, so do CUDA tensors once the CUDA kernels
+    are the default (see test_cuda_default_is_the_pytorch_kernel_until_verified)."""
     x = currents(gen, (6, 4), device="cuda")
     F.srm_forward(x, backend="cuda")  # loads the library
     for name in ONCE_EACH:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CUDA"), name
-    assert resolve(None, torch.device("cuda")) == "cuda"
-    for backend in ("cuda", None):
+    backends = ("cuda", None) if snnspx._backend._cuda_kernels_default() else ("cuda",)
+    for backend in backends:
         ran = profiled_ops(lambda: run_every_srm_op(x, backend))
         assert srm_ops(ran) == ONCE_EACH, f"backend={backend}"
         assert not TORCH_KERNEL_OPS & ran.keys(), f"backend={backend}: the PyTorch kernel ran"
@@ -656,3 +657,28 @@ def test_backend_selection(monkeypatch):
     monkeypatch.setenv("SNNSPX_BACKEND", "cuda")
     with pytest.raises(ValueError, match="runs on CUDA tensors"):
         F.srm_forward(torch.randn(2, 2))
+
+
+def test_cuda_default_is_the_pytorch_kernel_until_verified(monkeypatch):
+    """A CUDA kernel that has not passed the GPU check is never a default: CUDA tensors go to
+    the PyTorch kernels, with one warning that says why and how to opt in; nothing is built.
+    (Resolution needs no GPU: it only looks at the device type.)"""
+    from snnspx import _backend
+
+    monkeypatch.delenv("SNNSPX_BACKEND", raising=False)
+    monkeypatch.setattr(_backend, "_warned", set())
+    monkeypatch.setattr(_backend, "CUDA_KERNELS_VERIFIED", False)
+    monkeypatch.setattr(_backend, "_CUDA_DEFAULT_ENV", "")
+    with pytest.warns(RuntimeWarning, match="not yet passed the project's GPU check.*backend='cuda'"):
+        assert resolve(None, torch.device("cuda")) == "torch"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve(None, torch.device("cuda")) == "torch"  # warned once only
+    monkeypatch.setattr(_backend, "CUDA_KERNELS_VERIFIED", True)
+    monkeypatch.setattr(_backend, "_CUDA_DEFAULT_ENV", "torch")  # the user's choice wins over a pass
+    assert resolve(None, torch.device("cuda")) == "torch"
+    monkeypatch.setattr(_backend, "_CUDA_DEFAULT_ENV", "gpu")
+    with pytest.raises(ValueError, match="SNNSPX_CUDA_DEFAULT must be 'cuda', 'torch' or empty, got 'gpu'"):
+        resolve(None, torch.device("cuda"))
