@@ -140,6 +140,12 @@ def test_count_loss_matches_original(device, reverse, reduction, gen):
     spikes = spikes_of(gen, (T, B, N), p=0.4, device=device)
     labels = torch.randint(0, N, (B,), generator=gen).to(device)
     desired, undesired = 5, 2
+    # one neuron in each zone, whatever the draw: the true class above / below desired_count,
+    # another class below / above undesired_count
+    spikes[:, 0, labels[0]] = 1
+    spikes[:, 1, labels[1]] = 0
+    spikes[:, 2, (labels[2] + 1) % N] = 0
+    spikes[:, 3, (labels[3] + 1) % N] = 1
     loss, grad = loss_and_grad(L.spike_count_loss, spikes, labels, desired_count=desired, undesired_count=undesired,
                                reverse=reverse, reduction=reduction)
     want_loss, want_grad = count_oracle(spikes.cpu(), labels.cpu(), desired, undesired, reverse, reduction)
@@ -218,6 +224,12 @@ def test_timing_loss_matches_original(device, reduction, gen):
     spikes = spikes_of(gen, (T, B, N), p=0.35, device=device)
     spikes[:, 0, :] = 0  # a sample with no output spikes at all
     labels = torch.randint(0, N, (B,), generator=gen).to(device)
+    # every zone, whatever the draw: sample 1's true class fires at steps 1 (before the
+    # target's 2: dead) and 7 (after its 4: active); another class fires once (active) and
+    # has empty slots (dead)
+    spikes[:, 1, :] = 0
+    spikes[[0, 6], 1, labels[1]] = 1
+    spikes[3, 1, (labels[1] + 1) % N] = 1
     target = original_targets(T, labels.cpu(), N).to(device)
     loss, grad = loss_and_grad(L.spike_timing_loss, spikes, target, labels, reduction=reduction)
     want_loss, want_grad, zones = timing_oracle(spikes.cpu(), target.cpu(), labels.cpu(), reduction)
