@@ -9,13 +9,13 @@ from .params import MAX_DUDT_INV, SRMParams
 from . import functional, nn, reference, superpixels
 from ._backend import BACKENDS, BackendInfo, backends
 from ._build import BuildError
-from . import encoding
+from . import encoding, init, losses
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SRMParams", "MAX_DUDT_INV", "functional", "nn", "reference", "superpixels", "backends", "BackendInfo",
-    "BACKENDS", "BuildError", "encoding", "viz",
+    "BACKENDS", "BuildError", "encoding", "init", "losses", "viz",
 ]
 
 

@@ -284,12 +284,14 @@ def srm_conv2d_forward(s_in, weight, *, stride=1, padding=0, dilation=1, groups=
 
 def srm_conv2d_backward(
     grad_spikes, s_in, weight, spikes, du, dut, *, stride=1, padding=0, dilation=1, groups=1,
-    params=None, input_grad_scale=0.85, **neuron,
+    params=None, input_grad_scale=0.85, input_grad_mask=True, **neuron,
 ):
     """docs/maths.md §4 backward by loops. Returns ``(grad_s_in, grad_weight)``::
 
     grad_weight = conv weight-gradient(input=s_in, grad_output=grad_w)
     grad_s_in   = conv input-gradient(grad_t, weight) * s_in * input_grad_scale   (exactly 0 where s_in is 0)
+
+    With ``input_grad_mask=False`` the factor ``s_in`` is left out.
     """
     conv = _checks.conv2d_params(stride, padding, dilation, groups)
     grad_w, grad_t = srm_backward(grad_spikes, spikes, du, dut, params=SRMParams.make(params, **neuron))
@@ -303,7 +305,8 @@ def srm_conv2d_backward(
         grad_weight = _conv2d_weight_grad(x, gw, w.shape, conv)
         # masked by select: where s_in is 0 the gradient is 0 even if the sum overflowed to inf
         # (inf * 0 would be NaN), as in snnspx.functional.srm_conv2d
-        grad_in = np.where(x != 0, _conv2d_input_grad(gt, w, x.shape, conv) * x * f(input_grad_scale), f(0))
+        grad_in = _conv2d_input_grad(gt, w, x.shape, conv)
+        grad_in = _mask_input_grad(grad_in, x, f(input_grad_scale), input_grad_mask, f)
     return (
         torch.from_numpy(grad_in).reshape(s_in.shape).to(device=s_in.device, dtype=s_in.dtype),
         torch.from_numpy(grad_weight).to(device=weight.device, dtype=weight.dtype),
@@ -324,11 +327,24 @@ def srm_linear_forward(s_in, weight, *, params=None, **neuron):
     return srm_forward(x, params=SRMParams.make(params, **neuron))
 
 
-def srm_linear_backward(grad_spikes, s_in, weight, spikes, du, dut, *, params=None, input_grad_scale=0.85, **neuron):
+def _mask_input_grad(grad_in, x, scale, mask, f):
+    """``grad_in * x * scale`` where ``x != 0`` and exactly 0 elsewhere (a select: an inf
+    ``grad_in`` gives no NaN), or ``grad_in * scale`` without the mask."""
+    if not mask:
+        return grad_in * scale
+    return np.where(x != 0, grad_in * x * scale, f(0))
+
+
+def srm_linear_backward(
+    grad_spikes, s_in, weight, spikes, du, dut, *, params=None, input_grad_scale=0.85, input_grad_mask=True, **neuron
+):
     """docs/maths.md §4 backward of the dense layer by loops. Returns ``(grad_s_in, grad_weight)``::
 
     grad_weight[o, i] = sum over rows of grad_w[., o] * s_in[., i]
-    grad_s_in[., i]   = sum_o grad_t[., o] * weight[o, i] * input_grad_scale    (no s_in mask)
+    grad_s_in[., i]   = (sum_o grad_t[., o] * weight[o, i]) * s_in[., i] * input_grad_scale
+
+    ``grad_s_in`` is exactly 0 where ``s_in`` is 0; with ``input_grad_mask=False`` the factor
+    ``s_in`` is left out.
     """
     grad_w, grad_t = srm_backward(grad_spikes, spikes, du, dut, params=SRMParams.make(params, **neuron))
     f = _np_dtype(du.dtype)
@@ -343,7 +359,7 @@ def srm_linear_backward(grad_spikes, s_in, weight, spikes, du, dut, *, params=No
             for i in range(w.shape[1]):
                 grad_weight[o, i] = np.dot(gw[:, o], s[:, i])
                 grad_in[:, i] += gt[:, o] * w[o, i]
-    grad_in *= f(input_grad_scale)
+        grad_in = _mask_input_grad(grad_in, s, f(input_grad_scale), input_grad_mask, f)
     return (
         torch.from_numpy(grad_in).reshape(s_in.shape).to(device=s_in.device, dtype=s_in.dtype),
         torch.from_numpy(grad_weight).to(device=weight.device, dtype=weight.dtype),
@@ -353,10 +369,11 @@ def srm_linear_backward(grad_spikes, s_in, weight, spikes, du, dut, *, params=No
 def standardize_weight(weight, bn_weight=None, bn_bias=None, *, eps=1e-5):
     """Row by row: ``(w - mean) / sqrt(unbiased var + eps) * bn_weight + bn_bias`` (float64 loops, no autograd).
 
-    A zero denominator (a constant row with ``eps = 0``) divides as IEEE floats do: NaN for
-    0 / 0, like the functional form."""
+    A row is ``weight[o]`` flattened (any ``[C_out, ...]`` weight). A zero denominator (a
+    constant row with ``eps = 0``) divides as IEEE floats do: NaN for 0 / 0, like the
+    functional form."""
     _checks.check_standardize_args(weight, bn_weight, bn_bias)
-    w = weight.detach().cpu().double()
+    w = weight.detach().cpu().double().reshape(weight.shape[0], -1)
     out = torch.empty_like(w)
     n = w.shape[1]
     for o in range(w.shape[0]):
@@ -369,7 +386,7 @@ def standardize_weight(weight, bn_weight=None, bn_bias=None, *, eps=1e-5):
         with np.errstate(all="ignore"):  # den = 0: IEEE division (NaN or +-inf), not an exception
             for i in range(n):
                 out[o, i] = float(np.float64(row[i] - mean) / den * gain + shift)
-    return out.to(device=weight.device, dtype=weight.dtype)
+    return out.reshape(weight.shape).to(device=weight.device, dtype=weight.dtype)
 
 
 def _windows(H, W, kernel):

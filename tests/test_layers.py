@@ -339,11 +339,11 @@ def test_linear_matches_reference(backend, device, dtype, shape, gen):
 
 
 def test_linear_input_gradient_is_not_masked(gen):
-    """As in the original, silent inputs also receive a gradient (unlike the convolution)."""
+    """With input_grad_mask=False, silent inputs also receive a gradient."""
     s_in = spike_train(gen, (10, 2, 6), torch.float64, p=0.5)
     weight = dyadic(gen, (4, 6), torch.float64)
-    _, gs, _ = layer_grads(lambda s, w: F.srm_linear(s, w, v_th=0.5, backend="torch"), s_in, weight,
-                           torch.ones(10, 2, 4, dtype=torch.float64))
+    _, gs, _ = layer_grads(lambda s, w: F.srm_linear(s, w, v_th=0.5, input_grad_mask=False, backend="torch"),
+                           s_in, weight, torch.ones(10, 2, 4, dtype=torch.float64))
     assert (gs[s_in == 0] != 0).any()
 
 

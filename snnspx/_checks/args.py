@@ -130,8 +130,11 @@ def _check_pair(s_in, weight) -> None:
 
 def check_standardize_args(weight, bn_weight, bn_bias) -> None:
     check_tensor(weight, "weight")
-    if weight.dim() != 2 or weight.shape[1] < 2:
-        raise ValueError(f"weight must be [out_features, in_features >= 2], got shape {tuple(weight.shape)}")
+    if weight.dim() < 2 or math.prod(weight.shape[1:]) < 2:
+        raise ValueError(
+            "weight must be [out_features, in_features >= 2] or [C_out, ...] with at least 2 values "
+            f"per output unit, got shape {tuple(weight.shape)}"
+        )
     for name, t in (("bn_weight", bn_weight), ("bn_bias", bn_bias)):
         if t is not None and tuple(t.shape) != (weight.shape[0],):
             raise ValueError(f"{name} must be [{weight.shape[0]}] (one per output unit), got shape {tuple(t.shape)}")

@@ -5,7 +5,8 @@ Backward of a synapse + neuron layer with input spikes ``s_in``, weight ``W``, c
 ``x = W * s_in`` and output spikes: :func:`srm_backward` turns ``dL/dspikes`` into
 ``(grad_w, grad_t)``; the weight gradient is the synapse's weight-gradient of ``grad_w``
 (as if ``grad_w`` were ``dL/dx``) and the input gradient the synapse's input-gradient of
-``grad_t``, scaled by ``input_grad_scale`` (and masked by ``s_in`` for the convolution).
+``grad_t``, scaled by ``input_grad_scale`` and, with ``input_grad_mask`` (the default, as in the
+original layers), masked by ``s_in``.
 The convolution gradients come from PyTorch's own ``aten.convolution_backward``, on every
 device, so they are exactly what ``nn.Conv2d`` would compute for that ``dL/dx``.
 
@@ -64,14 +65,28 @@ def _autocast_synapse(s_in: torch.Tensor, weight: torch.Tensor) -> tuple[torch.T
     return s_in, weight
 
 
-def _neuron_forward(ctx, s_in, weight, x, params, input_grad_scale, backend):
-    """Run the neurons on currents ``x`` [T, ...] and keep what the backward needs."""
+def _neuron_forward(ctx, s_in, weight, x, params, input_grad, backend):
+    """Run the neurons on currents ``x`` [T, ...] and keep what the backward needs.
+    ``input_grad`` is ``(input_grad_scale, input_grad_mask)``."""
     spikes, du, dut = srm_forward(x, params=params, backend=backend)
     # spikes is this Function's output and s_in its caller's tensor: saving them costs no
     # memory of its own; du and dut are new (4 + 4 bytes per float32 neuron-step).
     ctx.save_for_backward(s_in, weight, spikes, du, dut)
-    ctx.params, ctx.input_grad_scale, ctx.backend = params, input_grad_scale, backend
+    ctx.params, ctx.backend = params, backend
+    ctx.input_grad_scale, ctx.input_grad_mask = input_grad
     return spikes
+
+
+def _input_grad(ctx, s_in, grad_in):
+    """The input-spike gradient: ``grad_in * s_in * input_grad_scale`` with the mask,
+    ``grad_in * input_grad_scale`` without.
+
+    The mask by select, not by product: in half precision grad_in can overflow to inf (e.g.
+    v_th <= 0, a spike with dut = 0, -1/dut clamped to -max_dudt_inv), and inf * 0 would put
+    NaN where s_in is 0; there the gradient is exactly 0."""
+    if not ctx.input_grad_mask:
+        return grad_in * ctx.input_grad_scale
+    return torch.where(s_in != 0, grad_in * s_in * ctx.input_grad_scale, grad_in.new_zeros(()))
 
 
 def _neuron_backward(ctx, grad_spikes):
@@ -81,14 +96,19 @@ def _neuron_backward(ctx, grad_spikes):
     return s_in, weight, grad_w, grad_t
 
 
+def _input_grad_args(input_grad_scale, input_grad_mask) -> tuple[float, bool]:
+    _checks.check_input_grad_scale(input_grad_scale)
+    return float(input_grad_scale), _checks.check_flag(input_grad_mask, "input_grad_mask")
+
+
 # --------------------------------------------------------------------------- convolution
 class _SRMConv2d(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, s_in, weight, conv, params, input_grad_scale, backend):
+    def forward(ctx, s_in, weight, conv, params, input_grad, backend):
         T, B = s_in.shape[:2]
         x = TF.conv2d(s_in.reshape(T * B, *s_in.shape[2:]), weight, None, *conv)
         ctx.conv = conv
-        return _neuron_forward(ctx, s_in, weight, x.reshape(T, B, *x.shape[1:]), params, input_grad_scale, backend)
+        return _neuron_forward(ctx, s_in, weight, x.reshape(T, B, *x.shape[1:]), params, input_grad, backend)
 
     @staticmethod
     @once_differentiable  # the SRM gradient is a surrogate (docs/maths.md §3)
@@ -108,11 +128,7 @@ class _SRMConv2d(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_weight = conv_backward(grad_w, [False, True, False])[1]
         if ctx.needs_input_grad[0]:
-            grad_in = conv_backward(grad_t, [True, False, False])[0].reshape(s_in.shape)
-            # The mask by select, not by product: in half precision grad_t can overflow to inf
-            # (e.g. v_th <= 0, a spike with dut = 0, -1/dut clamped to -max_dudt_inv), and
-            # inf * 0 would put NaN where s_in is 0; there the gradient is exactly 0.
-            grad_in = torch.where(s_in != 0, grad_in * s_in * ctx.input_grad_scale, grad_in.new_zeros(()))
+            grad_in = _input_grad(ctx, s_in, conv_backward(grad_t, [True, False, False])[0].reshape(s_in.shape))
         return grad_in, grad_weight, None, None, None, None
 
 
@@ -126,6 +142,7 @@ def srm_conv2d(
     groups: int = 1,
     params: SRMParams | None = None,
     input_grad_scale: float = 0.85,
+    input_grad_mask: bool = True,
     backend: str | None = None,
     **neuron,
 ) -> torch.Tensor:
@@ -139,7 +156,8 @@ def srm_conv2d(
         dL/ds_in   = conv2d input-gradient(grad_output=grad_t, weight) * s_in * input_grad_scale
 
     both from ``aten.convolution_backward``. ``dL/ds_in`` is a proxy (the gradient of input
-    spike times), non-zero only where ``s_in`` is.
+    spike times), non-zero only where ``s_in`` is; with ``input_grad_mask=False`` the factor
+    ``s_in`` is left out (every input position gets a gradient).
 
     Memory kept for the backward: ``s_in`` and ``weight`` as given (no copy) and the output
     spikes (the returned tensor, no copy), plus ``du`` and ``dut``: 8 new bytes per output
@@ -155,6 +173,8 @@ def srm_conv2d(
         params, **neuron: the neuron's constants and the backward's clamps (see
             :func:`srm_forward`, :func:`srm_backward`).
         input_grad_scale: factor of the input-spike gradient (0.85 as in the original).
+        input_grad_mask: multiply the input-spike gradient by ``s_in`` (True, the default and
+            the original's: silent inputs get exactly 0) or not (False).
         backend: the SRM neuron's backend (see :func:`snnspx.backends`).
 
     Returns:
@@ -166,16 +186,16 @@ def srm_conv2d(
     _checks.check_srm_conv2d(s_in, weight, conv[3])
     _checks.conv2d_output_size(s_in.shape[-2:], weight.shape[-2:], *conv[:3])
     p = SRMParams.make(params, **neuron)
-    _checks.check_input_grad_scale(input_grad_scale)
+    input_grad = _input_grad_args(input_grad_scale, input_grad_mask)
     b = resolve(backend, s_in.device)
-    return _SRMConv2d.apply(s_in, weight, conv, p, float(input_grad_scale), b)
+    return _SRMConv2d.apply(s_in, weight, conv, p, input_grad, b)
 
 
 # --------------------------------------------------------------------------- linear
 class _SRMLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, s_in, weight, params, input_grad_scale, backend):
-        return _neuron_forward(ctx, s_in, weight, TF.linear(s_in, weight), params, input_grad_scale, backend)
+    def forward(ctx, s_in, weight, params, input_grad, backend):
+        return _neuron_forward(ctx, s_in, weight, TF.linear(s_in, weight), params, input_grad, backend)
 
     @staticmethod
     @once_differentiable  # the SRM gradient is a surrogate (docs/maths.md §3)
@@ -186,7 +206,7 @@ class _SRMLinear(torch.autograd.Function):
             rows = math.prod(s_in.shape[:-1])  # not -1: a size may be 0
             grad_weight = grad_w.reshape(rows, weight.shape[0]).T @ s_in.reshape(rows, weight.shape[1])
         if ctx.needs_input_grad[0]:
-            grad_in = (grad_t @ weight) * ctx.input_grad_scale
+            grad_in = _input_grad(ctx, s_in, grad_t @ weight)
         return grad_in, grad_weight, None, None, None
 
 
@@ -196,6 +216,7 @@ def srm_linear(
     *,
     params: SRMParams | None = None,
     input_grad_scale: float = 0.85,
+    input_grad_mask: bool = True,
     backend: str | None = None,
     **neuron,
 ) -> torch.Tensor:
@@ -205,10 +226,10 @@ def srm_linear(
     Backward, from :func:`srm_backward`'s ``(grad_w, grad_t)``::
 
         dL/dweight = grad_w^T @ s_in          (summed over T and the batch dimensions)
-        dL/ds_in   = (grad_t @ weight) * input_grad_scale
+        dL/ds_in   = (grad_t @ weight) * s_in * input_grad_scale
 
-    Unlike :func:`srm_conv2d`, the input gradient is *not* masked by ``s_in``: the
-    original linear layer does not mask it, and this keeps that behaviour.
+    The input gradient is masked by ``s_in`` as in :func:`srm_conv2d` and the original
+    linear layer; ``input_grad_mask=False`` leaves the factor ``s_in`` out.
 
     For the standardised weights of :class:`snnspx.nn.SRMLinear`, pass the standardised
     weight (:func:`standardize_weight`); autograd carries ``dL/dweight`` through it.
@@ -227,9 +248,9 @@ def srm_linear(
     s_in, weight = _autocast_synapse(s_in, weight)
     _checks.check_srm_linear(s_in, weight)
     p = SRMParams.make(params, **neuron)
-    _checks.check_input_grad_scale(input_grad_scale)
+    input_grad = _input_grad_args(input_grad_scale, input_grad_mask)
     b = resolve(backend, s_in.device)
-    return _SRMLinear.apply(s_in, weight, p, float(input_grad_scale), b)
+    return _SRMLinear.apply(s_in, weight, p, input_grad, b)
 
 
 def standardize_weight(
@@ -241,30 +262,33 @@ def standardize_weight(
 ) -> torch.Tensor:
     """Each row of `weight` standardised over its inputs, then scaled and shifted per row.
 
-    ``(w - mean(w)) / sqrt(var(w) + eps) * bn_weight + bn_bias`` with the unbiased variance,
-    row by row (docs/maths.md §4, the weight norm of :class:`snnspx.nn.SRMLinear`). Ordinary
-    autograd ops: gradients flow to all three tensors.
+    A row is everything of one output unit or channel: ``weight[o]``, flattened (for a
+    convolution ``C_in / groups * kH * kW`` values). Row by row,
+    ``(w - mean(w)) / sqrt(var(w) + eps) * bn_weight + bn_bias`` with the unbiased variance
+    (docs/maths.md §4, the weight norm of :class:`snnspx.nn.SRMLinear` and
+    :class:`snnspx.nn.SRMConv2d`). Ordinary autograd ops: gradients flow to all three tensors.
 
     Args:
-        weight: ``[out_features, in_features]``, ``in_features >= 2``.
-        bn_weight, bn_bias: ``[out_features]`` or None (no scaling / no shift).
+        weight: ``[out_features, in_features]``, or any ``[C_out, ...]`` (e.g. a convolution's
+            ``[C_out, C_in / groups, kH, kW]``); at least 2 values per row.
+        bn_weight, bn_bias: ``[C_out]`` (one per row) or None (no scaling / no shift).
         eps: added to the variance.
 
     Returns:
-        ``[out_features, in_features]`` in the dtype of `weight`. float16/bfloat16 weights are
-        standardised in float32 and rounded once (a float16 variance overflows already for a
-        spread of a few hundred).
+        the shape of `weight`, in its dtype. float16/bfloat16 weights are standardised in
+        float32 and rounded once (a float16 variance overflows already for a spread of a few
+        hundred).
     """
     _checks.check_standardize_args(weight, bn_weight, bn_bias)
     acc = _checks.acc_dtype(weight.dtype)
-    w = weight.to(acc)
+    w = weight.to(acc).reshape(weight.shape[0], -1)
     var, mean = torch.var_mean(w, dim=1, correction=1, keepdim=True)
     w = (w - mean) / torch.sqrt(var + eps)
     if bn_weight is not None:
         w = w * bn_weight.to(acc)[:, None]
     if bn_bias is not None:
         w = w + bn_bias.to(acc)[:, None]
-    return w.to(weight.dtype)
+    return w.reshape(weight.shape).to(weight.dtype)
 
 
 # --------------------------------------------------------------------------- pooling

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -27,36 +29,76 @@ def _orthogonal_(w: torch.Tensor) -> None:
 
 
 class _SRMLayer(SRMModule):
-    """The SRM constants, the layout flag and the optional weight quantizer shared by the layers."""
+    """The SRM constants, the layout flag, the input-gradient options, the optional weight
+    standardisation (``bn_weight``, ``bn_bias``) and weight quantizer shared by the layers."""
 
-    def __init__(self, params, neuron, input_grad_scale, batch_first, weight_bits, weight_rounding, backend):
+    def __init__(self, params, neuron, input_grad_scale, input_grad_mask, batch_first, weight_bits, weight_rounding,
+                 backend):
         super().__init__(params, neuron, batch_first, backend)
         _checks.check_input_grad_scale(input_grad_scale)
         self.input_grad_scale = float(input_grad_scale)
+        self.input_grad_mask = _checks.check_flag(input_grad_mask, "input_grad_mask")
         _checks.check_rounding(weight_rounding, "weight_rounding")
         self.weight_quantizer = None if weight_bits is None else Quantizer(weight_bits, weight_rounding)
 
-    def _reset_quantizer(self) -> None:
+    def _init_weight(self, shape, weight_norm, eps, device, dtype) -> None:
+        """``weight`` of `shape`, and with `weight_norm` ``bn_weight``, ``bn_bias`` of ``[shape[0]]``."""
+        self.weight_norm = _checks.check_flag(weight_norm, "weight_norm")
+        self.eps = _checks.check_eps(eps)
+        if weight_norm and math.prod(shape[1:]) < 2:
+            raise ValueError(
+                f"weight_norm needs at least 2 inputs per output unit (an unbiased variance per row), "
+                f"got a weight of shape {tuple(shape)}"
+            )
+        kw = dict(device=device, dtype=dtype)
+        self.weight = nn.Parameter(torch.empty(shape, **kw))
+        if weight_norm:
+            self.bn_weight = nn.Parameter(torch.empty(shape[0], **kw))
+            self.bn_bias = nn.Parameter(torch.empty(shape[0], **kw))
+        else:
+            self.register_parameter("bn_weight", None)
+            self.register_parameter("bn_bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        _orthogonal_(self.weight)
         if self.weight_quantizer is not None:
             self.weight_quantizer.reset_running_stats()
+        if self.weight_norm:
+            nn.init.ones_(self.bn_weight)
+            nn.init.zeros_(self.bn_bias)
 
-    def _srm_kwargs(self) -> dict:
-        return dict(params=self.params, input_grad_scale=self.input_grad_scale, backend=self.backend)
+    def effective_weight(self) -> torch.Tensor:
+        """``W_hat``: the weight the synapses use (standardised, then quantized, as configured).
 
-    def _quantized(self, w: torch.Tensor) -> torch.Tensor:
+        With ``weight_bits``, a call in training mode also widens the quantizer's running range.
+        """
+        w = self.weight
+        if self.weight_norm:
+            w = F.standardize_weight(w, self.bn_weight, self.bn_bias, eps=self.eps)
         return w if self.weight_quantizer is None else self.weight_quantizer(w)
 
+    def _srm_kwargs(self) -> dict:
+        return dict(params=self.params, input_grad_scale=self.input_grad_scale, input_grad_mask=self.input_grad_mask,
+                    backend=self.backend)
+
     def _srm_repr(self) -> str:
-        return f"input_grad_scale={self.input_grad_scale}, " + self._neuron_repr()
+        return (f"weight_norm={self.weight_norm}, eps={self.eps}, input_grad_scale={self.input_grad_scale}, "
+                f"input_grad_mask={self.input_grad_mask}, " + self._neuron_repr())
 
 
 class SRMConv2d(_SRMLayer):
     """2-D convolution of input spikes into SRM neurons, trained with the spike-time gradient.
 
-    Per step ``x[t] = conv2d(s_in[t], weight)`` (no bias), then the SRM neuron over all T
+    Per step ``x[t] = conv2d(s_in[t], W_hat)`` (no bias), then the SRM neuron over all T
     steps; the weight gradient is the convolution's weight-gradient of ``grad_w`` and the
-    input-spike gradient its input-gradient of ``grad_t``, masked by ``s_in`` and scaled by
-    ``input_grad_scale`` (:func:`snnspx.functional.srm_conv2d`).
+    input-spike gradient its input-gradient of ``grad_t``, masked by ``s_in`` (unless
+    ``input_grad_mask=False``) and scaled by ``input_grad_scale``
+    (:func:`snnspx.functional.srm_conv2d`). ``W_hat`` is ``weight``, or with ``weight_norm``
+    each output channel's filter standardised over its ``C_in / groups * kH * kW`` values
+    (mean 0, unbiased variance 1, ``eps`` added to the variance), times ``bn_weight`` plus
+    ``bn_bias`` per output channel (:func:`snnspx.functional.standardize_weight`, the
+    original's conv layer); gradients reach ``weight``, ``bn_weight`` and ``bn_bias`` through it.
 
     Args:
         in_channels, out_channels: channels of the input spikes and of the neurons.
@@ -67,11 +109,15 @@ class SRMConv2d(_SRMLayer):
         params: the neuron's constants and the backward's clamps (:class:`snnspx.SRMParams`;
             default: its defaults).
         input_grad_scale: factor of the input-spike gradient. Default 0.85 (the original).
+        input_grad_mask: multiply the input-spike gradient by the input spikes (True, the
+            default and the original's) or not (False).
+        weight_norm: standardise each output channel's filter (see above). Default False.
+        eps: added to the variance of the standardisation. Default 1e-5.
         batch_first: inputs and outputs are ``[B, T, ...]`` instead of ``[T, B, ...]``.
             Default False.
         weight_bits: if set, the weight passes through a :class:`Quantizer` of that many
             bits (``self.weight_quantizer``) in every forward; its gradient goes straight
-            through. Default None (no quantization).
+            through (with ``weight_norm`` it acts on ``W_hat``). Default None (no quantization).
         weight_rounding: the quantizer's rounding, ``"nearest"`` (default) or ``"truncate"``.
         backend: the SRM neuron's backend (see :func:`snnspx.backends`); None picks one.
         **neuron: fields of :class:`snnspx.SRMParams` that replace those of `params`
@@ -85,6 +131,7 @@ class SRMConv2d(_SRMLayer):
     Attributes:
         weight: ``[C_out, C_in / groups, kH, kW]``, orthogonal init (rows over
             ``C_in / groups * kH * kW``), no bias.
+        bn_weight, bn_bias: ``[C_out]``, ones and zeros (only with ``weight_norm``).
     """
 
     def __init__(
@@ -99,6 +146,9 @@ class SRMConv2d(_SRMLayer):
         params: SRMParams | None = None,
         *,
         input_grad_scale: float = 0.85,
+        input_grad_mask: bool = True,
+        weight_norm: bool = False,
+        eps: float = 1e-5,
         batch_first: bool = False,
         weight_bits: int | None = None,
         weight_rounding: str = "nearest",
@@ -107,24 +157,18 @@ class SRMConv2d(_SRMLayer):
         dtype=None,
         **neuron,
     ) -> None:
-        super().__init__(params, neuron, input_grad_scale, batch_first, weight_bits, weight_rounding, backend)
+        super().__init__(params, neuron, input_grad_scale, input_grad_mask, batch_first, weight_bits, weight_rounding,
+                         backend)
         self.stride, self.padding, self.dilation, self.groups = _checks.conv2d_params(stride, padding, dilation, groups)
         self.kernel_size = _checks.kernel_pair(kernel_size)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})")
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.weight = nn.Parameter(
-            torch.empty(out_channels, in_channels // groups, *self.kernel_size, device=device, dtype=dtype)
-        )
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        _orthogonal_(self.weight)
-        self._reset_quantizer()
+        self._init_weight((out_channels, in_channels // groups, *self.kernel_size), weight_norm, eps, device, dtype)
 
     def forward(self, s_in: torch.Tensor) -> torch.Tensor:
         out = F.srm_conv2d(
-            self._time_major(s_in), self._quantized(self.weight), stride=self.stride, padding=self.padding,
+            self._time_major(s_in), self.effective_weight(), stride=self.stride, padding=self.padding,
             dilation=self.dilation, groups=self.groups, **self._srm_kwargs(),
         )
         return out.transpose(0, 1) if self.batch_first else out
@@ -144,8 +188,9 @@ class SRMLinear(_SRMLayer):
     inputs (mean 0, unbiased variance 1, ``eps`` added to the variance), times ``bn_weight``
     plus ``bn_bias`` per output unit (:func:`snnspx.functional.standardize_weight`);
     gradients reach ``weight``, ``bn_weight`` and ``bn_bias`` through it. The input-spike
-    gradient is ``(grad_t @ W_hat) * input_grad_scale``, *not* masked by ``s_in``, as in
-    the original (:func:`snnspx.functional.srm_linear`).
+    gradient is ``(grad_t @ W_hat) * s_in * input_grad_scale``, masked by ``s_in`` as in the
+    original; ``input_grad_mask=False`` leaves the factor ``s_in`` out
+    (:func:`snnspx.functional.srm_linear`).
 
     Args:
         in_features, out_features: sizes of the input and of the neuron layer
@@ -171,6 +216,7 @@ class SRMLinear(_SRMLayer):
         params: SRMParams | None = None,
         *,
         input_grad_scale: float = 0.85,
+        input_grad_mask: bool = True,
         weight_norm: bool = True,
         eps: float = 1e-5,
         batch_first: bool = False,
@@ -181,48 +227,19 @@ class SRMLinear(_SRMLayer):
         dtype=None,
         **neuron,
     ) -> None:
-        super().__init__(params, neuron, input_grad_scale, batch_first, weight_bits, weight_rounding, backend)
-        if weight_norm and in_features < 2:
+        super().__init__(params, neuron, input_grad_scale, input_grad_mask, batch_first, weight_bits, weight_rounding,
+                         backend)
+        if weight_norm is True and in_features < 2:
             raise ValueError(f"weight_norm needs in_features >= 2 (an unbiased variance per row), got {in_features}")
         self.in_features, self.out_features = in_features, out_features
-        self.weight_norm = _checks.check_flag(weight_norm, "weight_norm")
-        self.eps = _checks.check_eps(eps)
-        kw = dict(device=device, dtype=dtype)
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, **kw))
-        if weight_norm:
-            self.bn_weight = nn.Parameter(torch.empty(out_features, **kw))
-            self.bn_bias = nn.Parameter(torch.empty(out_features, **kw))
-        else:
-            self.register_parameter("bn_weight", None)
-            self.register_parameter("bn_bias", None)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        _orthogonal_(self.weight)
-        self._reset_quantizer()
-        if self.weight_norm:
-            nn.init.ones_(self.bn_weight)
-            nn.init.zeros_(self.bn_bias)
-
-    def effective_weight(self) -> torch.Tensor:
-        """``W_hat``: the weight the synapses use (standardised, then quantized, as configured).
-
-        With ``weight_bits``, a call in training mode also widens the quantizer's running range.
-        """
-        w = self.weight
-        if self.weight_norm:
-            w = F.standardize_weight(w, self.bn_weight, self.bn_bias, eps=self.eps)
-        return self._quantized(w)
+        self._init_weight((out_features, in_features), weight_norm, eps, device, dtype)
 
     def forward(self, s_in: torch.Tensor) -> torch.Tensor:
         out = F.srm_linear(self._time_major(s_in), self.effective_weight(), **self._srm_kwargs())
         return out.transpose(0, 1) if self.batch_first else out
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.in_features}, {self.out_features}, weight_norm={self.weight_norm}, eps={self.eps}, "
-            + self._srm_repr()
-        )
+        return f"{self.in_features}, {self.out_features}, " + self._srm_repr()
 
 
 class SpikeAvgPool2d(nn.Module):
