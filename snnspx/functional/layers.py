@@ -21,6 +21,7 @@ spike needs earlier spikes); ``tests/test_layers.py`` trains a network that way.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as TF
@@ -65,35 +66,88 @@ def _autocast_synapse(s_in: torch.Tensor, weight: torch.Tensor) -> tuple[torch.T
     return s_in, weight
 
 
-def _neuron_forward(ctx, s_in, weight, x, params, input_grad, backend):
-    """Run the neurons on currents ``x`` [T, ...] and keep what the backward needs.
-    ``input_grad`` is ``(input_grad_scale, input_grad_mask)``."""
-    spikes, du, dut = srm_forward(x, params=params, backend=backend)
-    # spikes is this Function's output and s_in its caller's tensor: saving them costs no
-    # memory of its own; du and dut are new (4 + 4 bytes per float32 neuron-step).
-    ctx.save_for_backward(s_in, weight, spikes, du, dut)
-    ctx.params, ctx.backend = params, backend
-    ctx.input_grad_scale, ctx.input_grad_mask = input_grad
-    return spikes
+class _ConvSynapse(NamedTuple):
+    """``x[t] = conv2d(s_in[t], weight)``; its two gradients are ``aten.convolution_backward``'s,
+    on every device, so they are exactly what ``nn.Conv2d`` computes for the same ``dL/dx``."""
+
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+
+    def currents(self, s_in, weight):
+        T, B = s_in.shape[:2]
+        x = TF.conv2d(s_in.reshape(T * B, *s_in.shape[2:]), weight, None, *self)
+        return x.reshape(T, B, *x.shape[1:])
+
+    def _backward(self, grad_x, s_in, weight, mask):
+        T, B = s_in.shape[:2]
+        return torch.ops.aten.convolution_backward.default(
+            grad_x.reshape(T * B, *grad_x.shape[2:]), s_in.reshape(T * B, *s_in.shape[2:]), weight, None,
+            list(self.stride), list(self.padding), list(self.dilation), False, [0, 0], self.groups, mask,
+        )
+
+    def weight_grad(self, grad_x, s_in, weight):
+        return self._backward(grad_x, s_in, weight, [False, True, False])[1]
+
+    def input_grad(self, grad_x, s_in, weight):
+        return self._backward(grad_x, s_in, weight, [True, False, False])[0].reshape(s_in.shape)
 
 
-def _input_grad(ctx, s_in, grad_in):
-    """The input-spike gradient: ``grad_in * s_in * input_grad_scale`` with the mask,
-    ``grad_in * input_grad_scale`` without.
+class _LinearSynapse(NamedTuple):
+    """``x = s_in @ weight.T`` over any leading dimensions."""
 
-    The mask by select, not by product: in half precision grad_in can overflow to inf (e.g.
-    v_th <= 0, a spike with dut = 0, -1/dut clamped to -max_dudt_inv), and inf * 0 would put
-    NaN where s_in is 0; there the gradient is exactly 0."""
-    if not ctx.input_grad_mask:
-        return grad_in * ctx.input_grad_scale
-    return torch.where(s_in != 0, grad_in * s_in * ctx.input_grad_scale, grad_in.new_zeros(()))
+    def currents(self, s_in, weight):
+        return TF.linear(s_in, weight)
+
+    def weight_grad(self, grad_x, s_in, weight):
+        rows = math.prod(s_in.shape[:-1])  # not -1: a size may be 0
+        return grad_x.reshape(rows, weight.shape[0]).T @ s_in.reshape(rows, weight.shape[1])
+
+    def input_grad(self, grad_x, s_in, weight):
+        return grad_x @ weight
 
 
-def _neuron_backward(ctx, grad_spikes):
-    """``(s_in, weight, grad_w, grad_t)`` from dL/dspikes (docs/maths.md §3)."""
-    s_in, weight, spikes, du, dut = ctx.saved_tensors
-    grad_w, grad_t = srm_backward(grad_spikes.contiguous(), spikes, du, dut, params=ctx.params, backend=ctx.backend)
-    return s_in, weight, grad_w, grad_t
+class _EventLayer(torch.autograd.Function):
+    """A synapse feeding SRM neurons, with the split spike-time gradient (module docstring):
+    the weight gradient is the synapse's of ``grad_w``, the input gradient the synapse's of
+    ``grad_t``, scaled and (with the mask) multiplied by ``s_in``."""
+
+    @staticmethod
+    def forward(ctx, s_in, weight, synapse, params, input_grad, backend):
+        spikes, du, dut = srm_forward(synapse.currents(s_in, weight), params=params, backend=backend)
+        # spikes is this Function's output and s_in its caller's tensor: saving them costs no
+        # memory of its own; du and dut are new (4 + 4 bytes per float32 neuron-step).
+        ctx.save_for_backward(s_in, weight, spikes, du, dut)
+        ctx.synapse, ctx.params, ctx.backend = synapse, params, backend
+        ctx.input_grad_scale, ctx.input_grad_mask = input_grad
+        return spikes
+
+    @staticmethod
+    @once_differentiable  # the SRM gradient is a surrogate (docs/maths.md §3)
+    def backward(ctx, grad_spikes):
+        s_in, weight, spikes, du, dut = ctx.saved_tensors
+        grad_w, grad_t = srm_backward(grad_spikes.contiguous(), spikes, du, dut, params=ctx.params, backend=ctx.backend)
+        grad_in = grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = ctx.synapse.weight_grad(grad_w, s_in, weight)
+        if ctx.needs_input_grad[0]:
+            grad_in = ctx.synapse.input_grad(grad_t, s_in, weight)
+            if ctx.input_grad_mask:
+                # The mask by select, not by product: in half precision grad_in can overflow to inf
+                # (e.g. v_th <= 0, a spike with dut = 0, -1/dut clamped to -max_dudt_inv), and
+                # inf * 0 would put NaN where s_in is 0; there the gradient is exactly 0.
+                grad_in = torch.where(s_in != 0, grad_in * s_in * ctx.input_grad_scale, grad_in.new_zeros(()))
+            else:
+                grad_in = grad_in * ctx.input_grad_scale
+        return grad_in, grad_weight, None, None, None, None
+
+
+def _srm_layer(synapse, s_in, weight, params: SRMParams, input_grad: tuple[float, bool], backend: str):
+    """Spikes of SRM neurons fed by ``synapse.currents(s_in, weight)``: the one place where the
+    layers meet the neuron. The neuron's parameter object decides how gradients flow through
+    the synapse; the layers pass it on unchanged."""
+    return _EventLayer.apply(s_in, weight, synapse, params, input_grad, backend)
 
 
 def _input_grad_args(input_grad_scale, input_grad_mask) -> tuple[float, bool]:
@@ -102,36 +156,6 @@ def _input_grad_args(input_grad_scale, input_grad_mask) -> tuple[float, bool]:
 
 
 # --------------------------------------------------------------------------- convolution
-class _SRMConv2d(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, s_in, weight, conv, params, input_grad, backend):
-        T, B = s_in.shape[:2]
-        x = TF.conv2d(s_in.reshape(T * B, *s_in.shape[2:]), weight, None, *conv)
-        ctx.conv = conv
-        return _neuron_forward(ctx, s_in, weight, x.reshape(T, B, *x.shape[1:]), params, input_grad, backend)
-
-    @staticmethod
-    @once_differentiable  # the SRM gradient is a surrogate (docs/maths.md §3)
-    def backward(ctx, grad_spikes):
-        s_in, weight, grad_w, grad_t = _neuron_backward(ctx, grad_spikes)
-        stride, padding, dilation, groups = ctx.conv
-        T, B = s_in.shape[:2]
-        flat_in = s_in.reshape(T * B, *s_in.shape[2:])
-
-        def conv_backward(grad_out, mask):
-            return torch.ops.aten.convolution_backward.default(
-                grad_out.reshape(T * B, *grad_out.shape[2:]), flat_in, weight, None,
-                list(stride), list(padding), list(dilation), False, [0, 0], groups, mask,
-            )
-
-        grad_in = grad_weight = None
-        if ctx.needs_input_grad[1]:
-            grad_weight = conv_backward(grad_w, [False, True, False])[1]
-        if ctx.needs_input_grad[0]:
-            grad_in = _input_grad(ctx, s_in, conv_backward(grad_t, [True, False, False])[0].reshape(s_in.shape))
-        return grad_in, grad_weight, None, None, None, None
-
-
 def srm_conv2d(
     s_in: torch.Tensor,
     weight: torch.Tensor,
@@ -188,28 +212,10 @@ def srm_conv2d(
     p = SRMParams.make(params, **neuron)
     input_grad = _input_grad_args(input_grad_scale, input_grad_mask)
     b = resolve(backend, s_in.device)
-    return _SRMConv2d.apply(s_in, weight, conv, p, input_grad, b)
+    return _srm_layer(_ConvSynapse(*conv), s_in, weight, p, input_grad, b)
 
 
 # --------------------------------------------------------------------------- linear
-class _SRMLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, s_in, weight, params, input_grad, backend):
-        return _neuron_forward(ctx, s_in, weight, TF.linear(s_in, weight), params, input_grad, backend)
-
-    @staticmethod
-    @once_differentiable  # the SRM gradient is a surrogate (docs/maths.md §3)
-    def backward(ctx, grad_spikes):
-        s_in, weight, grad_w, grad_t = _neuron_backward(ctx, grad_spikes)
-        grad_in = grad_weight = None
-        if ctx.needs_input_grad[1]:
-            rows = math.prod(s_in.shape[:-1])  # not -1: a size may be 0
-            grad_weight = grad_w.reshape(rows, weight.shape[0]).T @ s_in.reshape(rows, weight.shape[1])
-        if ctx.needs_input_grad[0]:
-            grad_in = _input_grad(ctx, s_in, grad_t @ weight)
-        return grad_in, grad_weight, None, None, None
-
-
 def srm_linear(
     s_in: torch.Tensor,
     weight: torch.Tensor,
@@ -250,7 +256,7 @@ def srm_linear(
     p = SRMParams.make(params, **neuron)
     input_grad = _input_grad_args(input_grad_scale, input_grad_mask)
     b = resolve(backend, s_in.device)
-    return _SRMLinear.apply(s_in, weight, p, input_grad, b)
+    return _srm_layer(_LinearSynapse(), s_in, weight, p, input_grad, b)
 
 
 def standardize_weight(
