@@ -90,12 +90,14 @@ class Net(nn.Module):
             self.head.weight.normal_(0.3, 0.1)
 
     def forward(self, spikes, labels, num_superpixels):
+        import snnspx
+
         self.pool.num_superpixels = num_superpixels
         s1 = self.conv1(spikes)
         s2 = self.conv2(s1)
         # nn.Conv2d hands back an ordinary dL/dspikes (a count gradient); SRMConv2d reads the
         # gradient of its output as a spike-time gradient, so flip its sign here (same value).
-        s2_in = 2 * s2.detach() - s2 if s2.requires_grad else s2
+        s2_in = snnspx.losses.reverse_grad(s2)
         currents = self.head(s2_in.flatten(0, 1)).unflatten(0, s2.shape[:2])   # [T, B, C, H, W]
         return s1, s2, self.pool(currents, labels)                         # pooled: [T, B, C, K]
 
@@ -174,7 +176,7 @@ def main(argv=None) -> int:
 
     def loss_of(pooled):
         rate = pooled.mean(dim=(0, 2))[0]         # [K]: spikes per pixel per step, over channels
-        rate = 2 * rate.detach() - rate           # same value; count gradient -> spike-time gradient
+        rate = snnspx.losses.reverse_grad(rate)   # same value; count gradient -> spike-time gradient
         return nn.functional.mse_loss(rate, target)
 
     # 5. forward ----------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import snnspx
+from snnspx.losses import reverse_grad
 from snnspx.superpixels import grid_superpixels
 
 WORLD = 2
@@ -46,7 +47,7 @@ class Net(nn.Module):
 
     def forward(self, spikes, labels):
         s = self.conv(spikes)
-        s = 2 * s.detach() - s  # count gradient -> spike-time gradient for SRMConv2d (same value)
+        s = reverse_grad(s)  # count gradient -> spike-time gradient for SRMConv2d (same value)
         currents = self.head(s.flatten(0, 1)).unflatten(0, s.shape[:2])
         return self.pool(currents, labels)  # [T, B, 3, K]
 
@@ -66,7 +67,7 @@ def make_net(backend: str) -> Net:
 
 def loss_fn(pooled, target):
     rate = pooled.mean(0)  # [b, 3, K]: spikes per pixel per step
-    rate = 2 * rate.detach() - rate  # the spike-time gradient convention (see examples/train_digits.py)
+    rate = reverse_grad(rate)  # the spike-time gradient convention (snnspx.losses)
     return nn.functional.mse_loss(rate, target)
 
 
