@@ -383,13 +383,13 @@ def test_fused_opcheck(backend, device, gen):
         (currents(gen, (T, B, C, P), torch.float64, device), torch.randint(-1, K, (T, B, P), generator=gen).int().to(device)),
     ]
     for (x, labels), mode in itertools.product(samples, MODES):
-        torch.library.opcheck(ops.srm_suppix_pool.default, (x, labels, K, mode, *args, True, ""))
+        torch.library.opcheck(ops.srm_suppix_pool.default, (x, labels, K, mode, *args, 0, True, ""))
         torch.library.opcheck(
-            ops.srm_suppix_pool_fwd.default, (x.clone().requires_grad_(), labels, K, mode, *args, 4.0, 1e8, False, "")
+            ops.srm_suppix_pool_fwd.default, (x.clone().requires_grad_(), labels, K, mode, *args, 4.0, 1e8, 0, False, "")
         )
-        y, saved, counts, argmax = ops.srm_suppix_pool_fwd.default(x, labels, K, mode, *args, 4.0, 1e8, True, "")
+        y, saved, counts, argmax = ops.srm_suppix_pool_fwd.default(x, labels, K, mode, *args, 4.0, 1e8, 0, True, "")
         g = torch.randn(y.shape, generator=gen).to(device, y.dtype)
-        torch.library.opcheck(ops.srm_suppix_pool_bwd.default, (g, saved, labels, counts, argmax, mode, 5.0, 3.0, 2.5, ""))
+        torch.library.opcheck(ops.srm_suppix_pool_bwd.default, (g, saved, labels, counts, argmax, mode, 5.0, 3.0, 2.5, 0, ""))
 
 
 @pytest.mark.parametrize("backend,device", COMPILED)
@@ -399,7 +399,7 @@ def test_fused_inference_op_does_not_drop_gradients(backend, device, gen):
     x = currents(gen, (4, 2, 3, 16), device=device).requires_grad_()
     labels = torch.randint(-1, 4, (1, 2, 16), generator=gen).to(device)
     F.srm_forward(torch.zeros(1, 1, device=device), backend=backend)
-    y = torch.ops.snnspx.srm_suppix_pool.default(x, labels, 4, "avg", 5.0, 3.0, 2.5, 1.0, True, "")
+    y = torch.ops.snnspx.srm_suppix_pool.default(x, labels, 4, "avg", 5.0, 3.0, 2.5, 1.0, 0, True, "")
     assert y.requires_grad
     with pytest.raises(RuntimeError, match="inference form of the fused op"):
         y.sum().backward()
