@@ -16,6 +16,7 @@ import torch
 import snnspx
 from snnspx import functional as F
 from snnspx import reference as R
+from snnspx.params import decode_variant
 from conftest import COMPILED, DTYPES, GRID
 
 MODES = ["sum", "avg", "max"]
@@ -92,6 +93,26 @@ def test_fused_gradient_equals_reference_gradient(backend, device, mode, dtype, 
     want = oracle_grad(w, x, labels, K, mode, du_inv_clamp=3.0)
     assert want.abs().sum() > 0, "the test should exercise a non-zero gradient"
     torch.testing.assert_close(xg.grad.cpu(), want)
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", range(1, 12))
+def test_fused_variants_equal_reference(backend, device, dtype, variant, gen):
+    """The neuron variants (docs/maths.md, "Neuron variants"; the other tests run variant 0):
+    y bit for bit and x.grad against the reference, in every mode. The CUDA kernels run the
+    default neuron only: backend="cuda" refuses the others."""
+    neuron = decode_variant(variant)
+    T, B, C, H, W, K = 8, 2, 2, 3, 4, 4
+    x = currents(gen, (T, B, C, H, W), dtype, device)
+    labels = make_labels(gen, "batch", T, B, H, W, K, device=device)
+    if backend == "cuda":
+        with pytest.raises(ValueError, match="run CUDA tensors with backend='torch'"):
+            fused(x, labels, K, "avg", backend, **neuron)
+        return
+    for mode in MODES:
+        y, _, want_grad = check_against_reference(x, labels, K, mode, backend, gen, **neuron)
+        assert y.sum() > 0 and want_grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("backend,device", GRID)
