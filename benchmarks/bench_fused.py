@@ -54,7 +54,7 @@ def main() -> None:
     F = snnspx.functional
 
     def eager_inf():
-        return eager_pool(S._forward_kernel(x, 5.0, 3.0, 2.5, 1.0)[0], index, K)
+        return eager_pool(S._forward_kernel(x, 5.0, 3.0, 2.5, 1.0, 0)[0], index, K)
 
     def unfused_inf():
         return F.suppix_pool(F.srm_forward(x, backend=kernel)[0], labels, num_superpixels=K, mode="avg", backend=kernel)

@@ -36,14 +36,14 @@ class EagerSRMConv2d(torch.autograd.Function):
     def forward(ctx, s_in, weight):
         T, B = s_in.shape[:2]
         x = TF.conv2d(s_in.flatten(0, 1), weight, padding=1)
-        spikes, du, dut = S._forward_kernel(x.unflatten(0, (T, B)), *P, V_TH)
+        spikes, du, dut = S._forward_kernel(x.unflatten(0, (T, B)), *P, V_TH, 0)
         ctx.save_for_backward(s_in, weight, spikes, du, dut)
         return spikes
 
     @staticmethod
     def backward(ctx, grad):
         s_in, weight, spikes, du, dut = ctx.saved_tensors
-        grad_w, grad_t = S._backward_kernel(grad.contiguous(), spikes, du, dut, *P, 4.0, snnspx.MAX_DUDT_INV)
+        grad_w, grad_t = S._backward_kernel(grad.contiguous(), spikes, du, dut, *P, 4.0, snnspx.MAX_DUDT_INV, 0)
         flat = s_in.flatten(0, 1)
         d_weight = torch.nn.grad.conv2d_weight(flat, weight.shape, grad_w.flatten(0, 1), padding=1)
         d_in = torch.nn.grad.conv2d_input(flat.shape, weight, grad_t.flatten(0, 1), padding=1)

@@ -1,8 +1,10 @@
 """SRM neuron: snnspx kernels against the PyTorch eager time loop (and torch.compile on a GPU).
 
-Shapes: CPU T,B,C,H,W = 16,4,32,32,32; GPU 16,16,64,64,64.
+Shapes: CPU T,B,C,H,W = 16,4,32,32,32; GPU 16,16,64,64,64. ``--neuron`` times another neuron
+variant (snnspx.SRMParams keywords, e.g. ``--neuron fire_if=">=" forward_type=nonleaky``; the
+CUDA kernels run the default one only).
 
-    python benchmarks/bench_srm.py [--device cpu|cuda] [--write]
+    python benchmarks/bench_srm.py [--device cpu|cuda] [--neuron KEY=VALUE ...] [--write]
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from common import Table, parser, time_ms  # noqa: E402
 import snnspx  # noqa: E402
 from snnspx.functional import srm as S  # noqa: E402
 
-P = (5.0, 3.0, 2.5)
 
 
 def saved_bytes_per_step(x: torch.Tensor, backend: str) -> float:
@@ -34,7 +35,10 @@ def saved_bytes_per_step(x: torch.Tensor, backend: str) -> float:
 
 
 def main() -> None:
-    args = parser(__doc__).parse_args()
+    ap = parser(__doc__)
+    ap.add_argument("--neuron", nargs="*", default=[], metavar="KEY=VALUE", help="SRMParams options (str fields)")
+    args = ap.parse_args()
+    p = snnspx.SRMParams(**dict(kv.split("=", 1) for kv in args.neuron))
     dev = args.device
     shape = (16, 16, 64, 64, 64) if dev == "cuda" else (16, 4, 32, 32, 32)
     if args.quick:
@@ -45,18 +49,18 @@ def main() -> None:
     kernel = "cuda" if dev == "cuda" else "cpp"
     run = lambda f: time_ms(f, args.min_run_time)  # noqa: E731
 
-    spikes, du, dut = S._forward_kernel(x, *P, 1.0)
-    eager_f = run(lambda: S._forward_kernel(x, *P, 1.0))
-    eager_b = run(lambda: S._backward_kernel(grad, spikes, du, dut, *P, 4.0, snnspx.MAX_DUDT_INV))
+    spikes, du, dut = S._forward_kernel(x, *p.forward_args)
+    eager_f = run(lambda: S._forward_kernel(x, *p.forward_args))
+    eager_b = run(lambda: S._backward_kernel(grad, spikes, du, dut, *p.backward_args))
 
-    k_fwd = run(lambda: snnspx.functional.srm_forward(x, backend=kernel))
-    k_nfwd = run(lambda: torch.ops.snnspx.srm_neuron_fwd(x, *P, 1.0, 4.0, snnspx.MAX_DUDT_INV))
-    _, saved = torch.ops.snnspx.srm_neuron_fwd(x, *P, 1.0, 4.0, snnspx.MAX_DUDT_INV)
-    k_bwd = run(lambda: snnspx.functional.srm_backward(grad, spikes, du, dut, backend=kernel))
-    k_nbwd = run(lambda: torch.ops.snnspx.srm_neuron_bwd(grad, saved, *P, 4.0, snnspx.MAX_DUDT_INV))
+    k_fwd = run(lambda: snnspx.functional.srm_forward(x, params=p, backend=kernel))
+    k_nfwd = run(lambda: torch.ops.snnspx.srm_neuron_fwd(x, *p.neuron_args))
+    _, saved = torch.ops.snnspx.srm_neuron_fwd(x, *p.neuron_args)
+    k_bwd = run(lambda: snnspx.functional.srm_backward(grad, spikes, du, dut, params=p, backend=kernel))
+    k_nbwd = run(lambda: torch.ops.snnspx.srm_neuron_bwd(grad, saved, *p.backward_args))
 
     t = Table(
-        f"SRM neuron, {dev}, T,B,C,H,W = {','.join(map(str, shape))}",
+        f"SRM neuron, {dev}, T,B,C,H,W = {','.join(map(str, shape))}" + (f", {p.options}" if p.variant else ""),
         ["pass", "PyTorch eager loop (ms)", "snnspx (ms)", "speed-up"],
     )
     t.add("forward: srm_forward (spikes, du, dut)", eager_f, k_fwd, f"{eager_f / k_fwd:.1f}x")
@@ -67,7 +71,7 @@ def main() -> None:
           f"{(eager_f + eager_b) / (k_nfwd + k_nbwd):.1f}x")
     if dev == "cuda":
         compiled = torch.compile(S._forward_kernel, fullgraph=True)
-        comp_f = run(lambda: compiled(x, *P, 1.0))
+        comp_f = run(lambda: compiled(x, *p.forward_args))
         t.add("forward: torch.compile of the eager loop", comp_f, k_fwd, f"{comp_f / k_fwd:.1f}x")
         nbytes = x.numel() * x.element_size()
         t.add("device copy of x (bandwidth floor reference)", run(lambda: x.clone()), "", f"{2 * nbytes:.3g} B moved")

@@ -48,7 +48,7 @@ for op in ('boom', 'boom2'):
         getattr(torch.ops.diag_{v}, op)(torch.zeros(2))
     except RuntimeError as e: print(op, 'raised', str(e).splitlines()[0][:60])
 """
-ours = "import torch\nfrom snnspx import _build\n_build.load_library('cpu')\ntry:\n    torch.ops.snnspx.srm_forward(torch.randn(3,2), 3.0, 3.0, 2.5, 1.0)\nexcept Exception as e: print('raised', type(e).__name__, str(e)[:60])"
+ours = "import torch\nfrom snnspx import _build\n_build.load_library('cpu')\ntry:\n    torch.ops.snnspx.srm_forward(torch.randn(3,2), 3.0, 3.0, 2.5, 1.0, 0)\nexcept Exception as e: print('raised', type(e).__name__, str(e)[:60])"
 procs["ours_staticstd"] = ours
 running = {}
 for name, code in procs.items():

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "srm_core.h"
@@ -19,6 +20,32 @@ inline void check_srm_taus(double tau_m, double tau_s, double tau_grad) {
               tau_grad);
   TORCH_CHECK_VALUE(tau_m != tau_s, "tau_m and tau_s must differ (the SRM kernel divides by tau_m - tau_s), got ",
               tau_m, " for both");
+}
+
+// `variant` is one of the codes of snnspx.SRMParams.variant (srm_core.h).
+inline void check_srm_variant(int64_t variant) {
+  TORCH_CHECK_VALUE(variant >= 0 && variant <= kMaxVariant,
+                    "variant must be an snnspx.SRMParams.variant (0 to ", kMaxVariant, "), got ", variant);
+}
+
+// The non-default options of a (valid) variant as snnspx.SRMParams keywords, for messages.
+inline std::string variant_options(int64_t variant) {
+  static const char* const traces[] = {"'exponential'", "'original'", "'nonnegative'"};
+  std::string out;
+  const auto add = [&out](const std::string& kw) { out += (out.empty() ? "" : ", ") + kw; };
+  if (variant & kVariantFireGE) add("fire_if='>='");
+  if (variant & kVariantNonleaky) add("forward_type='nonleaky'");
+  if (variant_trace(variant) != kTraceExponential) add(std::string("gradient_type=") + traces[variant_trace(variant)]);
+  return out;
+}
+
+// The kernels that run the default neuron only (the CUDA kernels) reject the others.
+inline void check_default_variant(const char* op, int64_t variant) {
+  check_srm_variant(variant);
+  TORCH_CHECK_VALUE(variant == 0, op,
+                    ": the CUDA kernels run the default neuron only (fire_if='>', forward_type='leaky', "
+                    "gradient_type='exponential'), got ",
+                    variant_options(variant), ": run CUDA tensors with backend='torch'");
 }
 
 inline void check_float_input(const at::Tensor& t, const char* name) {

@@ -6,11 +6,38 @@ import dataclasses
 
 from ._checks.args import _finite
 
-__all__ = ["SRMParams", "MAX_DUDT_INV"]
+__all__ = ["SRMParams", "MAX_DUDT_INV", "FIRE_IF", "FORWARD_TYPES", "GRADIENT_TYPES", "decode_variant"]
 
 # The original's bound on the clamp of -1/dut in the event-driven backward: so large that
 # it never binds for a float32 trace, i.e. in effect no clamp.
 MAX_DUDT_INV = 123456789.0
+
+
+# The neuron's options (docs/maths.md, "Neuron variants"), each a tuple whose index is the
+# option's code in SRMParams.variant: bit 0 = FIRE_IF, bit 1 = FORWARD_TYPES, bits 2-3 =
+# GRADIENT_TYPES. The first value of each is the default: variant 0 is the neuron of §2-§3.
+FIRE_IF = (">", ">=")
+FORWARD_TYPES = ("leaky", "nonleaky")
+GRADIENT_TYPES = ("exponential", "original", "nonnegative")
+_OPTIONS = {"fire_if": FIRE_IF, "forward_type": FORWARD_TYPES, "gradient_type": GRADIENT_TYPES}
+_NUMBER_FIELDS = ("tau_m", "tau_s", "tau_grad", "v_th", "du_inv_clamp", "max_dudt_inv")
+
+
+def decode_variant(variant: int) -> dict[str, str]:
+    """The options ``{"fire_if": ..., "forward_type": ..., "gradient_type": ...}`` of an
+    :attr:`SRMParams.variant` (the ops' ``int variant`` argument).
+
+    Raises:
+        ValueError: `variant` is not one of the 12 codes ``SRMParams.variant`` gives.
+    """
+    trace = variant >> 2 if isinstance(variant, int) and not isinstance(variant, bool) and variant >= 0 else -1
+    if not 0 <= trace < len(GRADIENT_TYPES):
+        raise ValueError(
+            f"variant must be an snnspx.SRMParams.variant: an int in 0..{4 * len(GRADIENT_TYPES) - 1} (bit 0 fire_if "
+            f"'>=', bit 1 forward_type 'nonleaky', bits 2-3 the gradient_type's index in {GRADIENT_TYPES}), got {variant!r}"
+        )
+    return {"fire_if": FIRE_IF[variant & 1], "forward_type": FORWARD_TYPES[(variant >> 1) & 1],
+            "gradient_type": GRADIENT_TYPES[trace]}
 
 
 def _is_number(v) -> bool:
@@ -51,14 +78,28 @@ class SRMParams:
     Args:
         tau_m, tau_s: membrane and synaptic time constants, finite, > 1 and different.
         tau_grad: time constant of the spike-time gradient trace, finite, > 1.
-        v_th: firing threshold, not NaN; a neuron spikes when ``u > v_th`` (strict).
+        v_th: firing threshold, not NaN; a neuron spikes when ``u > v_th`` (see `fire_if`).
         du_inv_clamp: the backward clamps ``-1/du`` to ``[-du_inv_clamp, 0]``; >= 0.
         max_dudt_inv: the backward clamps ``-1/dut`` to ``[-max_dudt_inv, 0]``; >= 0.
             Default :data:`MAX_DUDT_INV`, the original's value (in effect no clamp).
 
+    Keyword-only, the neuron variant (docs/maths.md, "Neuron variants"; the defaults are
+    the neuron of §2-§3):
+
+    Args:
+        fire_if: ``">"`` spikes when ``u > v_th``, ``">="`` when ``u >= v_th``.
+        forward_type: ``"leaky"`` (``u = c (m - s)``) or ``"nonleaky"`` (``u`` adds up the
+            trace ``g``: ``u = u_last + g``, and ``du = dut = g``).
+        gradient_type: the spike-time trace of the backward: ``"exponential"`` (``dut = g``,
+            ``epst[d] = -a_g^(d+1)``), ``"original"`` (``dut = du`` and ``epst[d]`` the
+            negated step ``-(eps(d) - eps(d-1))`` of the membrane kernel) or
+            ``"nonnegative"`` (as ``"original"`` with the step's negative part dropped).
+            A nonleaky neuron keeps ``dut = g``; its ``epst`` follows this field.
+
     Raises:
-        TypeError: a field is not a Python number.
-        ValueError: a field is out of its range (the message names it).
+        TypeError: a number field is not a Python number, or an option is not a str.
+        ValueError: a field is out of its range or an option not one of its values (the
+            message names the field and what it allows).
     """
 
     tau_m: float = 5.0
@@ -67,13 +108,23 @@ class SRMParams:
     v_th: float = 1.0
     du_inv_clamp: float = 4.0
     max_dudt_inv: float = MAX_DUDT_INV
+    _: dataclasses.KW_ONLY
+    fire_if: str = FIRE_IF[0]
+    forward_type: str = FORWARD_TYPES[0]
+    gradient_type: str = GRADIENT_TYPES[0]
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
+        for name in _NUMBER_FIELDS:
+            v = getattr(self, name)
             if not _is_number(v):
-                raise TypeError(f"{f.name} must be a Python number, got {type(v).__name__}")
-            object.__setattr__(self, f.name, float(v))
+                raise TypeError(f"{name} must be a Python number, got {type(v).__name__}")
+            object.__setattr__(self, name, float(v))
+        for name, allowed in _OPTIONS.items():
+            v = getattr(self, name)
+            if not isinstance(v, str):
+                raise TypeError(f"{name} must be a str, one of {allowed}, got {type(v).__name__}")
+            if v not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {v!r}")
         for name in ("tau_m", "tau_s", "tau_grad"):
             v = getattr(self, name)
             if not (_finite(v) and v > 1.0):
@@ -132,20 +183,60 @@ class SRMParams:
         )
 
     def tables(self, T: int) -> tuple[list[float], list[float]]:
-        """``epsw[d] = c (a_m^(d+1) - a_s^(d+1))`` and ``epst[d] = -a_g^(d+1)``, ``d < T``, in
-        double precision (docs/maths.md §3)."""
+        """The backward's kernel tables for lags ``d < T``, in double precision (docs/maths.md §3
+        and "Neuron variants"), with ``f(k) = c (a_m^k - a_s^k)``: ``epsw[d] = f(d+1)``;
+        ``epst[d] = -a_g^(d+1)`` ("exponential"), ``-(f(d+1) - f(d))`` ("original"), or
+        ``-max(f(d+1) - f(d), 0)`` ("nonnegative"). Every backend uses these values, each
+        rounded once to the state dtype (the C++ ``srm_table_entry`` computes them in the same order)."""
         a_m, a_s, a_g, c = self.constants()
-        return [c * (a_m ** (d + 1) - a_s ** (d + 1)) for d in range(T)], [-(a_g ** (d + 1)) for d in range(T)]
+
+        def f(k: int) -> float:
+            return c * (a_m**k - a_s**k)
+
+        epsw = [f(d + 1) for d in range(T)]
+        if self.gradient_type == "exponential":
+            return epsw, [-(a_g ** (d + 1)) for d in range(T)]
+        steps = [f(d + 1) - f(d) for d in range(T)]
+        if self.gradient_type == "nonnegative":
+            steps = [v if v > 0.0 else 0.0 for v in steps]
+        return epsw, [-v for v in steps]
 
     @property
-    def forward_args(self) -> tuple[float, float, float, float]:
-        """``(tau_m, tau_s, tau_grad, v_th)``: the forward ops' float arguments."""
-        return self.tau_m, self.tau_s, self.tau_grad, self.v_th
+    def variant(self) -> int:
+        """The neuron options as the ops' ``int variant`` argument: bit 0 ``fire_if=">="``, bit 1
+        ``forward_type="nonleaky"``, bits 2-3 the index of `gradient_type` in
+        ``("exponential", "original", "nonnegative")``; 0 for the defaults (:func:`decode_variant`
+        inverts it)."""
+        return (
+            FIRE_IF.index(self.fire_if)
+            | FORWARD_TYPES.index(self.forward_type) << 1
+            | GRADIENT_TYPES.index(self.gradient_type) << 2
+        )
 
     @property
-    def backward_args(self) -> tuple[float, float, float, float, float]:
-        """``(tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv)``: the backward ops' float arguments."""
-        return self.tau_m, self.tau_s, self.tau_grad, self.du_inv_clamp, self.max_dudt_inv
+    def options(self) -> str:
+        """The non-default neuron options as keywords (``"fire_if='>='"``), "" for the defaults: for messages."""
+        return ", ".join(f"{n}={getattr(self, n)!r}" for n, allowed in _OPTIONS.items() if getattr(self, n) != allowed[0])
+
+    # The ops' neuron arguments, in schema order (snnspx/functional/srm.py and fused.py): one
+    # property per argument list, so that no call site assembles them by hand.
+    @property
+    def forward_args(self) -> tuple[float, float, float, float, int]:
+        """``(tau_m, tau_s, tau_grad, v_th, variant)``: the arguments of ``srm_forward`` and
+        ``srm_suppix_pool`` after the tensors (and the pooling arguments)."""
+        return self.tau_m, self.tau_s, self.tau_grad, self.v_th, self.variant
+
+    @property
+    def neuron_args(self) -> tuple[float, float, float, float, float, float, int]:
+        """``(tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant)``: the arguments of
+        the training forwards ``srm_neuron_fwd`` and ``srm_suppix_pool_fwd``."""
+        return self.tau_m, self.tau_s, self.tau_grad, self.v_th, self.du_inv_clamp, self.max_dudt_inv, self.variant
+
+    @property
+    def backward_args(self) -> tuple[float, float, float, float, float, int]:
+        """``(tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv, variant)``: the arguments of
+        ``srm_backward`` and ``srm_neuron_bwd``."""
+        return self.tau_m, self.tau_s, self.tau_grad, self.du_inv_clamp, self.max_dudt_inv, self.variant
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))

@@ -58,12 +58,14 @@ def _clamp(v, lo, hi):
 
 
 def srm_forward(x: torch.Tensor, *, params: SRMParams | None = None, **neuron):
-    """docs/maths.md §2 by explicit loops. Returns ``(spikes, du, dut)``, each shaped like `x`."""
+    """docs/maths.md §2 (and its "Neuron variants") by explicit loops. Returns
+    ``(spikes, du, dut)``, each shaped like `x`."""
     p = SRMParams.make(params, **neuron)
     _checks.check_tensor(x, "x")
     f = _np_dtype(x.dtype)
     a_m, a_s, a_g, c = (f(v) for v in p.constants())
     vth = f(_checks.to_acc_float(p.v_th, x.dtype))
+    leaky = p.forward_type == "leaky"
     xs = _as_2d(x, f)
     T, N = xs.shape
     spikes = np.zeros((T, N), f)
@@ -76,10 +78,15 @@ def srm_forward(x: torch.Tensor, *, params: SRMParams | None = None, **neuron):
                 m = (m + xs[t, n]) * a_m
                 s = (s + xs[t, n]) * a_s
                 g = (g + xs[t, n]) * a_g
-                u = c * (m - s)
-                du[t, n] = u - u_last
-                dut[t, n] = g
-                if u > vth:
+                if leaky:
+                    u = c * (m - s)
+                    du[t, n] = u - u_last
+                    dut[t, n] = g if p.gradient_type == "exponential" else du[t, n]
+                else:  # the membrane adds up the trace g
+                    u = u_last + g
+                    du[t, n] = g
+                    dut[t, n] = g
+                if u > vth or (p.fire_if == ">=" and u == vth):
                     spikes[t, n] = 1
                     m = s = g = u_last = f(0)
                 else:
@@ -101,7 +108,8 @@ def srm_backward(
     params: SRMParams | None = None,
     **neuron,
 ):
-    """docs/maths.md §3 by explicit loops. Returns ``(grad_w, grad_t)`` in the dtype of `grad_spikes`."""
+    """docs/maths.md §3 by explicit loops (the tables of ``params.gradient_type``). Returns
+    ``(grad_w, grad_t)`` in the dtype of `grad_spikes`."""
     p = SRMParams.make(params, **neuron)
     _checks.check_tensor(grad_spikes, "grad_spikes")
     _checks.check_same_shape(grad_spikes, "grad_spikes", spikes=spikes, du=du, dut=dut)

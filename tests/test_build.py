@@ -27,7 +27,7 @@ import sys, torch, snnspx
 from snnspx import _build
 op = torch.ops.snnspx.srm_forward
 x = torch.randn(4, 2, 3, device="meta")
-spikes, du, dut = op(x, 5.0, 3.0, 2.5, 1.0)
+spikes, du, dut = op(x, 5.0, 3.0, 2.5, 1.0, 0)
 assert spikes.device.type == "meta" and spikes.shape == du.shape == dut.shape == x.shape
 assert du.dtype == torch.float32
 s = snnspx.functional.srm_neuron(x.requires_grad_(), v_th=0.5)  # the wrapper, autograd included

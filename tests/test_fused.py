@@ -16,6 +16,7 @@ import torch
 import snnspx
 from snnspx import functional as F
 from snnspx import reference as R
+from snnspx.params import decode_variant
 from conftest import COMPILED, DTYPES, GRID
 
 MODES = ["sum", "avg", "max"]
@@ -92,6 +93,26 @@ def test_fused_gradient_equals_reference_gradient(backend, device, mode, dtype, 
     want = oracle_grad(w, x, labels, K, mode, du_inv_clamp=3.0)
     assert want.abs().sum() > 0, "the test should exercise a non-zero gradient"
     torch.testing.assert_close(xg.grad.cpu(), want)
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", range(1, 12))
+def test_fused_variants_equal_reference(backend, device, dtype, variant, gen):
+    """The neuron variants (docs/maths.md, "Neuron variants"; the other tests run variant 0):
+    y bit for bit and x.grad against the reference, in every mode. The CUDA kernels run the
+    default neuron only: backend="cuda" refuses the others."""
+    neuron = decode_variant(variant)
+    T, B, C, H, W, K = 8, 2, 2, 3, 4, 4
+    x = currents(gen, (T, B, C, H, W), dtype, device)
+    labels = make_labels(gen, "batch", T, B, H, W, K, device=device)
+    if backend == "cuda":
+        with pytest.raises(ValueError, match="run CUDA tensors with backend='torch'"):
+            fused(x, labels, K, "avg", backend, **neuron)
+        return
+    for mode in MODES:
+        y, _, want_grad = check_against_reference(x, labels, K, mode, backend, gen, **neuron)
+        assert y.sum() > 0 and want_grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("backend,device", GRID)
@@ -383,13 +404,13 @@ def test_fused_opcheck(backend, device, gen):
         (currents(gen, (T, B, C, P), torch.float64, device), torch.randint(-1, K, (T, B, P), generator=gen).int().to(device)),
     ]
     for (x, labels), mode in itertools.product(samples, MODES):
-        torch.library.opcheck(ops.srm_suppix_pool.default, (x, labels, K, mode, *args, True, ""))
+        torch.library.opcheck(ops.srm_suppix_pool.default, (x, labels, K, mode, *args, 0, True, ""))
         torch.library.opcheck(
-            ops.srm_suppix_pool_fwd.default, (x.clone().requires_grad_(), labels, K, mode, *args, 4.0, 1e8, False, "")
+            ops.srm_suppix_pool_fwd.default, (x.clone().requires_grad_(), labels, K, mode, *args, 4.0, 1e8, 0, False, "")
         )
-        y, saved, counts, argmax = ops.srm_suppix_pool_fwd.default(x, labels, K, mode, *args, 4.0, 1e8, True, "")
+        y, saved, counts, argmax = ops.srm_suppix_pool_fwd.default(x, labels, K, mode, *args, 4.0, 1e8, 0, True, "")
         g = torch.randn(y.shape, generator=gen).to(device, y.dtype)
-        torch.library.opcheck(ops.srm_suppix_pool_bwd.default, (g, saved, labels, counts, argmax, mode, 5.0, 3.0, 2.5, ""))
+        torch.library.opcheck(ops.srm_suppix_pool_bwd.default, (g, saved, labels, counts, argmax, mode, 5.0, 3.0, 2.5, 0, ""))
 
 
 @pytest.mark.parametrize("backend,device", COMPILED)
@@ -399,7 +420,7 @@ def test_fused_inference_op_does_not_drop_gradients(backend, device, gen):
     x = currents(gen, (4, 2, 3, 16), device=device).requires_grad_()
     labels = torch.randint(-1, 4, (1, 2, 16), generator=gen).to(device)
     F.srm_forward(torch.zeros(1, 1, device=device), backend=backend)
-    y = torch.ops.snnspx.srm_suppix_pool.default(x, labels, 4, "avg", 5.0, 3.0, 2.5, 1.0, True, "")
+    y = torch.ops.snnspx.srm_suppix_pool.default(x, labels, 4, "avg", 5.0, 3.0, 2.5, 1.0, 0, True, "")
     assert y.requires_grad
     with pytest.raises(RuntimeError, match="inference form of the fused op"):
         y.sum().backward()

@@ -55,7 +55,7 @@ def test_functional_ops_on_meta():
     ("suppix_pool", lambda m, c: (torch.ones(1, 1, 1, 4, device=m), torch.zeros(1, 1, 4, dtype=torch.long, device=c), 2, "sum", False, "")),
     ("suppix_unpool", lambda m, c: (torch.ones(1, 1, 1, 2, device=m), torch.zeros(1, 1, 4, dtype=torch.long, device=c), False, "")),
     ("srm_suppix_pool", lambda m, c: (torch.ones(1, 1, 1, 4, device=m), torch.zeros(1, 1, 4, dtype=torch.long, device=c),
-                                      2, "sum", 5.0, 3.0, 2.5, 1.0, False, "")),
+                                      2, "sum", 5.0, 3.0, 2.5, 1.0, 0, False, "")),
 ])
 def test_direct_op_call_on_two_devices_is_an_error(op, args):
     for first, second in (("meta", "cpu"), ("cpu", "meta")):

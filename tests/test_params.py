@@ -4,6 +4,7 @@ that rejects time constants whose decays round to the same number."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import pytest
@@ -14,19 +15,42 @@ from snnspx import SRMParams, functional as F
 
 
 def test_defaults_fields_and_repr():
-    """Defaults and the named constant; every field a float; thresholds and clamps unbounded
-    where the neuron allows it; a repr that evaluates back to the same params."""
+    """Defaults and the named constant; every number field a float; thresholds and clamps
+    unbounded where the neuron allows it; a repr that evaluates back to the same params."""
     p = SRMParams()
-    assert dataclasses.astuple(p) == (5.0, 3.0, 2.5, 1.0, 4.0, snnspx.MAX_DUDT_INV)
+    assert dataclasses.astuple(p) == (5.0, 3.0, 2.5, 1.0, 4.0, snnspx.MAX_DUDT_INV, ">", "leaky", "exponential")
     assert snnspx.MAX_DUDT_INV == 123456789.0
-    q = SRMParams(tau_m=7, tau_s=2, tau_grad=3, v_th=-1, du_inv_clamp=0, max_dudt_inv=math.inf)
-    assert all(type(v) is float for v in dataclasses.astuple(q)), "int fields become floats"
+    q = SRMParams(tau_m=7, tau_s=2, tau_grad=3, v_th=-1, du_inv_clamp=0, max_dudt_inv=math.inf, fire_if=">=")
+    assert all(type(v) is float for v in dataclasses.astuple(q)[:6]), "int fields become floats"
     assert (q.tau_m, q.v_th, q.du_inv_clamp, q.max_dudt_inv) == (7.0, -1.0, 0.0, math.inf)
     assert SRMParams(v_th=math.inf).v_th == math.inf and SRMParams(v_th=-1e300).v_th == -1e300
     assert repr(p) == (
-        "SRMParams(tau_m=5.0, tau_s=3.0, tau_grad=2.5, v_th=1.0, du_inv_clamp=4.0, max_dudt_inv=123456789.0)"
+        "SRMParams(tau_m=5.0, tau_s=3.0, tau_grad=2.5, v_th=1.0, du_inv_clamp=4.0, max_dudt_inv=123456789.0, "
+        "fire_if='>', forward_type='leaky', gradient_type='exponential')"
     )
     assert eval(repr(q), {"SRMParams": SRMParams, "inf": math.inf}) == q
+    with pytest.raises(TypeError):
+        SRMParams(5.0, 3.0, 2.5, 1.0, 4.0, 1.0, ">=")  # the options are keyword-only
+
+
+def test_variant_codes():
+    """``variant``: bit 0 fire_if ">=", bit 1 nonleaky, bits 2-3 the gradient type; 0 for the
+    defaults, 12 distinct codes that decode_variant maps back; any other int is an error."""
+    from snnspx.params import FIRE_IF, FORWARD_TYPES, GRADIENT_TYPES, decode_variant
+
+    assert SRMParams().variant == 0 and SRMParams().options == ""
+    assert SRMParams(fire_if=">=").variant == 1 and SRMParams(forward_type="nonleaky").variant == 2
+    assert SRMParams(gradient_type="original").variant == 4 and SRMParams(gradient_type="nonnegative").variant == 8
+    codes = set()
+    for fire_if, forward_type, gradient_type in itertools.product(FIRE_IF, FORWARD_TYPES, GRADIENT_TYPES):
+        p = SRMParams(fire_if=fire_if, forward_type=forward_type, gradient_type=gradient_type)
+        assert decode_variant(p.variant) == dict(fire_if=fire_if, forward_type=forward_type, gradient_type=gradient_type)
+        codes.add(p.variant)
+    assert codes == set(range(12))
+    assert SRMParams(fire_if=">=", gradient_type="original").options == "fire_if='>=', gradient_type='original'"
+    for bad in (-1, 12, 15, 16, True, 1.0):
+        with pytest.raises(ValueError, match="variant must be an snnspx.SRMParams.variant"):
+            decode_variant(bad)
 
 
 def test_frozen_and_replaced_by_make():
@@ -72,6 +96,12 @@ def test_frozen_and_replaced_by_make():
         ({"du_inv_clamp": float("nan")}, ValueError, "du_inv_clamp must be >= 0"),
         ({"max_dudt_inv": -0.5}, ValueError, "max_dudt_inv must be >= 0"),
         ({"max_dudt_inv": float("nan")}, ValueError, "max_dudt_inv must be >= 0"),
+        ({"fire_if": "=>"}, ValueError, r"fire_if must be one of \('>', '>='\), got '=>'"),
+        ({"fire_if": 1}, TypeError, r"fire_if must be a str, one of \('>', '>='\), got int"),
+        ({"forward_type": "Leaky"}, ValueError, r"forward_type must be one of \('leaky', 'nonleaky'\), got 'Leaky'"),
+        ({"gradient_type": "exp"}, ValueError,
+         r"gradient_type must be one of \('exponential', 'original', 'nonnegative'\), got 'exp'"),
+        ({"gradient_type": None}, TypeError, "gradient_type must be a str"),
     ],
 )
 def test_invalid_fields_are_named(fields, error, match):
@@ -90,6 +120,16 @@ def test_tables_and_constants():
     epsw, epst = p.tables(3)
     assert epsw == [c * (a_m ** (d + 1) - a_s ** (d + 1)) for d in range(3)]
     assert epst == [-(a_g ** (d + 1)) for d in range(3)]
+    # the other traces: minus the step f(d+1) - f(d) of f(k) = c (a_m^k - a_s^k), f(0) = 0;
+    # "nonnegative" drops its negative part (here from d = 2 on: eps peaks at d = 1)
+    f = [c * (a_m**k - a_s**k) for k in range(9)]
+    for kind in ("original", "nonnegative"):
+        epsw_k, epst_k = dataclasses.replace(p, gradient_type=kind).tables(8)
+        assert epsw_k == f[1:]
+        steps = [f[d + 1] - f[d] for d in range(8)]
+        assert epst_k == [-(v if kind == "original" else max(v, 0.0)) for v in steps]
+    assert dataclasses.replace(p, gradient_type="original").tables(8)[1][2] > 0
+    assert dataclasses.replace(p, gradient_type="nonnegative").tables(8)[1][2:] == [0.0] * 6
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])

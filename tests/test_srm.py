@@ -397,7 +397,7 @@ def test_subthreshold_recurrence_gradcheck(gen):
     from snnspx.functional.srm import _forward_kernel  # the PyTorch kernel, under plain autograd
 
     x = currents(gen, (6, 3), torch.float64, mean=0.0, std=0.1).requires_grad_()
-    assert torch.autograd.gradcheck(lambda v: torch.cumsum(_forward_kernel(v, 5.0, 3.0, 2.5, math.inf)[1], 0), (x,))
+    assert torch.autograd.gradcheck(lambda v: torch.cumsum(_forward_kernel(v, 5.0, 3.0, 2.5, math.inf, 0)[1], 0), (x,))
 
 
 # --------------------------------------------------------------------------- module, compile, opcheck
@@ -459,15 +459,15 @@ def test_opcheck(backend, device, gen):
     ]
     for x in samples:
         dtype = x.dtype
-        args = (5.0, 3.0, 2.5, 1.0)
+        args = (5.0, 3.0, 2.5, 1.0, 0)
         torch.library.opcheck(ops.srm_forward.default, (x, *args))
         torch.library.opcheck(ops.srm_forward.default, (x.clone().requires_grad_(), *args))
         spikes, du, dut = ops.srm_forward.default(x, *args)
         g = torch.randn(x.shape, generator=gen, dtype=dtype).to(device)
-        torch.library.opcheck(ops.srm_backward.default, (g, spikes, du, dut, 5.0, 3.0, 2.5, 4.0, 1e8))
-        torch.library.opcheck(ops.srm_neuron_fwd.default, (x.clone().requires_grad_(), *args, 4.0, 1e8))
-        _, saved = ops.srm_neuron_fwd.default(x, *args, 4.0, 1e8)
-        torch.library.opcheck(ops.srm_neuron_bwd.default, (g, saved, 5.0, 3.0, 2.5, 4.0, 1e8))
+        torch.library.opcheck(ops.srm_backward.default, (g, spikes, du, dut, 5.0, 3.0, 2.5, 4.0, 1e8, 0))
+        torch.library.opcheck(ops.srm_neuron_fwd.default, (x.clone().requires_grad_(), 5.0, 3.0, 2.5, 1.0, 4.0, 1e8, 0))
+        _, saved = ops.srm_neuron_fwd.default(x, 5.0, 3.0, 2.5, 1.0, 4.0, 1e8, 0)
+        torch.library.opcheck(ops.srm_neuron_bwd.default, (g, saved, 5.0, 3.0, 2.5, 4.0, 1e8, 0))
 
 
 @pytest.mark.parametrize("backend", ["cpp", "torch"])
@@ -617,23 +617,23 @@ def test_compiled_op_checks_its_arguments():
     F.srm_forward(torch.zeros(1, 1), backend="cpp")
     ops = torch.ops.snnspx
     with pytest.raises(ValueError, match="tau_m and tau_s must differ"):  # the Python layer's type too
-        ops.srm_forward(torch.randn(3, 2), 3.0, 3.0, 2.5, 1.0)
+        ops.srm_forward(torch.randn(3, 2), 3.0, 3.0, 2.5, 1.0, 0)
     with pytest.raises(ValueError, match="v_th must not be NaN"):
-        ops.srm_forward(torch.randn(3, 2), 5.0, 3.0, 2.5, float("nan"))
+        ops.srm_forward(torch.randn(3, 2), 5.0, 3.0, 2.5, float("nan"), 0)
     # The fused ops check the threshold like srm_forward.
     x, labels, nan = torch.randn(3, 1, 1, 2), torch.zeros(1, 1, 2, dtype=torch.long), float("nan")
     with pytest.raises(ValueError, match="v_th must not be NaN"):
-        ops.srm_suppix_pool(x, labels, 1, "sum", 5.0, 3.0, 2.5, nan, True, "")
+        ops.srm_suppix_pool(x, labels, 1, "sum", 5.0, 3.0, 2.5, nan, 0, True, "")
     with pytest.raises(ValueError, match="v_th must not be NaN"):
-        ops.srm_suppix_pool_fwd(x, labels, 1, "sum", 5.0, 3.0, 2.5, nan, 4.0, 1e8, True, "")
+        ops.srm_suppix_pool_fwd(x, labels, 1, "sum", 5.0, 3.0, 2.5, nan, 4.0, 1e8, 0, True, "")
     with pytest.raises(RuntimeError, match="x must be a floating-point tensor"):
-        ops.srm_forward(torch.ones(3, 2, dtype=torch.int32), 5.0, 3.0, 2.5, 1.0)
+        ops.srm_forward(torch.ones(3, 2, dtype=torch.int32), 5.0, 3.0, 2.5, 1.0, 0)
     x = torch.randn(3, 2)
-    s, du, dut = ops.srm_forward(x, 5.0, 3.0, 2.5, 1.0)
+    s, du, dut = ops.srm_forward(x, 5.0, 3.0, 2.5, 1.0, 0)
     with pytest.raises(RuntimeError, match="grad_spikes and dut must have the same shape"):
-        ops.srm_backward(s, s, du, dut[:1], 5.0, 3.0, 2.5, 4.0, 1.0)
+        ops.srm_backward(s, s, du, dut[:1], 5.0, 3.0, 2.5, 4.0, 1.0, 0)
     with pytest.raises(RuntimeError, match=r"saved must be \[2"):
-        ops.srm_neuron_bwd(s, du, 5.0, 3.0, 2.5, 4.0, 1.0)
+        ops.srm_neuron_bwd(s, du, 5.0, 3.0, 2.5, 4.0, 1.0, 0)
 
 
 def test_backend_selection(monkeypatch):

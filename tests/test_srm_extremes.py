@@ -87,7 +87,7 @@ def test_backward_spikes_dtype_must_match(backend, device, gen):
         F.srm_backward(torch.ones_like(s), s.double(), du, dut, backend=backend)
     if backend in ("cpp", "cuda"):  # the op checks too, for callers of torch.ops.snnspx directly
         with pytest.raises(TypeError, match="spikes must have the dtype of grad_spikes"):
-            torch.ops.snnspx.srm_backward.default(torch.ones_like(s), s.half(), du, dut, 5.0, 3.0, 2.5, 4.0, 1e8)
+            torch.ops.snnspx.srm_backward.default(torch.ones_like(s), s.half(), du, dut, 5.0, 3.0, 2.5, 4.0, 1e8, 0)
 
 
 def test_reference_backward_spikes_dtype_must_match(gen):

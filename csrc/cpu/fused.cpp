@@ -44,7 +44,8 @@ inline int32_t min_first(int32_t f, int32_t spike, int32_t p) {
   return cand + (d & (d >> 31));
 }
 
-template <typename scalar_t, typename acc_t, typename label_t, bool kSave>
+// kVariants: srm_step's (false for variant 0, so its loop is the default neuron's alone).
+template <typename scalar_t, typename acc_t, typename label_t, bool kSave, bool kVariants>
 void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, acc_t du_inv_clamp, acc_t max_dudt_inv,
                           const int32_t* counts, scalar_t* y, acc_t* saved, int32_t* argmax) {
   const scalar_t* x = a.x.data_ptr<scalar_t>();
@@ -83,7 +84,7 @@ void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, acc_t
           for (int64_t i = 0; i < len; ++i) {
             SRMState<acc_t> st{m[i], sy[i], g[i], ul[i]};
             acc_t d, dt;
-            const bool s = srm_step<acc_t>(st, static_cast<acc_t>(xt[i]), prm, d, dt);
+            const bool s = srm_step<acc_t, kVariants>(st, static_cast<acc_t>(xt[i]), prm, d, dt);
             m[i] = st.m, sy[i] = st.s, g[i] = st.g, ul[i] = st.u_last;
             spk[i] = s ? 1 : 0;
             du[i] = d, dut[i] = dt;  // read only when saving
@@ -238,40 +239,49 @@ at::Tensor count_labels(const FusedArgs& a) {
 }
 
 template <bool kSave>
-void run_forward(const FusedArgs& a, double tau_m, double tau_s, double tau_grad, double v_th, double du_inv_clamp,
-                 double max_dudt_inv, const at::Tensor& counts, at::Tensor& y, at::Tensor* saved, at::Tensor* argmax) {
+void run_forward(const FusedArgs& a, double tau_m, double tau_s, double tau_grad, double v_th, int64_t variant,
+                 double du_inv_clamp, double max_dudt_inv, const at::Tensor& counts, at::Tensor& y, at::Tensor* saved,
+                 at::Tensor* argmax) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(), "srm_suppix_pool_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto prm = make_srm_params<acc_t>(tau_m, tau_s, tau_grad, v_th);
+    const auto prm = make_srm_params<acc_t>(tau_m, tau_s, tau_grad, v_th, variant);
     AT_DISPATCH_INDEX_TYPES(a.labels.scalar_type(), "srm_suppix_pool_cpu_labels", [&] {
-      fused_forward_kernel<scalar_t, acc_t, index_t, kSave>(
-          a, prm, param_to_acc<acc_t>(du_inv_clamp), param_to_acc<acc_t>(max_dudt_inv), counts.data_ptr<int32_t>(),
-          y.data_ptr<scalar_t>(), saved ? saved->data_ptr<acc_t>() : nullptr,
-          argmax && argmax->numel() ? argmax->data_ptr<int32_t>() : nullptr);
+      const auto run = [&](auto kernel) {
+        kernel(a, prm, param_to_acc<acc_t>(du_inv_clamp), param_to_acc<acc_t>(max_dudt_inv), counts.data_ptr<int32_t>(),
+               y.data_ptr<scalar_t>(), saved ? saved->data_ptr<acc_t>() : nullptr,
+               argmax && argmax->numel() ? argmax->data_ptr<int32_t>() : nullptr);
+      };
+      if (variant == 0) {
+        run(fused_forward_kernel<scalar_t, acc_t, index_t, kSave, false>);
+      } else {
+        run(fused_forward_kernel<scalar_t, acc_t, index_t, kSave, true>);
+      }
     });
   });
 }
 
 at::Tensor srm_suppix_pool_cpu(const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode,
-                               double tau_m, double tau_s, double tau_grad, double v_th, bool check_labels,
-                               c10::string_view strategy) {
+                               double tau_m, double tau_s, double tau_grad, double v_th, int64_t variant,
+                               bool check_labels, c10::string_view strategy) {
   fused_strategy("srm_suppix_pool", strategy);
   check_srm_neuron_params(tau_m, tau_s, tau_grad, v_th);
+  check_srm_variant(variant);
   auto a = prepare_fused(x, labels, K, mode);
   if (check_labels) check_suppix_label_range(a.labels, K);
   const at::Tensor counts = count_labels(a);
   at::Tensor y = fused_output(a);
-  run_forward<false>(a, tau_m, tau_s, tau_grad, v_th, 0.0, 0.0, counts, y, nullptr, nullptr);
+  run_forward<false>(a, tau_m, tau_s, tau_grad, v_th, variant, 0.0, 0.0, counts, y, nullptr, nullptr);
   return y;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_cpu(
     const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode, double tau_m, double tau_s,
-    double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv, bool check_labels,
+    double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv, int64_t variant, bool check_labels,
     c10::string_view strategy) {
   fused_strategy("srm_suppix_pool_fwd", strategy);
   check_srm_neuron_params(tau_m, tau_s, tau_grad, v_th);
   check_backward_params(du_inv_clamp, max_dudt_inv);
+  check_srm_variant(variant);
   auto a = prepare_fused(x, labels, K, mode);
   if (check_labels) check_suppix_label_range(a.labels, K);
   const at::Tensor counts = count_labels(a);
@@ -279,16 +289,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_c
   at::Tensor saved = fused_saved(a);
   at::Tensor argmax = a.mode == PoolMode::Max ? at::empty({a.T, a.B, a.C, a.K}, counts.options())
                                               : at::empty({0}, counts.options());
-  run_forward<true>(a, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, counts, y, &saved, &argmax);
+  run_forward<true>(a, tau_m, tau_s, tau_grad, v_th, variant, du_inv_clamp, max_dudt_inv, counts, y, &saved, &argmax);
   return {y, saved, counts, argmax};
 }
 
 at::Tensor srm_suppix_pool_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& saved, const at::Tensor& labels,
                                    const at::Tensor& counts, const at::Tensor& argmax, c10::string_view mode,
-                                   double tau_m, double tau_s, double tau_grad,
+                                   double tau_m, double tau_s, double tau_grad, int64_t variant,
                                    c10::string_view strategy) {
   fused_strategy("srm_suppix_pool_bwd", strategy);
   check_srm_taus(tau_m, tau_s, tau_grad);
+  check_srm_variant(variant);
   auto a = prepare_fused_backward(grad_y, saved, labels, mode);
   check_fused_backward(grad_y, saved, counts, argmax, a);
   const at::Tensor g = grad_y.contiguous();
@@ -299,7 +310,7 @@ at::Tensor srm_suppix_pool_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& s
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "srm_suppix_pool_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     std::vector<acc_t> tables(static_cast<size_t>(2 * std::max<int64_t>(a.T, 1)));
-    fill_srm_tables<acc_t>(tables.data(), a.T, tau_m, tau_s, tau_grad);
+    fill_srm_tables<acc_t>(tables.data(), a.T, tau_m, tau_s, tau_grad, variant_trace(variant));
     AT_DISPATCH_INDEX_TYPES(a.labels.scalar_type(), "srm_suppix_pool_bwd_cpu_labels", [&] {
       fused_backward_kernel<scalar_t, acc_t, index_t>(a, g.data_ptr<scalar_t>(), sv.data_ptr<acc_t>(),
                                                       cn.data_ptr<int32_t>(),

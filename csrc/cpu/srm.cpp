@@ -21,7 +21,8 @@ constexpr int64_t kBlock = 256;
 // kPacked=false: du/dut are the public [T, N] outputs.
 // kPacked=true: du/dut point at saved[0]/saved[1] of srm_neuron_fwd: the factors
 // inv_clamp(du) and inv_clamp(dut) at spikes; silent_mark() and 0 elsewhere.
-template <typename scalar_t, typename acc_t, bool kPacked>
+// kVariants: srm_step's (false for variant 0, so its loop is the default neuron's alone).
+template <typename scalar_t, typename acc_t, bool kPacked, bool kVariants>
 void srm_forward_kernel(const scalar_t* x, scalar_t* spikes, acc_t* du, acc_t* dut, int64_t T, int64_t N,
                         SRMParams<acc_t> p, acc_t du_inv_clamp, acc_t max_dudt_inv) {
   const int64_t grain = std::max<int64_t>(kBlock, 32768 / std::max<int64_t>(T, 1));
@@ -43,7 +44,7 @@ void srm_forward_kernel(const scalar_t* x, scalar_t* spikes, acc_t* du, acc_t* d
         for (int64_t i = 0; i < len; ++i) {
           SRMState<acc_t> st{m[i], sy[i], g[i], ul[i]};
           acc_t d, dt;
-          const bool s = srm_step<acc_t>(st, static_cast<acc_t>(xt[i]), p, d, dt);
+          const bool s = srm_step<acc_t, kVariants>(st, static_cast<acc_t>(xt[i]), p, d, dt);
           m[i] = st.m, sy[i] = st.s, g[i] = st.g, ul[i] = st.u_last;
           st_out[i] = static_cast<scalar_t>(s ? acc_t(1) : acc_t(0));
           du_out[i] = d;
@@ -128,46 +129,57 @@ void srm_backward_kernel(const scalar_t* grad, const scalar_t* spikes, const acc
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> srm_forward_cpu(const at::Tensor& x, double tau_m, double tau_s,
-                                                               double tau_grad, double v_th) {
-  auto o = prepare_srm_forward(x, tau_m, tau_s, tau_grad, v_th, /*packed=*/false);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "srm_forward_cpu", [&] {
+// srm_forward_kernel for x's dtype, with the default neuron's loop for variant 0.
+// kPacked=true writes srm_neuron_fwd's saved state [2, T, ...] into o.du.
+template <bool kPacked>
+void run_forward(const SRMForwardOut& o, double tau_m, double tau_s, double tau_grad, double v_th, int64_t variant,
+                 double du_inv_clamp, double max_dudt_inv) {
+  check_srm_variant(variant);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, o.x.scalar_type(), "srm_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    srm_forward_kernel<scalar_t, acc_t, false>(o.x.data_ptr<scalar_t>(), o.spikes.data_ptr<scalar_t>(),
-                                               o.du.data_ptr<acc_t>(), o.dut.data_ptr<acc_t>(), o.T, o.N,
-                                               make_srm_params<acc_t>(tau_m, tau_s, tau_grad, v_th), acc_t(0),
-                                               acc_t(0));
+    acc_t* du = o.du.data_ptr<acc_t>();
+    acc_t* dut = kPacked ? du + o.T * o.N : o.dut.data_ptr<acc_t>();
+    const auto p = make_srm_params<acc_t>(tau_m, tau_s, tau_grad, v_th, variant);
+    const acc_t lo_w = param_to_acc<acc_t>(du_inv_clamp), lo_t = param_to_acc<acc_t>(max_dudt_inv);
+    const scalar_t* x = o.x.data_ptr<scalar_t>();
+    scalar_t* spikes = o.spikes.data_ptr<scalar_t>();
+    if (variant == 0) {
+      srm_forward_kernel<scalar_t, acc_t, kPacked, false>(x, spikes, du, dut, o.T, o.N, p, lo_w, lo_t);
+    } else {
+      srm_forward_kernel<scalar_t, acc_t, kPacked, true>(x, spikes, du, dut, o.T, o.N, p, lo_w, lo_t);
+    }
   });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> srm_forward_cpu(const at::Tensor& x, double tau_m, double tau_s,
+                                                               double tau_grad, double v_th, int64_t variant) {
+  auto o = prepare_srm_forward(x, tau_m, tau_s, tau_grad, v_th, /*packed=*/false);
+  run_forward<false>(o, tau_m, tau_s, tau_grad, v_th, variant, 0.0, 0.0);
   return {o.spikes, o.du, o.dut};
 }
 
 std::tuple<at::Tensor, at::Tensor> srm_neuron_fwd_cpu(const at::Tensor& x, double tau_m, double tau_s,
-                                                      double tau_grad, double v_th,
-                                                      double du_inv_clamp, double max_dudt_inv) {
+                                                      double tau_grad, double v_th, double du_inv_clamp,
+                                                      double max_dudt_inv, int64_t variant) {
   check_backward_params(du_inv_clamp, max_dudt_inv);
   auto o = prepare_srm_forward(x, tau_m, tau_s, tau_grad, v_th, /*packed=*/true);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "srm_neuron_fwd_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    acc_t* saved = o.du.data_ptr<acc_t>();
-    srm_forward_kernel<scalar_t, acc_t, true>(o.x.data_ptr<scalar_t>(), o.spikes.data_ptr<scalar_t>(), saved,
-                                              saved + o.T * o.N, o.T, o.N,
-                                              make_srm_params<acc_t>(tau_m, tau_s, tau_grad, v_th),
-                                              param_to_acc<acc_t>(du_inv_clamp), param_to_acc<acc_t>(max_dudt_inv));
-  });
+  run_forward<true>(o, tau_m, tau_s, tau_grad, v_th, variant, du_inv_clamp, max_dudt_inv);
   return {o.spikes, o.du};
 }
 
+// epsw and epst (srm_core.h's fill_srm_tables) for the variant's trace.
 template <typename acc_t>
-std::vector<acc_t> host_tables(int64_t T, double tau_m, double tau_s, double tau_grad) {
+std::vector<acc_t> host_tables(int64_t T, double tau_m, double tau_s, double tau_grad, int64_t variant) {
   std::vector<acc_t> tables(static_cast<size_t>(2 * std::max<int64_t>(T, 1)));
-  fill_srm_tables<acc_t>(tables.data(), T, tau_m, tau_s, tau_grad);
+  fill_srm_tables<acc_t>(tables.data(), T, tau_m, tau_s, tau_grad, variant_trace(variant));
   return tables;
 }
 
 std::tuple<at::Tensor, at::Tensor> srm_backward_cpu(const at::Tensor& grad_spikes, const at::Tensor& spikes,
                                                     const at::Tensor& du, const at::Tensor& dut, double tau_m,
                                                     double tau_s, double tau_grad, double du_inv_clamp,
-                                                    double max_dudt_inv) {
+                                                    double max_dudt_inv, int64_t variant) {
+  check_srm_variant(variant);
   auto a = prepare_srm_backward(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.grad.scalar_type(), "srm_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -175,7 +187,7 @@ std::tuple<at::Tensor, at::Tensor> srm_backward_cpu(const at::Tensor& grad_spike
                 c10::CppTypeToScalarType<acc_t>::value, " for grad_spikes of dtype ", a.grad.scalar_type(),
                 ", got ", a.du.scalar_type());
     const at::Tensor spk = a.spikes.to(a.grad.scalar_type());
-    auto tables = host_tables<acc_t>(a.T, tau_m, tau_s, tau_grad);
+    auto tables = host_tables<acc_t>(a.T, tau_m, tau_s, tau_grad, variant);
     srm_backward_kernel<scalar_t, acc_t, false>(
         a.grad.data_ptr<scalar_t>(), spk.data_ptr<scalar_t>(), a.du.data_ptr<acc_t>(), a.dut.data_ptr<acc_t>(),
         a.grad_w.data_ptr<scalar_t>(), a.grad_t.data_ptr<scalar_t>(), tables.data(), a.T, a.N,
@@ -185,14 +197,15 @@ std::tuple<at::Tensor, at::Tensor> srm_backward_cpu(const at::Tensor& grad_spike
 }
 
 at::Tensor srm_neuron_bwd_cpu(const at::Tensor& grad_spikes, const at::Tensor& saved, double tau_m, double tau_s,
-                              double tau_grad, double du_inv_clamp, double max_dudt_inv) {
+                              double tau_grad, double du_inv_clamp, double max_dudt_inv, int64_t variant) {
+  check_srm_variant(variant);
   auto a = prepare_srm_neuron_backward(grad_spikes, saved, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.grad.scalar_type(), "srm_neuron_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     TORCH_CHECK(a.du.scalar_type() == c10::CppTypeToScalarType<acc_t>::value, "saved must be ",
                 c10::CppTypeToScalarType<acc_t>::value, " for grad_spikes of dtype ", a.grad.scalar_type(),
                 ", got ", a.du.scalar_type());
-    auto tables = host_tables<acc_t>(a.T, tau_m, tau_s, tau_grad);
+    auto tables = host_tables<acc_t>(a.T, tau_m, tau_s, tau_grad, variant);
     const acc_t* saved_p = a.du.data_ptr<acc_t>();
     srm_backward_kernel<scalar_t, acc_t, true>(a.grad.data_ptr<scalar_t>(), nullptr, saved_p,
                                                saved_p + a.T * a.N, a.grad_w.data_ptr<scalar_t>(), nullptr,

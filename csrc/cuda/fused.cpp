@@ -1,6 +1,7 @@
 // CUDA registrations of the fused SRM + superpixel pooling ops: checks and allocation
 // from ../fused_glue.h (shared with the CPU), the kernel choice from strategy.h, kernels
-// from fused_forward.cu, fused_backward.cu and count.cu.
+// from fused_forward.cu, fused_backward.cu and count.cu. The kernels run the default
+// neuron (variant 0) only: the other variants are rejected here.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -68,8 +69,9 @@ void forward_cuda(const FusedArgs& a, double tau_m, double tau_s, double tau_gra
 }
 
 at::Tensor srm_suppix_pool_cuda(const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode,
-                                double tau_m, double tau_s, double tau_grad, double v_th, bool check_labels,
-                                c10::string_view strategy) {
+                                double tau_m, double tau_s, double tau_grad, double v_th, int64_t variant,
+                                bool check_labels, c10::string_view strategy) {
+  check_default_variant("srm_suppix_pool", variant);
   cuda::check_cuda_tensor(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
   check_srm_neuron_params(tau_m, tau_s, tau_grad, v_th);
@@ -86,8 +88,9 @@ at::Tensor srm_suppix_pool_cuda(const at::Tensor& x, const at::Tensor& labels, i
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_cuda(
     const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode, double tau_m, double tau_s,
-    double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv, bool check_labels,
+    double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv, int64_t variant, bool check_labels,
     c10::string_view strategy) {
+  check_default_variant("srm_suppix_pool_fwd", variant);
   cuda::check_cuda_tensor(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
   check_srm_neuron_params(tau_m, tau_s, tau_grad, v_th);
@@ -109,7 +112,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_c
 
 at::Tensor srm_suppix_pool_bwd_cuda(const at::Tensor& grad_y, const at::Tensor& saved, const at::Tensor& labels,
                                     const at::Tensor& counts, const at::Tensor& argmax, c10::string_view mode,
-                                    double tau_m, double tau_s, double tau_grad, c10::string_view strategy) {
+                                    double tau_m, double tau_s, double tau_grad, int64_t variant,
+                                    c10::string_view strategy) {
+  check_default_variant("srm_suppix_pool_bwd", variant);
   cuda::check_cuda_tensor(grad_y, "grad_y");
   c10::cuda::CUDAGuard guard(grad_y.device());
   check_srm_taus(tau_m, tau_s, tau_grad);

@@ -1,5 +1,6 @@
 // CUDA registrations of the SRM ops: checks and allocation come from
-// ../srm_glue.h (shared with the CPU), kernels from srm.cu.
+// ../srm_glue.h (shared with the CPU), kernels from srm.cu. The kernels run the
+// default neuron (variant 0) only: the other variants are rejected here.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
@@ -14,7 +15,8 @@ namespace snnspx {
 namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> srm_forward_cuda(const at::Tensor& x, double tau_m, double tau_s,
-                                                                double tau_grad, double v_th) {
+                                                                double tau_grad, double v_th, int64_t variant) {
+  check_default_variant("srm_forward", variant);
   cuda::check_cuda_tensor(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
   auto o = prepare_srm_forward(x, tau_m, tau_s, tau_grad, v_th, /*packed=*/false);
@@ -26,8 +28,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> srm_forward_cuda(const at::Tensor
 }
 
 std::tuple<at::Tensor, at::Tensor> srm_neuron_fwd_cuda(const at::Tensor& x, double tau_m, double tau_s,
-                                                       double tau_grad, double v_th,
-                                                      double du_inv_clamp, double max_dudt_inv) {
+                                                       double tau_grad, double v_th, double du_inv_clamp,
+                                                       double max_dudt_inv, int64_t variant) {
+  check_default_variant("srm_neuron_fwd", variant);
   check_backward_params(du_inv_clamp, max_dudt_inv);
   cuda::check_cuda_tensor(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
@@ -49,7 +52,8 @@ void check_acc_dtype(const at::Tensor& state, const char* name, const at::Tensor
 std::tuple<at::Tensor, at::Tensor> srm_backward_cuda(const at::Tensor& grad_spikes, const at::Tensor& spikes,
                                                      const at::Tensor& du, const at::Tensor& dut, double tau_m,
                                                      double tau_s, double tau_grad, double du_inv_clamp,
-                                                     double max_dudt_inv) {
+                                                     double max_dudt_inv, int64_t variant) {
+  check_default_variant("srm_backward", variant);
   cuda::check_cuda_tensor(grad_spikes, "grad_spikes");
   c10::cuda::CUDAGuard guard(grad_spikes.device());
   auto a = prepare_srm_backward(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv);
@@ -64,7 +68,8 @@ std::tuple<at::Tensor, at::Tensor> srm_backward_cuda(const at::Tensor& grad_spik
 }
 
 at::Tensor srm_neuron_bwd_cuda(const at::Tensor& grad_spikes, const at::Tensor& saved, double tau_m, double tau_s,
-                               double tau_grad, double du_inv_clamp, double max_dudt_inv) {
+                               double tau_grad, double du_inv_clamp, double max_dudt_inv, int64_t variant) {
+  check_default_variant("srm_neuron_bwd", variant);
   cuda::check_cuda_tensor(grad_spikes, "grad_spikes");
   c10::cuda::CUDAGuard guard(grad_spikes.device());
   auto a = prepare_srm_neuron_backward(grad_spikes, saved, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv);

@@ -4,13 +4,15 @@ fake kernels and autograd formulas, and the public wrapper.
 Layouts as in :mod:`snnspx.functional.suppix` (``x`` ``[T, B, C, P]`` currents, labels
 ``[L, LB, P]``), mode ``"sum" | "avg" | "max"``:
 
-* ``srm_suppix_pool(x, labels, num_superpixels, mode, tau_m, tau_s, tau_grad, v_th, check_labels)
-  -> y [T, B, C, K]``: inference; the compiled kernels write no ``[T, B, C, P]`` tensor.
-* ``srm_suppix_pool_fwd(..., v_th, du_inv_clamp, max_dudt_inv, check_labels) -> (y, saved, counts,
-  argmax)``: training; ``saved`` is srm_neuron_fwd's compact state ``[2, T, B, C, P]``, ``counts``
+* ``srm_suppix_pool(x, labels, num_superpixels, mode, tau_m, tau_s, tau_grad, v_th, variant,
+  check_labels, strategy) -> y [T, B, C, K]``: inference; the compiled kernels write no
+  ``[T, B, C, P]`` tensor. ``variant`` is :attr:`snnspx.SRMParams.variant` (CUDA: 0 only).
+* ``srm_suppix_pool_fwd(..., v_th, du_inv_clamp, max_dudt_inv, variant, check_labels, strategy)
+  -> (y, saved, counts, argmax)``: training; ``saved`` is srm_neuron_fwd's compact state ``[2, T, B, C, P]``, ``counts``
   int32 ``[L, LB, K]`` pixels per superpixel, ``argmax`` int32 ``[T, B, C, K]`` the lowest spiking
   pixel (-1: none) for "max", empty otherwise.
-* ``srm_suppix_pool_bwd(grad_y, saved, labels, counts, argmax, mode, tau_m, tau_s, tau_grad) -> grad_x``:
+* ``srm_suppix_pool_bwd(grad_y, saved, labels, counts, argmax, mode, tau_m, tau_s, tau_grad, variant,
+  strategy) -> grad_x``:
   §5's pooling backward composed with §3's ``grad_w``.
 
 The PyTorch kernels compose the unfused kernels (they write the spikes).
@@ -21,19 +23,21 @@ from __future__ import annotations
 import torch
 
 from .. import _checks, _library
-from .._backend import kernels, resolve
+from .._backend import kernels
 from ..params import SRMParams
-from .srm import _neuron_bwd_kernel, _neuron_fwd_kernel
+from .srm import _neuron_bwd_kernel, _neuron_fwd_kernel, resolve_neuron
 from .suppix import _counts_kernel, _pool_backward_kernel, _pool_kernel, check_strategy
 
 __all__ = ["srm_suppix_pool"]
 
 
 # --------------------------------------------------------------------------- PyTorch kernels
-def _fwd_kernel(x, labels, K, mode, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, check_labels, strategy):
+def _fwd_kernel(
+    x, labels, K, mode, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant, check_labels, strategy
+):
     _checks.check_devices("srm_suppix_pool", x=x, labels=labels)
     check_strategy("srm_suppix_pool_fwd", strategy)
-    spikes, saved = _neuron_fwd_kernel(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv)
+    spikes, saved = _neuron_fwd_kernel(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant)
     if mode not in ("sum", "avg", "max"):
         raise RuntimeError(f"srm_suppix_pool: mode must be 'sum', 'avg' or 'max', got {mode!r}")
     y, aux = _pool_kernel(spikes, labels, K, mode, check_labels)
@@ -43,35 +47,37 @@ def _fwd_kernel(x, labels, K, mode, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, 
     return y, saved, counts, argmax
 
 
-def _inference_kernel(x, labels, K, mode, tau_m, tau_s, tau_grad, v_th, check_labels, strategy):
+def _inference_kernel(x, labels, K, mode, tau_m, tau_s, tau_grad, v_th, variant, check_labels, strategy):
     check_strategy("srm_suppix_pool", strategy)
     d = SRMParams()
-    return _fwd_kernel(x, labels, K, mode, tau_m, tau_s, tau_grad, v_th, d.du_inv_clamp, d.max_dudt_inv, check_labels, "")[0]
+    clamps = (d.du_inv_clamp, d.max_dudt_inv)
+    return _fwd_kernel(x, labels, K, mode, tau_m, tau_s, tau_grad, v_th, *clamps, variant, check_labels, "")[0]
 
 
-def _bwd_kernel(grad_y, saved, labels, counts, argmax, mode, tau_m, tau_s, tau_grad, strategy):
+def _bwd_kernel(grad_y, saved, labels, counts, argmax, mode, tau_m, tau_s, tau_grad, variant, strategy):
     _checks.check_devices("srm_suppix_pool_bwd", grad_y=grad_y, saved=saved, labels=labels, counts=counts, argmax=argmax)
     check_strategy("srm_suppix_pool_bwd", strategy)
     grad_spikes = _pool_backward_kernel(grad_y, labels, argmax if mode == "max" else counts, mode)
     # the clamps are already inside saved's factors
-    return _neuron_bwd_kernel(grad_spikes, saved, tau_m, tau_s, tau_grad, 0.0, 0.0)
+    return _neuron_bwd_kernel(grad_spikes, saved, tau_m, tau_s, tau_grad, 0.0, 0.0, variant)
 
 
 # --------------------------------------------------------------------------- schemas, fakes, autograd
 _library.define(
     "srm_suppix_pool(Tensor x, Tensor labels, int num_superpixels, str mode, float tau_m, float tau_s,"
-    " float tau_grad, float v_th, bool check_labels, str strategy) -> Tensor",
+    " float tau_grad, float v_th, int variant, bool check_labels, str strategy) -> Tensor",
     _inference_kernel,
 )
 _library.define(
     "srm_suppix_pool_fwd(Tensor x, Tensor labels, int num_superpixels, str mode, float tau_m, float tau_s,"
-    " float tau_grad, float v_th, float du_inv_clamp, float max_dudt_inv, bool check_labels, str strategy)"
+    " float tau_grad, float v_th, float du_inv_clamp, float max_dudt_inv, int variant, bool check_labels,"
+    " str strategy)"
     " -> (Tensor, Tensor, Tensor, Tensor)",
     _fwd_kernel,
 )
 _library.define(
     "srm_suppix_pool_bwd(Tensor grad_y, Tensor saved, Tensor labels, Tensor counts, Tensor argmax, str mode,"
-    " float tau_m, float tau_s, float tau_grad, str strategy) -> Tensor",
+    " float tau_m, float tau_s, float tau_grad, int variant, str strategy) -> Tensor",
     _bwd_kernel,
 )
 _INFER = _library.op("srm_suppix_pool")
@@ -90,7 +96,7 @@ _library.register_raising_autograd(
 
 
 @torch.library.register_fake("snnspx::srm_suppix_pool")
-def _infer_fake(x, labels, num_superpixels, mode, tau_m, tau_s, tau_grad, v_th, check_labels, strategy):
+def _infer_fake(x, labels, num_superpixels, mode, tau_m, tau_s, tau_grad, v_th, variant, check_labels, strategy):
     _checks.check_devices("srm_suppix_pool", x=x, labels=labels)
     T, B, C, _ = x.shape
     return x.new_empty((T, B, C, num_superpixels))
@@ -98,7 +104,8 @@ def _infer_fake(x, labels, num_superpixels, mode, tau_m, tau_s, tau_grad, v_th, 
 
 @torch.library.register_fake("snnspx::srm_suppix_pool_fwd")
 def _fwd_fake(
-    x, labels, num_superpixels, mode, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, check_labels, strategy
+    x, labels, num_superpixels, mode, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant, check_labels,
+    strategy,
 ):
     _checks.check_devices("srm_suppix_pool_fwd", x=x, labels=labels)
     T, B, C, P = x.shape
@@ -111,27 +118,27 @@ def _fwd_fake(
 
 
 @torch.library.register_fake("snnspx::srm_suppix_pool_bwd")
-def _bwd_fake(grad_y, saved, labels, counts, argmax, mode, tau_m, tau_s, tau_grad, strategy):
+def _bwd_fake(grad_y, saved, labels, counts, argmax, mode, tau_m, tau_s, tau_grad, variant, strategy):
     _checks.check_devices("srm_suppix_pool_bwd", grad_y=grad_y, saved=saved, labels=labels, counts=counts, argmax=argmax)
     return grad_y.new_empty(saved.shape[1:])
 
 
 def _setup(ctx, inputs, output):
-    _, labels, _, mode, tau_m, tau_s, tau_grad, _, _, _, _, _ = inputs
+    _, labels, _, mode, tau_m, tau_s, tau_grad, _, _, _, variant, _, _ = inputs
     _, saved, counts, argmax = output
     ctx.save_for_backward(saved, labels, counts, argmax)
     ctx.mark_non_differentiable(saved, counts, argmax)
     # Without this, autograd would zero-fill a gradient of each unused output before
     # calling _backward: a [2, T, B, C, H, W] buffer of zeros.
     ctx.set_materialize_grads(False)
-    ctx.args = (mode, tau_m, tau_s, tau_grad)
+    ctx.args = (mode, tau_m, tau_s, tau_grad, variant)
 
 
 def _backward(ctx, grad_y, *_unused):
     if grad_y is None:
-        return (None,) * 12
+        return (None,) * 13
     saved, labels, counts, argmax = ctx.saved_tensors
-    return (_BWD(grad_y, saved, labels, counts, argmax, *ctx.args, ""),) + (None,) * 11
+    return (_BWD(grad_y, saved, labels, counts, argmax, *ctx.args, ""),) + (None,) * 12
 
 
 _library.register_autograd("srm_suppix_pool_fwd", _backward, _setup)
@@ -191,9 +198,10 @@ def srm_suppix_pool(
             negative ones.
         mode: ``"avg"`` (spike count / pixel count, 0 for an empty superpixel),
             ``"sum"`` or ``"max"`` (1 if any pixel spiked).
-        params, **neuron: the neuron's constants, as :func:`srm_neuron`.
+        params, **neuron: the neuron's constants and options, as :func:`srm_neuron`.
         backend: ``"cuda"``, ``"cpp"`` (fused kernels), ``"torch"`` (the composition of the
-            unfused PyTorch kernels), or None.
+            unfused PyTorch kernels), or None. The CUDA kernels run the default neuron only,
+            as :func:`srm_forward` says.
 
     Returns:
         ``y`` ``[T, B, C, K]`` in the dtype of `x`.
@@ -207,9 +215,9 @@ def srm_suppix_pool(
     _checks.suppix_mode(mode, "exact")
     K, inferred = _checks.num_superpixels(labels, num_superpixels)
     check = _checks.check_flag(check_labels, "check_labels") and not inferred  # an inferred K bounds every label
-    b = resolve(backend, x.device)
+    b = resolve_neuron(backend, x.device, p)
     xf, lab = layout.data, layout.labels
     with kernels(b, x.device):
         if torch.is_grad_enabled() and x.requires_grad:
-            return _FWD(xf, lab, K, mode, *p.forward_args, p.du_inv_clamp, p.max_dudt_inv, check, "")[0]
+            return _FWD(xf, lab, K, mode, *p.neuron_args, check, "")[0]
         return _INFER(xf, lab, K, mode, *p.forward_args, check, "")

@@ -1,14 +1,16 @@
 """The SRM neuron (docs/maths.md §2-§3): its ops' schemas, PyTorch kernels, fake kernels and
 autograd formulas, and the public wrappers.
 
-Ops (the compiled libraries add CPU and CUDA kernels for the same schemas):
+Ops (the compiled libraries add CPU and CUDA kernels for the same schemas). ``variant`` is
+:attr:`snnspx.SRMParams.variant`, the neuron options (docs/maths.md, "Neuron variants"); the
+CUDA kernels take variant 0 only:
 
-* ``srm_forward(x, tau_m, tau_s, tau_grad, v_th) -> (spikes, du, dut)``: §2, one pass over T.
-  ``du``/``dut`` are float64 for float64 ``x`` and float32 otherwise.
+* ``srm_forward(x, tau_m, tau_s, tau_grad, v_th, variant) -> (spikes, du, dut)``: §2, one pass
+  over T. ``du``/``dut`` are float64 for float64 ``x`` and float32 otherwise.
 * ``srm_backward(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_inv_clamp,
-  max_dudt_inv) -> (grad_w, grad_t)``: §3, the event-driven backward.
-* ``srm_neuron_fwd(x, ..., v_th, du_inv_clamp, max_dudt_inv) -> (spikes, saved)`` and
-  ``srm_neuron_bwd(grad_spikes, saved, ...) -> grad_x``: the autograd pair behind
+  max_dudt_inv, variant) -> (grad_w, grad_t)``: §3, the event-driven backward.
+* ``srm_neuron_fwd(x, ..., v_th, du_inv_clamp, max_dudt_inv, variant) -> (spikes, saved)`` and
+  ``srm_neuron_bwd(grad_spikes, saved, ..., variant) -> grad_x``: the autograd pair behind
   :func:`srm_neuron`. ``saved`` is ``[2, *x.shape]`` in the state dtype: at spike steps the
   backward's factors ``clamp(-1/du, -du_inv_clamp, 0)`` and ``clamp(-1/dut, -max_dudt_inv, 0)``
   (never positive), at silent steps ``+1`` and ``0`` (so ``saved[0] <= 0`` marks a spike):
@@ -17,13 +19,31 @@ Ops (the compiled libraries add CPU and CUDA kernels for the same schemas):
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .. import _checks, _library
 from .._backend import kernels, resolve
-from ..params import SRMParams
+from ..params import SRMParams, decode_variant
 
 __all__ = ["srm_forward", "srm_backward", "srm_neuron"]
+
+
+def resolve_neuron(backend: str | None, device: torch.device, params: SRMParams) -> str:
+    """:func:`snnspx._backend.resolve` for an op that runs the neuron of `params`. The CUDA
+    kernels run the default neuron only: a non-default variant on CUDA tensors runs the
+    PyTorch kernels when no backend was requested, and a request for ``"cuda"`` (the argument
+    or ``SNNSPX_BACKEND``) is a ``ValueError``."""
+    b = resolve(backend, device)
+    if b != "cuda" or params.variant == 0:
+        return b
+    if (backend or os.environ.get("SNNSPX_BACKEND")) == "cuda":
+        raise ValueError(
+            f"the 'cuda' backend runs the default neuron only (fire_if='>', forward_type='leaky', "
+            f"gradient_type='exponential'), got {params.options}: run CUDA tensors with backend='torch'"
+        )
+    return "torch"
 
 
 # --------------------------------------------------------------------------- PyTorch kernels
@@ -31,11 +51,19 @@ def _scalar(v: float, dtype: torch.dtype, device) -> torch.Tensor:
     return torch.tensor(_checks.to_acc_float(v, dtype), dtype=_checks.acc_dtype(dtype), device=device)
 
 
-def _forward_kernel(x, tau_m, tau_s, tau_grad, v_th):
+def _params(tau_m, tau_s, tau_grad, variant) -> SRMParams:
+    """The constants and options an op's arguments name (ValueError for a bad `variant`)."""
+    return SRMParams(tau_m, tau_s, tau_grad, **decode_variant(variant))
+
+
+def _forward_kernel(x, tau_m, tau_s, tau_grad, v_th, variant):
     """Vectorised over neurons, a Python loop over T; the kernels' operation order."""
+    p = _params(tau_m, tau_s, tau_grad, variant)
+    nonleaky, fire_ge = p.forward_type == "nonleaky", p.fire_if == ">="
+    dut_is_du = p.gradient_type != "exponential"  # (a nonleaky du is g anyway)
     acc = _checks.acc_dtype(x.dtype)
     dev = x.device
-    a_m, a_s, a_g, c = (torch.tensor(v, dtype=acc, device=dev) for v in SRMParams(tau_m, tau_s, tau_grad).constants())
+    a_m, a_s, a_g, c = (torch.tensor(v, dtype=acc, device=dev) for v in p.constants())
     vth = _scalar(v_th, x.dtype, dev)
     spikes = torch.empty(x.shape, dtype=x.dtype, device=dev)
     du = torch.empty(x.shape, dtype=acc, device=dev)
@@ -44,13 +72,17 @@ def _forward_kernel(x, tau_m, tau_s, tau_grad, v_th):
     m = s = g = u_last = torch.zeros(x.shape[1:], dtype=acc, device=dev)
     for t in range(x.shape[0]):
         xt = x[t].to(acc)
-        m = (m + xt) * a_m
-        s = (s + xt) * a_s
         g = (g + xt) * a_g
-        u = c * (m - s)
-        du[t] = u - u_last
-        dut[t] = g
-        spk = u > vth
+        if nonleaky:  # m and s, never read, are left out
+            u = u_last + g
+            du[t] = g
+        else:
+            m = (m + xt) * a_m
+            s = (s + xt) * a_s
+            u = c * (m - s)
+            du[t] = u - u_last
+        dut[t] = du[t] if dut_is_du else g
+        spk = u >= vth if fire_ge else u > vth
         spikes[t] = spk
         m = torch.where(spk, zero, m)
         s = torch.where(spk, zero, s)
@@ -66,13 +98,13 @@ def _factors(du, dut, du_inv_clamp, max_dudt_inv, dtype):
     return torch.clamp(torch.reciprocal(-du), lo_w, 0.0), torch.clamp(torch.reciprocal(-dut), lo_t, 0.0)
 
 
-def _grad_loop(grad_spikes, step, tau_m, tau_s, tau_grad, acc, with_t: bool):
+def _grad_loop(grad_spikes, step, tau_m, tau_s, tau_grad, variant, acc, with_t: bool):
     """§3's backward walk from T-1 down to 0; ``step(t)`` gives ``(spiked, fw, ft)`` at step t,
     the factors read at spikes only (computed per step: whole-tensor factors cost more memory
-    traffic than they save)."""
+    traffic than they save). The variant changes the tables only."""
     T = grad_spikes.shape[0]
     dev = grad_spikes.device
-    epsw_l, epst_l = SRMParams(tau_m, tau_s, tau_grad).tables(max(T, 1))
+    epsw_l, epst_l = _params(tau_m, tau_s, tau_grad, variant).tables(max(T, 1))
     epsw = torch.tensor(epsw_l, dtype=torch.float64, device=dev).to(acc)
     epst = torch.tensor(epst_l, dtype=torch.float64, device=dev).to(acc)
     shape = grad_spikes.shape[1:]
@@ -96,50 +128,51 @@ def _grad_loop(grad_spikes, step, tau_m, tau_s, tau_grad, acc, with_t: bool):
     return grad_w, grad_t
 
 
-def _backward_kernel(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv):
+def _backward_kernel(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv, variant):
     _checks.check_devices("srm_backward", grad_spikes=grad_spikes, spikes=spikes, du=du, dut=dut)
 
     def step(t):
         return (spikes[t] == 1, *_factors(du[t], dut[t], du_inv_clamp, max_dudt_inv, du.dtype))
 
-    return _grad_loop(grad_spikes, step, tau_m, tau_s, tau_grad, du.dtype, True)
+    return _grad_loop(grad_spikes, step, tau_m, tau_s, tau_grad, variant, du.dtype, True)
 
 
-def _neuron_fwd_kernel(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv):
-    spikes, du, dut = _forward_kernel(x, tau_m, tau_s, tau_grad, v_th)
+def _neuron_fwd_kernel(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant):
+    spikes, du, dut = _forward_kernel(x, tau_m, tau_s, tau_grad, v_th, variant)
     fw, ft = _factors(du, dut, du_inv_clamp, max_dudt_inv, du.dtype)
     spk = spikes == 1  # silent steps hold the marker +1 and 0 (see the module docstring)
     return spikes, torch.stack([torch.where(spk, fw, 1.0), torch.where(spk, ft, 0.0)])
 
 
-def _neuron_bwd_kernel(grad_spikes, saved, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv):
+def _neuron_bwd_kernel(grad_spikes, saved, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv, variant):
     _checks.check_devices("srm_neuron_bwd", grad_spikes=grad_spikes, saved=saved)
 
     def step(t):
         fw = saved[0, t]
         return fw <= 0, fw, None  # a spike is a factor <= 0; silent steps hold +1
 
-    return _grad_loop(grad_spikes, step, tau_m, tau_s, tau_grad, saved.dtype, False)[0]
+    return _grad_loop(grad_spikes, step, tau_m, tau_s, tau_grad, variant, saved.dtype, False)[0]
 
 
 # --------------------------------------------------------------------------- schemas, fakes, autograd
 _library.define(
-    "srm_forward(Tensor x, float tau_m, float tau_s, float tau_grad, float v_th) -> (Tensor, Tensor, Tensor)",
+    "srm_forward(Tensor x, float tau_m, float tau_s, float tau_grad, float v_th, int variant)"
+    " -> (Tensor, Tensor, Tensor)",
     _forward_kernel,
 )
 _library.define(
     "srm_backward(Tensor grad_spikes, Tensor spikes, Tensor du, Tensor dut, float tau_m, float tau_s,"
-    " float tau_grad, float du_inv_clamp, float max_dudt_inv) -> (Tensor, Tensor)",
+    " float tau_grad, float du_inv_clamp, float max_dudt_inv, int variant) -> (Tensor, Tensor)",
     _backward_kernel,
 )
 _library.define(
     "srm_neuron_fwd(Tensor x, float tau_m, float tau_s, float tau_grad, float v_th, float du_inv_clamp,"
-    " float max_dudt_inv) -> (Tensor, Tensor)",
+    " float max_dudt_inv, int variant) -> (Tensor, Tensor)",
     _neuron_fwd_kernel,
 )
 _library.define(
     "srm_neuron_bwd(Tensor grad_spikes, Tensor saved, float tau_m, float tau_s, float tau_grad,"
-    " float du_inv_clamp, float max_dudt_inv) -> Tensor",
+    " float du_inv_clamp, float max_dudt_inv, int variant) -> Tensor",
     _neuron_bwd_kernel,
 )
 _FORWARD = _library.op("srm_forward")
@@ -150,59 +183,59 @@ _DEFAULT = SRMParams()
 
 
 @torch.library.register_fake("snnspx::srm_forward")
-def _forward_fake(x, tau_m, tau_s, tau_grad, v_th):
+def _forward_fake(x, tau_m, tau_s, tau_grad, v_th, variant):
     acc = _checks.acc_dtype(x.dtype)
     return x.new_empty(x.shape), x.new_empty(x.shape, dtype=acc), x.new_empty(x.shape, dtype=acc)
 
 
 @torch.library.register_fake("snnspx::srm_backward")
-def _backward_fake(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv):
+def _backward_fake(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv, variant):
     _checks.check_devices("srm_backward", grad_spikes=grad_spikes, spikes=spikes, du=du, dut=dut)
     return grad_spikes.new_empty(grad_spikes.shape), grad_spikes.new_empty(grad_spikes.shape)
 
 
 @torch.library.register_fake("snnspx::srm_neuron_fwd")
-def _neuron_fwd_fake(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv):
+def _neuron_fwd_fake(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant):
     return x.new_empty(x.shape), x.new_empty((2, *x.shape), dtype=_checks.acc_dtype(x.dtype))
 
 
 @torch.library.register_fake("snnspx::srm_neuron_bwd")
-def _neuron_bwd_fake(grad_spikes, saved, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv):
+def _neuron_bwd_fake(grad_spikes, saved, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv, variant):
     _checks.check_devices("srm_neuron_bwd", grad_spikes=grad_spikes, saved=saved)
     return grad_spikes.new_empty(grad_spikes.shape)
 
 
 # srm_forward: the gradient reaches x through the spikes only, with the default clamps.
 def _forward_setup(ctx, inputs, output):
-    _, tau_m, tau_s, tau_grad, _ = inputs
+    _, tau_m, tau_s, tau_grad, _, variant = inputs
     spikes, du, dut = output
     ctx.save_for_backward(spikes, du, dut)
     ctx.mark_non_differentiable(du, dut)
     ctx.set_materialize_grads(False)  # no zero-filled grads for the non-differentiable outputs
-    ctx.args = (tau_m, tau_s, tau_grad, _DEFAULT.du_inv_clamp, _DEFAULT.max_dudt_inv)
+    ctx.args = (tau_m, tau_s, tau_grad, _DEFAULT.du_inv_clamp, _DEFAULT.max_dudt_inv, variant)
 
 
 def _forward_backward(ctx, grad_spikes, _grad_du, _grad_dut):
     if grad_spikes is None:
-        return None, None, None, None, None
+        return (None,) * 6
     spikes, du, dut = ctx.saved_tensors
-    return _BACKWARD(grad_spikes, spikes, du, dut, *ctx.args)[0], None, None, None, None
+    return (_BACKWARD(grad_spikes, spikes, du, dut, *ctx.args)[0],) + (None,) * 5
 
 
 # srm_neuron_fwd: keeps the compact [2, T, ...] state only.
 def _neuron_setup(ctx, inputs, output):
-    _, tau_m, tau_s, tau_grad, _, du_inv_clamp, max_dudt_inv = inputs
+    _, tau_m, tau_s, tau_grad, _, du_inv_clamp, max_dudt_inv, variant = inputs
     ctx.save_for_backward(output[1])
     ctx.mark_non_differentiable(output[1])
     ctx.set_materialize_grads(False)
-    ctx.args = (tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv)
+    ctx.args = (tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv, variant)
 
 
 def _neuron_backward(ctx, grad_spikes, _grad_saved):
     if grad_spikes is None:
-        return (None,) * 7
+        return (None,) * 8
     (saved,) = ctx.saved_tensors
-    return (_NEURON_BWD(grad_spikes, saved, *ctx.args),) + (None,) * 6
+    return (_NEURON_BWD(grad_spikes, saved, *ctx.args),) + (None,) * 7
 
 
 _library.register_autograd("srm_forward", _forward_backward, _forward_setup)
@@ -221,15 +254,20 @@ def srm_forward(
         x: input currents ``[T, ...]`` (any trailing shape, any strides), float32,
             float64, float16 or bfloat16. ``T = 0`` returns empty tensors. Not checked for
             NaN/inf: a neuron whose state becomes NaN never spikes again (docs/maths.md §2).
-        params: the neuron's constants (:class:`snnspx.SRMParams`; default: its defaults).
+        params: the neuron's constants and options (:class:`snnspx.SRMParams`; default: its
+            defaults).
         backend: ``"cuda"``, ``"cpp"``, ``"torch"`` or None (see :func:`snnspx.backends`).
+            The CUDA kernels run the default neuron only: with other options (``fire_if``,
+            ``forward_type``, ``gradient_type``) CUDA tensors run ``"torch"`` when no backend
+            is requested, and requesting ``"cuda"`` raises ``ValueError``.
         **neuron: fields of :class:`snnspx.SRMParams` (``tau_m``, ``tau_s``, ``tau_grad``,
             ``v_th``, ...) that replace those of `params`.
 
     Returns:
         ``(spikes, du, dut)``, each ``[T, ...]``. ``spikes`` has the dtype of `x`
         and values 0 or 1; ``du[t] = u[t] - u_last`` and ``dut[t]`` (the gradient
-        trace g) are float64 for float64 `x` and float32 otherwise. Gradients flow
+        trace g; other variants: docs/maths.md, "Neuron variants") are float64 for
+        float64 `x` and float32 otherwise. Gradients flow
         to `x` through ``spikes`` only (the event-driven ``grad_w`` of
         docs/maths.md §3, with the default clamps: other clamps raise ``ValueError``
         when `x` needs a gradient); ``du`` and ``dut`` are not differentiable.
@@ -244,7 +282,7 @@ def srm_forward(
             f"max_dudt_inv={p.max_dudt_inv} for an x that needs a gradient)"
         )
     p.check_dtype(x.dtype)
-    b = resolve(backend, x.device)
+    b = resolve_neuron(backend, x.device, p)
     with kernels(b, x.device):
         return _FORWARD(x, *p.forward_args)
 
@@ -281,7 +319,7 @@ def srm_backward(
     _checks.check_same_shape(grad_spikes, "grad_spikes", spikes=spikes, du=du, dut=dut)
     _checks.check_tensor(spikes, "spikes")
     _checks.check_srm_backward_dtypes(grad_spikes, spikes, du, dut)
-    b = resolve(backend, grad_spikes.device)
+    b = resolve_neuron(backend, grad_spikes.device, p)
     with kernels(b, grad_spikes.device):
         return _BACKWARD(grad_spikes, spikes, du, dut, *p.backward_args)
 
@@ -303,6 +341,6 @@ def srm_neuron(x: torch.Tensor, *, params: SRMParams | None = None, backend: str
     p = SRMParams.make(params, **neuron)
     _checks.check_tensor(x, "x")
     p.check_dtype(x.dtype)
-    b = resolve(backend, x.device)
+    b = resolve_neuron(backend, x.device, p)
     with kernels(b, x.device):
-        return _NEURON_FWD(x, *p.forward_args, p.du_inv_clamp, p.max_dudt_inv)[0]
+        return _NEURON_FWD(x, *p.neuron_args)[0]

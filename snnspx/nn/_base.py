@@ -46,7 +46,7 @@ class SRMModule(nn.Module):
 
     def _neuron_repr(self) -> str:
         """The neuron constants, the layout flag and a forced backend, for extra_repr."""
-        fields = ", ".join(f"{f}={getattr(self.params, f)}" for f in _PARAM_FIELDS)
+        fields = ", ".join(f"{f}={getattr(self.params, f)!r}" for f in _PARAM_FIELDS)
         return f"{fields}, batch_first={self.batch_first}" + backend_repr(self.backend)
 
 
