@@ -1,78 +1,98 @@
 """Train a small SRM network on scikit-learn's handwritten digits with the event-driven gradient.
 
-    python examples/train_digits.py                  # full run: 1437 training / 360 test images
-    python examples/train_digits.py --small          # CI size: a subset, 1 epoch, still an accuracy
-    python examples/train_digits.py --epochs 20 --seed 1
+    python examples/train_digits.py                  # seeds 0 1 2, 20 epochs each: mean test accuracy
+    python examples/train_digits.py --compare        # the same, then a surrogate-gradient LIF network
+    python examples/train_digits.py --small          # CI size: a subset, 1 epoch, one accuracy line
+    python examples/train_digits.py --seeds 1 --epochs 30 --loss count
 
 Data: ``sklearn.datasets.load_digits`` (1797 greyscale 8 x 8 images of the digits 0-9, shipped
-with scikit-learn: no download), split 80 / 20 into training and test sets, stratified.
+with scikit-learn: no download), split 80 / 20 into training and test sets, stratified, with
+the seed of the run. Each image reaches the network as a constant input current at every one
+of the T steps (``--encoding direct``, the original's for static images); ``--encoding
+poisson`` draws rate spikes instead.
 
-Network, on ``[T, B, ...]`` spike tensors::
+Network, on ``[T, B, ...]`` tensors::
 
-    image [1, 8, 8] --Poisson, T steps--> spikes [T, B, 1, 8, 8]
-      -> SRMConv2d(1, 16, 3, padding=1)   [T, B, 16, 8, 8]
-      -> SpikeAvgPool2d(2)                [T, B, 16, 4, 4]
-      -> flatten -> SRMLinear(256, 10)    [T, B, 10]   one output neuron per class
+    image [1, 8, 8] --T steps--> [T, B, 1, 8, 8]
+      -> SRMConv2d(1, 16, 3, padding=1, weight_norm=True)   [T, B, 16, 8, 8]
+      -> SpikeAvgPool2d(2)                                  [T, B, 16, 4, 4]
+      -> flatten (-> SpikeDropout with --dropout)            [T, B, 256]
+      -> SRMLinear(256, 10)  (weight_norm by default)        [T, B, 10]   one neuron per class
 
-The loss and why its gradient sign is flipped
----------------------------------------------
-The output is read as spike counts: ``count[b, k] = spikes[:, b, k].sum()``, and the
-prediction is the class whose neuron fires most (ties go to the one that fired first). The
-loss is the mean squared error between the counts and a target count: ``target_true``
-spikes (default 0.5 T) for the true class, ``target_false`` (default 0.2 T) for the others.
-A count target, rather than cross-entropy, keeps every layer firing: a loss that can be
-lowered by silencing neurons tends to do that, and silent neurons have no gradient (the
-event-driven gradient lives on spikes). For the same reason the wrong classes aim at a few
-spikes rather than none: with 0.1 T, some seeds lose output neurons for good in the first
-epochs and stall at 40-70 % test accuracy; with 0.2 T, seeds 0, 1, 2 all reach 94-96 %.
+Loss and readout
+----------------
+The prediction is the class whose output neuron fires most (ties go to the one that fired
+first). The default loss is the cross-entropy of the spike counts taken as logits,
+``F.cross_entropy(reverse_grad(spikes).sum(0), labels)``. snnspx's SRM layers train with
+the original's spike-*time* gradient (docs/maths.md §3): the gradient that reaches an output
+spike is read as dL/d(spike time), and a loss on counts has the opposite sign (more spikes
+need earlier spikes). :func:`snnspx.losses.reverse_grad` is the adapter: identity forward,
+gradient negated. ``--loss count`` uses the original's count loss instead,
+:class:`snnspx.losses.SpikeCountLoss` (``--desired`` spikes for the true class, at least;
+``--undesired`` for the others, at most); it reverses the gradient itself.
 
-snnspx's SRM layers train with the event-driven gradient of the original SRM code
-(docs/maths.md §3, §4). That is a spike-*time* gradient: the value that reaches a layer's
-output spike is read as the derivative of the loss with respect to the *time* of that
-spike, and the neuron's backward turns it into ``grad_w = G * (-1 / du) * eps`` for its
-input current, where ``du > 0`` is the slope of the membrane at the threshold crossing and
-``eps >= 0`` the synaptic kernel. A positive ``G`` therefore gives a negative current
-gradient: gradient descent *raises* the current and the spike comes *earlier*, which is
-what lowers a loss that grows with the spike time. For a loss on spike *counts* the
-relation is reversed: ``dL/dcount > 0`` (too many spikes) must lower the current, i.e.
-push spikes later, until the last one falls off the end of the window. So the count
-gradient reaches the network as ``-dL/dcount``: ``count = 2 * count.detach() - count``
-below keeps the value and flips the gradient. With the sign left as autograd computes it,
-gradient descent moves every count *away* from its target and the network falls silent
-(accuracy: chance); ``tests/test_layers.py`` checks both signs on a small network.
+Initialisation (why every neuron fires at the start)
+-----------------------------------------------------
+The event-driven gradient lives on spikes: a neuron that is silent for every image gets no
+gradient and never learns. Both layers standardise their weights (``weight_norm``: per
+output unit, mean ``bn_bias``, standard deviation ``bn_weight``). Before training,
+``bn_bias`` is set to ``--bias-init`` (0.5) times ``bn_weight``, a positive mean weight
+that every neuron shares, so that each one fires for most images whatever the random
+pattern of its weights; then :func:`snnspx.init.rate_init` scales each layer, on the first
+training batch, to about ``--init-target`` spikes per neuron. ``bn_bias`` stays fixed
+during training (a learnt shift of all weights at once is the quickest way to silence a
+neuron; the original also trains these parameters slowly or not at all); ``weight`` and
+``bn_weight`` learn (Adam, cosine learning-rate decay).
 
-Between layers the same kind of gradient flows on: SRMLinear and SRMConv2d pass to their
-input spikes a spike-time gradient (``grad_t`` through the synapses), so the layers chain
-with no further sign changes; SpikeAvgPool2d is linear and passes it through.
+Measured on a 2-core CPU (seeds 0, 1, 2, defaults): see README.md ("Learning digits").
+
+``--compare`` trains the same architecture built from ``nn.Conv2d``/``nn.Linear`` and a
+plain leaky integrate-and-fire neuron written below (Heaviside spikes, arctan surrogate
+gradient, ordinary autograd through the time loop), with the same data, encoding, loss on
+counts (without the reversal: its gradient is an ordinary one), epochs and seeds, and prints
+both results side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import statistics
 import sys
 import time
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 30, 1 with --small)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="one run per seed (split, weights, order, dropout, spikes); default %(default)s")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 20, 1 with --small)")
     p.add_argument("--small", action="store_true", help="CI size: 300 training / 100 test images, 1 epoch")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split, the weights and the spikes")
     p.add_argument("--T", type=int, default=16, help="time steps per image (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default %(default)s)")
-    p.add_argument("--target-true", type=float, default=0.5,
-                   help="target spike count of the true class, as a fraction of T (default %(default)s)")
-    p.add_argument("--target-false", type=float, default=0.2,
-                   help="target spike count of the other classes, as a fraction of T (default %(default)s)")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate, decayed to 0 (default %(default)s)")
+    p.add_argument("--encoding", choices=["direct", "poisson"], default="direct",
+                   help="the image as a constant current (default) or as Poisson spikes")
+    p.add_argument("--loss", choices=["ce", "count"], default="ce",
+                   help="cross-entropy of the counts (default) or the original's SpikeCountLoss")
+    p.add_argument("--desired", type=float, default=14.0, help="--loss count: true-class count (default %(default)s)")
+    p.add_argument("--undesired", type=float, default=1.0, help="--loss count: other classes' count (default %(default)s)")
+    p.add_argument("--init-target", type=float, default=0.5,
+                   help="rate_init target, spikes per neuron over T (default %(default)s)")
+    p.add_argument("--bias-init", type=float, default=0.5,
+                   help="the shared mean weight, in units of the weights' std (default %(default)s)")
+    p.add_argument("--dropout", type=float, default=0.0, help="SpikeDropout before the output layer (default 0)")
+    p.add_argument("--fire-if", choices=[">", ">="], default=">", help="the neurons' threshold test (default >)")
+    p.add_argument("--compare", action="store_true", help="also train the surrogate-gradient LIF network")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--backend", default=None, choices=["cuda", "cpp", "torch"],
-                   help="force a backend (default: cuda on GPUs, cpp on CPUs)")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+                   help="force a backend (default: cpp on CPUs, torch on GPUs)")
+    p.add_argument("--quiet", action="store_true", help="no line per epoch")
     return p.parse_args(argv)
 
 
@@ -90,17 +110,99 @@ def load_data(seed: int, small: bool):
     return x[i_train], y[i_train], x[i_test], y[i_test]
 
 
-def make_net(backend: str | None, channels: int = 16) -> nn.Sequential:
+# --------------------------------------------------------------------------- the SRM network
+def make_srm_net(args, channels: int = 16) -> nn.Sequential:
     import snnspx
 
-    return nn.Sequential(
-        snnspx.nn.SRMConv2d(1, channels, 3, padding=1, backend=backend),   # [T, B, 16, 8, 8]
-        snnspx.nn.SpikeAvgPool2d(2),                                      # [T, B, 16, 4, 4]
-        nn.Flatten(start_dim=2),                                          # [T, B, 256]
-        snnspx.nn.SRMLinear(channels * 16, 10, backend=backend),          # [T, B, 10]
-    )
+    neuron = dict(fire_if=args.fire_if, backend=args.backend)
+    layers = [
+        snnspx.nn.SRMConv2d(1, channels, 3, padding=1, weight_norm=True, **neuron),  # [T, B, 16, 8, 8]
+        snnspx.nn.SpikeAvgPool2d(2),                                                # [T, B, 16, 4, 4]
+        nn.Flatten(start_dim=2),                                                    # [T, B, 256]
+    ]
+    if args.dropout:
+        layers.append(snnspx.nn.SpikeDropout(args.dropout))
+    layers.append(snnspx.nn.SRMLinear(channels * 16, 10, **neuron))               # [T, B, 10]
+    return nn.Sequential(*layers)
 
 
+def init_srm_net(net: nn.Sequential, batch: torch.Tensor, args) -> list:
+    """The shared positive mean weight, then rate_init; returns rate_init's report."""
+    import snnspx
+
+    layers = [m for m in net if isinstance(m, (snnspx.nn.SRMConv2d, snnspx.nn.SRMLinear))]
+    with torch.no_grad():
+        for m in layers:
+            m.bn_bias.copy_(args.bias_init * m.bn_weight)
+    report = snnspx.init.rate_init(net, batch, target=args.init_target)
+    for m in layers:
+        m.bn_bias.requires_grad_(False)  # fixed: see the module docstring
+    return report
+
+
+# --------------------------------------------------------------------------- the LIF network
+class ATanSpike(torch.autograd.Function):
+    """Heaviside forward ``v > 0``; backward the derivative of ``atan(pi/2 * alpha * v) / pi + 1/2``."""
+
+    @staticmethod
+    def forward(ctx, v, alpha: float):
+        ctx.save_for_backward(v)
+        ctx.alpha = alpha
+        return (v > 0).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (v,) = ctx.saved_tensors
+        a = ctx.alpha
+        return grad * (a / 2) / (1 + (math.pi / 2 * a * v) ** 2), None
+
+
+class LIF(nn.Module):
+    """Leaky integrate-and-fire neurons over ``[T, B, ...]`` currents, reset to 0 after a spike.
+
+    ``v[t] = beta * v[t-1] * (1 - s[t-1]) + x[t]``, ``s[t] = H(v[t] - v_th)``, ``beta = 1 - 1/tau``;
+    autograd runs through the loop, the spike's derivative is the arctan surrogate.
+    """
+
+    def __init__(self, tau: float = 5.0, v_th: float = 1.0, alpha: float = 2.0):
+        super().__init__()
+        self.beta, self.v_th, self.alpha = 1.0 - 1.0 / tau, v_th, alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = torch.zeros_like(x[0])
+        out = []
+        for t in range(x.shape[0]):
+            v = self.beta * v + x[t]
+            s = ATanSpike.apply(v - self.v_th, self.alpha)
+            v = v * (1 - s.detach())  # reset; the surrogate path goes through s alone
+            out.append(s)
+        return torch.stack(out)
+
+
+class PerStep(nn.Module):
+    """Applies a per-image module to every step of ``[T, B, ...]``."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.module(x.flatten(0, 1))
+        return y.unflatten(0, x.shape[:2])
+
+
+def make_lif_net(args, channels: int = 16) -> nn.Sequential:
+    import snnspx
+
+    layers = [PerStep(nn.Conv2d(1, channels, 3, padding=1, bias=False)), LIF(),
+              PerStep(nn.AvgPool2d(2)), nn.Flatten(start_dim=2)]
+    if args.dropout:
+        layers.append(snnspx.nn.SpikeDropout(args.dropout))
+    layers += [nn.Linear(channels * 16, 10, bias=False), LIF()]
+    return nn.Sequential(*layers)
+
+
+# --------------------------------------------------------------------------- training
 def predict(out: torch.Tensor) -> torch.Tensor:
     """Class per sample from output spikes [T, B, 10]: most spikes, ties to the earliest first spike."""
     T = out.shape[0]
@@ -110,68 +212,117 @@ def predict(out: torch.Tensor) -> torch.Tensor:
     return (count * (T + 1) + (T - first)).argmax(1)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    epochs = args.epochs if args.epochs is not None else (1 if args.small else 30)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but PyTorch sees no CUDA device here")
-    from tqdm import tqdm
-
+def run(kind: str, seed: int, args, device) -> float:
+    """Trains one network ("srm" or "lif") with one seed; returns its final test accuracy."""
+    import snnspx
     from snnspx.encoding import poisson_encode
 
-    torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-    x_train, y_train, x_test, y_test = load_data(args.seed, args.small)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    x_train, y_train, x_test, y_test = load_data(seed, args.small)
     T = args.T
-    target_true, target_false = args.target_true * T, args.target_false * T
-    net = make_net(args.backend).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
-    print(f"digits: {len(y_train)} training / {len(y_test)} test images, T = {T}, device {device}, "
-          f"backend {args.backend or 'default'}")
-    print(net)
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        if args.encoding == "poisson":
+            return poisson_encode(x, T, generator=gen).to(device)
+        return x.to(device).unsqueeze(0).expand(T, *x.shape).contiguous()
+
+    order = torch.randperm(len(y_train), generator=gen)
+    if kind == "srm":
+        net = make_srm_net(args).to(device)
+        report = init_srm_net(net, encode(x_train[order[:args.batch_size]]), args)
+        init_line = ", ".join(f"layer {r.name}: x{r.scale:.3g} -> {r.rate:.2f} spikes" for r in report)
+    else:
+        net = make_lif_net(args).to(device)
+        init_line = "PyTorch default init"
+    # The SRM layers take dL/d(spike time), so a loss on counts reaches them reversed
+    # (reverse_grad; SpikeCountLoss reverses by default); the LIF's surrogate gradient is an
+    # ordinary dL/dspikes and takes the loss as it is.
+    reverse = kind == "srm"
+    if args.loss == "count":
+        loss_fn = snnspx.losses.SpikeCountLoss(desired_count=args.desired, undesired_count=args.undesired,
+                                               reverse=reverse)
+    else:
+        def loss_fn(out, labels):
+            return F.cross_entropy((snnspx.losses.reverse_grad(out) if reverse else out).sum(0), labels)
+
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=args.lr)
+    steps = args.epochs * math.ceil(len(y_train) / args.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
 
     def evaluate() -> float:
         net.eval()
         correct = 0
         with torch.no_grad():
             for i in range(0, len(y_test), 256):
-                spikes = poisson_encode(x_test[i:i + 256], T, generator=gen).to(device)
-                correct += (predict(net(spikes)).cpu() == y_test[i:i + 256]).sum().item()
+                out = net(encode(x_test[i:i + 256]))
+                correct += (predict(out).cpu() == y_test[i:i + 256]).sum().item()
         net.train()
         return correct / len(y_test)
 
     t0 = time.perf_counter()
-    acc = evaluate()
-    print(f"epoch 0 (untrained): test accuracy {acc:.3f}", flush=True)
-    for epoch in range(1, epochs + 1):
-        order = torch.randperm(len(y_train), generator=gen)
-        bar = tqdm(range(0, len(order), args.batch_size), desc=f"epoch {epoch}/{epochs}", unit="batch",
-                   disable=args.no_progress, leave=False, file=sys.stdout)
+    if not args.quiet:
+        print(f"[{kind} seed {seed}] {len(y_train)} training / {len(y_test)} test images; init: {init_line}")
+    acc = 0.0
+    for epoch in range(1, args.epochs + 1):
+        if epoch > 1:
+            order = torch.randperm(len(y_train), generator=gen)
         total_loss = correct = 0.0
-        for i in bar:
+        for i in range(0, len(order), args.batch_size):
             idx = order[i:i + args.batch_size]
-            spikes = poisson_encode(x_train[idx], T, generator=gen).to(device)
             labels = y_train[idx].to(device)
-            out = net(spikes)                                   # [T, B, 10] output spikes
-            count = out.sum(0)                                  # [B, 10]
-            count = 2 * count.detach() - count                  # same value, gradient -dL/dcount (see above)
-            target = torch.full_like(count, target_false)
-            target[torch.arange(len(labels)), labels] = target_true
-            loss = nn.functional.mse_loss(count, target)
+            out = net(encode(x_train[idx]))                  # [T, B, 10] output spikes
+            loss = loss_fn(out, labels)
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
             total_loss += loss.item() * len(idx)
             correct += (predict(out.detach()) == labels).sum().item()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
         acc = evaluate()
-        print(f"epoch {epoch}: train loss {total_loss / len(y_train):.3f}, train accuracy "
-              f"{correct / len(y_train):.3f}, test accuracy {acc:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        if not args.quiet:
+            print(f"[{kind} seed {seed}] epoch {epoch}: train loss {total_loss / len(y_train):.3f}, train accuracy "
+                  f"{correct / len(y_train):.3f}, test accuracy {acc:.3f} ({time.perf_counter() - t0:.1f} s)",
+                  flush=True)
     with torch.no_grad():
-        out = net(poisson_encode(x_test[:64], T, generator=gen).to(device))
-    print(f"final test accuracy: {acc:.3f} after {epochs} epoch(s) (output firing rate "
-          f"{out.mean().item():.3f} spikes / neuron / step; {time.perf_counter() - t0:.0f} s)")
+        net.eval()
+        rate = net(encode(x_test[:64])).mean().item()
+    print(f"{kind} seed {seed}: test accuracy {acc:.4f} after {args.epochs} epoch(s), output rate {rate:.3f} "
+          f"spikes / neuron / step, {time.perf_counter() - t0:.1f} s", flush=True)
+    return acc
+
+
+def summary(name: str, seeds: list[int], accs: list[float], seconds: float) -> str:
+    mean = statistics.fmean(accs)
+    std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+    return (f"{name}: mean test accuracy {mean:.4f} over seeds {' '.join(map(str, seeds))} "
+            f"(min {min(accs):.4f}, max {max(accs):.4f}, std {std:.4f}; {seconds:.0f} s)")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.epochs is None:
+        args.epochs = 1 if args.small else 20
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but PyTorch sees no CUDA device here")
+    print(f"digits: T = {args.T}, {args.epochs} epoch(s), batch {args.batch_size}, lr {args.lr}, loss {args.loss}, "
+          f"encoding {args.encoding}, device {device}, backend {args.backend or 'default'}, "
+          f"{torch.get_num_threads()} thread(s)")
+    results = {}
+    kinds = ["srm", "lif"] if args.compare else ["srm"]
+    for kind in kinds:
+        t0 = time.perf_counter()
+        accs = [run(kind, seed, args, device) for seed in args.seeds]
+        results[kind] = (accs, time.perf_counter() - t0)
+    names = {"srm": "snnspx SRM (event-driven gradient)", "lif": "PyTorch LIF (surrogate gradient)"}
+    for kind in kinds:
+        print(summary(names[kind], args.seeds, *results[kind]))
+    if args.compare:
+        print("\nseed | snnspx SRM | PyTorch LIF")
+        for i, seed in enumerate(args.seeds):
+            print(f"{seed:4d} | {results['srm'][0][i]:10.4f} | {results['lif'][0][i]:11.4f}")
     return 0
 
 
