@@ -2,7 +2,7 @@
 
     python examples/train_digits.py                  # seeds 0 1 2, 20 epochs each: mean test accuracy
     python examples/train_digits.py --compare        # the same, then a surrogate-gradient LIF network
-    python examples/train_digits.py --small          # CI size: a subset, 1 epoch, one accuracy line
+    python examples/train_digits.py --small          # CI size: a subset, 3 epochs, seconds
     python examples/train_digits.py --seeds 1 --epochs 30 --loss count
 
 Data: ``sklearn.datasets.load_digits`` (1797 greyscale 8 x 8 images of the digits 0-9, shipped
@@ -71,8 +71,8 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="one run per seed (split, weights, order, dropout, spikes); default %(default)s")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 20, 1 with --small)")
-    p.add_argument("--small", action="store_true", help="CI size: 300 training / 100 test images, 1 epoch")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 20, 3 with --small)")
+    p.add_argument("--small", action="store_true", help="CI size: 300 training / 100 test images, 3 epochs")
     p.add_argument("--T", type=int, default=16, help="time steps per image (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate, decayed to 0 (default %(default)s)")
@@ -303,7 +303,7 @@ def summary(name: str, seeds: list[int], accs: list[float], seconds: float) -> s
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.epochs is None:
-        args.epochs = 1 if args.small else 20
+        args.epochs = 3 if args.small else 20
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for, but PyTorch sees no CUDA device here")
