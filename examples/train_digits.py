@@ -44,7 +44,12 @@ during training (a learnt shift of all weights at once is the quickest way to si
 neuron; the original also trains these parameters slowly or not at all); ``weight`` and
 ``bn_weight`` learn (Adam, cosine learning-rate decay).
 
-Measured on a 2-core CPU (seeds 0, 1, 2, defaults): see README.md ("Learning digits").
+Measured on the 2-core development CPU, defaults (20 epochs, seeds 0 1 2): test accuracy
+0.967, 0.986, 0.969 (mean 0.974), about 9 s per seed; ``--loss count`` 0.953, 0.972, 0.961
+(mean 0.962); ``--compare``'s LIF 0.975, 0.981, 0.978 (mean 0.978), about 13 s per seed. With
+zero-mean weight rows instead (``--bias-init 0``), rate_init left 1-2 of the 10 output neurons
+silent for every image, and in most runs tried 1-7 were silent for good after the first epoch
+(test accuracy 40-85 %).
 
 ``--compare`` trains the same architecture built from ``nn.Conv2d``/``nn.Linear`` and a
 plain leaky integrate-and-fire neuron written below (Heaviside spikes, arctan surrogate
