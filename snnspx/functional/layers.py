@@ -28,8 +28,9 @@ import torch.nn.functional as TF
 from torch.autograd.function import once_differentiable
 
 from .. import _checks
-from .._backend import _assume_constant_result, check_request, resolve
+from .._backend import _assume_constant_result, resolve
 from ..params import SRMParams
+from .pool2d import spike_avg_pool2d  # re-exported: the op family lives in pool2d.py
 from .srm import srm_backward, srm_forward
 
 __all__ = ["srm_conv2d", "srm_linear", "spike_avg_pool2d", "standardize_weight"]
@@ -295,60 +296,3 @@ def standardize_weight(
     if bn_bias is not None:
         w = w + bn_bias.to(acc)[:, None]
     return w.reshape(weight.shape).to(weight.dtype)
-
-
-# --------------------------------------------------------------------------- pooling
-def _window_sum(x: torch.Tensor, kernel: tuple[int, int]) -> torch.Tensor:
-    """Sum over non-overlapping kH x kW windows of the last two dimensions (floor mode)."""
-    H, W = x.shape[-2:]
-    y = TF.avg_pool2d(x.reshape(-1, 1, H, W), kernel, kernel, divisor_override=1)
-    return y.reshape(*x.shape[:-2], *y.shape[-2:])
-
-
-class _SpikeAvgPool2d(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, kernel):
-        ctx.save_for_backward(x)  # usually the previous layer's spikes: no memory of its own
-        ctx.kernel = kernel
-        H, W = x.shape[-2:]
-        y = TF.avg_pool2d(x.reshape(-1, 1, H, W), kernel, kernel)
-        return y.reshape(*x.shape[:-2], *y.shape[-2:])
-
-    @staticmethod
-    @once_differentiable  # the spike-count gradient is a surrogate (docs/maths.md §3, §4)
-    def backward(ctx, grad_y):
-        (x,) = ctx.saved_tensors
-        kh, kw = ctx.kernel
-        # Count and divide in float32 (float64 for float64), rounding once to grad_y's dtype:
-        # a half-precision count would round above 2048 (float16) or 256 (bfloat16) inputs.
-        acc = _checks.acc_dtype(grad_y.dtype)
-        n = _window_sum((x != 0).to(acc), ctx.kernel)  # exact integers (float32: up to 2**24)
-        g = torch.where(n > 0, grad_y.to(acc) / n.clamp(min=1), n.new_zeros(()))
-        g = g.to(grad_y.dtype).repeat_interleave(kh, dim=-2).repeat_interleave(kw, dim=-1)
-        H, W = x.shape[-2:]
-        return TF.pad(g, (0, W - g.shape[-1], 0, H - g.shape[-2])), None
-
-
-def spike_avg_pool2d(x: torch.Tensor, *, kernel_size=2, backend: str | None = None) -> torch.Tensor:
-    """Average pooling of spikes over non-overlapping windows, with the spike-count gradient.
-
-    Forward: :func:`torch.nn.functional.avg_pool2d` with ``stride = kernel_size`` on every
-    ``[H, W]`` plane (floor mode: trailing rows and columns that fill no window are dropped).
-    Backward (docs/maths.md §4, the original ``PoolFunc``): every input pixel of a window
-    receives ``g / n``, ``n`` the number of non-zero inputs in that window, and 0 where ``n = 0``;
-    dropped pixels receive 0. Where all inputs of a window are non-zero this is the exact
-    gradient of the average.
-
-    Args:
-        x: ``[..., H, W]`` with at least 3 dimensions, e.g. spikes ``[T, B, C, H, W]``.
-        kernel_size: int or ``(kH, kW)``; also the stride.
-        backend: checked like every op's; every backend runs the PyTorch ops above (there
-            is no compiled kernel).
-
-    Returns:
-        ``[..., H // kH, W // kW]``, dtype of `x`.
-    """
-    kernel = _checks.kernel_pair(kernel_size)
-    _checks.check_pool_input(x, kernel)
-    check_request(backend, x.device)
-    return _SpikeAvgPool2d.apply(x, kernel)

@@ -253,13 +253,9 @@ class SpikeAvgPool2d(nn.Module):
         kernel_size: int or pair, also the stride. Default 2.
         batch_first: accepted for symmetry with the other layers; pooling acts on each
             ``[H, W]`` plane, so both layouts pass through unchanged.
-        backend: None (default) or ``"torch"``: the PyTorch ops. There is no compiled
-            kernel, but ``"cpp"`` and ``"cuda"`` are still requests:
-            the device is checked (``"cuda"`` with CPU tensors, or ``"cpp"`` with CUDA
-            tensors, raises ``ValueError``) and their library is built or loaded
-            (``BuildError`` if it fails) before the PyTorch ops run. An unknown name raises
-            ``ValueError`` here, when the module is built. ``SNNSPX_BACKEND`` is read as
-            by the other ops when `backend` is None.
+        backend: ``"cuda"``, ``"cpp"``, ``"torch"`` or None (default; see
+            :func:`snnspx.backends`). An unknown name raises ``ValueError`` here, when the
+            module is built.
 
     Shape:
         - Input: ``[T, B, C, H, W]`` (or ``[B, T, C, H, W]``; any ``[..., H, W]`` with >= 3 dims).
