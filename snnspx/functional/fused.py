@@ -37,7 +37,8 @@ def _fwd_kernel(
 ):
     _checks.check_devices("srm_suppix_pool", x=x, labels=labels)
     check_strategy("srm_suppix_pool_fwd", strategy)
-    spikes, saved = _neuron_fwd_kernel(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant)
+    spikes, saved, _ = _neuron_fwd_kernel(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant, None,
+                                          end_state=False)
     if mode not in ("sum", "avg", "max"):
         raise RuntimeError(f"srm_suppix_pool: mode must be 'sum', 'avg' or 'max', got {mode!r}")
     y, aux = _pool_kernel(spikes, labels, K, mode, check_labels)
