@@ -148,34 +148,38 @@ struct SGAdjoint {
 // One step of the walk back, t = T-1 down to 0: from the adjoints after step t to those
 // before it; returns dL/dx[t]. G = dL/dspikes[t]; pm, ps, pg, u as sg_forward_step gave
 // them. kState: the g and u_last adjoints may be non-zero (a gradient reached the returned
-// state's g or u_last); without it they are taken as 0 and pg is not read.
+// state's g or u_last); without it they are taken as 0 and pg is not read. kParams: also add
+// up the constants' gradients. kDetach: the reset's factor is a constant. (Compile-time
+// flags: a run-time select on them keeps GCC from vectorising the CPU loop.)
 //   m^ = pm a_m, s^ = ps a_s, g^ = pg a_g, keep = 1 - S
 //   dS = G - [not detach] (lm m^ + ls s^ + lg g^ + lu u)
 //   du = dS sigma'(u - v_th) + lu keep
 //   dm^ = lm keep + c du,  ds^ = ls keep - c du,  dg^ = lg keep
 //   before the step: lm = dm^ a_m, ls = ds^ a_s, lg = dg^ a_g, lu = 0; dL/dx = lm + ls + lg
 //   dL/da_m += dm^ pm, dL/da_s += ds^ ps, dL/dc += du (m^ - s^), dL/dv_th -= dS sigma'
-template <Surrogate Kind, bool kDetach, bool kState, typename acc_t>
+template <Surrogate Kind, bool kDetach, bool kState, bool kParams, typename acc_t>
 SNNSPX_HD acc_t sg_backward_step(SGAdjoint<acc_t>& a, acc_t G, acc_t pm, acc_t ps, acc_t pg, acc_t u,
                                  const SGConstants<acc_t>& k, acc_t a_g, bool fire_ge, SurrogateParams<acc_t> sp) {
   const bool spike = sg_fires(u, k.v_th, fire_ge);
   const acc_t mh = mul_rn(pm, k.a_m), sh = mul_rn(ps, k.a_s);
   const acc_t sg = surrogate_grad<Kind, acc_t>(u - k.v_th, sp);
   acc_t dS = G;
-  if constexpr (!kDetach) {
+  if constexpr (!kDetach) {  // the reset's factor (1 - S) differentiated
     acc_t r = mul_rn(a.lm, mh) + mul_rn(a.ls, sh);
     if constexpr (kState) r = r + mul_rn(a.lg, mul_rn(pg, a_g)) + mul_rn(a.lu, u);
-    dS = dS - r;  // the reset's factor (1 - S) differentiated
+    dS = dS - r;
   }
   acc_t du = mul_rn(dS, sg);
   if constexpr (kState) du = du + (spike ? acc_t(0) : a.lu);
   const acc_t cdu = mul_rn(k.c, du);
   const acc_t dmh = (spike ? acc_t(0) : a.lm) + cdu;
   const acc_t dsh = (spike ? acc_t(0) : a.ls) - cdu;
-  a.d_am = a.d_am + mul_rn(dmh, pm);
-  a.d_as = a.d_as + mul_rn(dsh, ps);
-  a.d_c = a.d_c + mul_rn(du, mh - sh);
-  a.d_vth = a.d_vth - mul_rn(dS, sg);
+  if constexpr (kParams) {
+    a.d_am = a.d_am + mul_rn(dmh, pm);
+    a.d_as = a.d_as + mul_rn(dsh, ps);
+    a.d_c = a.d_c + mul_rn(du, mh - sh);
+    a.d_vth = a.d_vth - mul_rn(dS, sg);
+  }
   a.lm = mul_rn(dmh, k.a_m);
   a.ls = mul_rn(dsh, k.a_s);
   acc_t gx = a.lm + a.ls;

@@ -126,14 +126,15 @@ inline SGForwardOut sg_forward_outputs(const SGArgs& a, const at::Tensor& x) {
 
 // srm_sg_bwd's inputs and outputs in the kernels' layout: x, grad_spikes and grad_state in
 // the state dtype (half inputs widened once here), contiguous; grad_x in the state dtype
-// (cast to x's by sg_backward_finish); grad_state_in [4, N]; per-neuron partial sums [4, N].
+// (cast to x's by sg_backward_finish); grad_state_in [4, N]; per-neuron partial sums [4, N]
+// for the constants' gradients, undefined when those are not wanted.
 struct SGBackwardBuffers {
   at::Tensor x, grad, grad_state;  // grad_state undefined: no gradient reached state_out
   at::Tensor grad_x, grad_state_in, partials;
 };
 
 inline SGBackwardBuffers sg_backward_buffers(const SGArgs& a, const at::Tensor& x, const at::Tensor& grad_spikes,
-                                             const c10::optional<at::Tensor>& grad_state) {
+                                             const c10::optional<at::Tensor>& grad_state, bool constants_grad) {
   const auto st_shape = sg_state_shape(x);
   SGBackwardBuffers b;
   b.grad = check_sg_grad(grad_spikes, "grad_spikes", x.sizes(), x).to(a.acc).contiguous();
@@ -143,10 +144,10 @@ inline SGBackwardBuffers sg_backward_buffers(const SGArgs& a, const at::Tensor& 
   b.x = a.x.to(a.acc).contiguous();
   b.grad_x = at::empty(x.sizes(), x.options().dtype(a.acc).memory_format(at::MemoryFormat::Contiguous));
   b.grad_state_in = at::empty(st_shape, x.options().dtype(a.acc));
-  b.partials = at::empty({4, a.N}, x.options().dtype(a.acc));
+  if (constants_grad) b.partials = at::empty({4, a.N}, x.options().dtype(a.acc));
   if (a.T == 0) {  // the state passes through unchanged
     b.grad_state.defined() ? b.grad_state_in.copy_(b.grad_state) : b.grad_state_in.zero_();
-    b.partials.zero_();
+    if (constants_grad) b.partials.zero_();
   }
   return b;
 }
@@ -182,8 +183,12 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> sg_constant_grads(const at
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sg_backward_finish(
     const SGBackwardBuffers& b, const SGArgs& a, const at::Tensor& x, const at::Tensor& tau_m, const at::Tensor& tau_s,
     const at::Tensor& v_th) {
+  at::Tensor grad_x = b.grad_x.to(x.scalar_type());
+  if (!b.partials.defined()) {  // not wanted: zeros
+    return {grad_x, at::zeros_like(tau_m), at::zeros_like(tau_s), at::zeros_like(v_th), b.grad_state_in};
+  }
   auto [g_tm, g_ts, g_vth] = sg_constant_grads(b.partials, a, tau_m, tau_s, v_th);
-  return {b.grad_x.to(x.scalar_type()), g_tm, g_ts, g_vth, b.grad_state_in};
+  return {grad_x, g_tm, g_ts, g_vth, b.grad_state_in};
 }
 
 }  // namespace snnspx

@@ -97,12 +97,13 @@ def constants(per_channel: bool):
     return tuple(torch.tensor(v, dtype=torch.float64) for v in (5.0, 3.0, 1.0))
 
 
-def run(fn, x0, consts0, state0, G, GS):
+def run(fn, x0, consts0, state0, G, GS, constants_grad=True):
     """Leaves from the given values, fn(x, tau_m, tau_s, v_th, state) -> (spikes, state_out), the
     loss <spikes, G> + <state_out, GS>, backward. Returns (spikes, state_out, x.grad,
-    [tau_m.grad, tau_s.grad, v_th.grad], state.grad)."""
+    [tau_m.grad, tau_s.grad, v_th.grad], state.grad); the constants are leaves that require a
+    gradient only with `constants_grad`."""
     x = x0.clone().requires_grad_()
-    consts = [c.clone().requires_grad_() for c in consts0]
+    consts = [c.clone().requires_grad_(constants_grad) for c in consts0]
     state = state0.clone().requires_grad_() if state0 is not None else None
     spikes, state_out = fn(x, *consts, state)
     ((spikes.to(G.dtype) * G).sum() + (state_out * GS).sum()).backward()
@@ -126,6 +127,12 @@ def assert_all_close(got, want, dtype, tag):
     assert_grad_close(cat(got[3]), cat(want[3]), dtype, f"(tau_m, tau_s, v_th).grad ({tag})")
     if want[4] is not None:
         assert_grad_close(got[4], want[4], dtype, f"state.grad ({tag})")
+
+
+def assert_without_constants_close(got, want, dtype, tag):
+    """As assert_all_close, for a run whose constants needed no gradient."""
+    assert got[3] == [None, None, None], "the constants got gradients they did not ask for"
+    assert_all_close((*got[:3], want[3], got[4]), want, dtype, tag)
 
 
 def inputs(gen, T, dtype, with_state, shape=(2, 3, 2)):
@@ -166,6 +173,9 @@ def test_matches_autograd_oracle(surrogate, detach_reset, fire_if, dtype, gen):
         for backend in BACKENDS:
             got = run(op(backend, **kw), x, constants(per_channel), st, G, GS)
             assert_all_close(got, want, dtype, f"{backend}, T={T}")
+            # the kernels' path without the constants' sums
+            got = run(op(backend, **kw), x, constants(per_channel), st, G, GS, constants_grad=False)
+            assert_without_constants_close(got, want, dtype, f"{backend}, T={T}, constants without grad")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -264,7 +274,8 @@ def test_opcheck(gen):
         torch.library.opcheck(ops.srm_sg_fwd.default, (x, *consts, st, *rest))
         torch.library.opcheck(ops.srm_sg_fwd.default, (x.clone().requires_grad_(), *leaves, st_leaf, *rest))
         gs = torch.randn(4, 2, 3, 4, generator=gen) if st is not None else None
-        torch.library.opcheck(ops.srm_sg_bwd.default, (G, gs, x, *consts, st, *rest))
+        for constants_grad in (True, False):
+            torch.library.opcheck(ops.srm_sg_bwd.default, (G, gs, x, *consts, st, *rest, constants_grad))
 
 
 # --------------------------------------------------------------------------- (f) torch.compile

@@ -128,7 +128,7 @@ struct SGBackwardArgs {
   const acc_t* gst;       // [4, N] dL/dstate_out or nullptr
   acc_t* gx;              // [T, N]
   acc_t* gst_in;          // [4, N] dL/dstate
-  acc_t* partials;        // [4, N] per-neuron dL/da_m, dL/da_s, dL/dc, dL/dv_th
+  acc_t* partials;        // [4, N] per-neuron dL/da_m, dL/da_s, dL/dc, dL/dv_th; nullptr: not wanted
   const acc_t* consts;    // [4, Cc]
   int64_t T, N, Cc, P;
   acc_t a_g;
@@ -145,8 +145,9 @@ inline int64_t backward_block(int64_t T) {
 
 // The backward of one block of `len` (<= K) neurons from n0, with `buf` the task's buffers
 // for the forward's pm, ps, pg and u ([T][K] each). kState: some neuron of the block has a
-// gradient for its returned g or u_last.
-template <Surrogate Kind, bool kDetach, bool kState, typename acc_t>
+// gradient for its returned g or u_last; kParams: add up the constants' gradients.
+// Instantiated for (kState, kParams) = (0, 0), (0, 1) and (1, 1) only.
+template <Surrogate Kind, bool kDetach, bool kState, bool kParams, typename acc_t>
 SNNSPX_INLINE void sg_backward_block(const SGBackwardArgs<acc_t>& A, acc_t* buf, int64_t K, int64_t n0,
                                      int64_t len) {
   const int64_t T = A.T, N = A.N, TK = T * K;
@@ -187,18 +188,21 @@ SNNSPX_INLINE void sg_backward_block(const SGBackwardArgs<acc_t>& A, acc_t* buf,
     const acc_t* __restrict__ bpg = bps + TK;
     const acc_t* __restrict__ bu = bpg + TK;
     for (int64_t i = 0; i < len; ++i) {
-      SGAdjoint<acc_t> a{m[i], s[i], g[i], ul[i], dam[i], das[i], dc[i], dv[i]};
-      gxt[i] = sg_backward_step<Kind, kDetach, kState, acc_t>(a, gt[i], bpm[i], bps[i], kState ? bpg[i] : acc_t(0),
-                                                             bu[i], SGConstants<acc_t>{am[i], as[i], cc[i], vt[i]},
-                                                             A.a_g, A.fire_ge, A.sp);
+      SGAdjoint<acc_t> a{m[i], s[i], g[i], ul[i], acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
+      if (kParams) a.d_am = dam[i], a.d_as = das[i], a.d_c = dc[i], a.d_vth = dv[i];
+      gxt[i] = sg_backward_step<Kind, kDetach, kState, kParams, acc_t>(
+          a, gt[i], bpm[i], bps[i], kState ? bpg[i] : acc_t(0), bu[i], SGConstants<acc_t>{am[i], as[i], cc[i], vt[i]},
+          A.a_g, A.fire_ge, A.sp);
       m[i] = a.lm, s[i] = a.ls, g[i] = a.lg, ul[i] = a.lu;
-      dam[i] = a.d_am, das[i] = a.d_as, dc[i] = a.d_c, dv[i] = a.d_vth;
+      if (kParams) dam[i] = a.d_am, das[i] = a.d_as, dc[i] = a.d_c, dv[i] = a.d_vth;
     }
   }
   for (int64_t i = 0; i < len; ++i) {
     const int64_t n = n0 + i;
     A.gst_in[n] = m[i], A.gst_in[N + n] = s[i], A.gst_in[2 * N + n] = g[i], A.gst_in[3 * N + n] = acc_t(0);
-    A.partials[n] = dam[i], A.partials[N + n] = das[i], A.partials[2 * N + n] = dc[i], A.partials[3 * N + n] = dv[i];
+    if (kParams && A.partials) {
+      A.partials[n] = dam[i], A.partials[N + n] = das[i], A.partials[2 * N + n] = dc[i], A.partials[3 * N + n] = dv[i];
+    }
   }
 }
 
@@ -209,16 +213,18 @@ SNNSPX_INLINE void sg_backward_range(const SGBackwardArgs<acc_t>& args, acc_t* b
   const SGBackwardArgs<acc_t> A = args;
   for (int64_t n0 = begin; n0 < end; n0 += K) {
     const int64_t len = std::min(K, end - n0);
-    bool state_grad = false;
+    bool state = false;
     if (A.gst) {
       for (int64_t i = 0; i < len; ++i) {
-        state_grad |= (A.gst[2 * A.N + n0 + i] != acc_t(0)) | (A.gst[3 * A.N + n0 + i] != acc_t(0));
+        state |= (A.gst[2 * A.N + n0 + i] != acc_t(0)) | (A.gst[3 * A.N + n0 + i] != acc_t(0));
       }
     }
-    if (state_grad) {
-      sg_backward_block<Kind, kDetach, true>(A, buf, K, n0, len);
+    if (state) {  // with the constants' sums (written only if wanted): one function less
+      sg_backward_block<Kind, kDetach, true, true>(A, buf, K, n0, len);
+    } else if (A.partials) {
+      sg_backward_block<Kind, kDetach, false, true>(A, buf, K, n0, len);
     } else {
-      sg_backward_block<Kind, kDetach, false>(A, buf, K, n0, len);
+      sg_backward_block<Kind, kDetach, false, false>(A, buf, K, n0, len);
     }
   }
 }
@@ -288,10 +294,11 @@ std::tuple<at::Tensor, at::Tensor> srm_sg_fwd_cpu(const at::Tensor& x, const at:
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_sg_bwd_cpu(
     const at::Tensor& grad_spikes, const c10::optional<at::Tensor>& grad_state, const at::Tensor& x,
     const at::Tensor& tau_m, const at::Tensor& tau_s, const at::Tensor& v_th, const c10::optional<at::Tensor>& state,
-    double tau_grad, bool fire_ge, c10::string_view surrogate, double alpha, bool detach_reset) {
+    double tau_grad, bool fire_ge, c10::string_view surrogate, double alpha, bool detach_reset,
+    bool constants_grad) {
   const std::string name(surrogate);
   const SGArgs a = prepare_sg(x, tau_m, tau_s, v_th, state, tau_grad, name, alpha);
-  SGBackwardBuffers b = sg_backward_buffers(a, x, grad_spikes, grad_state);
+  SGBackwardBuffers b = sg_backward_buffers(a, x, grad_spikes, grad_state, constants_grad);
   if (a.T > 0) {
     AT_DISPATCH_FLOATING_TYPES(a.acc, "srm_sg_bwd_cpu", [&] {
       using acc_t = scalar_t;
@@ -300,8 +307,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_sg_bw
                                     a.state.defined() ? a.state.data_ptr<acc_t>() : nullptr,
                                     b.grad_state.defined() ? b.grad_state.data_ptr<acc_t>() : nullptr,
                                     b.grad_x.data_ptr<acc_t>(), b.grad_state_in.data_ptr<acc_t>(),
-                                    b.partials.data_ptr<acc_t>(), a.consts.data_ptr<acc_t>(), a.T, a.N, a.Cc, a.P,
-                                    static_cast<acc_t>(a.a_g), fire_ge, make_surrogate_params<acc_t>(kind, alpha)};
+                                    b.partials.defined() ? b.partials.data_ptr<acc_t>() : nullptr,
+                                    a.consts.data_ptr<acc_t>(), a.T, a.N, a.Cc, a.P, static_cast<acc_t>(a.a_g),
+                                    fire_ge, make_surrogate_params<acc_t>(kind, alpha)};
       sg_backward<acc_t>(A, kind, detach_reset);
     });
   }

@@ -34,18 +34,20 @@ std::tuple<at::Tensor, at::Tensor> srm_sg_fwd_cuda(const at::Tensor& x, const at
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_sg_bwd_cuda(
     const at::Tensor& grad_spikes, const c10::optional<at::Tensor>& grad_state, const at::Tensor& x,
     const at::Tensor& tau_m, const at::Tensor& tau_s, const at::Tensor& v_th, const c10::optional<at::Tensor>& state,
-    double tau_grad, bool fire_ge, c10::string_view surrogate, double alpha, bool detach_reset) {
+    double tau_grad, bool fire_ge, c10::string_view surrogate, double alpha, bool detach_reset,
+    bool constants_grad) {
   cuda::check_cuda_tensor(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
   const std::string name(surrogate);
   const SGArgs a = prepare_sg(x, tau_m, tau_s, v_th, state, tau_grad, name, alpha);
-  SGBackwardBuffers b = sg_backward_buffers(a, x, grad_spikes, grad_state);
+  SGBackwardBuffers b = sg_backward_buffers(a, x, grad_spikes, grad_state, constants_grad);
   if (a.T > 0 && a.N > 0) {
     at::Tensor scratch = at::empty({3 * cuda::sg_backward_segments(a.T), a.N}, b.x.options());
     cuda::sg_backward(cuda::launch_dtype(a.acc), static_cast<int>(parse_surrogate(name)), detach_reset,
                       b.x.data_ptr(), b.grad.data_ptr(), a.state.defined() ? a.state.data_ptr() : nullptr,
                       b.grad_state.defined() ? b.grad_state.data_ptr() : nullptr, b.grad_x.data_ptr(),
-                      b.grad_state_in.data_ptr(), b.partials.data_ptr(), scratch.data_ptr(), a.consts.data_ptr(), a.T,
+                      b.grad_state_in.data_ptr(), b.partials.defined() ? b.partials.data_ptr() : nullptr,
+                      scratch.data_ptr(), a.consts.data_ptr(), a.T,
                       a.N, a.Cc, a.P, a.a_g, fire_ge, alpha, c10::cuda::getCurrentCUDAStream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }

@@ -83,13 +83,16 @@ sg_backward_kernel(const acc_t* __restrict__ x, const acc_t* __restrict__ grad, 
       if (j >= len) continue;
       const int64_t i = (t0 + j) * N + n;
       const acc_t G = __ldcs(grad + i);
-      gx[i] = state_grad ? sg_backward_step<Kind, kDetach, true, acc_t>(a, G, pm[j], ps[j], pg[j], u[j], k, a_g, fire_ge, sp)
-                         : sg_backward_step<Kind, kDetach, false, acc_t>(a, G, pm[j], ps[j], pg[j], u[j], k, a_g,
-                                                                         fire_ge, sp);
+      gx[i] = state_grad
+                  ? sg_backward_step<Kind, kDetach, true, true, acc_t>(a, G, pm[j], ps[j], pg[j], u[j], k, a_g, fire_ge, sp)
+                  : sg_backward_step<Kind, kDetach, false, true, acc_t>(a, G, pm[j], ps[j], pg[j], u[j], k, a_g,
+                                                                        fire_ge, sp);
     }
   }
   gst_in[n] = a.lm, gst_in[N + n] = a.ls, gst_in[2 * N + n] = state_grad ? a.lg : acc_t(0), gst_in[3 * N + n] = acc_t(0);
-  partials[n] = a.d_am, partials[N + n] = a.d_as, partials[2 * N + n] = a.d_c, partials[3 * N + n] = a.d_vth;
+  if (partials != nullptr) {  // the constants' sums cost little here; they are stored only when wanted
+    partials[n] = a.d_am, partials[N + n] = a.d_as, partials[2 * N + n] = a.d_c, partials[3 * N + n] = a.d_vth;
+  }
 }
 
 inline unsigned int blocks_for(int64_t n) { return static_cast<unsigned int>((n + kThreads - 1) / kThreads); }

@@ -20,7 +20,8 @@ void sg_forward(DType dtype, const void* x, void* spikes, const void* state_in, 
 int64_t sg_backward_segments(int64_t T);
 
 // Everything in the state type `acc` (Float or Double): x, grad, grad_x [T, N]; state_in,
-// grad_state (nullptr: none), grad_state_in, partials [4, N]; scratch [3 * sg_backward_segments(T), N].
+// grad_state (nullptr: none), grad_state_in, partials (nullptr: not wanted) [4, N]; scratch
+// [3 * sg_backward_segments(T), N].
 // kind: the Surrogate of ../surrogate_core.h.
 void sg_backward(DType acc, int kind, bool detach, const void* x, const void* grad, const void* state_in,
                  const void* grad_state, void* grad_x, void* grad_state_in, void* partials, void* scratch,

@@ -12,10 +12,12 @@ Ops (the compiled libraries add CPU and CUDA kernels for the same schemas):
   ``state_out`` the state after the last step's reset. ``surrogate``, ``alpha`` and
   ``detach_reset`` are the backward's (the autograd formula reads them here).
 * ``srm_sg_bwd(grad_spikes, grad_state, x, tau_m, tau_s, v_th, state, tau_grad, fire_ge,
-  surrogate, alpha, detach_reset) -> (grad_x, grad_tau_m, grad_tau_s, grad_v_th, grad_state)``:
-  §9's exact backpropagation through time with the surrogate derivative, recomputing the
-  forward from ``x`` and ``state``. ``grad_state`` may be None (no gradient reached the
-  returned state).
+  surrogate, alpha, detach_reset, constants_grad) -> (grad_x, grad_tau_m, grad_tau_s, grad_v_th,
+  grad_state)``: §9's exact backpropagation through time with the surrogate derivative,
+  recomputing the forward from ``x`` and ``state``. ``grad_state`` may be None (no gradient
+  reached the returned state). With ``constants_grad=False`` the constants' gradients are not
+  computed and come back as zeros (the autograd formula asks for them only when a constant
+  requires a gradient).
 
 The constants ``a_m = 1 - 1/tau_m``, ``a_s = 1 - 1/tau_s``, ``c = tau_m / (tau_m - tau_s)``,
 ``a_g = 1 - 1/tau_grad`` are computed in double from the given values and rounded once to the
@@ -119,7 +121,7 @@ def _fwd_kernel(x, tau_m, tau_s, v_th, state, tau_grad, fire_ge, surrogate, alph
 
 
 def _bwd_kernel(grad_spikes, grad_state, x, tau_m, tau_s, v_th, state, tau_grad, fire_ge, surrogate, alpha,
-                detach_reset):
+                detach_reset, constants_grad):
     """§9's backward (csrc/surrogate_core.h's sg_backward_step, vectorised over neurons): the
     forward again, keeping the sums before the decay and u per step, then the walk back."""
     _check_devices("srm_sg_bwd", x, tau_m, tau_s, v_th, state, grad_spikes=grad_spikes, grad_state=grad_state)
@@ -160,8 +162,9 @@ def _bwd_kernel(grad_spikes, grad_state, x, tau_m, tau_s, v_th, state, tau_grad,
         cdu = k.c * du
         dmh = torch.where(spk, zero, lm) + cdu
         dsh = torch.where(spk, zero, ls) - cdu
-        d_am, d_as = d_am + dmh * pm, d_as + dsh * ps
-        d_c, d_vth = d_c + du * (mh - sh), d_vth - dS * sg
+        if constants_grad:
+            d_am, d_as = d_am + dmh * pm, d_as + dsh * ps
+            d_c, d_vth = d_c + du * (mh - sh), d_vth - dS * sg
         lm, ls = dmh * k.a_m, dsh * k.a_s
         gx = lm + ls
         if track:
@@ -173,7 +176,11 @@ def _bwd_kernel(grad_spikes, grad_state, x, tau_m, tau_s, v_th, state, tau_grad,
         grad_state_in = grad_state.to(acc).clone() if track else torch.zeros((4, *shape), dtype=acc, device=dev)
     else:
         grad_state_in = torch.stack([lm, ls, lg if track else torch.zeros_like(lm), torch.zeros_like(lm)])
-    return (grad_x, *_constant_grads(k, torch.stack([d_am, d_as, d_c, d_vth]), tau_m, tau_s, v_th), grad_state_in)
+    if constants_grad:
+        grads = _constant_grads(k, torch.stack([d_am, d_as, d_c, d_vth]), tau_m, tau_s, v_th)
+    else:
+        grads = tuple(torch.zeros_like(t) for t in (tau_m, tau_s, v_th))
+    return (grad_x, *grads, grad_state_in)
 
 
 def _constant_grads(k: _Constants, partials, tau_m, tau_s, v_th):
@@ -204,8 +211,8 @@ _library.define(
 )
 _library.define(
     "srm_sg_bwd(Tensor grad_spikes, Tensor? grad_state, Tensor x, Tensor tau_m, Tensor tau_s, Tensor v_th,"
-    " Tensor? state, float tau_grad, bool fire_ge, str surrogate, float alpha, bool detach_reset)"
-    " -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    " Tensor? state, float tau_grad, bool fire_ge, str surrogate, float alpha, bool detach_reset,"
+    " bool constants_grad) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
     _bwd_kernel,
 )
 _FWD = _library.op("srm_sg_fwd")
@@ -224,7 +231,7 @@ def _fwd_fake(x, tau_m, tau_s, v_th, state, tau_grad, fire_ge, surrogate, alpha,
 
 @torch.library.register_fake("snnspx::srm_sg_bwd")
 def _bwd_fake(grad_spikes, grad_state, x, tau_m, tau_s, v_th, state, tau_grad, fire_ge, surrogate, alpha,
-              detach_reset):
+              detach_reset, constants_grad):
     _check_devices("srm_sg_bwd", x, tau_m, tau_s, v_th, state, grad_spikes=grad_spikes, grad_state=grad_state)
     return (x.new_empty(x.shape), tau_m.new_empty(tau_m.shape), tau_s.new_empty(tau_s.shape),
             v_th.new_empty(v_th.shape), _state_like(x))
@@ -244,8 +251,8 @@ def _backward(ctx, grad_spikes, grad_state):
     x, tau_m, tau_s, v_th, state = ctx.saved_tensors
     if grad_spikes is None:
         grad_spikes = torch.zeros_like(x)
-    grads = _BWD(grad_spikes, grad_state, x, tau_m, tau_s, v_th, state, *ctx.args)
     need = ctx.needs_input_grad
+    grads = _BWD(grad_spikes, grad_state, x, tau_m, tau_s, v_th, state, *ctx.args, any(need[1:4]))
     return tuple(g if need[i] else None for i, g in enumerate(grads)) + none[5:]
 
 
@@ -281,6 +288,20 @@ def _constant_tensor(v, name: str, x: torch.Tensor) -> torch.Tensor:
     if _checks.is_real_number(v):
         return torch.tensor(_checks.number_as_float(v), dtype=torch.float64, device=x.device)
     raise TypeError(f"{name} must be a Python number or a tensor, got {type(v).__name__}")
+
+
+def _check_number_values(tau_m: float, tau_s: float, v_th: float, dtype) -> None:
+    """_check_constant_values for Python numbers, without tensor operations."""
+    for name, v in (("tau_m", tau_m), ("tau_s", tau_s)):
+        if not (_finite(v) and v > 1):
+            raise ValueError(f"{name} must be finite and > 1 in every channel, got {[v]}")
+    if tau_m == tau_s:
+        raise ValueError(f"tau_m and tau_s must differ (c = tau_m / (tau_m - tau_s)), got {tau_m} for both")
+    if v_th != v_th:
+        raise ValueError("v_th must not be NaN")
+    msg = _decay_error(tau_m, tau_s, dtype != torch.float64)
+    if msg:
+        raise ValueError(f"{msg} (the neuron state of {dtype} inputs)")
 
 
 def _check_constant_values(tau_m, tau_s, v_th, dtype) -> None:
@@ -407,7 +428,10 @@ def srm_neuron_surrogate(
     consts = [_constant_tensor(v, n, x) for v, n in ((tau_m, "tau_m"), (tau_s, "tau_s"), (v_th, "v_th"))]
     _check_state(state, x)
     if not torch.compiler.is_compiling() and x.device.type != "meta":  # values are not read while tracing
-        _check_constant_values(*consts, x.dtype)
+        if all(_checks.is_real_number(v) for v in (tau_m, tau_s, v_th)):
+            _check_number_values(*(_checks.number_as_float(v) for v in (tau_m, tau_s, v_th)), x.dtype)
+        else:
+            _check_constant_values(*consts, x.dtype)
     b = resolve(backend, x.device)
     with kernels(b, x.device):
         spikes, state_out = _FWD(x, *consts, state, float(tau_grad), fire_if == ">=", surrogate, alpha, detach_reset)
