@@ -699,3 +699,5 @@ def srm_suppix_pool_backward(
     spikes, du, dut = srm_forward(x, params=p)
     grad_spikes = suppix_pool_backward(grad_y, spikes, labels, num_superpixels=K, mode=mode)
     return srm_backward(grad_spikes, spikes, du, dut, params=p)[0]
+from ._reference_surrogate import __all__ as _surrogate_all, srm_surrogate_backward, srm_surrogate_forward  # noqa: E402,F401
+__all__ += _surrogate_all
