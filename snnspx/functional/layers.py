@@ -31,7 +31,7 @@ from .. import _checks
 from .._backend import _assume_constant_result, resolve
 from ..params import SRMParams
 from .pool2d import spike_avg_pool2d  # re-exported: the op family lives in pool2d.py
-from .srm import srm_backward, srm_forward
+from .srm import srm_backward, srm_forward, srm_neuron
 
 __all__ = ["srm_conv2d", "srm_linear", "spike_avg_pool2d", "standardize_weight"]
 
@@ -144,11 +144,42 @@ class _EventLayer(torch.autograd.Function):
         return grad_in, grad_weight, None, None, None, None
 
 
-def _srm_layer(synapse, s_in, weight, params: SRMParams, input_grad: tuple[float, bool], backend: str):
+def _srm_layer(synapse, s_in, weight, params: SRMParams, input_grad: tuple[float, bool], backend: str,
+               constants: dict, state, return_state: bool):
     """Spikes of SRM neurons fed by ``synapse.currents(s_in, weight)``: the one place where the
     layers meet the neuron. The neuron's parameter object decides how gradients flow through
-    the synapse; the layers pass it on unchanged."""
-    return _EventLayer.apply(s_in, weight, synapse, params, input_grad, backend)
+    the synapse; the layers pass it on unchanged.
+
+    * ``grad="surrogate"``: the whole layer is plain autograd (the synapse's own backward, the
+      neuron's surrogate backward through time); `constants` may hold tensors.
+    * ``grad="event"``: the split spike-time gradient of :class:`_EventLayer`. With a carried
+      state it runs only where no gradient is needed (streaming inference): its backward would
+      need the chunk's traces, which the state-carrying kernel does not keep.
+    """
+    return_state = _checks.check_flag(return_state, "return_state")
+    if params.grad == "surrogate":
+        return srm_neuron(synapse.currents(s_in, weight), params=params, backend=backend, state=state,
+                          return_state=return_state, **constants)
+    if constants:
+        raise ValueError(
+            f"{', '.join(constants)} given as tensors (per-channel or learnable constants) need grad='surrogate': "
+            "the event-driven gradient has no derivative for the neuron's constants"
+        )
+    if state is None and not return_state:
+        return _EventLayer.apply(s_in, weight, synapse, params, input_grad, backend)
+    if torch.is_grad_enabled() and (s_in.requires_grad or weight.requires_grad):
+        raise ValueError(
+            "an SRM layer in event mode carries its state (state=, return_state=True, stateful=True) only without "
+            "autograd (torch.no_grad() or inputs and weights that need no gradient): train with grad='surrogate', "
+            "or without a carried state"
+        )
+    return srm_neuron(synapse.currents(s_in, weight), params=params, backend=backend, state=state,
+                      return_state=return_state)
+
+
+def _tensor_constants(neuron: dict) -> dict:
+    """Pop the neuron constants given as tensors (surrogate mode's per-channel or learnable ones)."""
+    return {k: neuron.pop(k) for k in ("tau_m", "tau_s", "v_th") if isinstance(neuron.get(k), torch.Tensor)}
 
 
 def _input_grad_args(input_grad_scale, input_grad_mask) -> tuple[float, bool]:
@@ -169,6 +200,8 @@ def srm_conv2d(
     input_grad_scale: float = 0.85,
     input_grad_mask: bool = True,
     backend: str | None = None,
+    state: torch.Tensor | None = None,
+    return_state: bool = False,
     **neuron,
 ) -> torch.Tensor:
     """Convolution of input spikes into SRM neurons, split spike-time gradient (docs/maths.md §4).
@@ -201,6 +234,14 @@ def srm_conv2d(
         input_grad_mask: multiply the input-spike gradient by ``s_in`` (True, the default and
             the original's: silent inputs get exactly 0) or not (False).
         backend: the SRM neuron's backend (see :func:`snnspx.backends`).
+        state, return_state: the neuron state to start from and whether to return the end
+            state too, as :func:`snnspx.functional.srm_neuron` (in event mode only without
+            autograd: streaming inference).
+
+    With ``grad="surrogate"`` in `params` (or `**neuron`) the layer is plain autograd instead:
+    the convolution's own backward, the neuron's surrogate backward (:func:`srm_neuron`), no
+    ``input_grad_scale`` and no mask; ``tau_m``, ``tau_s``, ``v_th`` may then be tensors (one
+    value per output channel, learnable).
 
     Returns:
         spikes ``[T, B, C_out, H', W']``, dtype of `s_in` (inside ``torch.autocast``, the
@@ -210,10 +251,11 @@ def srm_conv2d(
     s_in, weight = _autocast_synapse(s_in, weight)
     _checks.check_srm_conv2d(s_in, weight, conv[3])
     _checks.conv2d_output_size(s_in.shape[-2:], weight.shape[-2:], *conv[:3])
+    constants = _tensor_constants(neuron)
     p = SRMParams.make(params, **neuron)
     input_grad = _input_grad_args(input_grad_scale, input_grad_mask)
     b = resolve(backend, s_in.device)
-    return _srm_layer(_ConvSynapse(*conv), s_in, weight, p, input_grad, b)
+    return _srm_layer(_ConvSynapse(*conv), s_in, weight, p, input_grad, b, constants, state, return_state)
 
 
 # --------------------------------------------------------------------------- linear
@@ -225,6 +267,8 @@ def srm_linear(
     input_grad_scale: float = 0.85,
     input_grad_mask: bool = True,
     backend: str | None = None,
+    state: torch.Tensor | None = None,
+    return_state: bool = False,
     **neuron,
 ) -> torch.Tensor:
     """Dense synapses into SRM neurons, with the split spike-time gradient (docs/maths.md §4).
@@ -254,10 +298,11 @@ def srm_linear(
     """
     s_in, weight = _autocast_synapse(s_in, weight)
     _checks.check_srm_linear(s_in, weight)
+    constants = _tensor_constants(neuron)
     p = SRMParams.make(params, **neuron)
     input_grad = _input_grad_args(input_grad_scale, input_grad_mask)
     b = resolve(backend, s_in.device)
-    return _srm_layer(_LinearSynapse(), s_in, weight, p, input_grad, b)
+    return _srm_layer(_LinearSynapse(), s_in, weight, p, input_grad, b, constants, state, return_state)
 
 
 def standardize_weight(

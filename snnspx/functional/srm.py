@@ -30,6 +30,7 @@ import torch
 from .. import _checks, _library
 from .._backend import kernels, resolve
 from ..params import SRMParams, decode_variant
+from .surrogate import srm_neuron_surrogate
 
 __all__ = ["srm_forward", "srm_backward", "srm_neuron"]
 
@@ -412,10 +413,15 @@ def srm_neuron(
     return_state: bool = False,
     **neuron,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Spikes ``[T, ...]`` of the SRM neuron, differentiable with the event-driven gradient.
+    """Spikes ``[T, ...]`` of the SRM neuron, differentiable with the gradient `params` chooses.
 
-    Forward as :func:`srm_forward`; backward gives ``dL/dx = grad_w`` of
-    :func:`srm_backward` with the clamps of `params`. Autograd keeps 8 bytes per float32
+    Forward as :func:`srm_forward`. With ``grad="event"`` (the default) the backward gives
+    ``dL/dx = grad_w`` of :func:`srm_backward` with the clamps of `params`; with
+    ``grad="surrogate"`` it is :func:`snnspx.functional.srm_neuron_surrogate`'s (exact
+    backpropagation through time with a surrogate spike derivative, docs/maths.md §9), and
+    ``tau_m``, ``tau_s`` and ``v_th`` may then be tensors (0-d or one value per channel,
+    dim 2 of ``x``; differentiable), the returned state is differentiable and `state` gets a
+    gradient. What follows describes the event mode. Autograd keeps 8 bytes per float32
     neuron-step for the backward (the two clamped spike-time factors at spike steps, a
     marker elsewhere), not the 12 of ``(spikes, du, dut)``.
 
@@ -444,7 +450,24 @@ def srm_neuron(
         TypeError, ValueError: `state` is not a tensor of that shape, dtype and device, or
             `return_state` not a bool.
     """
+    tensors = {k: neuron.pop(k) for k in _TENSOR_CONSTANTS if isinstance(neuron.get(k), torch.Tensor)}
     p = SRMParams.make(params, **neuron)
     return_state = _checks.check_flag(return_state, "return_state")
+    if p.grad == "surrogate":
+        consts = {k: tensors.get(k, getattr(p, k)) for k in _TENSOR_CONSTANTS}
+        return srm_neuron_surrogate(
+            x, **consts, state=state, fire_if=p.fire_if, surrogate=p.surrogate, alpha=p.alpha,
+            detach_reset=p.detach_reset, return_state=return_state, tau_grad=p.tau_grad, backend=backend,
+        )
+    if tensors:
+        raise ValueError(
+            f"{', '.join(tensors)} given as tensors (per-channel or learnable constants) need grad='surrogate': the "
+            "event-driven gradient has no derivative for the constants, and its kernels take numbers"
+        )
     spikes, state_out = _neuron(x, p, backend, state, carried=state is not None or return_state)
     return (spikes, state_out) if return_state else spikes
+
+
+# The constants that srm_neuron also takes as tensors (one value per channel, learnable) in
+# surrogate mode (docs/maths.md §10).
+_TENSOR_CONSTANTS = ("tau_m", "tau_s", "v_th")

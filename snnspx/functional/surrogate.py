@@ -35,12 +35,10 @@ import torch
 from .. import _checks, _library
 from .._checks.args import _finite
 from .._backend import kernels, resolve
-from ..params import _decay_error
+from ..params import SURROGATES, _decay_error
 
 __all__ = ["srm_neuron_surrogate", "SURROGATES"]
 
-# The surrogate derivatives of docs/maths.md §9 and their parameter's default value.
-SURROGATES = {"sigmoid": 4.0, "atan": 2.0, "fast_sigmoid": 25.0, "triangle": 1.0}
 _ALPHA_NAMES = {"sigmoid": "alpha", "atan": "alpha", "fast_sigmoid": "slope", "triangle": "width"}
 
 

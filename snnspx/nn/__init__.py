@@ -6,8 +6,19 @@ from .suppix import SupPixPool, SupPixUnpool
 from .fused import SRMSupPixPool
 from .quantizer import Quantizer
 from .dropout import SpikeDropout
+from ._base import SRMModule
+from ._constants import LearnableConstants
+
+
+def reset_state(model) -> None:
+    """Forget the carried state of every SRM module in `model` (``stateful=True`` modules,
+    :class:`SRMModule`): the next call of each starts a new sequence from zeros."""
+    for m in model.modules():
+        if isinstance(m, SRMModule):
+            m.reset_state()
+
 
 __all__ = [
     "SRMNeuron", "SRMConv2d", "SRMLinear", "SpikeAvgPool2d", "Quantizer", "SupPixPool", "SupPixUnpool", "SRMSupPixPool",
-    "SpikeDropout",
+    "SpikeDropout", "SRMModule", "LearnableConstants", "reset_state",
 ]
