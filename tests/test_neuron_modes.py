@@ -170,3 +170,21 @@ def test_compiled_surrogate_model(gen):
     assert torch.equal(eager, compiled)
     compiled.sum().backward()
     assert model[0].constants.tau_low.grad is not None
+
+
+def test_functional_fused_pool_in_surrogate_mode(gen):
+    x = torch.randn((6, 2, 3, 5, 5), generator=gen) + 0.5
+    labels = torch.randint(-1, 4, (2, 5, 5), generator=gen)
+    v = torch.tensor([0.5, 0.8, 1.0], requires_grad=True)
+    a = x.clone().requires_grad_()
+    y = F.srm_suppix_pool(a, labels, num_superpixels=4, mode="avg", grad="surrogate", v_th=v)
+    y.sum().backward()
+    b = x.clone().requires_grad_()
+    vb = v.detach().clone().requires_grad_()
+    ref = F.suppix_pool(F.srm_neuron_surrogate(b, v_th=vb), labels, num_superpixels=4, mode="avg")
+    ref.sum().backward()
+    assert torch.equal(y, ref)
+    torch.testing.assert_close(a.grad, b.grad)
+    torch.testing.assert_close(v.grad, vb.grad)
+    assert torch.equal(F.srm_suppix_pool(x, labels, num_superpixels=4, grad="surrogate"),
+                       F.srm_suppix_pool(x, labels, num_superpixels=4))
