@@ -436,6 +436,18 @@ def test_per_channel_needs_a_channel_dim():
         F.srm_neuron_surrogate(torch.randn(5, 3), v_th=torch.ones(3))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ops_check_the_constants_shape(backend):
+    """A direct op call with a per-channel constant that does not fit x: the same error from
+    the PyTorch and the compiled kernels."""
+    from snnspx._library import torch_kernels
+
+    x, one = torch.randn(4, 2, 3), torch.tensor(1.5, dtype=torch.float64)
+    for tau_m, xx in ((torch.ones(2) * 4, x), (torch.ones(3) * 4, x[:, :, 0])):
+        with torch_kernels(backend == "torch"), pytest.raises(ValueError, match="tau_m must be a 0-d tensor or one"):
+            torch.ops.snnspx.srm_sg_fwd(xx, tau_m, one * 2, one, None, 2.5, False, "atan", 1.0, False)
+
+
 def test_ops_check_their_arguments():
     """Direct op calls: the compiled kernels' checks name the argument too."""
     x, one = torch.randn(4, 2, 3), torch.tensor(1.5, dtype=torch.float64)
