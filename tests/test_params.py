@@ -18,7 +18,9 @@ def test_defaults_fields_and_repr():
     """Defaults and the named constant; every number field a float; thresholds and clamps
     unbounded where the neuron allows it; a repr that evaluates back to the same params."""
     p = SRMParams()
-    assert dataclasses.astuple(p) == (5.0, 3.0, 2.5, 1.0, 4.0, snnspx.MAX_DUDT_INV, ">", "leaky", "exponential")
+    assert dataclasses.astuple(p) == (
+        5.0, 3.0, 2.5, 1.0, 4.0, snnspx.MAX_DUDT_INV, ">", "leaky", "exponential", "event", "sigmoid", None, False
+    )
     assert snnspx.MAX_DUDT_INV == 123456789.0
     q = SRMParams(tau_m=7, tau_s=2, tau_grad=3, v_th=-1, du_inv_clamp=0, max_dudt_inv=math.inf, fire_if=">=")
     assert all(type(v) is float for v in dataclasses.astuple(q)[:6]), "int fields become floats"
@@ -26,7 +28,8 @@ def test_defaults_fields_and_repr():
     assert SRMParams(v_th=math.inf).v_th == math.inf and SRMParams(v_th=-1e300).v_th == -1e300
     assert repr(p) == (
         "SRMParams(tau_m=5.0, tau_s=3.0, tau_grad=2.5, v_th=1.0, du_inv_clamp=4.0, max_dudt_inv=123456789.0, "
-        "fire_if='>', forward_type='leaky', gradient_type='exponential')"
+        "fire_if='>', forward_type='leaky', gradient_type='exponential', grad='event', surrogate='sigmoid', "
+        "alpha=None, detach_reset=False)"
     )
     assert eval(repr(q), {"SRMParams": SRMParams, "inf": math.inf}) == q
     with pytest.raises(TypeError):

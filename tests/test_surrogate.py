@@ -178,6 +178,24 @@ def test_matches_autograd_oracle(surrogate, detach_reset, fire_if, dtype, gen):
             assert_without_constants_close(got, want, dtype, f"{backend}, T={T}, constants without grad")
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["cuda", "torch"])
+@pytest.mark.parametrize("surrogate", KINDS)
+def test_cuda_matches_autograd_oracle(backend, surrogate, gen):
+    """CUDA tensors, the CUDA kernels (checkpointed backward: T = 37 ends in a part segment)
+    and the PyTorch kernels, against the oracle on the CPU."""
+    configs = ((torch.float32, True, False, ">", 200), (torch.float64, False, True, ">=", 1),
+               (torch.float32, False, False, ">=", 37), (torch.float64, True, True, ">", 37))
+    for dtype, per_channel, detach_reset, fire_if, T in configs:
+        kw = dict(surrogate=surrogate, detach_reset=detach_reset, fire_if=fire_if)
+        x, st, G, GS = inputs(gen, T, dtype, with_state=per_channel)
+        want = run(lambda *a: oracle(*a, **kw), x, constants(per_channel), st, G, GS)
+        on_gpu = [None if t is None else t.cuda() for t in (x, st, G, GS)]
+        got = run(op(backend, **kw), on_gpu[0], [c.cuda() for c in constants(per_channel)], *on_gpu[1:])
+        got = (got[0].cpu(), got[1].cpu(), got[2].cpu(), [g.cpu() for g in got[3]], None if got[4] is None else got[4].cpu())
+        assert_all_close(got, want, dtype, f"{backend}, {dtype}, T={T}")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_threshold_tie(backend):
     """u == v_th spikes with fire_if=">=" only; the gradient sees sigma'(0) there."""
@@ -434,6 +452,18 @@ def test_errors_name_the_argument(kwargs, exc, match):
 def test_per_channel_needs_a_channel_dim():
     with pytest.raises(ValueError, match=r"needs x \[T, B, C, ...\]"):
         F.srm_neuron_surrogate(torch.randn(5, 3), v_th=torch.ones(3))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ops_check_the_constants_shape(backend):
+    """A direct op call with a per-channel constant that does not fit x: the same error from
+    the PyTorch and the compiled kernels."""
+    from snnspx._library import torch_kernels
+
+    x, one = torch.randn(4, 2, 3), torch.tensor(1.5, dtype=torch.float64)
+    for tau_m, xx in ((torch.ones(2) * 4, x), (torch.ones(3) * 4, x[:, :, 0])):
+        with torch_kernels(backend == "torch"), pytest.raises(ValueError, match="tau_m must be a 0-d tensor or one"):
+            torch.ops.snnspx.srm_sg_fwd(xx, tau_m, one * 2, one, None, 2.5, False, "atan", 1.0, False)
 
 
 def test_ops_check_their_arguments():

@@ -49,6 +49,12 @@ class _Constants:
 
     def __init__(self, x, tau_m, tau_s, v_th, tau_grad):
         self.acc = _checks.acc_dtype(x.dtype)
+        for name, t in (("tau_m", tau_m), ("tau_s", tau_s), ("v_th", v_th)):  # as csrc/surrogate_glue.h checks
+            if t.dim() and (t.dim() != 1 or x.dim() < 3 or t.shape[0] != x.shape[2]):
+                raise ValueError(
+                    f"{name} must be a 0-d tensor or one value per channel, [C] with C = x.shape[2] of x "
+                    f"[T, B, C, ...]; got {list(t.shape)} for x of shape {list(x.shape)}"
+                )
         per_channel = any(t.dim() == 1 for t in (tau_m, tau_s, v_th))
         self.channels = x.shape[2] if per_channel else 1
         self.tail = max(x.dim() - 3, 0)  # dims after the channel's in one step
