@@ -83,7 +83,6 @@ def test_frozen_and_replaced_by_make():
         ({"tau_m": "5"}, TypeError, "tau_m must be a Python number, got str"),
         ({"tau_m": None}, TypeError, "tau_m must be a Python number, got NoneType"),
         ({"tau_m": True}, TypeError, "tau_m must be a Python number, got bool"),
-        ({"tau_m": torch.tensor(5.0)}, TypeError, "tau_m must be a Python number, got Tensor"),
         ({"v_th": True}, TypeError, "v_th must be a Python number, got bool"),
         ({"tau_m": 1.0}, ValueError, "tau_m must be a finite number > 1, got 1.0"),
         ({"tau_s": 1.0}, ValueError, "tau_s must be a finite number > 1, got 1.0"),
@@ -114,6 +113,18 @@ def test_invalid_fields_are_named(fields, error, match):
         F.srm_neuron(torch.ones(2, 3), **fields)
     with pytest.raises(error, match=match):
         snnspx.nn.SRMNeuron(**fields)
+
+
+def test_tensor_constant_is_a_surrogate_mode_feature():
+    """SRMParams holds numbers; srm_neuron and the modules take tensor constants (per channel,
+    learnable) in surrogate mode only, and say so in event mode."""
+    with pytest.raises(TypeError, match="tau_m must be a Python number, got Tensor"):
+        SRMParams(tau_m=torch.tensor(5.0))
+    with pytest.raises(TypeError, match="tau_m must be a Python number, got Tensor"):
+        snnspx.nn.SRMNeuron(tau_m=torch.tensor(5.0))
+    with pytest.raises(ValueError, match="tau_m given as tensors .* need grad='surrogate'"):
+        F.srm_neuron(torch.ones(2, 3), tau_m=torch.tensor(5.0))
+    assert F.srm_neuron(torch.ones(2, 3), tau_m=torch.tensor(5.0), grad="surrogate").shape == (2, 3)
 
 
 def test_tables_and_constants():
