@@ -46,6 +46,16 @@ def decode_variant(variant: int) -> dict[str, str]:
             "gradient_type": GRADIENT_TYPES[trace]}
 
 
+# The constants that may also be tensors in surrogate mode (SRMParams.make_split).
+_TENSOR_FIELDS = ("tau_m", "tau_s", "v_th")
+
+
+def _is_tensor(v) -> bool:
+    import torch
+
+    return isinstance(v, torch.Tensor)
+
+
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -204,6 +214,21 @@ class SRMParams:
         if not isinstance(params, SRMParams):
             raise TypeError(f"params must be an snnspx.SRMParams or None, got {type(params).__name__}")
         return dataclasses.replace(params, **fields) if fields else params
+
+    @classmethod
+    def make_split(cls, params: SRMParams | None = None, **fields) -> tuple[SRMParams, dict]:
+        """:meth:`make` for calls that may give ``tau_m``, ``tau_s`` or ``v_th`` as tensors
+        (surrogate mode's per-channel or learnable constants, docs/maths.md §10): returns the
+        params and ``{name: tensor}``. A time constant given as a tensor gets a valid placeholder
+        in the params (its partner plus 1), so that only the numbers are checked here; the
+        surrogate op checks the tensors' values."""
+        tensors = {k: fields.pop(k) for k in _TENSOR_FIELDS if _is_tensor(fields.get(k))}
+        base = params if isinstance(params, SRMParams) else cls()
+        for name, partner in (("tau_m", "tau_s"), ("tau_s", "tau_m")):
+            if name in tensors:
+                other = fields.get(partner, getattr(base, partner))
+                fields[name] = (other if _is_number(other) else 2.0) + 1.0
+        return cls.make(params, **fields), tensors
 
     def check_dtype(self, dtype) -> None:
         """Raise ``ValueError`` if ``a_m`` and ``a_s`` are so close that their rounding in the

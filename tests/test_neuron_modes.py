@@ -166,10 +166,14 @@ def test_compiled_surrogate_model(gen):
     )
     s = spikes_in(gen, (6, 2, 2, 6, 6), 0.5)
     eager = model(s)
+    eager.sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)(s)
-    assert torch.equal(eager, compiled)
+    assert torch.equal(eager, compiled) and eager.sum() > 0
     compiled.sum().backward()
-    assert model[0].constants.tau_low.grad is not None
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], msg=n)
 
 
 def test_functional_fused_pool_in_surrogate_mode(gen):
@@ -188,3 +192,47 @@ def test_functional_fused_pool_in_surrogate_mode(gen):
     torch.testing.assert_close(v.grad, vb.grad)
     assert torch.equal(F.srm_suppix_pool(x, labels, num_superpixels=4, grad="surrogate"),
                        F.srm_suppix_pool(x, labels, num_superpixels=4))
+
+
+def test_linear_learned_constants_act_per_feature(gen):
+    """One learned value per output feature, whatever the dims between batch and features."""
+    m = snn.SRMLinear(6, 4, grad="surrogate", learn_threshold=True, weight_norm=False)
+    with torch.no_grad():
+        m.weight.mul_(3.0)
+        m.constants.v_th.copy_(torch.tensor([0.2, 0.2, 1e6, 1e6]))
+    out = m(spikes_in(gen, (8, 2, 4, 6), 0.6))  # [T, B, K=4, features=4]
+    per_feature = out.sum(dim=(0, 1, 2))
+    assert per_feature[:2].sum() > 0 and per_feature[2:].sum() == 0
+
+
+def test_tensor_time_constant_with_a_number_partner(gen):
+    x = torch.randn((6, 2, 3), generator=gen) + 0.5
+    out = F.srm_neuron(x, grad="surrogate", tau_m=torch.tensor(8.0), tau_s=5.0)
+    assert torch.equal(out, F.srm_neuron(x, tau_m=8.0, tau_s=5.0))
+
+
+def test_truncated_bptt_with_detach_state(gen):
+    m = snn.SRMLinear(5, 3, grad="surrogate", stateful=True)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    s = spikes_in(gen, (12, 2, 5), 0.5)
+    for chunk in (s[:4], s[4:8], s[8:]):
+        m(chunk).sum().backward()
+        opt.step()
+        snn.detach_state(m)
+    assert m.state is not None and not m.state.requires_grad
+    with pytest.raises(ValueError, match="step_mode='single' needs stateful=True"):
+        snn.SRMNeuron(step_mode="single")
+
+
+def test_rate_init_ignores_and_keeps_carried_state(gen):
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(snn.SRMLinear(20, 10, stateful=st), snn.SRMLinear(10, 5, stateful=st))
+            for st in (False, True)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    batch = spikes_in(gen, (12, 4, 20), 0.3)
+    with torch.no_grad():
+        nets[1](batch)  # leaves a carried state
+    kept = nets[1][0].state.clone()
+    scales = [[r.scale for r in snnspx.init.rate_init(n, batch)] for n in nets]
+    assert scales[0] == scales[1]
+    assert nets[1][0].stateful and torch.equal(nets[1][0].state, kept)

@@ -209,8 +209,7 @@ def srm_suppix_pool(
     Returns:
         ``y`` ``[T, B, C, K]`` in the dtype of `x`.
     """
-    constants = {k: neuron.pop(k) for k in ("tau_m", "tau_s", "v_th") if isinstance(neuron.get(k), torch.Tensor)}
-    p = SRMParams.make(params, **neuron)
+    p, constants = SRMParams.make_split(params, **neuron)
     _checks.check_tensor(x, "x")
     if x.dim() != 5:
         raise ValueError(f"x must be [T, B, C, H, W], got shape {tuple(x.shape)}")

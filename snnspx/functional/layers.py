@@ -28,10 +28,10 @@ import torch.nn.functional as TF
 from torch.autograd.function import once_differentiable
 
 from .. import _checks
-from .._backend import _assume_constant_result, resolve
+from .._backend import _assume_constant_result
 from ..params import SRMParams
 from .pool2d import spike_avg_pool2d  # re-exported: the op family lives in pool2d.py
-from .srm import srm_backward, srm_forward, srm_neuron
+from .srm import resolve_neuron, srm_backward, srm_forward, srm_neuron
 
 __all__ = ["srm_conv2d", "srm_linear", "spike_avg_pool2d", "standardize_weight"]
 
@@ -158,8 +158,16 @@ def _srm_layer(synapse, s_in, weight, params: SRMParams, input_grad: tuple[float
     """
     return_state = _checks.check_flag(return_state, "return_state")
     if params.grad == "surrogate":
-        return srm_neuron(synapse.currents(s_in, weight), params=params, backend=backend, state=state,
-                          return_state=return_state, **constants)
+        x = synapse.currents(s_in, weight)
+        # The neuron's channel is dim 2 of [T, B, C, ...]; a dense layer's is its last dim.
+        view = (x.shape[0], -1, x.shape[-1]) if isinstance(synapse, _LinearSynapse) else tuple(x.shape)
+        if state is not None:
+            state = state.reshape(4, *view[1:])
+        out = srm_neuron(x.reshape(view), params=params, backend=backend, state=state, return_state=return_state,
+                         **constants)
+        if not return_state:
+            return out.reshape(x.shape)
+        return out[0].reshape(x.shape), out[1].reshape(4, *x.shape[1:])
     if constants:
         raise ValueError(
             f"{', '.join(constants)} given as tensors (per-channel or learnable constants) need grad='surrogate': "
@@ -177,9 +185,6 @@ def _srm_layer(synapse, s_in, weight, params: SRMParams, input_grad: tuple[float
                       return_state=return_state)
 
 
-def _tensor_constants(neuron: dict) -> dict:
-    """Pop the neuron constants given as tensors (surrogate mode's per-channel or learnable ones)."""
-    return {k: neuron.pop(k) for k in ("tau_m", "tau_s", "v_th") if isinstance(neuron.get(k), torch.Tensor)}
 
 
 def _input_grad_args(input_grad_scale, input_grad_mask) -> tuple[float, bool]:
@@ -203,7 +208,7 @@ def srm_conv2d(
     state: torch.Tensor | None = None,
     return_state: bool = False,
     **neuron,
-) -> torch.Tensor:
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Convolution of input spikes into SRM neurons, split spike-time gradient (docs/maths.md §4).
 
     Forward: ``x = conv2d(s_in[t], weight)`` for every step (no bias), then the SRM neuron of
@@ -251,10 +256,9 @@ def srm_conv2d(
     s_in, weight = _autocast_synapse(s_in, weight)
     _checks.check_srm_conv2d(s_in, weight, conv[3])
     _checks.conv2d_output_size(s_in.shape[-2:], weight.shape[-2:], *conv[:3])
-    constants = _tensor_constants(neuron)
-    p = SRMParams.make(params, **neuron)
+    p, constants = SRMParams.make_split(params, **neuron)
     input_grad = _input_grad_args(input_grad_scale, input_grad_mask)
-    b = resolve(backend, s_in.device)
+    b = resolve_neuron(backend, s_in.device, p, carried=state is not None or return_state is True)
     return _srm_layer(_ConvSynapse(*conv), s_in, weight, p, input_grad, b, constants, state, return_state)
 
 
@@ -270,7 +274,7 @@ def srm_linear(
     state: torch.Tensor | None = None,
     return_state: bool = False,
     **neuron,
-) -> torch.Tensor:
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Dense synapses into SRM neurons, with the split spike-time gradient (docs/maths.md §4).
 
     Forward: ``x = s_in @ weight.T`` (no bias), then :func:`srm_forward` over the T steps.
@@ -298,10 +302,9 @@ def srm_linear(
     """
     s_in, weight = _autocast_synapse(s_in, weight)
     _checks.check_srm_linear(s_in, weight)
-    constants = _tensor_constants(neuron)
-    p = SRMParams.make(params, **neuron)
+    p, constants = SRMParams.make_split(params, **neuron)
     input_grad = _input_grad_args(input_grad_scale, input_grad_mask)
-    b = resolve(backend, s_in.device)
+    b = resolve_neuron(backend, s_in.device, p, carried=state is not None or return_state is True)
     return _srm_layer(_LinearSynapse(), s_in, weight, p, input_grad, b, constants, state, return_state)
 
 

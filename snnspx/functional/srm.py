@@ -331,6 +331,7 @@ def srm_forward(
         when `x` needs a gradient); ``du`` and ``dut`` are not differentiable.
     """
     p = SRMParams.make(params, **neuron)
+    _check_event_mode(p, "srm_forward")
     _checks.check_tensor(x, "x")
     clamps = (p.du_inv_clamp, p.max_dudt_inv)
     if clamps != (_DEFAULT.du_inv_clamp, _DEFAULT.max_dudt_inv) and x.requires_grad and torch.is_grad_enabled():
@@ -373,6 +374,7 @@ def srm_backward(
         differentiating them raises ``RuntimeError``.
     """
     p = SRMParams.make(params, **neuron)
+    _check_event_mode(p, "srm_backward")
     _checks.check_tensor(grad_spikes, "grad_spikes")
     _checks.check_same_shape(grad_spikes, "grad_spikes", spikes=spikes, du=du, dut=dut)
     _checks.check_tensor(spikes, "spikes")
@@ -450,8 +452,7 @@ def srm_neuron(
         TypeError, ValueError: `state` is not a tensor of that shape, dtype and device, or
             `return_state` not a bool.
     """
-    tensors = {k: neuron.pop(k) for k in _TENSOR_CONSTANTS if isinstance(neuron.get(k), torch.Tensor)}
-    p = SRMParams.make(params, **neuron)
+    p, tensors = SRMParams.make_split(params, **neuron)
     return_state = _checks.check_flag(return_state, "return_state")
     if p.grad == "surrogate":
         consts = {k: tensors.get(k, getattr(p, k)) for k in _TENSOR_CONSTANTS}
@@ -459,11 +460,7 @@ def srm_neuron(
             x, **consts, state=state, fire_if=p.fire_if, surrogate=p.surrogate, alpha=p.alpha,
             detach_reset=p.detach_reset, return_state=return_state, tau_grad=p.tau_grad, backend=backend,
         )
-    if tensors:
-        raise ValueError(
-            f"{', '.join(tensors)} given as tensors (per-channel or learnable constants) need grad='surrogate': the "
-            "event-driven gradient has no derivative for the constants, and its kernels take numbers"
-        )
+    _check_no_tensor_constants(tensors)
     spikes, state_out = _neuron(x, p, backend, state, carried=state is not None or return_state)
     return (spikes, state_out) if return_state else spikes
 
@@ -471,3 +468,16 @@ def srm_neuron(
 # The constants that srm_neuron also takes as tensors (one value per channel, learnable) in
 # surrogate mode (docs/maths.md §10).
 _TENSOR_CONSTANTS = ("tau_m", "tau_s", "v_th")
+
+
+def _check_no_tensor_constants(tensors: dict) -> None:
+    if tensors:
+        raise ValueError(
+            f"{', '.join(tensors)} given as tensors (per-channel or learnable constants) need grad='surrogate': the "
+            "event-driven gradient has no derivative for the constants, and its kernels take numbers"
+        )
+
+
+def _check_event_mode(p: SRMParams, op: str) -> None:
+    if p.grad != "event":
+        raise ValueError(f"{op} is the event mode's op (docs/maths.md §2-§3); for grad={p.grad!r} use srm_neuron")

@@ -18,7 +18,15 @@ def reset_state(model) -> None:
             m.reset_state()
 
 
+def detach_state(model) -> None:
+    """Cut the gradient history of every carried state in `model`, keeping its values: call it
+    after each ``backward`` of a stateful surrogate-mode model trained chunk by chunk."""
+    for m in model.modules():
+        if isinstance(m, SRMModule):
+            m.detach_state()
+
+
 __all__ = [
     "SRMNeuron", "SRMConv2d", "SRMLinear", "SpikeAvgPool2d", "Quantizer", "SupPixPool", "SupPixUnpool", "SRMSupPixPool",
-    "SpikeDropout", "SRMModule", "LearnableConstants", "reset_state",
+    "SpikeDropout", "SRMModule", "LearnableConstants", "reset_state", "detach_state",
 ]

@@ -46,14 +46,17 @@ class SRMModule(nn.Module):
         stateful: carry the neuron state ``(m, s, g, u_last)`` from one call to the next, so that
             a sequence may be fed in chunks (bit for bit the spikes of one call); :meth:`reset_state`
             (or :func:`snnspx.nn.reset_state` on a model) starts a new sequence. In surrogate mode the
-            carried state is differentiable (gradients cross chunks until the reset); in event mode a
-            chunk's end is a truncation point.
+            carried state is differentiable: gradients cross chunks until :meth:`detach_state`
+            (truncated backpropagation through time: call :func:`snnspx.nn.detach_state` after each
+            ``backward``) or the reset. In event mode a chunk's end is a truncation point, and the
+            layers (``SRMConv2d``, ``SRMLinear``) carry a state only without autograd (streaming
+            inference). Call :meth:`reset_state` before changing the module's dtype or device.
         step_mode: ``"multi"`` (inputs ``[T, B, ...]``, the default) or ``"single"`` (one step
-            ``[B, ...]`` per call; use with ``stateful=True``).
+            ``[B, ...]`` per call; needs ``stateful=True``).
     """
 
     def __init__(self, params: SRMParams | None, neuron: dict, batch_first: bool, backend: str | None, *,
-                 channels: int | None = None) -> None:
+                 channels: int | None = None, device=None, dtype=None) -> None:
         super().__init__()
         extra = {k: neuron.pop(k) for k in _MODULE_KEYWORDS if k in neuron}
         self.params = SRMParams.make(params, **neuron)
@@ -63,6 +66,8 @@ class SRMModule(nn.Module):
         self.step_mode = extra.get("step_mode", "multi")
         if self.step_mode not in ("multi", "single"):
             raise ValueError(f"step_mode must be 'multi' or 'single', got {self.step_mode!r}")
+        if self.step_mode == "single" and not self.stateful:
+            raise ValueError("step_mode='single' needs stateful=True: each step continues the state of the one before")
         learn_tau = _checks.check_flag(extra.get("learn_tau", False), "learn_tau")
         learn_threshold = _checks.check_flag(extra.get("learn_threshold", False), "learn_threshold")
         self.constants = None
@@ -74,13 +79,18 @@ class SRMModule(nn.Module):
                 )
             self.constants = LearnableConstants(
                 self.params.tau_m, self.params.tau_s, self.params.v_th, learn_tau=learn_tau,
-                learn_threshold=learn_threshold, channels=channels,
+                learn_threshold=learn_threshold, channels=channels, device=device, dtype=dtype,
             )
         self.state = None
 
     def reset_state(self) -> None:
         """Forget the carried state: the next call starts a new sequence from zeros."""
         self.state = None
+
+    def detach_state(self) -> None:
+        """Keep the carried state's values but cut its gradient history (truncated BPTT)."""
+        if self.state is not None:
+            self.state = self.state.detach()
 
     def _neuron_kwargs(self) -> dict:
         """The neuron's keywords for the functional ops: ``params`` and the learned constants."""

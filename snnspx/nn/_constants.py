@@ -35,7 +35,7 @@ class LearnableConstants(nn.Module):
     """
 
     def __init__(self, tau_m: float, tau_s: float, v_th: float, *, learn_tau: bool, learn_threshold: bool,
-                 channels: int | None) -> None:
+                 channels: int | None, device=None, dtype=None) -> None:
         super().__init__()
         if channels is not None and (not isinstance(channels, int) or isinstance(channels, bool) or channels < 1):
             raise ValueError(f"channels must be a positive int or None, got {channels!r}")
@@ -49,10 +49,11 @@ class LearnableConstants(nn.Module):
         self.learn_tau, self.learn_threshold = learn_tau, learn_threshold
         if learn_tau:
             low, high = min(tau_m, tau_s), max(tau_m, tau_s)
-            self.tau_low = nn.Parameter(torch.full(shape, _softplus_inverse(low - 1.0 - MIN_TAU_GAP)))
-            self.tau_gap = nn.Parameter(torch.full(shape, _softplus_inverse(high - low - MIN_TAU_GAP)))
+            kw = dict(device=device, dtype=dtype)
+            self.tau_low = nn.Parameter(torch.full(shape, _softplus_inverse(low - 1.0 - MIN_TAU_GAP), **kw))
+            self.tau_gap = nn.Parameter(torch.full(shape, _softplus_inverse(high - low - MIN_TAU_GAP), **kw))
         if learn_threshold:
-            self.v_th = nn.Parameter(torch.full(shape, float(v_th)))
+            self.v_th = nn.Parameter(torch.full(shape, float(v_th), device=device, dtype=dtype))
 
     def forward(self) -> dict[str, torch.Tensor]:
         """The learned constants as tensors, keyed as the neuron's keywords."""

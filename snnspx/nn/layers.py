@@ -33,8 +33,8 @@ class _SRMLayer(SRMModule):
     standardisation (``bn_weight``, ``bn_bias``) and weight quantizer shared by the layers."""
 
     def __init__(self, params, neuron, input_grad_scale, input_grad_mask, batch_first, weight_bits, weight_rounding,
-                 backend, channels):
-        super().__init__(params, neuron, batch_first, backend, channels=channels)
+                 backend, channels, device, dtype):
+        super().__init__(params, neuron, batch_first, backend, channels=channels, device=device, dtype=dtype)
         _checks.check_input_grad_scale(input_grad_scale)
         self.input_grad_scale = float(input_grad_scale)
         self.input_grad_mask = _checks.check_flag(input_grad_mask, "input_grad_mask")
@@ -161,7 +161,7 @@ class SRMConv2d(_SRMLayer):
         **neuron,
     ) -> None:
         super().__init__(params, neuron, input_grad_scale, input_grad_mask, batch_first, weight_bits, weight_rounding,
-                         backend, out_channels)
+                         backend, out_channels, device, dtype)
         self.stride, self.padding, self.dilation, self.groups = _checks.conv2d_params(stride, padding, dilation, groups)
         self.kernel_size = _checks.kernel_pair(kernel_size)
         if in_channels % groups or out_channels % groups:
@@ -230,7 +230,7 @@ class SRMLinear(_SRMLayer):
         **neuron,
     ) -> None:
         super().__init__(params, neuron, input_grad_scale, input_grad_mask, batch_first, weight_bits, weight_rounding,
-                         backend, out_features)
+                         backend, out_features, device, dtype)
         if weight_norm is True and in_features < 2:
             raise ValueError(f"weight_norm needs in_features >= 2 (an unbiased variance per row), got {in_features}")
         self.in_features, self.out_features = in_features, out_features
