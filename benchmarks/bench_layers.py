@@ -1,4 +1,5 @@
-"""SRMConv2d forward+backward: snnspx against the same layer from PyTorch conv ops + the eager SRM loop.
+"""SRMConv2d forward+backward: snnspx against the same layer from PyTorch conv ops + the eager SRM loop;
+SpikeAvgPool2d's ops against PyTorch's average pooling.
 
 Both layers run the same maths: the convolution and its two backward products come from
 PyTorch in both; they differ in the SRM neuron (snnspx kernels against the vectorised
@@ -8,7 +9,13 @@ timed as the floor that the convolution alone costs.
 Shapes: CPU T,B,C,H,W = 16,4,32,32,32; GPU 16,16,64,64,64; C_in = C_out = C, 3x3,
 padding 1, input spikes at 20% density.
 
-    python benchmarks/bench_layers.py [--device cpu|cuda] [--write]
+SpikeAvgPool2d: the first pooling layer of the digits network of the issue, input spikes
+T,B,C,H,W = 8,16,32,26,26 at 20% density, kernel 2; on the CPU with 1 and 2 threads. Forward:
+``spike_avg_pool2d`` against ``F.avg_pool2d``; backward: the op ``spike_avg_pool2d_bwd`` against
+``aten.avg_pool2d_backward`` (``nn.AvgPool2d``'s backward, whose gradient rule differs but whose
+memory traffic is the same) and against the op's own PyTorch kernel (``backend="torch"``).
+
+    python benchmarks/bench_layers.py [--device cpu|cuda] [--write] [--part all|conv|pool]
 """
 
 from __future__ import annotations
@@ -59,15 +66,56 @@ def saved_bytes(fn, s_in, weight) -> float:
     return sum(t.numel() * t.element_size() for t in saved if t.data_ptr() not in known) / out.numel()
 
 
+def pool_table(args) -> None:
+    """SpikeAvgPool2d's two ops against PyTorch's average pooling, per thread count on the CPU."""
+    dev = args.device
+    T, B, C, H, W = (2, 2, 4, 9, 9) if args.quick else (8, 16, 32, 26, 26)
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(T, B, C, H, W, generator=gen) < 0.2).float().to(dev)
+    g = torch.randn(T, B, C, H // 2, W // 2, generator=gen).to(dev)
+    x4, g4 = x.flatten(0, 1), g.flatten(0, 1)
+    kernel = "cuda" if dev == "cuda" else "cpp"
+    snnspx.functional.spike_avg_pool2d(x, backend=kernel)  # builds or loads the library
+    ops = torch.ops.snnspx
+    run = lambda f: time_ms(f, args.min_run_time)  # noqa: E731
+    t = Table(
+        f"SpikeAvgPool2d kernel 2, {dev}, T,B,C,H,W = {T},{B},{C},{H},{W}, 20% spikes",
+        ["pass", "threads", "PyTorch baseline", "baseline (ms)", f"snnspx {kernel} (ms)", "speed-up"],
+    )
+    threads = [args.threads] if args.threads else ([1, 2] if dev == "cpu" else [torch.get_num_threads()])
+    before = torch.get_num_threads()
+    for n in threads:
+        torch.set_num_threads(n)
+        fwd_base = run(lambda: TF.avg_pool2d(x4, 2))
+        fwd = run(lambda: ops.spike_avg_pool2d(x, 2, 2))
+        bwd_base = run(lambda: torch.ops.aten.avg_pool2d_backward(g4, x4, [2, 2], [2, 2], [0, 0], False, True, None))
+        bwd = run(lambda: ops.spike_avg_pool2d_bwd(g, x, 2, 2))
+        with snnspx._library.torch_kernels():
+            bwd_torch = run(lambda: ops.spike_avg_pool2d_bwd(g, x, 2, 2))
+        label = n if dev == "cpu" else "-"
+        t.add("forward", label, "F.avg_pool2d", fwd_base, fwd, f"{fwd_base / fwd:.1f}x")
+        t.add("backward", label, "nn.AvgPool2d's backward", bwd_base, bwd, f"{bwd_base / bwd:.1f}x")
+        t.add("backward", label, "the op's PyTorch kernel", bwd_torch, bwd, f"{bwd_torch / bwd:.1f}x")
+    torch.set_num_threads(before)
+    notes = ("Op calls, no autograd; medians of torch.utils.benchmark"
+             + ("; glibc keeps freed memory (--keep-freed-memory)." if args.keep_freed_memory else "."))
+    t.emit(dev, args.write, notes)
+
+
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice; pool: 1 and 2)")
+    p.add_argument("--part", default="all", choices=["all", "conv", "pool"], help="which tables")
     add_keep_freed_memory(p)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.keep_freed_memory:
         keep_freed_memory()
+    if args.part in ("all", "pool"):
+        pool_table(args)
+    if args.part == "pool":
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = args.device
     T, B, C, H, W = (16, 16, 64, 64, 64) if dev == "cuda" else (16, 4, 32, 32, 32)
     if args.quick:

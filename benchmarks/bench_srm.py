@@ -54,8 +54,8 @@ def main() -> None:
     eager_b = run(lambda: S._backward_kernel(grad, spikes, du, dut, *p.backward_args))
 
     k_fwd = run(lambda: snnspx.functional.srm_forward(x, params=p, backend=kernel))
-    k_nfwd = run(lambda: torch.ops.snnspx.srm_neuron_fwd(x, *p.neuron_args))
-    _, saved = torch.ops.snnspx.srm_neuron_fwd(x, *p.neuron_args)
+    k_nfwd = run(lambda: torch.ops.snnspx.srm_neuron_fwd(x, *p.neuron_args, None))
+    _, saved, _ = torch.ops.snnspx.srm_neuron_fwd(x, *p.neuron_args, None)
     k_bwd = run(lambda: snnspx.functional.srm_backward(grad, spikes, du, dut, params=p, backend=kernel))
     k_nbwd = run(lambda: torch.ops.snnspx.srm_neuron_bwd(grad, saved, *p.backward_args))
 

@@ -27,12 +27,12 @@ step() { echo; echo "=== $* ($(date +%T))"; }
 # ONLY=all (default): every test (the CUDA ones run here), the forced-strategy passes, the
 # profile and every benchmark. ONLY=kernels: the pooling and fused tests, the forced passes,
 # profile and pooling/fused benchmarks. ONLY=verify: the CUDA tests of the pooling, fused,
-# SRM-extremes, compile and layer files and the forced passes, nothing else.
+# SRM-extremes, compile, layer and window-pooling files and the forced passes, nothing else.
 only="${ONLY:-all}"
 case "$only" in
   all) tests="tests" ;;
   kernels) tests="tests/test_suppix_*.py tests/test_fused.py tests/test_fused_kernels.py" ;;
-  verify) tests="-m cuda tests/test_suppix_*.py tests/test_fused.py tests/test_fused_kernels.py tests/test_srm.py tests/test_srm_extremes.py tests/test_compile.py tests/test_layers.py" ;;
+  verify) tests="-m cuda tests/test_suppix_*.py tests/test_fused.py tests/test_fused_kernels.py tests/test_srm.py tests/test_srm_extremes.py tests/test_compile.py tests/test_layers.py tests/test_pool2d.py tests/test_surrogate.py tests/test_srm_state.py tests/test_srm_variants.py tests/test_neuron_modes.py tests/test_layer_options.py" ;;
   *) echo "ONLY must be all, kernels or verify, got $only" >&2; exit 2 ;;
 esac
 sanitizer=""

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -70,6 +71,7 @@ struct SRMForwardOut {
   at::Tensor spikes;  // [T, ...], dtype of x
   at::Tensor du;      // [T, ...] (or [2, T, ...] packed), accumulation dtype
   at::Tensor dut;     // [T, ...] (undefined when packed)
+  at::Tensor state_in, state_out;  // [4, N] each (see add_srm_state); undefined when not used
   int64_t T, N;
 };
 
@@ -100,6 +102,44 @@ inline SRMForwardOut prepare_srm_forward(const at::Tensor& x_in, double tau_m, d
     o.dut = at::empty(x_in.sizes(), acc);
   }
   return o;
+}
+
+// A dtype as torch names it without the "torch." prefix ("float32"), for messages that
+// read alike from the Python and C++ kernels.
+inline std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    default: return c10::toString(t);
+  }
+}
+
+// srm_neuron_fwd's carried state (docs/maths.md, "Carried state"): `state`, when given, must be
+// [4, *x.shape[1:]] = (m, s, g, u_last) per neuron in the state dtype on x's device; o.state_in
+// becomes its contiguous form (undefined for None: the kernels start from zeros) and
+// o.state_out the end state's output, laid out alike. Row k of either is at k * o.N.
+inline void add_srm_state(SRMForwardOut& o, const std::optional<at::Tensor>& state) {
+  std::vector<int64_t> shape{4};
+  shape.insert(shape.end(), o.x.sizes().begin() + 1, o.x.sizes().end());
+  const auto acc = srm_acc_type(o.x.scalar_type());
+  if (state.has_value() && state->defined()) {
+    const at::Tensor& st = *state;
+    TORCH_CHECK_VALUE(st.sizes() == at::IntArrayRef(shape), "state must be [4, *x.shape[1:]] = ", at::IntArrayRef(shape),
+                      " (m, s, g, u_last per neuron), got ", st.sizes());
+    TORCH_CHECK_TYPE(st.scalar_type() == acc, "state must be ", dtype_name(acc), " (the neuron-state dtype: float64 ",
+                     "for float64 x, float32 otherwise), got ", dtype_name(st.scalar_type()));
+    TORCH_CHECK_VALUE(st.device() == o.x.device(), "state must be on x's device ", o.x.device(), ", got ",
+                      st.device());
+    o.state_in = st.contiguous();
+  }
+  const auto opts = o.x.options().dtype(acc).memory_format(at::MemoryFormat::Contiguous);
+  if (o.T == 0) {  // no step: the end state is the start (o.N is 0, so the kernels write nothing)
+    o.state_out = o.state_in.defined() ? o.state_in.clone(at::MemoryFormat::Contiguous) : at::zeros(shape, opts);
+    return;
+  }
+  o.state_out = at::empty(shape, opts);
 }
 
 inline void check_same_shape(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn) {

@@ -4,6 +4,7 @@
     python examples/train_digits.py --compare        # the same, then a surrogate-gradient LIF network
     python examples/train_digits.py --small          # CI size: a subset, 3 epochs, seconds
     python examples/train_digits.py --seeds 1 --epochs 30 --loss count
+    python examples/train_digits.py --grad surrogate --learn-tau   # surrogate gradient, learned time constants
 
 Data: ``sklearn.datasets.load_digits`` (1797 greyscale 8 x 8 images of the digits 0-9, shipped
 with scikit-learn: no download), split 80 / 20 into training and test sets, stratified, with
@@ -89,10 +90,17 @@ def parse_args(argv=None):
     p.add_argument("--undesired", type=float, default=1.0, help="--loss count: other classes' count (default %(default)s)")
     p.add_argument("--init-target", type=float, default=0.5,
                    help="rate_init target, spikes per neuron over T (default %(default)s)")
-    p.add_argument("--bias-init", type=float, default=0.5,
-                   help="the shared mean weight, in units of the weights' std (default %(default)s)")
+    p.add_argument("--bias-init", type=float, default=None,
+                   help="the shared mean weight, in units of the weights' std (default 0.5; 0 with --grad surrogate,"
+                        " whose silent neurons still get a gradient)")
     p.add_argument("--dropout", type=float, default=0.0, help="SpikeDropout before the output layer (default 0)")
     p.add_argument("--fire-if", choices=[">", ">="], default=">", help="the neurons' threshold test (default >)")
+    p.add_argument("--grad", choices=["event", "surrogate"], default="event",
+                   help="the SRM neurons' gradient: the original's event-driven one (default) or a surrogate")
+    p.add_argument("--surrogate", default="atan", choices=["sigmoid", "atan", "fast_sigmoid", "triangle"],
+                   help="--grad surrogate: the surrogate derivative (default %(default)s)")
+    p.add_argument("--learn-tau", action="store_true", help="--grad surrogate: learn tau_m, tau_s per channel")
+    p.add_argument("--learn-threshold", action="store_true", help="--grad surrogate: learn v_th per channel")
     p.add_argument("--compare", action="store_true", help="also train the surrogate-gradient LIF network")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--backend", default=None, choices=["cuda", "cpp", "torch"],
@@ -119,7 +127,11 @@ def load_data(seed: int, small: bool):
 def make_srm_net(args, channels: int = 16) -> nn.Sequential:
     import snnspx
 
-    neuron = dict(fire_if=args.fire_if, backend=args.backend)
+    neuron = dict(fire_if=args.fire_if, backend=args.backend, grad=args.grad)
+    if args.grad == "surrogate":
+        neuron.update(surrogate=args.surrogate, learn_tau=args.learn_tau, learn_threshold=args.learn_threshold)
+    elif args.learn_tau or args.learn_threshold:
+        raise ValueError("--learn-tau and --learn-threshold need --grad surrogate")
     layers = [
         snnspx.nn.SRMConv2d(1, channels, 3, padding=1, weight_norm=True, **neuron),  # [T, B, 16, 8, 8]
         snnspx.nn.SpikeAvgPool2d(2),                                                # [T, B, 16, 4, 4]
@@ -131,6 +143,12 @@ def make_srm_net(args, channels: int = 16) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _bias_init(args) -> float:
+    if args.bias_init is not None:
+        return args.bias_init
+    return 0.0 if args.grad == "surrogate" else 0.5
+
+
 def init_srm_net(net: nn.Sequential, batch: torch.Tensor, args) -> list:
     """The shared positive mean weight, then rate_init; returns rate_init's report."""
     import snnspx
@@ -138,10 +156,10 @@ def init_srm_net(net: nn.Sequential, batch: torch.Tensor, args) -> list:
     layers = [m for m in net if isinstance(m, (snnspx.nn.SRMConv2d, snnspx.nn.SRMLinear))]
     with torch.no_grad():
         for m in layers:
-            m.bn_bias.copy_(args.bias_init * m.bn_weight)
+            m.bn_bias.copy_(_bias_init(args) * m.bn_weight)
     report = snnspx.init.rate_init(net, batch, target=args.init_target)
     for m in layers:
-        m.bn_bias.requires_grad_(False)  # fixed: see the module docstring
+        m.bn_bias.requires_grad_(args.grad == "surrogate")  # event mode: fixed, see the module docstring
     return report
 
 
@@ -243,7 +261,7 @@ def run(kind: str, seed: int, args, device) -> float:
     # The SRM layers take dL/d(spike time), so a loss on counts reaches them reversed
     # (reverse_grad; SpikeCountLoss reverses by default); the LIF's surrogate gradient is an
     # ordinary dL/dspikes and takes the loss as it is.
-    reverse = kind == "srm"
+    reverse = kind == "srm" and args.grad == "event"
     if args.loss == "count":
         loss_fn = snnspx.losses.SpikeCountLoss(desired_count=args.desired, undesired_count=args.undesired,
                                                reverse=reverse)
@@ -321,7 +339,9 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         accs = [run(kind, seed, args, device) for seed in args.seeds]
         results[kind] = (accs, time.perf_counter() - t0)
-    names = {"srm": "snnspx SRM (event-driven gradient)", "lif": "PyTorch LIF (surrogate gradient)"}
+    grad = "event-driven gradient" if args.grad == "event" else f"{args.surrogate} surrogate gradient" + (
+        ", learned tau" if args.learn_tau else "") + (", learned v_th" if args.learn_threshold else "")
+    names = {"srm": f"snnspx SRM ({grad})", "lif": "PyTorch LIF (surrogate gradient)"}
     for kind in kinds:
         print(summary(names[kind], args.seeds, *results[kind]))
     if args.compare:

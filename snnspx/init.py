@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import _checks
+from .nn._base import SRMModule
 from .nn.layers import SRMConv2d, SRMLinear
 
 __all__ = ["rate_init", "LayerRate"]
@@ -127,9 +128,15 @@ def rate_init(
         raise ValueError(f"tol must be > 1, got {tol}")
     _checks.check_flag(verbose, "verbose")
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, (SRMConv2d, SRMLinear))]
+    srm = [m for m in model.modules() if isinstance(m, SRMModule)]
+    if any(m.step_mode != "multi" for m in srm):
+        raise ValueError("rate_init runs whole sequences: give it a model whose SRM modules have step_mode='multi'")
     modes = {m: m.training for m in model.modules()}
+    carried = {m: (m.stateful, m.state) for m in srm}  # every trial run starts from zeros
     report = []
     try:
+        for m in srm:
+            m.stateful, m.state = False, None
         model.eval()
         with torch.no_grad():
             for name, layer in layers:
@@ -140,6 +147,8 @@ def rate_init(
     finally:
         for m, training in modes.items():
             m.training = training
+        for m, (stateful, state) in carried.items():
+            m.stateful, m.state = stateful, state
     return report
 
 

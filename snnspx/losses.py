@@ -8,6 +8,10 @@ opposite sign: more spikes need earlier spikes. Such losses here pass their grad
 ``loss.backward()`` hands the layers ``-dL/dspikes`` and the network learns with no sign trick
 of its own. :func:`spike_timing_loss` produces a time gradient already and is never reversed.
 
+With ``grad="surrogate"`` layers the gradient is ordinary autograd (docs/maths.md §9): pass
+``reverse=False`` (a reversed gradient would make gradient descent climb the loss), and prefer
+the count, kernel and TET losses (the timing loss's gradient is a spike-time gradient).
+
 All take time-major spikes ``[T, B, N]`` (:func:`spike_kernel_loss`: any ``[T, B, ...]``);
 with ``batch_first`` layers, pass ``out.transpose(0, 1)``. The values are float32 for
 float16/bfloat16 spikes (float64 for float64), and computed there.

@@ -6,7 +6,8 @@ import dataclasses
 
 from ._checks.args import _finite
 
-__all__ = ["SRMParams", "MAX_DUDT_INV", "FIRE_IF", "FORWARD_TYPES", "GRADIENT_TYPES", "decode_variant"]
+__all__ = ["SRMParams", "MAX_DUDT_INV", "FIRE_IF", "FORWARD_TYPES", "GRADIENT_TYPES", "GRADS", "SURROGATES",
+           "decode_variant"]
 
 # The original's bound on the clamp of -1/dut in the event-driven backward: so large that
 # it never binds for a float32 trace, i.e. in effect no clamp.
@@ -20,6 +21,11 @@ FIRE_IF = (">", ">=")
 FORWARD_TYPES = ("leaky", "nonleaky")
 GRADIENT_TYPES = ("exponential", "original", "nonnegative")
 _OPTIONS = {"fire_if": FIRE_IF, "forward_type": FORWARD_TYPES, "gradient_type": GRADIENT_TYPES}
+# The gradient modes (docs/maths.md §3 and §9) and the surrogate derivatives of §9 with their
+# parameter's default value (sigmoid's and atan's alpha, fast_sigmoid's slope, triangle's width).
+GRADS = ("event", "surrogate")
+SURROGATES = {"sigmoid": 4.0, "atan": 2.0, "fast_sigmoid": 25.0, "triangle": 1.0}
+_GRAD_OPTIONS = {"grad": GRADS, "surrogate": tuple(SURROGATES)}
 _NUMBER_FIELDS = ("tau_m", "tau_s", "tau_grad", "v_th", "du_inv_clamp", "max_dudt_inv")
 
 
@@ -38,6 +44,16 @@ def decode_variant(variant: int) -> dict[str, str]:
         )
     return {"fire_if": FIRE_IF[variant & 1], "forward_type": FORWARD_TYPES[(variant >> 1) & 1],
             "gradient_type": GRADIENT_TYPES[trace]}
+
+
+# The constants that may also be tensors in surrogate mode (SRMParams.make_split).
+_TENSOR_FIELDS = ("tau_m", "tau_s", "v_th")
+
+
+def _is_tensor(v) -> bool:
+    import torch
+
+    return isinstance(v, torch.Tensor)
 
 
 def _is_number(v) -> bool:
@@ -96,6 +112,18 @@ class SRMParams:
             ``"nonnegative"`` (as ``"original"`` with the step's negative part dropped).
             A nonleaky neuron keeps ``dut = g``; its ``epst`` follows this field.
 
+    Keyword-only, the gradient (docs/maths.md §9):
+
+    Args:
+        grad: ``"event"`` (the event-driven spike-time gradient of §3, the default) or
+            ``"surrogate"`` (exact backpropagation through time of the neuron's recurrence
+            with the spike's derivative replaced by the surrogate's; leaky neurons only, and
+            `gradient_type`, `du_inv_clamp`, `max_dudt_inv` do not apply). In the layers,
+            ``"surrogate"`` makes the whole layer plain autograd (no ``input_grad_scale``, no mask).
+        surrogate: ``"sigmoid"``, ``"atan"``, ``"fast_sigmoid"`` or ``"triangle"``.
+        alpha: the surrogate's parameter (> 0), None for its default (:data:`SURROGATES`).
+        detach_reset: treat the reset factor ``(1 - S_t)`` as a constant in the backward.
+
     Raises:
         TypeError: a number field is not a Python number, or an option is not a str.
         ValueError: a field is out of its range or an option not one of its values (the
@@ -112,6 +140,10 @@ class SRMParams:
     fire_if: str = FIRE_IF[0]
     forward_type: str = FORWARD_TYPES[0]
     gradient_type: str = GRADIENT_TYPES[0]
+    grad: str = GRADS[0]
+    surrogate: str = "sigmoid"
+    alpha: float | None = None
+    detach_reset: bool = False
 
     def __post_init__(self) -> None:
         for name in _NUMBER_FIELDS:
@@ -119,12 +151,13 @@ class SRMParams:
             if not _is_number(v):
                 raise TypeError(f"{name} must be a Python number, got {type(v).__name__}")
             object.__setattr__(self, name, float(v))
-        for name, allowed in _OPTIONS.items():
+        for name, allowed in {**_OPTIONS, **_GRAD_OPTIONS}.items():
             v = getattr(self, name)
             if not isinstance(v, str):
                 raise TypeError(f"{name} must be a str, one of {allowed}, got {type(v).__name__}")
             if v not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {v!r}")
+        self._check_gradient_options()
         for name in ("tau_m", "tau_s", "tau_grad"):
             v = getattr(self, name)
             if not (_finite(v) and v > 1.0):
@@ -139,6 +172,29 @@ class SRMParams:
             v = getattr(self, name)
             if not v >= 0:
                 raise ValueError(f"{name} must be >= 0, got {v}")
+
+    def _check_gradient_options(self) -> None:
+        if self.alpha is not None:
+            if not _is_number(self.alpha):
+                raise TypeError(f"alpha must be a Python number or None, got {type(self.alpha).__name__}")
+            if not (_finite(self.alpha) and self.alpha > 0):
+                raise ValueError(f"alpha must be a finite number > 0 or None, got {self.alpha}")
+            object.__setattr__(self, "alpha", float(self.alpha))
+        if not isinstance(self.detach_reset, bool):
+            raise TypeError(f"detach_reset must be a bool, got {type(self.detach_reset).__name__}")
+        if self.grad == "surrogate":
+            if self.forward_type != "leaky":
+                raise ValueError("grad='surrogate' runs the leaky neuron of docs/maths.md §9: forward_type must be 'leaky'")
+            if self.gradient_type != GRADIENT_TYPES[0]:
+                raise ValueError(
+                    f"gradient_type={self.gradient_type!r} chooses the trace of the event-driven backward; it has no "
+                    "meaning with grad='surrogate' (leave it at its default)"
+                )
+
+    @property
+    def surrogate_alpha(self) -> float:
+        """`alpha`, or the default of `surrogate` when it is None."""
+        return SURROGATES[self.surrogate] if self.alpha is None else self.alpha
 
     @classmethod
     def make(cls, params: SRMParams | None = None, **fields) -> SRMParams:
@@ -158,6 +214,21 @@ class SRMParams:
         if not isinstance(params, SRMParams):
             raise TypeError(f"params must be an snnspx.SRMParams or None, got {type(params).__name__}")
         return dataclasses.replace(params, **fields) if fields else params
+
+    @classmethod
+    def make_split(cls, params: SRMParams | None = None, **fields) -> tuple[SRMParams, dict]:
+        """:meth:`make` for calls that may give ``tau_m``, ``tau_s`` or ``v_th`` as tensors
+        (surrogate mode's per-channel or learnable constants, docs/maths.md §10): returns the
+        params and ``{name: tensor}``. A time constant given as a tensor gets a valid placeholder
+        in the params (its partner plus 1), so that only the numbers are checked here; the
+        surrogate op checks the tensors' values."""
+        tensors = {k: fields.pop(k) for k in _TENSOR_FIELDS if _is_tensor(fields.get(k))}
+        base = params if isinstance(params, SRMParams) else cls()
+        for name, partner in (("tau_m", "tau_s"), ("tau_s", "tau_m")):
+            if name in tensors:
+                other = fields.get(partner, getattr(base, partner))
+                fields[name] = (other if _is_number(other) else 2.0) + 1.0
+        return cls.make(params, **fields), tensors
 
     def check_dtype(self, dtype) -> None:
         """Raise ``ValueError`` if ``a_m`` and ``a_s`` are so close that their rounding in the

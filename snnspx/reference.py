@@ -57,9 +57,20 @@ def _clamp(v, lo, hi):
     return lo if v < lo else (hi if v > hi else v)  # NaN stays NaN
 
 
-def srm_forward(x: torch.Tensor, *, params: SRMParams | None = None, **neuron):
+def srm_forward(
+    x: torch.Tensor,
+    *,
+    params: SRMParams | None = None,
+    state: torch.Tensor | None = None,
+    return_state: bool = False,
+    **neuron,
+):
     """docs/maths.md §2 (and its "Neuron variants") by explicit loops. Returns
-    ``(spikes, du, dut)``, each shaped like `x`."""
+    ``(spikes, du, dut)``, each shaped like `x`; with `return_state` also ``state_out``.
+
+    `state` (docs/maths.md, "Carried state"): ``[4, *x.shape[1:]]`` = (m, s, g, u_last) per
+    neuron to start from (None: zeros), in the state dtype; ``state_out`` is laid out alike,
+    the state after the last step's reset."""
     p = SRMParams.make(params, **neuron)
     _checks.check_tensor(x, "x")
     f = _np_dtype(x.dtype)
@@ -68,12 +79,18 @@ def srm_forward(x: torch.Tensor, *, params: SRMParams | None = None, **neuron):
     leaky = p.forward_type == "leaky"
     xs = _as_2d(x, f)
     T, N = xs.shape
+    init = np.zeros((4, N), f)
+    if state is not None:
+        if tuple(state.shape) != (4, *x.shape[1:]):
+            raise ValueError(f"state must be [4, *x.shape[1:]], got {list(state.shape)}")
+        init = state.detach().to("cpu", torch.float64 if f is np.float64 else torch.float32).reshape(4, N).numpy()
+    end = np.zeros((4, N), f)
     spikes = np.zeros((T, N), f)
     du = np.zeros((T, N), f)
     dut = np.zeros((T, N), f)
     with np.errstate(all="ignore"):
         for n in range(N):
-            m = s = g = u_last = f(0)
+            m, s, g, u_last = (init[k, n] for k in range(4))
             for t in range(T):
                 m = (m + xs[t, n]) * a_m
                 s = (s + xs[t, n]) * a_s
@@ -91,12 +108,16 @@ def srm_forward(x: torch.Tensor, *, params: SRMParams | None = None, **neuron):
                     m = s = g = u_last = f(0)
                 else:
                     u_last = u
+            end[:, n] = (m, s, g, u_last)
     acc = _checks.acc_dtype(x.dtype)
 
     def back(a, dtype):
         return torch.from_numpy(a).reshape(x.shape).to(device=x.device, dtype=dtype)
 
-    return back(spikes, x.dtype), back(du, acc), back(dut, acc)
+    out = back(spikes, x.dtype), back(du, acc), back(dut, acc)
+    if not return_state:
+        return out
+    return (*out, torch.from_numpy(end).reshape(4, *x.shape[1:]).to(device=x.device, dtype=acc))
 
 
 def srm_backward(
@@ -678,3 +699,5 @@ def srm_suppix_pool_backward(
     spikes, du, dut = srm_forward(x, params=p)
     grad_spikes = suppix_pool_backward(grad_y, spikes, labels, num_superpixels=K, mode=mode)
     return srm_backward(grad_spikes, spikes, du, dut, params=p)[0]
+from ._reference_surrogate import __all__ as _surrogate_all, srm_surrogate_backward, srm_surrogate_forward  # noqa: E402,F401
+__all__ += _surrogate_all

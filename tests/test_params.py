@@ -18,7 +18,9 @@ def test_defaults_fields_and_repr():
     """Defaults and the named constant; every number field a float; thresholds and clamps
     unbounded where the neuron allows it; a repr that evaluates back to the same params."""
     p = SRMParams()
-    assert dataclasses.astuple(p) == (5.0, 3.0, 2.5, 1.0, 4.0, snnspx.MAX_DUDT_INV, ">", "leaky", "exponential")
+    assert dataclasses.astuple(p) == (
+        5.0, 3.0, 2.5, 1.0, 4.0, snnspx.MAX_DUDT_INV, ">", "leaky", "exponential", "event", "sigmoid", None, False
+    )
     assert snnspx.MAX_DUDT_INV == 123456789.0
     q = SRMParams(tau_m=7, tau_s=2, tau_grad=3, v_th=-1, du_inv_clamp=0, max_dudt_inv=math.inf, fire_if=">=")
     assert all(type(v) is float for v in dataclasses.astuple(q)[:6]), "int fields become floats"
@@ -26,7 +28,8 @@ def test_defaults_fields_and_repr():
     assert SRMParams(v_th=math.inf).v_th == math.inf and SRMParams(v_th=-1e300).v_th == -1e300
     assert repr(p) == (
         "SRMParams(tau_m=5.0, tau_s=3.0, tau_grad=2.5, v_th=1.0, du_inv_clamp=4.0, max_dudt_inv=123456789.0, "
-        "fire_if='>', forward_type='leaky', gradient_type='exponential')"
+        "fire_if='>', forward_type='leaky', gradient_type='exponential', grad='event', surrogate='sigmoid', "
+        "alpha=None, detach_reset=False)"
     )
     assert eval(repr(q), {"SRMParams": SRMParams, "inf": math.inf}) == q
     with pytest.raises(TypeError):
@@ -80,7 +83,6 @@ def test_frozen_and_replaced_by_make():
         ({"tau_m": "5"}, TypeError, "tau_m must be a Python number, got str"),
         ({"tau_m": None}, TypeError, "tau_m must be a Python number, got NoneType"),
         ({"tau_m": True}, TypeError, "tau_m must be a Python number, got bool"),
-        ({"tau_m": torch.tensor(5.0)}, TypeError, "tau_m must be a Python number, got Tensor"),
         ({"v_th": True}, TypeError, "v_th must be a Python number, got bool"),
         ({"tau_m": 1.0}, ValueError, "tau_m must be a finite number > 1, got 1.0"),
         ({"tau_s": 1.0}, ValueError, "tau_s must be a finite number > 1, got 1.0"),
@@ -111,6 +113,18 @@ def test_invalid_fields_are_named(fields, error, match):
         F.srm_neuron(torch.ones(2, 3), **fields)
     with pytest.raises(error, match=match):
         snnspx.nn.SRMNeuron(**fields)
+
+
+def test_tensor_constant_is_a_surrogate_mode_feature():
+    """SRMParams holds numbers; srm_neuron and the modules take tensor constants (per channel,
+    learnable) in surrogate mode only, and say so in event mode."""
+    with pytest.raises(TypeError, match="tau_m must be a Python number, got Tensor"):
+        SRMParams(tau_m=torch.tensor(5.0))
+    with pytest.raises(TypeError, match="tau_m must be a Python number, got Tensor"):
+        snnspx.nn.SRMNeuron(tau_m=torch.tensor(5.0))
+    with pytest.raises(ValueError, match="tau_m given as tensors .* need grad='surrogate'"):
+        F.srm_neuron(torch.ones(2, 3), tau_m=torch.tensor(5.0))
+    assert F.srm_neuron(torch.ones(2, 3), tau_m=torch.tensor(5.0), grad="surrogate").shape == (2, 3)
 
 
 def test_tables_and_constants():

@@ -465,8 +465,8 @@ def test_opcheck(backend, device, gen):
         spikes, du, dut = ops.srm_forward.default(x, *args)
         g = torch.randn(x.shape, generator=gen, dtype=dtype).to(device)
         torch.library.opcheck(ops.srm_backward.default, (g, spikes, du, dut, 5.0, 3.0, 2.5, 4.0, 1e8, 0))
-        torch.library.opcheck(ops.srm_neuron_fwd.default, (x.clone().requires_grad_(), 5.0, 3.0, 2.5, 1.0, 4.0, 1e8, 0))
-        _, saved = ops.srm_neuron_fwd.default(x, 5.0, 3.0, 2.5, 1.0, 4.0, 1e8, 0)
+        torch.library.opcheck(ops.srm_neuron_fwd.default, (x.clone().requires_grad_(), 5.0, 3.0, 2.5, 1.0, 4.0, 1e8, 0, None))
+        _, saved, _ = ops.srm_neuron_fwd.default(x, 5.0, 3.0, 2.5, 1.0, 4.0, 1e8, 0, None)
         torch.library.opcheck(ops.srm_neuron_bwd.default, (g, saved, 5.0, 3.0, 2.5, 4.0, 1e8, 0))
 
 

@@ -22,19 +22,27 @@ constexpr int64_t kBlock = 256;
 // kPacked=true: du/dut point at saved[0]/saved[1] of srm_neuron_fwd: the factors
 // inv_clamp(du) and inv_clamp(dut) at spikes; silent_mark() and 0 elsewhere.
 // kVariants: srm_step's (false for variant 0, so its loop is the default neuron's alone).
+// state_in / state_out: the carried state [4, N] = (m, s, g, u_last) rows before the first
+// step / after the last (nullptr: start from zeros / not written). Read and written once
+// per block of neurons, outside the step loop.
 template <typename scalar_t, typename acc_t, bool kPacked, bool kVariants>
 void srm_forward_kernel(const scalar_t* x, scalar_t* spikes, acc_t* du, acc_t* dut, int64_t T, int64_t N,
-                        SRMParams<acc_t> p, acc_t du_inv_clamp, acc_t max_dudt_inv) {
+                        SRMParams<acc_t> p, acc_t du_inv_clamp, acc_t max_dudt_inv, const acc_t* state_in,
+                        acc_t* state_out) {
   const int64_t grain = std::max<int64_t>(kBlock, 32768 / std::max<int64_t>(T, 1));
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
     // Structure-of-arrays state so that the inner loop over neurons vectorises.
     alignas(64) acc_t m[kBlock], sy[kBlock], g[kBlock], ul[kBlock];
+    acc_t* const rows[4] = {m, sy, g, ul};  // the order of the state's rows
     for (int64_t n0 = begin; n0 < end; n0 += kBlock) {
       const int64_t len = std::min(kBlock, end - n0);
-      std::fill(m, m + len, acc_t(0));
-      std::fill(sy, sy + len, acc_t(0));
-      std::fill(g, g + len, acc_t(0));
-      std::fill(ul, ul + len, acc_t(0));
+      for (int k = 0; k < 4; ++k) {
+        if (state_in != nullptr) {
+          std::copy(state_in + k * N + n0, state_in + k * N + n0 + len, rows[k]);
+        } else {
+          std::fill(rows[k], rows[k] + len, acc_t(0));
+        }
+      }
       for (int64_t t = 0; t < T; ++t) {
         const int64_t base = t * N + n0;
         const scalar_t* __restrict__ xt = x + base;
@@ -60,6 +68,9 @@ void srm_forward_kernel(const scalar_t* x, scalar_t* spikes, acc_t* du, acc_t* d
             dut_out[i] = s ? ft : acc_t(0);
           }
         }
+      }
+      if (state_out != nullptr) {
+        for (int k = 0; k < 4; ++k) std::copy(rows[k], rows[k] + len, state_out + k * N + n0);
       }
     }
   });
@@ -130,7 +141,8 @@ void srm_backward_kernel(const scalar_t* grad, const scalar_t* spikes, const acc
 }
 
 // srm_forward_kernel for x's dtype, with the default neuron's loop for variant 0.
-// kPacked=true writes srm_neuron_fwd's saved state [2, T, ...] into o.du.
+// kPacked=true writes srm_neuron_fwd's saved state [2, T, ...] into o.du. The carried state
+// is read from o.state_in and written to o.state_out where those are defined.
 template <bool kPacked>
 void run_forward(const SRMForwardOut& o, double tau_m, double tau_s, double tau_grad, double v_th, int64_t variant,
                  double du_inv_clamp, double max_dudt_inv) {
@@ -143,10 +155,12 @@ void run_forward(const SRMForwardOut& o, double tau_m, double tau_s, double tau_
     const acc_t lo_w = param_to_acc<acc_t>(du_inv_clamp), lo_t = param_to_acc<acc_t>(max_dudt_inv);
     const scalar_t* x = o.x.data_ptr<scalar_t>();
     scalar_t* spikes = o.spikes.data_ptr<scalar_t>();
+    const acc_t* st_in = o.state_in.defined() ? o.state_in.data_ptr<acc_t>() : nullptr;
+    acc_t* st_out = o.state_out.defined() ? o.state_out.data_ptr<acc_t>() : nullptr;
     if (variant == 0) {
-      srm_forward_kernel<scalar_t, acc_t, kPacked, false>(x, spikes, du, dut, o.T, o.N, p, lo_w, lo_t);
+      srm_forward_kernel<scalar_t, acc_t, kPacked, false>(x, spikes, du, dut, o.T, o.N, p, lo_w, lo_t, st_in, st_out);
     } else {
-      srm_forward_kernel<scalar_t, acc_t, kPacked, true>(x, spikes, du, dut, o.T, o.N, p, lo_w, lo_t);
+      srm_forward_kernel<scalar_t, acc_t, kPacked, true>(x, spikes, du, dut, o.T, o.N, p, lo_w, lo_t, st_in, st_out);
     }
   });
 }
@@ -158,13 +172,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> srm_forward_cpu(const at::Tensor&
   return {o.spikes, o.du, o.dut};
 }
 
-std::tuple<at::Tensor, at::Tensor> srm_neuron_fwd_cpu(const at::Tensor& x, double tau_m, double tau_s,
-                                                      double tau_grad, double v_th, double du_inv_clamp,
-                                                      double max_dudt_inv, int64_t variant) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> srm_neuron_fwd_cpu(const at::Tensor& x, double tau_m, double tau_s,
+                                                                  double tau_grad, double v_th, double du_inv_clamp,
+                                                                  double max_dudt_inv, int64_t variant,
+                                                                  const std::optional<at::Tensor>& state) {
   check_backward_params(du_inv_clamp, max_dudt_inv);
   auto o = prepare_srm_forward(x, tau_m, tau_s, tau_grad, v_th, /*packed=*/true);
+  add_srm_state(o, state);
   run_forward<true>(o, tau_m, tau_s, tau_grad, v_th, variant, du_inv_clamp, max_dudt_inv);
-  return {o.spikes, o.du};
+  return {o.spikes, o.du, o.state_out};
 }
 
 // epsw and epst (srm_core.h's fill_srm_tables) for the variant's trace.

@@ -1,11 +1,15 @@
 // CUDA registrations of the SRM ops: checks and allocation come from
 // ../srm_glue.h (shared with the CPU), kernels from srm.cu. The kernels run the
-// default neuron (variant 0) only: the other variants are rejected here.
+// default neuron (variant 0) from a zero state only: the other variants, and a carried
+// state, are rejected here.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
+
+#include <limits>
+#include <optional>
 
 #include "../srm_glue.h"
 #include "glue.h"
@@ -27,20 +31,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> srm_forward_cuda(const at::Tensor
   return {o.spikes, o.du, o.dut};
 }
 
-std::tuple<at::Tensor, at::Tensor> srm_neuron_fwd_cuda(const at::Tensor& x, double tau_m, double tau_s,
-                                                       double tau_grad, double v_th, double du_inv_clamp,
-                                                       double max_dudt_inv, int64_t variant) {
+// The kernels start every neuron from zeros and do not return the end state: a given state is
+// rejected, and state_out is all NaN (the Python wrappers never run these kernels where the
+// state is wanted).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> srm_neuron_fwd_cuda(const at::Tensor& x, double tau_m, double tau_s,
+                                                                   double tau_grad, double v_th, double du_inv_clamp,
+                                                                   double max_dudt_inv, int64_t variant,
+                                                                   const std::optional<at::Tensor>& state) {
   check_default_variant("srm_neuron_fwd", variant);
+  TORCH_CHECK_VALUE(!(state.has_value() && state->defined()),
+                    "srm_neuron_fwd: the CUDA kernels do not carry the neuron state (got a state): run CUDA "
+                    "tensors with backend='torch'");
   check_backward_params(du_inv_clamp, max_dudt_inv);
   cuda::check_cuda_tensor(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
   auto o = prepare_srm_forward(x, tau_m, tau_s, tau_grad, v_th, /*packed=*/true);
+  add_srm_state(o, std::nullopt);
+  o.state_out.fill_(std::numeric_limits<double>::quiet_NaN());
   auto* saved = static_cast<char*>(o.du.data_ptr());
   cuda::srm_forward(cuda::launch_dtype(x.scalar_type()), o.x.data_ptr(), o.spikes.data_ptr(), saved,
                     saved + o.T * o.N * o.du.element_size(), o.T, o.N, tau_m, tau_s, tau_grad, v_th,
                     du_inv_clamp, max_dudt_inv, /*packed=*/true, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {o.spikes, o.du};
+  return {o.spikes, o.du, o.state_out};
 }
 
 void check_acc_dtype(const at::Tensor& state, const char* name, const at::Tensor& grad) {

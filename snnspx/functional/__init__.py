@@ -7,6 +7,7 @@ picks one as :func:`snnspx.backends` explains. Every argument after the tensors 
 from .layers import spike_avg_pool2d, srm_conv2d, srm_linear, standardize_weight
 from .quant import pow2_scale_exponent, quantize
 from .srm import srm_backward, srm_forward, srm_neuron
+from .surrogate import srm_neuron_surrogate
 from .suppix import suppix_counts, suppix_pool, suppix_unpool
 from .fused import srm_suppix_pool
 
@@ -14,6 +15,7 @@ __all__ = [
     "srm_forward",
     "srm_backward",
     "srm_neuron",
+    "srm_neuron_surrogate",
     "srm_conv2d",
     "srm_linear",
     "standardize_weight",

@@ -25,8 +25,8 @@ import torch
 from .. import _checks, _library
 from .._backend import kernels
 from ..params import SRMParams
-from .srm import _neuron_bwd_kernel, _neuron_fwd_kernel, resolve_neuron
-from .suppix import _counts_kernel, _pool_backward_kernel, _pool_kernel, check_strategy
+from .srm import _neuron_bwd_kernel, _neuron_fwd_kernel, resolve_neuron, srm_neuron
+from .suppix import _counts_kernel, _pool_backward_kernel, _pool_kernel, check_strategy, suppix_pool
 
 __all__ = ["srm_suppix_pool"]
 
@@ -37,7 +37,8 @@ def _fwd_kernel(
 ):
     _checks.check_devices("srm_suppix_pool", x=x, labels=labels)
     check_strategy("srm_suppix_pool_fwd", strategy)
-    spikes, saved = _neuron_fwd_kernel(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant)
+    spikes, saved, _ = _neuron_fwd_kernel(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant, None,
+                                          end_state=False)
     if mode not in ("sum", "avg", "max"):
         raise RuntimeError(f"srm_suppix_pool: mode must be 'sum', 'avg' or 'max', got {mode!r}")
     y, aux = _pool_kernel(spikes, labels, K, mode, check_labels)
@@ -198,7 +199,9 @@ def srm_suppix_pool(
             negative ones.
         mode: ``"avg"`` (spike count / pixel count, 0 for an empty superpixel),
             ``"sum"`` or ``"max"`` (1 if any pixel spiked).
-        params, **neuron: the neuron's constants and options, as :func:`srm_neuron`.
+        params, **neuron: the neuron's constants and options, as :func:`srm_neuron`. With
+            ``grad="surrogate"`` (tensor constants allowed) the result is
+            ``suppix_pool(srm_neuron(x, ...), labels, ...)``, differentiated by autograd.
         backend: ``"cuda"``, ``"cpp"`` (fused kernels), ``"torch"`` (the composition of the
             unfused PyTorch kernels), or None. The CUDA kernels run the default neuron only,
             as :func:`srm_forward` says.
@@ -206,10 +209,16 @@ def srm_suppix_pool(
     Returns:
         ``y`` ``[T, B, C, K]`` in the dtype of `x`.
     """
-    p = SRMParams.make(params, **neuron)
+    p, constants = SRMParams.make_split(params, **neuron)
     _checks.check_tensor(x, "x")
     if x.dim() != 5:
         raise ValueError(f"x must be [T, B, C, H, W], got shape {tuple(x.shape)}")
+    if p.grad == "surrogate" or constants:
+        # Plain autograd of the composition (docs/maths.md §6, §9): the fused kernels carry the
+        # event-driven gradient only.
+        spikes = srm_neuron(x, params=p, backend=backend, **constants)
+        return suppix_pool(spikes, labels, num_superpixels=num_superpixels, mode=mode, check_labels=check_labels,
+                           backend=backend)
     p.check_dtype(x.dtype)
     layout = _checks.suppix_layout(x, labels, pooled=False)
     _checks.suppix_mode(mode, "exact")

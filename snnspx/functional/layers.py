@@ -28,9 +28,10 @@ import torch.nn.functional as TF
 from torch.autograd.function import once_differentiable
 
 from .. import _checks
-from .._backend import _assume_constant_result, check_request, resolve
+from .._backend import _assume_constant_result
 from ..params import SRMParams
-from .srm import srm_backward, srm_forward
+from .pool2d import spike_avg_pool2d  # re-exported: the op family lives in pool2d.py
+from .srm import resolve_neuron, srm_backward, srm_forward, srm_neuron
 
 __all__ = ["srm_conv2d", "srm_linear", "spike_avg_pool2d", "standardize_weight"]
 
@@ -143,11 +144,47 @@ class _EventLayer(torch.autograd.Function):
         return grad_in, grad_weight, None, None, None, None
 
 
-def _srm_layer(synapse, s_in, weight, params: SRMParams, input_grad: tuple[float, bool], backend: str):
+def _srm_layer(synapse, s_in, weight, params: SRMParams, input_grad: tuple[float, bool], backend: str,
+               constants: dict, state, return_state: bool):
     """Spikes of SRM neurons fed by ``synapse.currents(s_in, weight)``: the one place where the
     layers meet the neuron. The neuron's parameter object decides how gradients flow through
-    the synapse; the layers pass it on unchanged."""
-    return _EventLayer.apply(s_in, weight, synapse, params, input_grad, backend)
+    the synapse; the layers pass it on unchanged.
+
+    * ``grad="surrogate"``: the whole layer is plain autograd (the synapse's own backward, the
+      neuron's surrogate backward through time); `constants` may hold tensors.
+    * ``grad="event"``: the split spike-time gradient of :class:`_EventLayer`. With a carried
+      state it runs only where no gradient is needed (streaming inference): its backward would
+      need the chunk's traces, which the state-carrying kernel does not keep.
+    """
+    return_state = _checks.check_flag(return_state, "return_state")
+    if params.grad == "surrogate":
+        x = synapse.currents(s_in, weight)
+        # The neuron's channel is dim 2 of [T, B, C, ...]; a dense layer's is its last dim.
+        view = (x.shape[0], -1, x.shape[-1]) if isinstance(synapse, _LinearSynapse) else tuple(x.shape)
+        if state is not None:
+            state = state.reshape(4, *view[1:])
+        out = srm_neuron(x.reshape(view), params=params, backend=backend, state=state, return_state=return_state,
+                         **constants)
+        if not return_state:
+            return out.reshape(x.shape)
+        return out[0].reshape(x.shape), out[1].reshape(4, *x.shape[1:])
+    if constants:
+        raise ValueError(
+            f"{', '.join(constants)} given as tensors (per-channel or learnable constants) need grad='surrogate': "
+            "the event-driven gradient has no derivative for the neuron's constants"
+        )
+    if state is None and not return_state:
+        return _EventLayer.apply(s_in, weight, synapse, params, input_grad, backend)
+    if torch.is_grad_enabled() and (s_in.requires_grad or weight.requires_grad):
+        raise ValueError(
+            "an SRM layer in event mode carries its state (state=, return_state=True, stateful=True) only without "
+            "autograd (torch.no_grad() or inputs and weights that need no gradient): train with grad='surrogate', "
+            "or without a carried state"
+        )
+    return srm_neuron(synapse.currents(s_in, weight), params=params, backend=backend, state=state,
+                      return_state=return_state)
+
+
 
 
 def _input_grad_args(input_grad_scale, input_grad_mask) -> tuple[float, bool]:
@@ -168,8 +205,10 @@ def srm_conv2d(
     input_grad_scale: float = 0.85,
     input_grad_mask: bool = True,
     backend: str | None = None,
+    state: torch.Tensor | None = None,
+    return_state: bool = False,
     **neuron,
-) -> torch.Tensor:
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Convolution of input spikes into SRM neurons, split spike-time gradient (docs/maths.md §4).
 
     Forward: ``x = conv2d(s_in[t], weight)`` for every step (no bias), then the SRM neuron of
@@ -200,6 +239,14 @@ def srm_conv2d(
         input_grad_mask: multiply the input-spike gradient by ``s_in`` (True, the default and
             the original's: silent inputs get exactly 0) or not (False).
         backend: the SRM neuron's backend (see :func:`snnspx.backends`).
+        state, return_state: the neuron state to start from and whether to return the end
+            state too, as :func:`snnspx.functional.srm_neuron` (in event mode only without
+            autograd: streaming inference).
+
+    With ``grad="surrogate"`` in `params` (or `**neuron`) the layer is plain autograd instead:
+    the convolution's own backward, the neuron's surrogate backward (:func:`srm_neuron`), no
+    ``input_grad_scale`` and no mask; ``tau_m``, ``tau_s``, ``v_th`` may then be tensors (one
+    value per output channel, learnable).
 
     Returns:
         spikes ``[T, B, C_out, H', W']``, dtype of `s_in` (inside ``torch.autocast``, the
@@ -209,10 +256,10 @@ def srm_conv2d(
     s_in, weight = _autocast_synapse(s_in, weight)
     _checks.check_srm_conv2d(s_in, weight, conv[3])
     _checks.conv2d_output_size(s_in.shape[-2:], weight.shape[-2:], *conv[:3])
-    p = SRMParams.make(params, **neuron)
+    p, constants = SRMParams.make_split(params, **neuron)
     input_grad = _input_grad_args(input_grad_scale, input_grad_mask)
-    b = resolve(backend, s_in.device)
-    return _srm_layer(_ConvSynapse(*conv), s_in, weight, p, input_grad, b)
+    b = resolve_neuron(backend, s_in.device, p, carried=state is not None or return_state is True)
+    return _srm_layer(_ConvSynapse(*conv), s_in, weight, p, input_grad, b, constants, state, return_state)
 
 
 # --------------------------------------------------------------------------- linear
@@ -224,8 +271,10 @@ def srm_linear(
     input_grad_scale: float = 0.85,
     input_grad_mask: bool = True,
     backend: str | None = None,
+    state: torch.Tensor | None = None,
+    return_state: bool = False,
     **neuron,
-) -> torch.Tensor:
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Dense synapses into SRM neurons, with the split spike-time gradient (docs/maths.md §4).
 
     Forward: ``x = s_in @ weight.T`` (no bias), then :func:`srm_forward` over the T steps.
@@ -253,10 +302,10 @@ def srm_linear(
     """
     s_in, weight = _autocast_synapse(s_in, weight)
     _checks.check_srm_linear(s_in, weight)
-    p = SRMParams.make(params, **neuron)
+    p, constants = SRMParams.make_split(params, **neuron)
     input_grad = _input_grad_args(input_grad_scale, input_grad_mask)
-    b = resolve(backend, s_in.device)
-    return _srm_layer(_LinearSynapse(), s_in, weight, p, input_grad, b)
+    b = resolve_neuron(backend, s_in.device, p, carried=state is not None or return_state is True)
+    return _srm_layer(_LinearSynapse(), s_in, weight, p, input_grad, b, constants, state, return_state)
 
 
 def standardize_weight(
@@ -295,60 +344,3 @@ def standardize_weight(
     if bn_bias is not None:
         w = w + bn_bias.to(acc)[:, None]
     return w.reshape(weight.shape).to(weight.dtype)
-
-
-# --------------------------------------------------------------------------- pooling
-def _window_sum(x: torch.Tensor, kernel: tuple[int, int]) -> torch.Tensor:
-    """Sum over non-overlapping kH x kW windows of the last two dimensions (floor mode)."""
-    H, W = x.shape[-2:]
-    y = TF.avg_pool2d(x.reshape(-1, 1, H, W), kernel, kernel, divisor_override=1)
-    return y.reshape(*x.shape[:-2], *y.shape[-2:])
-
-
-class _SpikeAvgPool2d(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, kernel):
-        ctx.save_for_backward(x)  # usually the previous layer's spikes: no memory of its own
-        ctx.kernel = kernel
-        H, W = x.shape[-2:]
-        y = TF.avg_pool2d(x.reshape(-1, 1, H, W), kernel, kernel)
-        return y.reshape(*x.shape[:-2], *y.shape[-2:])
-
-    @staticmethod
-    @once_differentiable  # the spike-count gradient is a surrogate (docs/maths.md §3, §4)
-    def backward(ctx, grad_y):
-        (x,) = ctx.saved_tensors
-        kh, kw = ctx.kernel
-        # Count and divide in float32 (float64 for float64), rounding once to grad_y's dtype:
-        # a half-precision count would round above 2048 (float16) or 256 (bfloat16) inputs.
-        acc = _checks.acc_dtype(grad_y.dtype)
-        n = _window_sum((x != 0).to(acc), ctx.kernel)  # exact integers (float32: up to 2**24)
-        g = torch.where(n > 0, grad_y.to(acc) / n.clamp(min=1), n.new_zeros(()))
-        g = g.to(grad_y.dtype).repeat_interleave(kh, dim=-2).repeat_interleave(kw, dim=-1)
-        H, W = x.shape[-2:]
-        return TF.pad(g, (0, W - g.shape[-1], 0, H - g.shape[-2])), None
-
-
-def spike_avg_pool2d(x: torch.Tensor, *, kernel_size=2, backend: str | None = None) -> torch.Tensor:
-    """Average pooling of spikes over non-overlapping windows, with the spike-count gradient.
-
-    Forward: :func:`torch.nn.functional.avg_pool2d` with ``stride = kernel_size`` on every
-    ``[H, W]`` plane (floor mode: trailing rows and columns that fill no window are dropped).
-    Backward (docs/maths.md §4, the original ``PoolFunc``): every input pixel of a window
-    receives ``g / n``, ``n`` the number of non-zero inputs in that window, and 0 where ``n = 0``;
-    dropped pixels receive 0. Where all inputs of a window are non-zero this is the exact
-    gradient of the average.
-
-    Args:
-        x: ``[..., H, W]`` with at least 3 dimensions, e.g. spikes ``[T, B, C, H, W]``.
-        kernel_size: int or ``(kH, kW)``; also the stride.
-        backend: checked like every op's; every backend runs the PyTorch ops above (there
-            is no compiled kernel).
-
-    Returns:
-        ``[..., H // kH, W // kW]``, dtype of `x`.
-    """
-    kernel = _checks.kernel_pair(kernel_size)
-    _checks.check_pool_input(x, kernel)
-    check_request(backend, x.device)
-    return _SpikeAvgPool2d.apply(x, kernel)

@@ -9,12 +9,16 @@ CUDA kernels take variant 0 only:
   over T. ``du``/``dut`` are float64 for float64 ``x`` and float32 otherwise.
 * ``srm_backward(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_inv_clamp,
   max_dudt_inv, variant) -> (grad_w, grad_t)``: §3, the event-driven backward.
-* ``srm_neuron_fwd(x, ..., v_th, du_inv_clamp, max_dudt_inv, variant) -> (spikes, saved)`` and
-  ``srm_neuron_bwd(grad_spikes, saved, ..., variant) -> grad_x``: the autograd pair behind
-  :func:`srm_neuron`. ``saved`` is ``[2, *x.shape]`` in the state dtype: at spike steps the
-  backward's factors ``clamp(-1/du, -du_inv_clamp, 0)`` and ``clamp(-1/dut, -max_dudt_inv, 0)``
-  (never positive), at silent steps ``+1`` and ``0`` (so ``saved[0] <= 0`` marks a spike):
-  8 bytes per float32 neuron-step instead of the 12 of ``(spikes, du, dut)``.
+* ``srm_neuron_fwd(x, ..., v_th, du_inv_clamp, max_dudt_inv, variant, state) -> (spikes, saved,
+  state_out)`` and ``srm_neuron_bwd(grad_spikes, saved, ..., variant) -> grad_x``: the autograd
+  pair behind :func:`srm_neuron`. ``saved`` is ``[2, *x.shape]`` in the state dtype: at spike
+  steps the backward's factors ``clamp(-1/du, -du_inv_clamp, 0)`` and ``clamp(-1/dut,
+  -max_dudt_inv, 0)`` (never positive), at silent steps ``+1`` and ``0`` (so ``saved[0] <= 0``
+  marks a spike): 8 bytes per float32 neuron-step instead of the 12 of ``(spikes, du, dut)``.
+  ``state`` (None = zeros) and ``state_out`` are the carried state ``[4, *x.shape[1:]]`` =
+  (m, s, g, u_last) in the state dtype, before the first step and after the last step's reset
+  (docs/maths.md, "Carried state"); neither has a gradient. The CUDA kernels take no state:
+  their glue rejects one and returns a NaN ``state_out``.
 """
 
 from __future__ import annotations
@@ -26,22 +30,29 @@ import torch
 from .. import _checks, _library
 from .._backend import kernels, resolve
 from ..params import SRMParams, decode_variant
+from .surrogate import srm_neuron_surrogate
 
 __all__ = ["srm_forward", "srm_backward", "srm_neuron"]
 
 
-def resolve_neuron(backend: str | None, device: torch.device, params: SRMParams) -> str:
-    """:func:`snnspx._backend.resolve` for an op that runs the neuron of `params`. The CUDA
-    kernels run the default neuron only: a non-default variant on CUDA tensors runs the
-    PyTorch kernels when no backend was requested, and a request for ``"cuda"`` (the argument
-    or ``SNNSPX_BACKEND``) is a ``ValueError``."""
+def resolve_neuron(backend: str | None, device: torch.device, params: SRMParams, *, carried: bool = False) -> str:
+    """:func:`snnspx._backend.resolve` for an op that runs the neuron of `params` (and, if
+    `carried`, takes or returns a carried state). The CUDA kernels run the default neuron from
+    a zero state only: otherwise CUDA tensors run the PyTorch kernels when no backend was
+    requested, and a request for ``"cuda"`` (the argument or ``SNNSPX_BACKEND``) is a
+    ``ValueError``."""
     b = resolve(backend, device)
-    if b != "cuda" or params.variant == 0:
+    if b != "cuda" or (params.variant == 0 and not carried):
         return b
     if (backend or os.environ.get("SNNSPX_BACKEND")) == "cuda":
+        if params.variant != 0:
+            raise ValueError(
+                f"the 'cuda' backend runs the default neuron only (fire_if='>', forward_type='leaky', "
+                f"gradient_type='exponential'), got {params.options}: run CUDA tensors with backend='torch'"
+            )
         raise ValueError(
-            f"the 'cuda' backend runs the default neuron only (fire_if='>', forward_type='leaky', "
-            f"gradient_type='exponential'), got {params.options}: run CUDA tensors with backend='torch'"
+            "the 'cuda' backend does not carry the neuron state (state= or return_state=True): "
+            "run CUDA tensors with backend='torch'"
         )
     return "torch"
 
@@ -56,11 +67,14 @@ def _params(tau_m, tau_s, tau_grad, variant) -> SRMParams:
     return SRMParams(tau_m, tau_s, tau_grad, **decode_variant(variant))
 
 
-def _forward_kernel(x, tau_m, tau_s, tau_grad, v_th, variant):
-    """Vectorised over neurons, a Python loop over T; the kernels' operation order."""
-    p = _params(tau_m, tau_s, tau_grad, variant)
+def _run_forward(x, p: SRMParams, v_th, state, end_state: bool):
+    """§2 vectorised over neurons, a Python loop over T, in the kernels' operation order, from
+    `state` (``[4, *x.shape[1:]]`` = (m, s, g, u_last) in the state dtype; None = zeros).
+    Returns ``(spikes, du, dut, state_out)``; ``state_out`` (the state after the last step's
+    reset, stacked as `state`) is None unless `end_state`."""
     nonleaky, fire_ge = p.forward_type == "nonleaky", p.fire_if == ">="
     dut_is_du = p.gradient_type != "exponential"  # (a nonleaky du is g anyway)
+    need_ms = end_state or not nonleaky  # a nonleaky u never reads m and s
     acc = _checks.acc_dtype(x.dtype)
     dev = x.device
     a_m, a_s, a_g, c = (torch.tensor(v, dtype=acc, device=dev) for v in p.constants())
@@ -69,26 +83,60 @@ def _forward_kernel(x, tau_m, tau_s, tau_grad, v_th, variant):
     du = torch.empty(x.shape, dtype=acc, device=dev)
     dut = torch.empty(x.shape, dtype=acc, device=dev)
     zero = torch.zeros((), dtype=acc, device=dev)
-    m = s = g = u_last = torch.zeros(x.shape[1:], dtype=acc, device=dev)
+    if state is None:
+        m = s = g = u_last = torch.zeros(x.shape[1:], dtype=acc, device=dev)
+    else:
+        m, s, g, u_last = state.unbind(0)
     for t in range(x.shape[0]):
         xt = x[t].to(acc)
         g = (g + xt) * a_g
-        if nonleaky:  # m and s, never read, are left out
+        if need_ms:
+            m = (m + xt) * a_m
+            s = (s + xt) * a_s
+        if nonleaky:
             u = u_last + g
             du[t] = g
         else:
-            m = (m + xt) * a_m
-            s = (s + xt) * a_s
             u = c * (m - s)
             du[t] = u - u_last
         dut[t] = du[t] if dut_is_du else g
         spk = u >= vth if fire_ge else u > vth
         spikes[t] = spk
-        m = torch.where(spk, zero, m)
-        s = torch.where(spk, zero, s)
+        if need_ms:
+            m = torch.where(spk, zero, m)
+            s = torch.where(spk, zero, s)
         g = torch.where(spk, zero, g)
         u_last = torch.where(spk, zero, u)
-    return spikes, du, dut
+    state_out = torch.stack([m, s, g, u_last]) if end_state else None  # stack copies: never aliases `state`
+    return spikes, du, dut, state_out
+
+
+def _forward_kernel(x, tau_m, tau_s, tau_grad, v_th, variant):
+    return _run_forward(x, _params(tau_m, tau_s, tau_grad, variant), v_th, None, False)[:3]
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _check_state(state, x: torch.Tensor, name: str = "state") -> None:
+    """A carried neuron state for `x` ``[T, ...]``: ``[4, *x.shape[1:]]`` in the state dtype
+    (float64 for float64 `x`, float32 otherwise) on `x`'s device."""
+    if not isinstance(state, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(state).__name__}")
+    want = (4, *x.shape[1:])
+    if tuple(state.shape) != want:
+        raise ValueError(
+            f"{name} must be [4, *x.shape[1:]] = {list(want)} (m, s, g, u_last per neuron), got {list(state.shape)}"
+        )
+    acc = _checks.acc_dtype(x.dtype)
+    if state.dtype != acc:
+        raise TypeError(
+            f"{name} must be {_dtype_name(acc)} (the neuron-state dtype: float64 for float64 x, float32 otherwise), "
+            f"got {_dtype_name(state.dtype)}"
+        )
+    if state.device != x.device:
+        raise ValueError(f"{name} must be on x's device {x.device}, got {state.device}")
 
 
 def _factors(du, dut, du_inv_clamp, max_dudt_inv, dtype):
@@ -137,11 +185,16 @@ def _backward_kernel(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_in
     return _grad_loop(grad_spikes, step, tau_m, tau_s, tau_grad, variant, du.dtype, True)
 
 
-def _neuron_fwd_kernel(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant):
-    spikes, du, dut = _forward_kernel(x, tau_m, tau_s, tau_grad, v_th, variant)
+def _neuron_fwd_kernel(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant, state, *, end_state=True):
+    """srm_neuron_fwd's PyTorch kernel; ``end_state=False`` (for the fused op's kernel) returns
+    None for ``state_out``, and skips the traces that only it would need."""
+    if state is not None:
+        _check_state(state, x)
+    p = _params(tau_m, tau_s, tau_grad, variant)
+    spikes, du, dut, state_out = _run_forward(x, p, v_th, state, end_state)
     fw, ft = _factors(du, dut, du_inv_clamp, max_dudt_inv, du.dtype)
     spk = spikes == 1  # silent steps hold the marker +1 and 0 (see the module docstring)
-    return spikes, torch.stack([torch.where(spk, fw, 1.0), torch.where(spk, ft, 0.0)])
+    return spikes, torch.stack([torch.where(spk, fw, 1.0), torch.where(spk, ft, 0.0)]), state_out
 
 
 def _neuron_bwd_kernel(grad_spikes, saved, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv, variant):
@@ -167,7 +220,7 @@ _library.define(
 )
 _library.define(
     "srm_neuron_fwd(Tensor x, float tau_m, float tau_s, float tau_grad, float v_th, float du_inv_clamp,"
-    " float max_dudt_inv, int variant) -> (Tensor, Tensor)",
+    " float max_dudt_inv, int variant, Tensor? state) -> (Tensor spikes, Tensor saved, Tensor state_out)",
     _neuron_fwd_kernel,
 )
 _library.define(
@@ -195,8 +248,11 @@ def _backward_fake(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_inv_
 
 
 @torch.library.register_fake("snnspx::srm_neuron_fwd")
-def _neuron_fwd_fake(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant):
-    return x.new_empty(x.shape), x.new_empty((2, *x.shape), dtype=_checks.acc_dtype(x.dtype))
+def _neuron_fwd_fake(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant, state):
+    if state is not None:
+        _check_state(state, x)
+    acc = _checks.acc_dtype(x.dtype)
+    return x.new_empty(x.shape), x.new_empty((2, *x.shape), dtype=acc), x.new_empty((4, *x.shape[1:]), dtype=acc)
 
 
 @torch.library.register_fake("snnspx::srm_neuron_bwd")
@@ -222,20 +278,22 @@ def _forward_backward(ctx, grad_spikes, _grad_du, _grad_dut):
     return (_BACKWARD(grad_spikes, spikes, du, dut, *ctx.args)[0],) + (None,) * 5
 
 
-# srm_neuron_fwd: keeps the compact [2, T, ...] state only.
+# srm_neuron_fwd: keeps the compact [2, T, ...] factors only. The event-driven backward runs
+# within the call (docs/maths.md, "Carried state"): state_out is not differentiable and the
+# input state gets no gradient.
 def _neuron_setup(ctx, inputs, output):
-    _, tau_m, tau_s, tau_grad, _, du_inv_clamp, max_dudt_inv, variant = inputs
+    _, tau_m, tau_s, tau_grad, _, du_inv_clamp, max_dudt_inv, variant, _ = inputs
     ctx.save_for_backward(output[1])
-    ctx.mark_non_differentiable(output[1])
+    ctx.mark_non_differentiable(output[1], output[2])
     ctx.set_materialize_grads(False)
     ctx.args = (tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv, variant)
 
 
-def _neuron_backward(ctx, grad_spikes, _grad_saved):
+def _neuron_backward(ctx, grad_spikes, _grad_saved, _grad_state):
     if grad_spikes is None:
-        return (None,) * 8
+        return (None,) * 9
     (saved,) = ctx.saved_tensors
-    return (_NEURON_BWD(grad_spikes, saved, *ctx.args),) + (None,) * 7
+    return (_NEURON_BWD(grad_spikes, saved, *ctx.args),) + (None,) * 8
 
 
 _library.register_autograd("srm_forward", _forward_backward, _forward_setup)
@@ -273,6 +331,7 @@ def srm_forward(
         when `x` needs a gradient); ``du`` and ``dut`` are not differentiable.
     """
     p = SRMParams.make(params, **neuron)
+    _check_event_mode(p, "srm_forward")
     _checks.check_tensor(x, "x")
     clamps = (p.du_inv_clamp, p.max_dudt_inv)
     if clamps != (_DEFAULT.du_inv_clamp, _DEFAULT.max_dudt_inv) and x.requires_grad and torch.is_grad_enabled():
@@ -315,6 +374,7 @@ def srm_backward(
         differentiating them raises ``RuntimeError``.
     """
     p = SRMParams.make(params, **neuron)
+    _check_event_mode(p, "srm_backward")
     _checks.check_tensor(grad_spikes, "grad_spikes")
     _checks.check_same_shape(grad_spikes, "grad_spikes", spikes=spikes, du=du, dut=dut)
     _checks.check_tensor(spikes, "spikes")
@@ -324,23 +384,100 @@ def srm_backward(
         return _BACKWARD(grad_spikes, spikes, du, dut, *p.backward_args)
 
 
-def srm_neuron(x: torch.Tensor, *, params: SRMParams | None = None, backend: str | None = None, **neuron) -> torch.Tensor:
-    """Spikes ``[T, ...]`` of the SRM neuron, differentiable with the event-driven gradient.
+def _srm_neuron_event(
+    x: torch.Tensor, params: SRMParams, backend: str | None, state: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`srm_neuron` in event mode for an :class:`SRMParams`: ``(spikes, state_out)`` from
+    `state` (None = zeros), checked as there (the entry point for a wrapper that chooses
+    between gradient modes)."""
+    return _neuron(x, params, backend, state, carried=True)
 
-    Forward as :func:`srm_forward`; backward gives ``dL/dx = grad_w`` of
-    :func:`srm_backward` with the clamps of `params`. Autograd keeps 8 bytes per float32
+
+def _neuron(x, p: SRMParams, backend, state, carried: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """srm_neuron_fwd's ``(spikes, state_out)`` with the checks; ``state_out`` is valid where
+    `carried` (which keeps CUDA tensors off the CUDA kernels, whose glue takes no state)."""
+    _checks.check_tensor(x, "x")
+    p.check_dtype(x.dtype)
+    if state is not None:
+        _check_state(state, x)
+    b = resolve_neuron(backend, x.device, p, carried=carried)
+    with kernels(b, x.device):
+        spikes, _, state_out = _NEURON_FWD(x, *p.neuron_args, state)
+    return spikes, state_out
+
+
+def srm_neuron(
+    x: torch.Tensor,
+    *,
+    params: SRMParams | None = None,
+    backend: str | None = None,
+    state: torch.Tensor | None = None,
+    return_state: bool = False,
+    **neuron,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Spikes ``[T, ...]`` of the SRM neuron, differentiable with the gradient `params` chooses.
+
+    Forward as :func:`srm_forward`. With ``grad="event"`` (the default) the backward gives
+    ``dL/dx = grad_w`` of :func:`srm_backward` with the clamps of `params`; with
+    ``grad="surrogate"`` it is :func:`snnspx.functional.srm_neuron_surrogate`'s (exact
+    backpropagation through time with a surrogate spike derivative, docs/maths.md §9), and
+    ``tau_m``, ``tau_s`` and ``v_th`` may then be tensors (0-d or one value per channel,
+    dim 2 of ``x``; differentiable), the returned state is differentiable and `state` gets a
+    gradient. What follows describes the event mode. Autograd keeps 8 bytes per float32
     neuron-step for the backward (the two clamped spike-time factors at spike steps, a
     marker elsewhere), not the 12 of ``(spikes, du, dut)``.
 
+    A sequence may be run in chunks (docs/maths.md, "Carried state"): pass each call's
+    returned state to the next. The spikes equal those of one call over the whole
+    sequence, bit for bit. The event-driven backward runs within each chunk: a chunk's end
+    is a truncation point (``x`` gets no credit for spikes of later chunks), the returned
+    state is not differentiable, and `state` gets no gradient.
+
     Args:
         x: input currents ``[T, ...]``; params, backend, **neuron: as :func:`srm_forward`.
+            The ``"cuda"`` backend carries no state: with `state` or `return_state`, CUDA
+            tensors run ``"torch"`` when no backend is requested, and requesting ``"cuda"``
+            raises ``ValueError``.
+        state: the state to start from, ``[4, *x.shape[1:]]`` = ``(m, s, g, u_last)`` per
+            neuron (docs/maths.md §2), float64 for float64 `x` and float32 otherwise, on
+            `x`'s device; None starts from zeros.
+        return_state: also return the state after the last step.
 
     Returns:
-        spikes ``[T, ...]``, dtype of `x`, values 0 or 1.
+        spikes ``[T, ...]``, dtype of `x`, values 0 or 1; with `return_state`, the pair
+        ``(spikes, state_out)``, ``state_out`` laid out as `state` (after the last step's
+        reset; `state`, or zeros, when ``T = 0``).
+
+    Raises:
+        TypeError, ValueError: `state` is not a tensor of that shape, dtype and device, or
+            `return_state` not a bool.
     """
-    p = SRMParams.make(params, **neuron)
-    _checks.check_tensor(x, "x")
-    p.check_dtype(x.dtype)
-    b = resolve_neuron(backend, x.device, p)
-    with kernels(b, x.device):
-        return _NEURON_FWD(x, *p.neuron_args)[0]
+    p, tensors = SRMParams.make_split(params, **neuron)
+    return_state = _checks.check_flag(return_state, "return_state")
+    if p.grad == "surrogate":
+        consts = {k: tensors.get(k, getattr(p, k)) for k in _TENSOR_CONSTANTS}
+        return srm_neuron_surrogate(
+            x, **consts, state=state, fire_if=p.fire_if, surrogate=p.surrogate, alpha=p.alpha,
+            detach_reset=p.detach_reset, return_state=return_state, tau_grad=p.tau_grad, backend=backend,
+        )
+    _check_no_tensor_constants(tensors)
+    spikes, state_out = _neuron(x, p, backend, state, carried=state is not None or return_state)
+    return (spikes, state_out) if return_state else spikes
+
+
+# The constants that srm_neuron also takes as tensors (one value per channel, learnable) in
+# surrogate mode (docs/maths.md §10).
+_TENSOR_CONSTANTS = ("tau_m", "tau_s", "v_th")
+
+
+def _check_no_tensor_constants(tensors: dict) -> None:
+    if tensors:
+        raise ValueError(
+            f"{', '.join(tensors)} given as tensors (per-channel or learnable constants) need grad='surrogate': the "
+            "event-driven gradient has no derivative for the constants, and its kernels take numbers"
+        )
+
+
+def _check_event_mode(p: SRMParams, op: str) -> None:
+    if p.grad != "event":
+        raise ValueError(f"{op} is the event mode's op (docs/maths.md §2-§3); for grad={p.grad!r} use srm_neuron")

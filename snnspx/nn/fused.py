@@ -6,6 +6,8 @@ import torch
 
 from .. import _checks
 from ..functional.fused import srm_suppix_pool
+from ..functional.srm import srm_neuron
+from ..functional.suppix import suppix_pool
 from ._base import SRMModule
 
 __all__ = ["SRMSupPixPool"]
@@ -25,7 +27,13 @@ class SRMSupPixPool(SRMModule):
         backend: force a backend (see :func:`snnspx.backends`); None (default) picks one.
         check_labels: raise ``ValueError`` on a label ``>= K`` (default); ``False``
             ignores such pixels and saves the check's read-back (see the functional form).
-        **neuron: fields of :class:`snnspx.SRMParams` that replace those of `params`.
+        channels: for one learned value per channel (``learn_tau``/``learn_threshold``), C.
+        **neuron: fields of :class:`snnspx.SRMParams` that replace those of `params`, and the
+            module keywords ``learn_tau``, ``learn_threshold``, ``stateful``
+            (:class:`snnspx.nn.SRMModule`). In surrogate mode, or with a carried state or
+            learned constants, the module runs :func:`snnspx.functional.srm_neuron` and then
+            :func:`snnspx.functional.suppix_pool` (the same values, docs/maths.md §6) instead of
+            the fused kernel.
 
     Shape:
         - x: ``[T, B, C, H, W]`` currents (``[B, T, C, H, W]`` with ``batch_first``).
@@ -42,9 +50,12 @@ class SRMSupPixPool(SRMModule):
         batch_first: bool = False,
         backend: str | None = None,
         check_labels: bool = True,
+        channels: int | None = None,
         **neuron,
     ) -> None:
-        super().__init__(params, neuron, batch_first, backend)
+        super().__init__(params, neuron, batch_first, backend, channels=channels)
+        if self.step_mode != "multi":
+            raise ValueError("SRMSupPixPool runs whole sequences: step_mode must be 'multi'")
         _checks.suppix_mode(mode, "exact")
         if num_superpixels is not None:
             _checks.num_superpixels(torch.empty(0), num_superpixels)
@@ -55,10 +66,15 @@ class SRMSupPixPool(SRMModule):
         x = self._time_major(x, full_dim=5)
         if self.batch_first and labels.dim() == 4:
             labels = labels.transpose(0, 1)
-        y = srm_suppix_pool(
-            x, labels, num_superpixels=self.num_superpixels, mode=self.mode, params=self.params,
-            check_labels=self.check_labels, backend=self.backend,
-        )
+        if self.params.grad == "event" and self.constants is None and not self.stateful:
+            y = srm_suppix_pool(
+                x, labels, num_superpixels=self.num_superpixels, mode=self.mode, params=self.params,
+                check_labels=self.check_labels, backend=self.backend,
+            )
+        else:
+            spikes = self._carry(lambda x, **kw: srm_neuron(x, backend=self.backend, **self._neuron_kwargs(), **kw), x)
+            y = suppix_pool(spikes, labels, num_superpixels=self.num_superpixels, mode=self.mode,
+                            check_labels=self.check_labels, backend=self.backend)
         return y.transpose(0, 1) if self.batch_first else y
 
     def extra_repr(self) -> str:

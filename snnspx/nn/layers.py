@@ -33,8 +33,8 @@ class _SRMLayer(SRMModule):
     standardisation (``bn_weight``, ``bn_bias``) and weight quantizer shared by the layers."""
 
     def __init__(self, params, neuron, input_grad_scale, input_grad_mask, batch_first, weight_bits, weight_rounding,
-                 backend):
-        super().__init__(params, neuron, batch_first, backend)
+                 backend, channels, device, dtype):
+        super().__init__(params, neuron, batch_first, backend, channels=channels, device=device, dtype=dtype)
         _checks.check_input_grad_scale(input_grad_scale)
         self.input_grad_scale = float(input_grad_scale)
         self.input_grad_mask = _checks.check_flag(input_grad_mask, "input_grad_mask")
@@ -79,8 +79,8 @@ class _SRMLayer(SRMModule):
         return w if self.weight_quantizer is None else self.weight_quantizer(w)
 
     def _srm_kwargs(self) -> dict:
-        return dict(params=self.params, input_grad_scale=self.input_grad_scale, input_grad_mask=self.input_grad_mask,
-                    backend=self.backend)
+        return dict(input_grad_scale=self.input_grad_scale, input_grad_mask=self.input_grad_mask, backend=self.backend,
+                    **self._neuron_kwargs())
 
     def _srm_repr(self) -> str:
         return (f"weight_norm={self.weight_norm}, eps={self.eps}, input_grad_scale={self.input_grad_scale}, "
@@ -121,7 +121,10 @@ class SRMConv2d(_SRMLayer):
         weight_rounding: the quantizer's rounding, ``"nearest"`` (default) or ``"truncate"``.
         backend: the SRM neuron's backend (see :func:`snnspx.backends`); None picks one.
         **neuron: fields of :class:`snnspx.SRMParams` that replace those of `params`
-            (``SRMConv2d(2, 8, 3, v_th=0.5)``).
+            (``SRMConv2d(2, 8, 3, v_th=0.5)``; ``grad="surrogate"`` makes the layer plain
+            autograd, docs/maths.md §9), and the module keywords ``learn_tau``,
+            ``learn_threshold`` (one value per output channel), ``stateful``, ``step_mode``
+            (:class:`snnspx.nn.SRMModule`).
 
     Shape:
         - Input: spikes ``[T, B, C_in, H, W]`` (``[B, T, ...]`` with ``batch_first``).
@@ -158,7 +161,7 @@ class SRMConv2d(_SRMLayer):
         **neuron,
     ) -> None:
         super().__init__(params, neuron, input_grad_scale, input_grad_mask, batch_first, weight_bits, weight_rounding,
-                         backend)
+                         backend, out_channels, device, dtype)
         self.stride, self.padding, self.dilation, self.groups = _checks.conv2d_params(stride, padding, dilation, groups)
         self.kernel_size = _checks.kernel_pair(kernel_size)
         if in_channels % groups or out_channels % groups:
@@ -167,11 +170,10 @@ class SRMConv2d(_SRMLayer):
         self._init_weight((out_channels, in_channels // groups, *self.kernel_size), weight_norm, eps, device, dtype)
 
     def forward(self, s_in: torch.Tensor) -> torch.Tensor:
-        out = F.srm_conv2d(
-            self._time_major(s_in), self.effective_weight(), stride=self.stride, padding=self.padding,
-            dilation=self.dilation, groups=self.groups, **self._srm_kwargs(),
-        )
-        return out.transpose(0, 1) if self.batch_first else out
+        return self._run(lambda x, **kw: F.srm_conv2d(
+            x, self.effective_weight(), stride=self.stride, padding=self.padding, dilation=self.dilation,
+            groups=self.groups, **self._srm_kwargs(), **kw,
+        ), s_in)
 
     def extra_repr(self) -> str:
         return (
@@ -228,15 +230,14 @@ class SRMLinear(_SRMLayer):
         **neuron,
     ) -> None:
         super().__init__(params, neuron, input_grad_scale, input_grad_mask, batch_first, weight_bits, weight_rounding,
-                         backend)
+                         backend, out_features, device, dtype)
         if weight_norm is True and in_features < 2:
             raise ValueError(f"weight_norm needs in_features >= 2 (an unbiased variance per row), got {in_features}")
         self.in_features, self.out_features = in_features, out_features
         self._init_weight((out_features, in_features), weight_norm, eps, device, dtype)
 
     def forward(self, s_in: torch.Tensor) -> torch.Tensor:
-        out = F.srm_linear(self._time_major(s_in), self.effective_weight(), **self._srm_kwargs())
-        return out.transpose(0, 1) if self.batch_first else out
+        return self._run(lambda x, **kw: F.srm_linear(x, self.effective_weight(), **self._srm_kwargs(), **kw), s_in)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, " + self._srm_repr()
@@ -253,13 +254,9 @@ class SpikeAvgPool2d(nn.Module):
         kernel_size: int or pair, also the stride. Default 2.
         batch_first: accepted for symmetry with the other layers; pooling acts on each
             ``[H, W]`` plane, so both layouts pass through unchanged.
-        backend: None (default) or ``"torch"``: the PyTorch ops. There is no compiled
-            kernel, but ``"cpp"`` and ``"cuda"`` are still requests:
-            the device is checked (``"cuda"`` with CPU tensors, or ``"cpp"`` with CUDA
-            tensors, raises ``ValueError``) and their library is built or loaded
-            (``BuildError`` if it fails) before the PyTorch ops run. An unknown name raises
-            ``ValueError`` here, when the module is built. ``SNNSPX_BACKEND`` is read as
-            by the other ops when `backend` is None.
+        backend: ``"cuda"``, ``"cpp"``, ``"torch"`` or None (default; see
+            :func:`snnspx.backends`). An unknown name raises ``ValueError`` here, when the
+            module is built.
 
     Shape:
         - Input: ``[T, B, C, H, W]`` (or ``[B, T, C, H, W]``; any ``[..., H, W]`` with >= 3 dims).

@@ -12,7 +12,7 @@ __all__ = ["SRMNeuron"]
 
 
 class SRMNeuron(SRMModule):
-    """Spike Response Model neuron over all time steps, with the event-driven gradient.
+    """Spike Response Model neuron over all time steps, with the event-driven or a surrogate gradient.
 
     Args:
         params: the neuron's constants, an :class:`snnspx.SRMParams` (default: its defaults:
@@ -20,8 +20,12 @@ class SRMNeuron(SRMModule):
             :data:`snnspx.MAX_DUDT_INV`).
         batch_first: inputs are ``[B, T, ...]`` instead of ``[T, B, ...]``.
         backend: force a backend (see :func:`snnspx.backends`); None picks one.
+        channels: the number of channels (dim 2 of ``[T, B, C, ...]``) for one learned value
+            per channel with ``learn_tau``/``learn_threshold``; None: one value in all.
         **neuron: fields of :class:`snnspx.SRMParams` that replace those of `params`
-            (``SRMNeuron(v_th=0.5)``).
+            (``SRMNeuron(v_th=0.5)``, ``SRMNeuron(grad="surrogate")``), and the module keywords
+            ``learn_tau``, ``learn_threshold``, ``stateful``, ``step_mode`` (see
+            :class:`snnspx.nn.SRMModule`).
 
     Shape:
         - Input: ``[T, B, *]`` (or ``[B, T, *]`` with ``batch_first``), float currents.
@@ -29,13 +33,13 @@ class SRMNeuron(SRMModule):
     """
 
     def __init__(
-        self, params: SRMParams | None = None, *, batch_first: bool = False, backend: str | None = None, **neuron
+        self, params: SRMParams | None = None, *, batch_first: bool = False, backend: str | None = None,
+        channels: int | None = None, **neuron
     ) -> None:
-        super().__init__(params, neuron, batch_first, backend)
+        super().__init__(params, neuron, batch_first, backend, channels=channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.srm_neuron(self._time_major(x), params=self.params, backend=self.backend)
-        return out.transpose(0, 1) if self.batch_first else out
+        return self._run(lambda x, **kw: F.srm_neuron(x, backend=self.backend, **self._neuron_kwargs(), **kw), x)
 
     def extra_repr(self) -> str:
         return self._neuron_repr()
