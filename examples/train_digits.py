@@ -43,11 +43,15 @@ pattern of its weights; then :func:`snnspx.init.rate_init` scales each layer, on
 training batch, to about ``--init-target`` spikes per neuron. ``bn_bias`` stays fixed
 during training (a learnt shift of all weights at once is the quickest way to silence a
 neuron; the original also trains these parameters slowly or not at all); ``weight`` and
-``bn_weight`` learn (Adam, cosine learning-rate decay).
+``bn_weight`` learn (Adam, cosine learning-rate decay). With ``--grad surrogate`` the SRM
+layers train by backpropagation through time with a surrogate spike derivative: silent
+neurons get a gradient there, so ``bn_bias`` starts at 0 and learns, and the count loss
+takes no reversal.
 
-Measured on the 2-core development CPU, defaults (20 epochs, seeds 0 1 2): test accuracy
-0.967, 0.986, 0.969 (mean 0.974), about 9 s per seed; ``--loss count`` 0.953, 0.972, 0.961
-(mean 0.962); ``--compare``'s LIF 0.975, 0.981, 0.978 (mean 0.978), about 13 s per seed. With
+Measured on the 2-core development CPU, two threads, defaults (20 epochs, seeds 0 1 2): test
+accuracy 0.967, 0.986, 0.969 (mean 0.974), 6.5 s per seed; ``--loss count`` 0.953, 0.972, 0.961
+(mean 0.962); ``--grad surrogate --learn-tau`` 0.972, 0.978, 0.986 (mean 0.979); ``--compare``'s
+LIF 0.975, 0.981, 0.978 (mean 0.978), 14 s per seed. With
 zero-mean weight rows instead (``--bias-init 0``), rate_init left 1-2 of the 10 output neurons
 silent for every image, and in most runs tried 1-7 were silent for good after the first epoch
 (test accuracy 40-85 %).
