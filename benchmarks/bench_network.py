@@ -19,7 +19,8 @@ Adam step; and of inference under ``torch.no_grad``):
 * ``snnspx event``: ``SRMConv2d`` / ``SpikeAvgPool2d`` / ``SRMLinear`` (no weight norm);
 * ``snnspx surrogate``: the same with ``grad="surrogate"``;
 * ``PyTorch SRM loop``: ``nn.Conv2d`` etc. and the SRM neuron written as an eager loop over T
-  with a Heaviside spike whose backward is the sigmoid surrogate (what a user would write).
+  with a Heaviside spike whose backward is an arctan surrogate (what a user would write;
+  ``common.srm_eager``, also bench_vgg.py's baseline).
 
 Each is reported in ms and as a ratio to the floor measured in the same run.
 """
@@ -33,52 +34,18 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Table, add_keep_freed_memory, keep_freed_memory, parser, time_ms  # noqa: E402
+from common import (  # noqa: E402
+    PerStep, Table, add_keep_freed_memory, keep_freed_memory, parser, srm_eager, time_ms,
+)
 
 import snnspx  # noqa: E402
 
 
-class _Spike(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z):
-        ctx.save_for_backward(z)
-        return (z > 0).to(z.dtype)
-
-    @staticmethod
-    def backward(ctx, g):
-        (z,) = ctx.saved_tensors
-        s = torch.sigmoid(4.0 * z)
-        return g * 4.0 * s * (1 - s)
-
-
 class LoopSRM(nn.Module):
-    """The SRM neuron of docs/maths.md §2 as an eager PyTorch loop, with a surrogate gradient."""
-
-    def __init__(self, tau_m=5.0, tau_s=3.0, v_th=1.0):
-        super().__init__()
-        self.a_m, self.a_s, self.c, self.v_th = 1 - 1 / tau_m, 1 - 1 / tau_s, tau_m / (tau_m - tau_s), v_th
+    """The SRM neuron as an eager PyTorch loop with a surrogate gradient (common.srm_eager)."""
 
     def forward(self, x):
-        m = s = torch.zeros_like(x[0])
-        out = []
-        for t in range(x.shape[0]):
-            m = (m + x[t]) * self.a_m
-            s = (s + x[t]) * self.a_s
-            spk = _Spike.apply(self.c * (m - s) - self.v_th)
-            m, s = m * (1 - spk), s * (1 - spk)
-            out.append(spk)
-        return torch.stack(out)
-
-
-class PerStep(nn.Module):
-    """A per-step module (conv, pool, linear) applied to ``[T, B, ...]``."""
-
-    def __init__(self, m):
-        super().__init__()
-        self.m = m
-
-    def forward(self, x):
-        return self.m(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+        return srm_eager(x, snnspx.SRMParams())
 
 
 def build(kind: str, net: str) -> nn.Module:

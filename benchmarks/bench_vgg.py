@@ -22,7 +22,6 @@ Both run in the same process, at 1 and then 2 threads (``torch.set_num_threads``
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -33,42 +32,12 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "examples"))
-from common import Table, add_keep_freed_memory, keep_freed_memory, parser, time_ms  # noqa: E402
+from common import (  # noqa: E402
+    PerStep, Table, add_keep_freed_memory, keep_freed_memory, parser, srm_eager, time_ms,
+)
 
 import snnspx  # noqa: E402
 from train_vgg import make_vgg  # noqa: E402
-
-
-class ATanSpike(torch.autograd.Function):
-    """Heaviside ``v > 0``; backward the derivative of ``atan(pi/2 * alpha * v) / pi + 1/2``."""
-
-    @staticmethod
-    def forward(ctx, v, alpha):
-        ctx.save_for_backward(v)
-        ctx.alpha = alpha
-        return (v > 0).to(v.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (v,) = ctx.saved_tensors
-        a = ctx.alpha
-        return grad * (a / 2) / (1 + (math.pi / 2 * a * v) ** 2), None
-
-
-def srm_eager(x: torch.Tensor, p: snnspx.SRMParams, alpha: float = 2.0) -> torch.Tensor:
-    """The SRM neuron of docs/maths.md §2 over ``[T, ...]`` currents, one autograd op at a time."""
-    a_m, a_s, _, c = p.constants()
-    m = torch.zeros_like(x[0])
-    s = torch.zeros_like(x[0])
-    out = []
-    for t in range(x.shape[0]):
-        m = (m + x[t]) * a_m
-        s = (s + x[t]) * a_s
-        spike = ATanSpike.apply(c * (m - s) - p.v_th, alpha)
-        keep = 1 - spike.detach()  # reset after a spike; the gradient goes through the spike
-        m, s = m * keep, s * keep
-        out.append(spike)
-    return torch.stack(out)
 
 
 def standardized(w: torch.Tensor, g: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
@@ -103,15 +72,6 @@ class EagerSRMLayer(nn.Module):
         return srm_eager(x, self.params)
 
 
-class EagerAvgPool(nn.Module):
-    def __init__(self, k: int):
-        super().__init__()
-        self.k = k
-
-    def forward(self, x):
-        return TF.avg_pool2d(x.flatten(0, 1), self.k).unflatten(0, x.shape[:2])
-
-
 def eager_copy(net: nn.Sequential) -> nn.Sequential:
     """The baseline: the snnspx network's layers, each replaced by its plain-PyTorch twin."""
     layers = []
@@ -119,7 +79,7 @@ def eager_copy(net: nn.Sequential) -> nn.Sequential:
         if isinstance(m, (snnspx.nn.SRMConv2d, snnspx.nn.SRMLinear)):
             layers.append(EagerSRMLayer(m))
         elif isinstance(m, snnspx.nn.SpikeAvgPool2d):
-            layers.append(EagerAvgPool(m.kernel_size[0]))
+            layers.append(PerStep(nn.AvgPool2d(m.kernel_size[0])))
         else:
             layers.append(m)  # Flatten, SpikeDropout: plain PyTorch already
     return nn.Sequential(*layers)

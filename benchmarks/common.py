@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import math
 import os
 import platform
 from pathlib import Path
 
 import torch
 import torch.utils.benchmark as tbench
+from torch import nn
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -61,6 +63,50 @@ def machine(device: str) -> str:
     if device == "cuda":
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (torch {torch.__version__})"
+
+
+class ATanSpike(torch.autograd.Function):
+    """Heaviside ``v > 0``; backward the derivative of ``atan(pi/2 * alpha * v) / pi + 1/2``."""
+
+    @staticmethod
+    def forward(ctx, v, alpha):
+        ctx.save_for_backward(v)
+        ctx.alpha = alpha
+        return (v > 0).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (v,) = ctx.saved_tensors
+        a = ctx.alpha
+        return grad * (a / 2) / (1 + (math.pi / 2 * a * v) ** 2), None
+
+
+def srm_eager(x: torch.Tensor, p, alpha: float = 2.0) -> torch.Tensor:
+    """The SRM neuron of docs/maths.md §2 (an snnspx.SRMParams `p`) over ``[T, ...]`` currents as
+    a plain PyTorch user would write it: one autograd op at a time, an arctan surrogate."""
+    a_m, a_s, _, c = p.constants()
+    m = torch.zeros_like(x[0])
+    s = torch.zeros_like(x[0])
+    out = []
+    for t in range(x.shape[0]):
+        m = (m + x[t]) * a_m
+        s = (s + x[t]) * a_s
+        spike = ATanSpike.apply(c * (m - s) - p.v_th, alpha)
+        keep = 1 - spike.detach()  # reset after a spike; the gradient goes through the spike
+        m, s = m * keep, s * keep
+        out.append(spike)
+    return torch.stack(out)
+
+
+class PerStep(nn.Module):
+    """A per-step module (conv, pool, linear) applied to ``[T, B, ...]``."""
+
+    def __init__(self, m: nn.Module):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        return self.m(x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
 
 class Table:

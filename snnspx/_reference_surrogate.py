@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from . import _checks
+from .params import SURROGATES
 
 __all__ = ["srm_surrogate_forward", "srm_surrogate_backward"]
 
-_DEFAULT_ALPHA = {"sigmoid": 4.0, "atan": 2.0, "fast_sigmoid": 25.0, "triangle": 1.0}
 
 
 def _np_dtype(dtype: torch.dtype):
@@ -119,7 +119,7 @@ def _surrogate(kind: str, z, alpha, f):
         return one / (one + a * abs(z)) ** 2
     if kind == "triangle":
         return max(f(0), one - abs(z) / a) / a
-    raise ValueError(f"surrogate must be one of {tuple(_DEFAULT_ALPHA)}, got {kind!r}")
+    raise ValueError(f"surrogate must be one of {tuple(SURROGATES)}, got {kind!r}")
 
 
 def srm_surrogate_backward(
@@ -145,7 +145,7 @@ def srm_surrogate_backward(
     its dtype); grad_state_in ``[4, *x.shape[1:]]`` in the state dtype (0 for u_last when T > 0).
     """
     _checks.check_tensor(x, "x")
-    alpha = _DEFAULT_ALPHA[surrogate] if alpha is None and surrogate in _DEFAULT_ALPHA else alpha
+    alpha = SURROGATES[surrogate] if alpha is None and surrogate in SURROGATES else alpha
     nr = _Neurons(x, tau_m, tau_s, v_th, tau_grad)
     f = nr.f
     xs, G = _as_2d(x, f), _as_2d(grad_spikes, f)
