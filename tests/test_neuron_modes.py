@@ -236,3 +236,17 @@ def test_rate_init_ignores_and_keeps_carried_state(gen):
     scales = [[r.scale for r in snnspx.init.rate_init(n, batch)] for n in nets]
     assert scales[0] == scales[1]
     assert nets[1][0].stateful and torch.equal(nets[1][0].state, kept)
+
+
+def test_pool_module_with_learned_threshold_is_the_functional_composition(gen):
+    x = torch.randn((6, 2, 3, 5, 5), generator=gen) + 0.5
+    labels = torch.randint(-1, 4, (2, 5, 5), generator=gen)
+    pool = snn.SRMSupPixPool("max", 4, grad="surrogate", learn_threshold=True, channels=3)
+    with torch.no_grad():
+        pool.constants.v_th.copy_(torch.tensor([0.4, 0.9, 1.5]))
+    v = pool.constants.v_th.detach()
+    ref = F.suppix_pool(F.srm_neuron_surrogate(x, v_th=v), labels, num_superpixels=4, mode="max")
+    y = pool(x, labels)
+    assert torch.equal(y, ref) and y.sum() > 0
+    y.sum().backward()
+    assert pool.constants.v_th.grad.shape == (3,)

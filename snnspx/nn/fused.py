@@ -30,10 +30,9 @@ class SRMSupPixPool(SRMModule):
         channels: for one learned value per channel (``learn_tau``/``learn_threshold``), C.
         **neuron: fields of :class:`snnspx.SRMParams` that replace those of `params`, and the
             module keywords ``learn_tau``, ``learn_threshold``, ``stateful``
-            (:class:`snnspx.nn.SRMModule`). In surrogate mode, or with a carried state or
-            learned constants, the module runs :func:`snnspx.functional.srm_neuron` and then
-            :func:`snnspx.functional.suppix_pool` (the same values, docs/maths.md §6) instead of
-            the fused kernel.
+            (:class:`snnspx.nn.SRMModule`). In surrogate mode or with learned constants the
+            functional op composes the neuron and the pooling (docs/maths.md §6); with a
+            carried state so does the module, since the fused kernel carries none.
 
     Shape:
         - x: ``[T, B, C, H, W]`` currents (``[B, T, C, H, W]`` with ``batch_first``).
@@ -66,10 +65,10 @@ class SRMSupPixPool(SRMModule):
         x = self._time_major(x, full_dim=5)
         if self.batch_first and labels.dim() == 4:
             labels = labels.transpose(0, 1)
-        if self.params.grad == "event" and self.constants is None and not self.stateful:
+        if not self.stateful:  # the functional op also composes for surrogate mode and learned constants
             y = srm_suppix_pool(
-                x, labels, num_superpixels=self.num_superpixels, mode=self.mode, params=self.params,
-                check_labels=self.check_labels, backend=self.backend,
+                x, labels, num_superpixels=self.num_superpixels, mode=self.mode, check_labels=self.check_labels,
+                backend=self.backend, **self._neuron_kwargs(),
             )
         else:
             spikes = self._carry(lambda x, **kw: srm_neuron(x, backend=self.backend, **self._neuron_kwargs(), **kw), x)
