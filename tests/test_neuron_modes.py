@@ -250,3 +250,15 @@ def test_pool_module_with_learned_threshold_is_the_functional_composition(gen):
     assert torch.equal(y, ref) and y.sum() > 0
     y.sum().backward()
     assert pool.constants.v_th.grad.shape == (3,)
+
+
+def test_event_mode_ops_reject_surrogate_mode_and_constants_follow_the_layer(gen):
+    x = torch.randn((4, 2, 3), generator=gen)
+    with pytest.raises(ValueError, match="srm_forward is the event mode's op"):
+        F.srm_forward(x, grad="surrogate")
+    with pytest.raises(ValueError, match="srm_backward is the event mode's op"):
+        F.srm_backward(x, x, x, x, grad="surrogate")
+    m = snn.SRMLinear(6, 4, grad="surrogate", learn_tau=True, learn_threshold=True, dtype=torch.float64)
+    assert {p.dtype for p in m.parameters()} == {torch.float64}
+    out = m(spikes_in(gen, (5, 2, 6)).double())
+    assert out.dtype == torch.float64
