@@ -69,8 +69,8 @@ inline int64_t neurons_per_step(const at::Tensor& t) {
 struct SRMForwardOut {
   at::Tensor x;       // contiguous input
   at::Tensor spikes;  // [T, ...], dtype of x
-  at::Tensor du;      // [T, ...] (or [2, T, ...] packed), accumulation dtype
-  at::Tensor dut;     // [T, ...] (undefined when packed)
+  at::Tensor du;      // [T, ...] accumulation dtype (srm_forward only)
+  at::Tensor dut;     // [T, ...] (srm_forward only)
   at::Tensor state_in, state_out;  // [4, N] each (see add_srm_state); undefined when not used
   int64_t T, N;
 };
@@ -81,10 +81,10 @@ inline void check_srm_neuron_params(double tau_m, double tau_s, double tau_grad,
   TORCH_CHECK_VALUE(!std::isnan(v_th), "v_th must not be NaN");
 }
 
-// packed=false: the public srm_forward outputs. packed=true: srm_neuron_fwd's
-// compact saved state, one [2, T, ...] tensor in `du` (see snnspx/functional/srm.py).
+// traces=true: the public srm_forward outputs (spikes, du, dut). traces=false: the spikes
+// only (srm_neuron_fwd, whose backward recomputes the traces from x).
 inline SRMForwardOut prepare_srm_forward(const at::Tensor& x_in, double tau_m, double tau_s,
-                                         double tau_grad, double v_th, bool packed) {
+                                         double tau_grad, double v_th, bool traces) {
   check_float_input(x_in, "x");
   check_srm_neuron_params(tau_m, tau_s, tau_grad, v_th);
   SRMForwardOut o;
@@ -93,11 +93,7 @@ inline SRMForwardOut prepare_srm_forward(const at::Tensor& x_in, double tau_m, d
   o.N = neurons_per_step(x_in);
   const auto acc = x_in.options().dtype(srm_acc_type(x_in.scalar_type()));
   o.spikes = at::empty(x_in.sizes(), x_in.options().memory_format(at::MemoryFormat::Contiguous));
-  if (packed) {
-    std::vector<int64_t> shape{2};
-    shape.insert(shape.end(), x_in.sizes().begin(), x_in.sizes().end());
-    o.du = at::empty(shape, acc);
-  } else {
+  if (traces) {
     o.du = at::empty(x_in.sizes(), acc);
     o.dut = at::empty(x_in.sizes(), acc);
   }
@@ -116,25 +112,39 @@ inline std::string dtype_name(at::ScalarType t) {
   }
 }
 
-// srm_neuron_fwd's carried state (docs/maths.md, "Carried state"): `state`, when given, must be
-// [4, *x.shape[1:]] = (m, s, g, u_last) per neuron in the state dtype on x's device; o.state_in
-// becomes its contiguous form (undefined for None: the kernels start from zeros) and
-// o.state_out the end state's output, laid out alike. Row k of either is at k * o.N.
-inline void add_srm_state(SRMForwardOut& o, const std::optional<at::Tensor>& state) {
+// The shape of a carried state for x [T, ...]: [4, *x.shape[1:]] = (m, s, g, u_last) per neuron.
+inline std::vector<int64_t> srm_state_shape(const at::Tensor& x) {
   std::vector<int64_t> shape{4};
-  shape.insert(shape.end(), o.x.sizes().begin() + 1, o.x.sizes().end());
-  const auto acc = srm_acc_type(o.x.scalar_type());
-  if (state.has_value() && state->defined()) {
-    const at::Tensor& st = *state;
-    TORCH_CHECK_VALUE(st.sizes() == at::IntArrayRef(shape), "state must be [4, *x.shape[1:]] = ", at::IntArrayRef(shape),
-                      " (m, s, g, u_last per neuron), got ", st.sizes());
-    TORCH_CHECK_TYPE(st.scalar_type() == acc, "state must be ", dtype_name(acc), " (the neuron-state dtype: float64 ",
-                     "for float64 x, float32 otherwise), got ", dtype_name(st.scalar_type()));
-    TORCH_CHECK_VALUE(st.device() == o.x.device(), "state must be on x's device ", o.x.device(), ", got ",
-                      st.device());
-    o.state_in = st.contiguous();
+  shape.insert(shape.end(), x.sizes().begin() + 1, x.sizes().end());
+  return shape;
+}
+
+// A carried state (docs/maths.md, "Carried state") for x, in the state dtype on x's device, in
+// contiguous form; undefined for None (the kernels start from zeros). Row k is at k * N.
+inline at::Tensor checked_srm_state(const std::optional<at::Tensor>& state, const at::Tensor& x) {
+  if (!(state.has_value() && state->defined())) return at::Tensor();
+  const at::Tensor& st = *state;
+  const auto shape = srm_state_shape(x);
+  const auto acc = srm_acc_type(x.scalar_type());
+  TORCH_CHECK_VALUE(st.sizes() == at::IntArrayRef(shape), "state must be [4, *x.shape[1:]] = ", at::IntArrayRef(shape),
+                    " (m, s, g, u_last per neuron), got ", st.sizes());
+  TORCH_CHECK_TYPE(st.scalar_type() == acc, "state must be ", dtype_name(acc), " (the neuron-state dtype: float64 ",
+                   "for float64 x, float32 otherwise), got ", dtype_name(st.scalar_type()));
+  TORCH_CHECK_VALUE(st.device() == x.device(), "state must be on x's device ", x.device(), ", got ", st.device());
+  return st.contiguous();
+}
+
+// srm_neuron_fwd's carried state: o.state_in from `state` (checked_srm_state) and, with
+// return_state, o.state_out the end state's output laid out alike; without it, state_out is
+// an empty [0] tensor (the op's output when no end state is wanted) and no kernel writes it.
+inline void add_srm_state(SRMForwardOut& o, const std::optional<at::Tensor>& state, bool return_state) {
+  o.state_in = checked_srm_state(state, o.x);
+  const auto opts = o.x.options().dtype(srm_acc_type(o.x.scalar_type())).memory_format(at::MemoryFormat::Contiguous);
+  if (!return_state) {
+    o.state_out = at::empty({0}, opts);
+    return;
   }
-  const auto opts = o.x.options().dtype(acc).memory_format(at::MemoryFormat::Contiguous);
+  const auto shape = srm_state_shape(o.x);
   if (o.T == 0) {  // no step: the end state is the start (o.N is 0, so the kernels write nothing)
     o.state_out = o.state_in.defined() ? o.state_in.clone(at::MemoryFormat::Contiguous) : at::zeros(shape, opts);
     return;
@@ -160,8 +170,9 @@ inline void check_backward_params(double du_inv_clamp, double max_dudt_inv) {
 }
 
 struct SRMBackwardArgs {
-  at::Tensor grad, spikes, du, dut;  // contiguous; spikes/dut undefined for packed
-  at::Tensor grad_w, grad_t;         // outputs, dtype of grad; grad_t undefined if not wanted
+  at::Tensor grad, spikes, du, dut;  // contiguous (srm_backward)
+  at::Tensor x, state;               // contiguous (srm_neuron_bwd; state undefined: zeros)
+  at::Tensor grad_w, grad_t;         // outputs, dtype of grad; grad_t empty [0] if not wanted
   int64_t T, N;
 };
 
@@ -198,26 +209,28 @@ inline SRMBackwardArgs prepare_srm_backward(const at::Tensor& grad_spikes, const
   return a;
 }
 
-inline SRMBackwardArgs prepare_srm_neuron_backward(const at::Tensor& grad_spikes, const at::Tensor& saved,
-                                                   double tau_m, double tau_s, double tau_grad,
-                                                   double du_inv_clamp, double max_dudt_inv) {
+// srm_neuron_bwd: the backward recomputes the forward from x and the state it started from.
+inline SRMBackwardArgs prepare_srm_neuron_backward(const at::Tensor& grad_spikes, const at::Tensor& x,
+                                                   const std::optional<at::Tensor>& state, double tau_m,
+                                                   double tau_s, double tau_grad, double v_th,
+                                                   double du_inv_clamp, double max_dudt_inv, bool with_t) {
   check_float_input(grad_spikes, "grad_spikes");
-  TORCH_CHECK(saved.dim() == grad_spikes.dim() + 1 && saved.size(0) == 2 &&
-                  saved.sizes().slice(1) == grad_spikes.sizes(),
-              "saved must be [2, *grad_spikes.shape] = [2, ", grad_spikes.sizes(), "], got ", saved.sizes());
-  TORCH_CHECK(saved.scalar_type() == at::kFloat || saved.scalar_type() == at::kDouble,
-              "saved must be float32 or float64, got ", saved.scalar_type());
-  TORCH_CHECK(saved.device() == grad_spikes.device(), "saved and grad_spikes must be on the same device, got ",
-              saved.device(), " and ", grad_spikes.device());
-  check_srm_taus(tau_m, tau_s, tau_grad);
+  check_float_input(x, "x");
+  check_same_shape(grad_spikes, "grad_spikes", x, "x");
+  TORCH_CHECK_TYPE(grad_spikes.scalar_type() == x.scalar_type(), "grad_spikes must have the dtype of x (",
+                   dtype_name(x.scalar_type()), "), got ", dtype_name(grad_spikes.scalar_type()));
+  check_srm_neuron_params(tau_m, tau_s, tau_grad, v_th);
   check_backward_params(du_inv_clamp, max_dudt_inv);
   SRMBackwardArgs a;
   a.T = grad_spikes.size(0);
   check_backward_steps(a.T);
   a.N = neurons_per_step(grad_spikes);
   a.grad = grad_spikes.contiguous();
-  a.du = saved.contiguous();
-  a.grad_w = at::empty(grad_spikes.sizes(), grad_spikes.options().memory_format(at::MemoryFormat::Contiguous));
+  a.x = x.contiguous();
+  a.state = checked_srm_state(state, x);
+  const auto opts = grad_spikes.options().memory_format(at::MemoryFormat::Contiguous);
+  a.grad_w = at::empty(grad_spikes.sizes(), opts);
+  a.grad_t = with_t ? at::empty(grad_spikes.sizes(), opts) : at::empty({0}, opts);
   return a;
 }
 

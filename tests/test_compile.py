@@ -38,7 +38,7 @@ assert snnspx._backend.resolve(None, torch.device("cpu")) == "cpp"
 with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
     again = compiled(x)  # the same graph, not traced again
 ran = [e for e in prof.events() if e.name.startswith("snnspx::")]
-assert [e.name for e in ran] == ["snnspx::srm_forward"] * 2, "the compiled graph should call the op twice"
+assert [e.name for e in ran] == ["snnspx::srm_neuron_fwd"] * 2, "the compiled graph should call the op twice"
 inside = lambda e: [c.name for c in e.cpu_children] + [n for c in e.cpu_children for n in inside(c)]
 assert not [n for e in ran for n in inside(e) if n in ("aten::mul", "PythonDispatchMode")], "a PyTorch kernel ran"
 assert torch.equal(out, net(x)) and torch.equal(again, out)

@@ -107,6 +107,47 @@ def test_conv_matches_reference(backend, device, dtype, case, gen):
     assert torch.all(gs[s_in == 0] == 0), "the conv input gradient is masked by s_in"
 
 
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+@pytest.mark.parametrize("layer", ["conv", "linear"])
+def test_event_layer_chunks_train(backend, layer, gen):
+    """Event mode with a carried state under autograd: the spikes of the chunks are one call's,
+    and each chunk's gradients are the reference layer backward of that chunk run from its
+    state (docs/maths.md, "Carried state": a chunk is a truncation point; the state gets no
+    gradient)."""
+    if layer == "conv":
+        s_in = spike_train(gen, (12, 2, 3, 5, 5), torch.float64, p=0.4)
+        weight = dyadic(gen, (4, 3, 3, 3), torch.float64)
+        op, ref_backward, kw = F.srm_conv2d, R.srm_conv2d_backward, dict(padding=1)
+
+        def currents(s):
+            return torch.nn.functional.conv2d(s.flatten(0, 1), weight, padding=1).unflatten(0, s.shape[:2])
+    else:
+        s_in = spike_train(gen, (12, 2, 9), torch.float64, p=0.4)
+        weight = dyadic(gen, (4, 9), torch.float64)
+        op, ref_backward, kw = F.srm_linear, R.srm_linear_backward, {}
+
+        def currents(s):
+            return s @ weight.T
+    params = snnspx.SRMParams(v_th=0.5, **SRM)
+    whole = op(s_in, weight, params=params, backend=backend, **kw)
+    state, t = None, 0
+    for n in (5, 1, 6):
+        s = s_in[t:t + n].clone().requires_grad_()
+        w = weight.clone().requires_grad_()
+        st = None if state is None else state.clone().requires_grad_()
+        spikes, state = op(s, w, params=params, backend=backend, state=st, return_state=True, **kw)
+        assert not state.requires_grad and torch.equal(spikes, whole[t:t + n])
+        grad = randn(gen, spikes.shape, torch.float64, "cpu")
+        spikes.backward(grad)
+        ref = R.srm_forward(currents(s_in[t:t + n]), params=params, state=None if st is None else st.detach())
+        want_s, want_w = ref_backward(grad, s.detach(), weight, *ref, params=params, **kw)
+        torch.testing.assert_close(s.grad, want_s)
+        torch.testing.assert_close(w.grad, want_w)
+        assert st is None or st.grad is None
+        t += n
+    assert whole.sum() > 0 and w.grad.abs().sum() > 0
+
+
 def test_reference_is_not_a_backend(gen):
     """snnspx.reference is the oracle the tests call, not a backend: backend="reference" is a
     ValueError for the layers' ops and modules; its functions are plain loops (no
@@ -280,17 +321,20 @@ def test_modules_check_arguments_when_built():
 
 
 def test_conv_saves_little(gen):
-    """Autograd keeps s_in, the weight and the output itself, plus du and dut: 8 new bytes
-    per float32 output neuron-step."""
+    """Autograd keeps s_in and the weight (the caller's tensors), plus the currents: 4 new bytes
+    per float32 output neuron-step (issue #20: at most 5); neither the spikes nor the neuron's
+    traces. With a carried state, the state too (16 bytes per neuron, not per step)."""
     s_in = spike_train(gen, (4, 2, 3, 6, 6)).requires_grad_()
     weight = dyadic(gen, (5, 3, 3, 3)).requires_grad_()
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        out = F.srm_conv2d(s_in, weight, padding=1, backend="cpp")
-    shared = [t for t in saved if t.data_ptr() in (s_in.data_ptr(), weight.data_ptr(), out.data_ptr())]
-    new = [t for t in saved if t.data_ptr() not in (s_in.data_ptr(), weight.data_ptr(), out.data_ptr())]
-    assert len(shared) == 3
-    assert sum(t.numel() * t.element_size() for t in new) == 8 * out.numel()
+    for state in (None, torch.zeros(4, 2, 5, 6, 6)):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = F.srm_conv2d(s_in, weight, padding=1, backend="cpp", state=state)
+        shared = [t for t in saved if t.data_ptr() in (s_in.data_ptr(), weight.data_ptr())]
+        new = [t for t in saved if t.data_ptr() not in (s_in.data_ptr(), weight.data_ptr())]
+        assert len(shared) == 2 and not any(t.data_ptr() == out.data_ptr() for t in saved)
+        per_neuron = 0 if state is None else 16 * out[0].numel()
+        assert sum(t.numel() * t.element_size() for t in new) == 4 * out.numel() + per_neuron
 
 
 def test_cpp_backend_runs_the_kernels(gen):
@@ -299,12 +343,16 @@ def test_cpp_backend_runs_the_kernels(gen):
     s_in = spike_train(gen, (3, 1, 2, 4, 4))
     weight = dyadic(gen, (2, 2, 3, 3)).requires_grad_()
     F.srm_conv2d(s_in, weight, padding=1, backend="cpp")  # loads the library
-    assert torch._C._dispatch_has_kernel_for_dispatch_key("snnspx::srm_forward", "CPU")
-    assert torch._C._dispatch_has_kernel_for_dispatch_key("snnspx::srm_backward", "CPU")
+    for name in ("srm_neuron_fwd", "srm_neuron_bwd", "spike_input_grad_"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"snnspx::{name}", "CPU"), name
     assert snnspx._backend.resolve(None, torch.device("cpu")) == "cpp"
+    s_grad = s_in.clone().requires_grad_()
     for backend, kind in ((None, "compiled"), ("cpp", "compiled"), ("torch", "torch")):
         ran = kernels_run(lambda: F.srm_conv2d(s_in, weight, padding=1, backend=backend).sum().backward())
-        assert ran == {"snnspx::srm_forward": [kind], "snnspx::srm_backward": [kind]}, (backend, ran)
+        assert ran == {"snnspx::srm_neuron_fwd": [kind], "snnspx::srm_neuron_bwd": [kind]}, (backend, ran)
+        ran = kernels_run(lambda: F.srm_conv2d(s_grad, weight, padding=1, backend=backend).sum().backward())
+        want = {"snnspx::srm_neuron_fwd": [kind], "snnspx::srm_neuron_bwd": [kind], "snnspx::spike_input_grad_": [kind]}
+        assert ran == want, (backend, ran)
     # The neuron op's own autograd formula: one for both kernels, its backward run by the
     # kernel the forward chose.
     x = torch.randn(5, 2, 3, generator=gen, requires_grad=True)
@@ -712,3 +760,29 @@ def test_standardize_weight_edge_cases_agree_with_reference():
     for fn in (F.standardize_weight, R.standardize_weight):
         with pytest.raises(ValueError, match="in_features >= 2"):
             fn(torch.ones(2, 1))
+
+
+# --------------------------------------------------------------------------- the input-gradient finish
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_input_grad_finish_is_the_expression(backend, dtype, gen):
+    """spike_input_grad_ gives, in place, the bits of torch.where(s != 0, g * s * scale, 0)
+    (or g * scale unmasked), for any layout; an infinite gradient at a silent input is 0,
+    not NaN."""
+    F.srm_conv2d(torch.zeros(1, 1, 1, 3, 3), torch.zeros(1, 1, 3, 3), backend="cpp")  # loads the library
+    op = torch.ops.snnspx.spike_input_grad_
+    s = (torch.rand((6, 5, 7), generator=gen) < 0.4).to(dtype) * randn(gen, (6, 5, 7), dtype, "cpu")
+    g = randn(gen, (6, 5, 7), dtype, "cpu") * 3
+    g[0, 0, :2] = float("inf")
+    s[0, 0, 0] = 0
+    for gt, st in ((g, s), (g.transpose(0, 2), s.transpose(0, 2))):
+        for mask in (True, False):
+            want = torch.where(st != 0, gt * st * 0.85, 0.0) if mask else gt * 0.85
+            got = gt.clone()
+            with snnspx._library.torch_kernels(backend == "torch"):
+                op(got, st, 0.85, mask)
+            assert torch.equal(got, want), (mask, got, want)
+            torch.library.opcheck(op.default, (gt.clone(), st, 0.85, mask))
+    out = g.clone()
+    op(out, s, 0.85, True)
+    assert out[0, 0, 0] == 0 and not out.isnan().any()

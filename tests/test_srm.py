@@ -465,15 +465,18 @@ def test_opcheck(backend, device, gen):
         spikes, du, dut = ops.srm_forward.default(x, *args)
         g = torch.randn(x.shape, generator=gen, dtype=dtype).to(device)
         torch.library.opcheck(ops.srm_backward.default, (g, spikes, du, dut, 5.0, 3.0, 2.5, 4.0, 1e8, 0))
-        torch.library.opcheck(ops.srm_neuron_fwd.default, (x.clone().requires_grad_(), 5.0, 3.0, 2.5, 1.0, 4.0, 1e8, 0, None))
-        _, saved, _ = ops.srm_neuron_fwd.default(x, 5.0, 3.0, 2.5, 1.0, 4.0, 1e8, 0, None)
-        torch.library.opcheck(ops.srm_neuron_bwd.default, (g, saved, 5.0, 3.0, 2.5, 4.0, 1e8, 0))
+        nargs = (5.0, 3.0, 2.5, 1.0, 4.0, 1e8, 0)
+        for return_state in (False, True):
+            torch.library.opcheck(ops.srm_neuron_fwd.default, (x.clone().requires_grad_(), *nargs, None, return_state))
+        for with_t in (False, True):
+            torch.library.opcheck(ops.srm_neuron_bwd.default, (g, x, None, *nargs, with_t))
 
 
 @pytest.mark.parametrize("backend", ["cpp", "torch"])
-def test_saved_state_is_compact(backend, gen):
-    """srm_neuron keeps one [2, T, ...] tensor for backward: 8 bytes per float32 neuron-step,
-    whichever kernel runs (one autograd formula)."""
+def test_saved_state_is_x_only(backend, gen):
+    """srm_neuron keeps x itself for backward (the backward recomputes the traces from it):
+    nothing per neuron-step of its own, whichever kernel runs (one autograd formula); the
+    currents of an op in front of it, 4 bytes per float32 neuron-step."""
     x = currents(gen, (16, 4, 8), torch.float32).requires_grad_()
     saved = []
 
@@ -483,8 +486,11 @@ def test_saved_state_is_compact(backend, gen):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         F.srm_neuron(x, backend=backend)
-    total = sum(t.numel() * t.element_size() for t in saved)
-    assert total == 8 * x.numel(), f"saved {total / x.numel()} bytes per neuron-step"
+    assert len(saved) == 1 and saved[0] is x
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        F.srm_neuron(x * 2, backend=backend)  # the product is what srm_neuron keeps: 4 bytes per step
+    assert sum(t.numel() * t.element_size() for t in saved) == 4 * x.numel()
 
 
 # --------------------------------------------------------------------------- sentinels and errors
@@ -632,8 +638,10 @@ def test_compiled_op_checks_its_arguments():
     s, du, dut = ops.srm_forward(x, 5.0, 3.0, 2.5, 1.0, 0)
     with pytest.raises(RuntimeError, match="grad_spikes and dut must have the same shape"):
         ops.srm_backward(s, s, du, dut[:1], 5.0, 3.0, 2.5, 4.0, 1.0, 0)
-    with pytest.raises(RuntimeError, match=r"saved must be \[2"):
-        ops.srm_neuron_bwd(s, du, 5.0, 3.0, 2.5, 4.0, 1.0, 0)
+    with pytest.raises(RuntimeError, match="grad_spikes and x must have the same shape"):
+        ops.srm_neuron_bwd(s, x[:1], None, 5.0, 3.0, 2.5, 1.0, 4.0, 1.0, 0, False)
+    with pytest.raises(TypeError, match="grad_spikes must have the dtype of x"):
+        ops.srm_neuron_bwd(s.double(), x, None, 5.0, 3.0, 2.5, 1.0, 4.0, 1.0, 0, False)
 
 
 def test_backend_selection(monkeypatch):

@@ -175,11 +175,14 @@ def test_opcheck_with_and_without_state(gen):
     args = (5.0, 3.0, 2.5, 0.8, 4.0, 1e8)
     for dtype, variant in ((torch.float32, 0), (torch.float64, 3), (torch.bfloat16, 0)):
         x = currents(gen, (7, 3, 2), dtype)
-        state = ops.srm_neuron_fwd.default(x, *args, variant, None)[2]
+        state = ops.srm_neuron_fwd.default(x, *args, variant, None, True)[1]
+        g = torch.randn(x.shape, generator=gen).to(dtype)
         for st in (None, state, state.transpose(1, 2).contiguous().transpose(1, 2)):
-            torch.library.opcheck(ops.srm_neuron_fwd.default, (x.clone().requires_grad_(), *args, variant, st))
+            for flag in (False, True):
+                torch.library.opcheck(ops.srm_neuron_fwd.default, (x.clone().requires_grad_(), *args, variant, st, flag))
+                torch.library.opcheck(ops.srm_neuron_bwd.default, (g, x, st, *args, variant, flag))
     x = currents(gen, (0, 3), torch.float32)
-    torch.library.opcheck(ops.srm_neuron_fwd.default, (x, *args, 0, torch.randn(4, 3, generator=gen)))
+    torch.library.opcheck(ops.srm_neuron_fwd.default, (x, *args, 0, torch.randn(4, 3, generator=gen), True))
 
 
 DTYPE_MSG = r"state must be float32 \(the neuron-state dtype: float64 for float64 x, float32 otherwise\), "
@@ -199,7 +202,9 @@ def test_bad_state(backend):
         with pytest.raises(err, match=msg):
             F.srm_neuron(x, state=state, backend=backend)
         with snnspx._library.torch_kernels(backend == "torch"), pytest.raises(err, match=msg):
-            torch.ops.snnspx.srm_neuron_fwd(x, 5.0, 3.0, 2.5, 1.0, 4.0, 1e8, 0, state)
+            torch.ops.snnspx.srm_neuron_fwd(x, 5.0, 3.0, 2.5, 1.0, 4.0, 1e8, 0, state, False)
+        with snnspx._library.torch_kernels(backend == "torch"), pytest.raises(err, match=msg):
+            torch.ops.snnspx.srm_neuron_bwd(x, x, state, 5.0, 3.0, 2.5, 1.0, 4.0, 1e8, 0, False)
     with pytest.raises(TypeError, match="state must be float64"):
         F.srm_neuron(x.double(), state=torch.zeros(4, 2, 3), backend=backend)
     with pytest.raises(TypeError, match="state must be a torch.Tensor or None"):
@@ -236,7 +241,9 @@ def test_cuda_tensors_with_state(gen):
         with pytest.raises(ValueError, match="run CUDA tensors with backend='torch'"):
             F.srm_neuron(x, backend="cuda", **kw)
     with pytest.raises(ValueError, match="do not carry the neuron state"):
-        torch.ops.snnspx.srm_neuron_fwd(x, 5.0, 3.0, 2.5, 1.0, 4.0, 1e8, 0, state)
+        torch.ops.snnspx.srm_neuron_fwd(x, 5.0, 3.0, 2.5, 1.0, 4.0, 1e8, 0, state, False)
+    with pytest.raises(ValueError, match="do not carry the neuron state"):
+        torch.ops.snnspx.srm_neuron_fwd(x, 5.0, 3.0, 2.5, 1.0, 4.0, 1e8, 0, None, True)
     spikes, states = run_chunks(x, [3, 1, 6])
     ref = R.srm_forward(x.cpu(), return_state=True)
     assert torch.equal(spikes.cpu(), ref[0]) and torch.equal(states[-1].cpu(), ref[3])

@@ -145,9 +145,9 @@ def test_opcheck_with_variants(gen):
     torch.library.opcheck(ops.srm_forward.default, (x.clone().requires_grad_(), *taus, 0.5, variant))
     spikes, du, dut = ops.srm_forward.default(x, *taus, 0.5, variant)
     torch.library.opcheck(ops.srm_backward.default, (g, spikes, du, dut, *taus, 4.0, 1e8, variant))
-    torch.library.opcheck(ops.srm_neuron_fwd.default, (x.clone().requires_grad_(), *taus, 0.5, 4.0, 1e8, variant, None))
-    _, saved, _ = ops.srm_neuron_fwd.default(x, *taus, 0.5, 4.0, 1e8, variant, None)
-    torch.library.opcheck(ops.srm_neuron_bwd.default, (g, saved, *taus, 4.0, 1e8, variant))
+    torch.library.opcheck(ops.srm_neuron_fwd.default, (x.clone().requires_grad_(), *taus, 0.5, 4.0, 1e8, variant, None,
+                                                       True))
+    torch.library.opcheck(ops.srm_neuron_bwd.default, (g, x, None, *taus, 0.5, 4.0, 1e8, variant, True))
     xf = currents(gen, (5, 2, 2, 6), torch.float32)
     labels = torch.tensor([[[0, 0, 1, 1, -1, 2]]])
     variant = 9  # ">=", "leaky", "nonnegative"
@@ -171,7 +171,8 @@ def test_bad_variant_code_is_a_value_error(backend):
     calls = [
         lambda v: ops.srm_forward(x, 5.0, 3.0, 2.5, 1.0, v),
         lambda v: ops.srm_backward(s, s, du, dut, 5.0, 3.0, 2.5, 4.0, 1.0, v),
-        lambda v: ops.srm_neuron_fwd(x, 5.0, 3.0, 2.5, 1.0, 4.0, 1.0, v, None),
+        lambda v: ops.srm_neuron_fwd(x, 5.0, 3.0, 2.5, 1.0, 4.0, 1.0, v, None, False),
+        lambda v: ops.srm_neuron_bwd(x, x, None, 5.0, 3.0, 2.5, 1.0, 4.0, 1.0, v, True),
         lambda v: ops.srm_suppix_pool(xf, labels, 1, "sum", 5.0, 3.0, 2.5, 1.0, v, True, ""),
         lambda v: ops.srm_suppix_pool_fwd(xf, labels, 1, "sum", 5.0, 3.0, 2.5, 1.0, 4.0, 1.0, v, True, ""),
     ]

@@ -31,29 +31,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> srm_forward_cuda(const at::Tensor
   return {o.spikes, o.du, o.dut};
 }
 
-// The kernels start every neuron from zeros and do not return the end state: a given state is
-// rejected, and state_out is all NaN (the Python wrappers never run these kernels where the
-// state is wanted).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> srm_neuron_fwd_cuda(const at::Tensor& x, double tau_m, double tau_s,
-                                                                   double tau_grad, double v_th, double du_inv_clamp,
-                                                                   double max_dudt_inv, int64_t variant,
-                                                                   const std::optional<at::Tensor>& state) {
-  check_default_variant("srm_neuron_fwd", variant);
-  TORCH_CHECK_VALUE(!(state.has_value() && state->defined()),
-                    "srm_neuron_fwd: the CUDA kernels do not carry the neuron state (got a state): run CUDA "
+// The kernels start every neuron from zeros and do not return the end state: a given state,
+// or return_state, is rejected (the Python wrappers never run these kernels where the state
+// is wanted).
+void check_no_state(const char* op, const std::optional<at::Tensor>& state, bool return_state) {
+  TORCH_CHECK_VALUE(!(state.has_value() && state->defined()) && !return_state, op,
+                    ": the CUDA kernels do not carry the neuron state (got a state or return_state=True): run CUDA "
                     "tensors with backend='torch'");
+}
+
+std::tuple<at::Tensor, at::Tensor> srm_neuron_fwd_cuda(const at::Tensor& x, double tau_m, double tau_s,
+                                                       double tau_grad, double v_th, double du_inv_clamp,
+                                                       double max_dudt_inv, int64_t variant,
+                                                       const std::optional<at::Tensor>& state, bool return_state) {
+  check_default_variant("srm_neuron_fwd", variant);
+  check_no_state("srm_neuron_fwd", state, return_state);
   check_backward_params(du_inv_clamp, max_dudt_inv);
   cuda::check_cuda_tensor(x, "x");
   c10::cuda::CUDAGuard guard(x.device());
-  auto o = prepare_srm_forward(x, tau_m, tau_s, tau_grad, v_th, /*packed=*/true);
-  add_srm_state(o, std::nullopt);
-  o.state_out.fill_(std::numeric_limits<double>::quiet_NaN());
-  auto* saved = static_cast<char*>(o.du.data_ptr());
-  cuda::srm_forward(cuda::launch_dtype(x.scalar_type()), o.x.data_ptr(), o.spikes.data_ptr(), saved,
-                    saved + o.T * o.N * o.du.element_size(), o.T, o.N, tau_m, tau_s, tau_grad, v_th,
-                    du_inv_clamp, max_dudt_inv, /*packed=*/true, c10::cuda::getCurrentCUDAStream());
+  auto o = prepare_srm_forward(x, tau_m, tau_s, tau_grad, v_th, /*traces=*/false);
+  add_srm_state(o, std::nullopt, /*return_state=*/false);
+  cuda::srm_forward(cuda::launch_dtype(x.scalar_type()), o.x.data_ptr(), o.spikes.data_ptr(), nullptr, nullptr, o.T,
+                    o.N, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, /*packed=*/true,
+                    c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {o.spikes, o.du, o.state_out};
+  return {o.spikes, o.state_out};
 }
 
 void check_acc_dtype(const at::Tensor& state, const char* name, const at::Tensor& grad) {
@@ -80,20 +82,34 @@ std::tuple<at::Tensor, at::Tensor> srm_backward_cuda(const at::Tensor& grad_spik
   return {a.grad_w, a.grad_t};
 }
 
-at::Tensor srm_neuron_bwd_cuda(const at::Tensor& grad_spikes, const at::Tensor& saved, double tau_m, double tau_s,
-                               double tau_grad, double du_inv_clamp, double max_dudt_inv, int64_t variant) {
+// The forward again from x into a temporary [2, T, N] of the backward's factors, then the
+// walk back through them: between the forward and the backward, nothing but x is kept.
+std::tuple<at::Tensor, at::Tensor> srm_neuron_bwd_cuda(const at::Tensor& grad_spikes, const at::Tensor& x,
+                                                       const std::optional<at::Tensor>& state, double tau_m,
+                                                       double tau_s, double tau_grad, double v_th,
+                                                       double du_inv_clamp, double max_dudt_inv, int64_t variant,
+                                                       bool with_t) {
   check_default_variant("srm_neuron_bwd", variant);
+  check_no_state("srm_neuron_bwd", state, false);
   cuda::check_cuda_tensor(grad_spikes, "grad_spikes");
   c10::cuda::CUDAGuard guard(grad_spikes.device());
-  auto a = prepare_srm_neuron_backward(grad_spikes, saved, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv);
-  check_acc_dtype(a.du, "saved", a.grad);
-  const at::Tensor tables = cuda::srm_tables_cuda(a.du, a.T, tau_m, tau_s, tau_grad);
-  auto* sp = static_cast<const char*>(a.du.data_ptr());
-  cuda::srm_backward(cuda::launch_dtype(a.grad.scalar_type()), a.grad.data_ptr(), nullptr, sp,
-                     sp + a.T * a.N * a.du.element_size(), a.grad_w.data_ptr(), nullptr, tables.data_ptr(), a.T,
-                     a.N, du_inv_clamp, max_dudt_inv, c10::cuda::getCurrentCUDAStream());
+  auto a = prepare_srm_neuron_backward(grad_spikes, x, std::nullopt, tau_m, tau_s, tau_grad, v_th, du_inv_clamp,
+                                       max_dudt_inv, with_t);
+  const auto acc = a.x.options().dtype(srm_acc_type(a.x.scalar_type()));
+  const at::Tensor factors = at::empty({2, a.T, a.N}, acc);
+  auto* fp = static_cast<char*>(factors.data_ptr());
+  const int64_t half = a.T * a.N * factors.element_size();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto dtype = cuda::launch_dtype(a.grad.scalar_type());
+  cuda::srm_forward(dtype, a.x.data_ptr(), nullptr, fp, fp + half, a.T, a.N, tau_m, tau_s, tau_grad, v_th,
+                    du_inv_clamp, max_dudt_inv, /*packed=*/true, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return a.grad_w;
+  const at::Tensor tables = cuda::srm_tables_cuda(factors, a.T, tau_m, tau_s, tau_grad);
+  cuda::srm_backward(dtype, a.grad.data_ptr(), nullptr, fp, fp + half, a.grad_w.data_ptr(),
+                     with_t ? a.grad_t.data_ptr() : nullptr, tables.data_ptr(), a.T, a.N, du_inv_clamp, max_dudt_inv,
+                     stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {a.grad_w, a.grad_t};
 }
 
 }  // namespace

@@ -37,8 +37,9 @@ srm_forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ spikes
       const int64_t k = (t0 + j) * N + n;
       acc_t d, dt;
       const bool s = srm_step<acc_t>(st, xs[j], p, d, dt);
-      __stcs(spikes + k, s ? one : zero);
-      if (kPacked) {  // srm_neuron_fwd's factors (see ../srm_core.h)
+      if (spikes != nullptr) __stcs(spikes + k, s ? one : zero);
+      if (du == nullptr) continue;  // the spikes only
+      if (kPacked) {  // the backward's factors (see ../srm_core.h)
         __stcs(du + k, s ? inv_clamp(d, du_inv_clamp) : silent_mark<acc_t>());
         __stcs(dut + k, s ? inv_clamp(dt, max_dudt_inv) : acc_t(0));
       } else {

@@ -8,7 +8,7 @@ Layouts as in :mod:`snnspx.functional.suppix` (``x`` ``[T, B, C, P]`` currents, 
   check_labels, strategy) -> y [T, B, C, K]``: inference; the compiled kernels write no
   ``[T, B, C, P]`` tensor. ``variant`` is :attr:`snnspx.SRMParams.variant` (CUDA: 0 only).
 * ``srm_suppix_pool_fwd(..., v_th, du_inv_clamp, max_dudt_inv, variant, check_labels, strategy)
-  -> (y, saved, counts, argmax)``: training; ``saved`` is srm_neuron_fwd's compact state ``[2, T, B, C, P]``, ``counts``
+  -> (y, saved, counts, argmax)``: training; ``saved`` is ``[2, T, B, C, P]``: the backward's factors at spike steps (``clamp(-1/du)``, ``clamp(-1/dut)``), +1 and 0 elsewhere, ``counts``
   int32 ``[L, LB, K]`` pixels per superpixel, ``argmax`` int32 ``[T, B, C, K]`` the lowest spiking
   pixel (-1: none) for "max", empty otherwise.
 * ``srm_suppix_pool_bwd(grad_y, saved, labels, counts, argmax, mode, tau_m, tau_s, tau_grad, variant,
@@ -25,7 +25,7 @@ import torch
 from .. import _checks, _library
 from .._backend import kernels
 from ..params import SRMParams
-from .srm import _neuron_bwd_kernel, _neuron_fwd_kernel, resolve_neuron, srm_neuron
+from .srm import _packed_backward, _packed_factors, _params, resolve_neuron, srm_neuron
 from .suppix import _counts_kernel, _pool_backward_kernel, _pool_kernel, check_strategy, suppix_pool
 
 __all__ = ["srm_suppix_pool"]
@@ -37,8 +37,9 @@ def _fwd_kernel(
 ):
     _checks.check_devices("srm_suppix_pool", x=x, labels=labels)
     check_strategy("srm_suppix_pool_fwd", strategy)
-    spikes, saved, _ = _neuron_fwd_kernel(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant, None,
-                                          end_state=False)
+    p = _params(tau_m, tau_s, tau_grad, variant)
+    spikes, fw, ft = _packed_factors(x, p, v_th, None, du_inv_clamp, max_dudt_inv)
+    saved = torch.stack([fw, ft])
     if mode not in ("sum", "avg", "max"):
         raise RuntimeError(f"srm_suppix_pool: mode must be 'sum', 'avg' or 'max', got {mode!r}")
     y, aux = _pool_kernel(spikes, labels, K, mode, check_labels)
@@ -60,7 +61,7 @@ def _bwd_kernel(grad_y, saved, labels, counts, argmax, mode, tau_m, tau_s, tau_g
     check_strategy("srm_suppix_pool_bwd", strategy)
     grad_spikes = _pool_backward_kernel(grad_y, labels, argmax if mode == "max" else counts, mode)
     # the clamps are already inside saved's factors
-    return _neuron_bwd_kernel(grad_spikes, saved, tau_m, tau_s, tau_grad, 0.0, 0.0, variant)
+    return _packed_backward(grad_spikes, saved[0], saved[1], tau_m, tau_s, tau_grad, variant, False)[0]
 
 
 # --------------------------------------------------------------------------- schemas, fakes, autograd

@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as TF
 from torch.autograd.function import once_differentiable
 
-from .. import _checks
-from .._backend import _assume_constant_result
+from .. import _checks, _library
+from .._backend import _assume_constant_result, kernels
 from ..params import SRMParams
 from .pool2d import spike_avg_pool2d  # re-exported: the op family lives in pool2d.py
-from .srm import resolve_neuron, srm_backward, srm_forward, srm_neuron
+from .srm import _srm_event_grads, _srm_event_op, resolve_neuron, srm_neuron
 
 __all__ = ["srm_conv2d", "srm_linear", "spike_avg_pool2d", "standardize_weight"]
 
@@ -109,39 +109,68 @@ class _LinearSynapse(NamedTuple):
         return grad_x @ weight
 
 
+# --------------------------------------------------------------------------- input-gradient finish
+def _input_grad_kernel(grad, s_in, scale, mask):
+    """``spike_input_grad_``'s PyTorch kernel: in place, ``grad * s_in * scale`` where ``s_in``
+    is non-zero and 0 elsewhere (`mask`), or ``grad * scale``. The mask by select, not by
+    product: in half precision ``grad`` can overflow to inf (e.g. ``v_th <= 0``, a spike with
+    ``dut = 0``, ``-1/dut`` clamped to ``-max_dudt_inv``), and inf * 0 would put NaN where
+    ``s_in`` is 0; there the gradient is exactly 0."""
+    if mask:
+        grad.mul_(s_in).mul_(scale).masked_fill_(s_in == 0, 0)
+    else:
+        grad.mul_(scale)
+
+
+_library.define(
+    "spike_input_grad_(Tensor(a!) grad, Tensor s_in, float scale, bool mask) -> ()", _input_grad_kernel
+)
+_INPUT_GRAD = _library.op("spike_input_grad_")
+
+
+@torch.library.register_fake("snnspx::spike_input_grad_")
+def _input_grad_fake(grad, s_in, scale, mask):
+    return None
+
+
 class _EventLayer(torch.autograd.Function):
     """A synapse feeding SRM neurons, with the split spike-time gradient (module docstring):
     the weight gradient is the synapse's of ``grad_w``, the input gradient the synapse's of
-    ``grad_t``, scaled and (with the mask) multiplied by ``s_in``."""
+    ``grad_t``, scaled and (with the mask) multiplied by ``s_in``.
+
+    Kept for the backward: ``s_in`` and ``weight`` (the caller's tensors), the currents ``x``
+    (4 bytes per float32 output neuron-step, the only new memory) and the start state; the
+    neuron's backward recomputes its traces from ``x`` (``srm_neuron_bwd``). With a carried
+    state the chunk is a truncation point (docs/maths.md, "Carried state"): the state gets
+    no gradient and the returned state is not differentiable."""
 
     @staticmethod
-    def forward(ctx, s_in, weight, synapse, params, input_grad, backend):
-        spikes, du, dut = srm_forward(synapse.currents(s_in, weight), params=params, backend=backend)
-        # spikes is this Function's output and s_in its caller's tensor: saving them costs no
-        # memory of its own; du and dut are new (4 + 4 bytes per float32 neuron-step).
-        ctx.save_for_backward(s_in, weight, spikes, du, dut)
+    def forward(ctx, s_in, weight, synapse, params, input_grad, backend, state, carried):
+        x = synapse.currents(s_in, weight)
+        spikes, state_out = _srm_event_op(x, params, backend, state, carried)
+        ctx.save_for_backward(s_in, weight, x, state)
+        ctx.mark_non_differentiable(state_out)
+        ctx.set_materialize_grads(False)
         ctx.synapse, ctx.params, ctx.backend = synapse, params, backend
         ctx.input_grad_scale, ctx.input_grad_mask = input_grad
-        return spikes
+        return spikes, state_out
 
     @staticmethod
     @once_differentiable  # the SRM gradient is a surrogate (docs/maths.md §3)
-    def backward(ctx, grad_spikes):
-        s_in, weight, spikes, du, dut = ctx.saved_tensors
-        grad_w, grad_t = srm_backward(grad_spikes.contiguous(), spikes, du, dut, params=ctx.params, backend=ctx.backend)
+    def backward(ctx, grad_spikes, _grad_state):
         grad_in = grad_weight = None
+        if grad_spikes is None:
+            return (None,) * 8
+        s_in, weight, x, state = ctx.saved_tensors
+        want_in = ctx.needs_input_grad[0]
+        grad_w, grad_t = _srm_event_grads(grad_spikes, x, state, ctx.params, ctx.backend, want_in)
         if ctx.needs_input_grad[1]:
             grad_weight = ctx.synapse.weight_grad(grad_w, s_in, weight)
-        if ctx.needs_input_grad[0]:
+        if want_in:
             grad_in = ctx.synapse.input_grad(grad_t, s_in, weight)
-            if ctx.input_grad_mask:
-                # The mask by select, not by product: in half precision grad_in can overflow to inf
-                # (e.g. v_th <= 0, a spike with dut = 0, -1/dut clamped to -max_dudt_inv), and
-                # inf * 0 would put NaN where s_in is 0; there the gradient is exactly 0.
-                grad_in = torch.where(s_in != 0, grad_in * s_in * ctx.input_grad_scale, grad_in.new_zeros(()))
-            else:
-                grad_in = grad_in * ctx.input_grad_scale
-        return grad_in, grad_weight, None, None, None, None
+            with kernels(ctx.backend, grad_in.device):
+                _INPUT_GRAD(grad_in, s_in, ctx.input_grad_scale, ctx.input_grad_mask)
+        return grad_in, grad_weight, None, None, None, None, None, None
 
 
 def _srm_layer(synapse, s_in, weight, params: SRMParams, input_grad: tuple[float, bool], backend: str,
@@ -152,9 +181,8 @@ def _srm_layer(synapse, s_in, weight, params: SRMParams, input_grad: tuple[float
 
     * ``grad="surrogate"``: the whole layer is plain autograd (the synapse's own backward, the
       neuron's surrogate backward through time); `constants` may hold tensors.
-    * ``grad="event"``: the split spike-time gradient of :class:`_EventLayer`. With a carried
-      state it runs only where no gradient is needed (streaming inference): its backward would
-      need the chunk's traces, which the state-carrying kernel does not keep.
+    * ``grad="event"``: the split spike-time gradient of :class:`_EventLayer`; a carried state
+      makes each call a truncation point.
     """
     return_state = _checks.check_flag(return_state, "return_state")
     if params.grad == "surrogate":
@@ -173,16 +201,9 @@ def _srm_layer(synapse, s_in, weight, params: SRMParams, input_grad: tuple[float
             f"{', '.join(constants)} given as tensors (per-channel or learnable constants) need grad='surrogate': "
             "the event-driven gradient has no derivative for the neuron's constants"
         )
-    if state is None and not return_state:
-        return _EventLayer.apply(s_in, weight, synapse, params, input_grad, backend)
-    if torch.is_grad_enabled() and (s_in.requires_grad or weight.requires_grad):
-        raise ValueError(
-            "an SRM layer in event mode carries its state (state=, return_state=True, stateful=True) only without "
-            "autograd (torch.no_grad() or inputs and weights that need no gradient): train with grad='surrogate', "
-            "or without a carried state"
-        )
-    return srm_neuron(synapse.currents(s_in, weight), params=params, backend=backend, state=state,
-                      return_state=return_state)
+    spikes, state_out = _EventLayer.apply(s_in, weight, synapse, params, input_grad, backend, state,
+                                          state is not None or return_state)
+    return (spikes, state_out) if return_state else spikes
 
 
 
@@ -222,9 +243,10 @@ def srm_conv2d(
     spike times), non-zero only where ``s_in`` is; with ``input_grad_mask=False`` the factor
     ``s_in`` is left out (every input position gets a gradient).
 
-    Memory kept for the backward: ``s_in`` and ``weight`` as given (no copy) and the output
-    spikes (the returned tensor, no copy), plus ``du`` and ``dut``: 8 new bytes per output
-    neuron-step (16 for float64).
+    Memory kept for the backward: ``s_in`` and ``weight`` as given (no copy) and the currents
+    ``x``, from which the backward recomputes the neuron's traces: 4 new bytes per float32
+    output neuron-step (8 for float64), plus the start state when one is carried. Without
+    autograd, nothing.
 
     Args:
         s_in: input spikes ``[T, B, C_in, H, W]`` (any real values are allowed; the input
@@ -288,7 +310,7 @@ def srm_linear(
 
     For the standardised weights of :class:`snnspx.nn.SRMLinear`, pass the standardised
     weight (:func:`standardize_weight`); autograd carries ``dL/dweight`` through it.
-    Memory kept for the backward as in :func:`srm_conv2d`: 8 new bytes per float32 output
+    Memory kept for the backward as in :func:`srm_conv2d`: 4 new bytes per float32 output
     neuron-step.
 
     Args:

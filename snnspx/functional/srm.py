@@ -9,16 +9,20 @@ CUDA kernels take variant 0 only:
   over T. ``du``/``dut`` are float64 for float64 ``x`` and float32 otherwise.
 * ``srm_backward(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_inv_clamp,
   max_dudt_inv, variant) -> (grad_w, grad_t)``: §3, the event-driven backward.
-* ``srm_neuron_fwd(x, ..., v_th, du_inv_clamp, max_dudt_inv, variant, state) -> (spikes, saved,
-  state_out)`` and ``srm_neuron_bwd(grad_spikes, saved, ..., variant) -> grad_x``: the autograd
-  pair behind :func:`srm_neuron`. ``saved`` is ``[2, *x.shape]`` in the state dtype: at spike
-  steps the backward's factors ``clamp(-1/du, -du_inv_clamp, 0)`` and ``clamp(-1/dut,
-  -max_dudt_inv, 0)`` (never positive), at silent steps ``+1`` and ``0`` (so ``saved[0] <= 0``
-  marks a spike): 8 bytes per float32 neuron-step instead of the 12 of ``(spikes, du, dut)``.
+* ``srm_neuron_fwd(x, ..., v_th, du_inv_clamp, max_dudt_inv, variant, state, return_state) ->
+  (spikes, state_out)`` and ``srm_neuron_bwd(grad_spikes, x, state, ..., v_th, du_inv_clamp,
+  max_dudt_inv, variant, with_t) -> (grad_w, grad_t)``: the autograd pair behind
+  :func:`srm_neuron` and the SRM layers. The forward writes the spikes only; its autograd
+  keeps ``x`` and ``state`` (nothing per neuron-step of its own: 0 new bytes where ``x`` is
+  kept anyway, 4 per float32 neuron-step where ``x`` is an intermediate such as a layer's
+  currents), and the backward runs the forward again from them (the same steps, so the same
+  bits) before it walks back. ``grad_t`` is §3's input-spike gradient, an empty ``[0]``
+  tensor unless ``with_t``; the clamps are the backward's (the forward checks them).
   ``state`` (None = zeros) and ``state_out`` are the carried state ``[4, *x.shape[1:]]`` =
-  (m, s, g, u_last) in the state dtype, before the first step and after the last step's reset
-  (docs/maths.md, "Carried state"); neither has a gradient. The CUDA kernels take no state:
-  their glue rejects one and returns a NaN ``state_out``.
+  (m, s, g, u_last) in the state dtype, before the first step and after the last step's
+  reset (docs/maths.md, "Carried state"); ``state_out`` is an empty ``[0]`` tensor unless
+  ``return_state``, and neither has a gradient. The CUDA kernels carry no state: their glue
+  rejects a state and ``return_state=True``.
 """
 
 from __future__ import annotations
@@ -67,11 +71,12 @@ def _params(tau_m, tau_s, tau_grad, variant) -> SRMParams:
     return SRMParams(tau_m, tau_s, tau_grad, **decode_variant(variant))
 
 
-def _run_forward(x, p: SRMParams, v_th, state, end_state: bool):
+def _run_forward(x, p: SRMParams, v_th, state, end_state: bool, traces: bool = True):
     """§2 vectorised over neurons, a Python loop over T, in the kernels' operation order, from
     `state` (``[4, *x.shape[1:]]`` = (m, s, g, u_last) in the state dtype; None = zeros).
-    Returns ``(spikes, du, dut, state_out)``; ``state_out`` (the state after the last step's
-    reset, stacked as `state`) is None unless `end_state`."""
+    Returns ``(spikes, du, dut, state_out)``; ``du`` and ``dut`` are None unless `traces`,
+    ``state_out`` (the state after the last step's reset, stacked as `state`) None unless
+    `end_state`."""
     nonleaky, fire_ge = p.forward_type == "nonleaky", p.fire_if == ">="
     dut_is_du = p.gradient_type != "exponential"  # (a nonleaky du is g anyway)
     need_ms = end_state or not nonleaky  # a nonleaky u never reads m and s
@@ -80,8 +85,8 @@ def _run_forward(x, p: SRMParams, v_th, state, end_state: bool):
     a_m, a_s, a_g, c = (torch.tensor(v, dtype=acc, device=dev) for v in p.constants())
     vth = _scalar(v_th, x.dtype, dev)
     spikes = torch.empty(x.shape, dtype=x.dtype, device=dev)
-    du = torch.empty(x.shape, dtype=acc, device=dev)
-    dut = torch.empty(x.shape, dtype=acc, device=dev)
+    du = torch.empty(x.shape, dtype=acc, device=dev) if traces else None
+    dut = torch.empty(x.shape, dtype=acc, device=dev) if traces else None
     zero = torch.zeros((), dtype=acc, device=dev)
     if state is None:
         m = s = g = u_last = torch.zeros(x.shape[1:], dtype=acc, device=dev)
@@ -95,11 +100,14 @@ def _run_forward(x, p: SRMParams, v_th, state, end_state: bool):
             s = (s + xt) * a_s
         if nonleaky:
             u = u_last + g
-            du[t] = g
+            if traces:
+                du[t] = g
         else:
             u = c * (m - s)
-            du[t] = u - u_last
-        dut[t] = du[t] if dut_is_du else g
+            if traces:
+                du[t] = u - u_last
+        if traces:
+            dut[t] = du[t] if dut_is_du else g
         spk = u >= vth if fire_ge else u > vth
         spikes[t] = spk
         if need_ms:
@@ -185,26 +193,40 @@ def _backward_kernel(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_in
     return _grad_loop(grad_spikes, step, tau_m, tau_s, tau_grad, variant, du.dtype, True)
 
 
-def _neuron_fwd_kernel(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant, state, *, end_state=True):
-    """srm_neuron_fwd's PyTorch kernel; ``end_state=False`` (for the fused op's kernel) returns
-    None for ``state_out``, and skips the traces that only it would need."""
+def _neuron_fwd_kernel(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant, state, return_state):
     if state is not None:
         _check_state(state, x)
     p = _params(tau_m, tau_s, tau_grad, variant)
-    spikes, du, dut, state_out = _run_forward(x, p, v_th, state, end_state)
+    spikes, _, _, state_out = _run_forward(x, p, v_th, state, return_state, traces=False)
+    if not return_state:
+        state_out = x.new_empty((0,), dtype=_checks.acc_dtype(x.dtype))
+    return spikes, state_out
+
+
+def _packed_factors(x, p: SRMParams, v_th, state, du_inv_clamp, max_dudt_inv):
+    """The forward's spikes, and the backward's factors at spikes (``(fw, ft)``, each
+    ``[T, ...]``; +1 and 0 at silent steps, so ``fw <= 0`` marks a spike), from `x` and `state`."""
+    spikes, du, dut, _ = _run_forward(x, p, v_th, state, False)
     fw, ft = _factors(du, dut, du_inv_clamp, max_dudt_inv, du.dtype)
-    spk = spikes == 1  # silent steps hold the marker +1 and 0 (see the module docstring)
-    return spikes, torch.stack([torch.where(spk, fw, 1.0), torch.where(spk, ft, 0.0)]), state_out
+    spk = spikes == 1
+    return spikes, torch.where(spk, fw, 1.0), torch.where(spk, ft, 0.0)
 
 
-def _neuron_bwd_kernel(grad_spikes, saved, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv, variant):
-    _checks.check_devices("srm_neuron_bwd", grad_spikes=grad_spikes, saved=saved)
+def _packed_backward(grad_spikes, fw, ft, tau_m, tau_s, tau_grad, variant, with_t: bool):
+    """§3's walk over the factors of :func:`_packed_factors`: ``(grad_w, grad_t or None)``."""
+    return _grad_loop(grad_spikes, lambda t: (fw[t] <= 0, fw[t], ft[t]), tau_m, tau_s, tau_grad, variant, fw.dtype,
+                      with_t)
 
-    def step(t):
-        fw = saved[0, t]
-        return fw <= 0, fw, None  # a spike is a factor <= 0; silent steps hold +1
 
-    return _grad_loop(grad_spikes, step, tau_m, tau_s, tau_grad, variant, saved.dtype, False)[0]
+def _neuron_bwd_kernel(grad_spikes, x, state, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant,
+                       with_t):
+    _checks.check_devices("srm_neuron_bwd", grad_spikes=grad_spikes, x=x)
+    if state is not None:
+        _check_state(state, x)
+    p = _params(tau_m, tau_s, tau_grad, variant)
+    _, fw, ft = _packed_factors(x, p, v_th, state, du_inv_clamp, max_dudt_inv)
+    grad_w, grad_t = _packed_backward(grad_spikes, fw, ft, tau_m, tau_s, tau_grad, variant, with_t)
+    return grad_w, grad_t if with_t else grad_w.new_empty((0,))
 
 
 # --------------------------------------------------------------------------- schemas, fakes, autograd
@@ -220,12 +242,12 @@ _library.define(
 )
 _library.define(
     "srm_neuron_fwd(Tensor x, float tau_m, float tau_s, float tau_grad, float v_th, float du_inv_clamp,"
-    " float max_dudt_inv, int variant, Tensor? state) -> (Tensor spikes, Tensor saved, Tensor state_out)",
+    " float max_dudt_inv, int variant, Tensor? state, bool return_state) -> (Tensor spikes, Tensor state_out)",
     _neuron_fwd_kernel,
 )
 _library.define(
-    "srm_neuron_bwd(Tensor grad_spikes, Tensor saved, float tau_m, float tau_s, float tau_grad,"
-    " float du_inv_clamp, float max_dudt_inv, int variant) -> Tensor",
+    "srm_neuron_bwd(Tensor grad_spikes, Tensor x, Tensor? state, float tau_m, float tau_s, float tau_grad,"
+    " float v_th, float du_inv_clamp, float max_dudt_inv, int variant, bool with_t) -> (Tensor grad_w, Tensor grad_t)",
     _neuron_bwd_kernel,
 )
 _FORWARD = _library.op("srm_forward")
@@ -248,17 +270,19 @@ def _backward_fake(grad_spikes, spikes, du, dut, tau_m, tau_s, tau_grad, du_inv_
 
 
 @torch.library.register_fake("snnspx::srm_neuron_fwd")
-def _neuron_fwd_fake(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant, state):
+def _neuron_fwd_fake(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant, state, return_state):
     if state is not None:
         _check_state(state, x)
     acc = _checks.acc_dtype(x.dtype)
-    return x.new_empty(x.shape), x.new_empty((2, *x.shape), dtype=acc), x.new_empty((4, *x.shape[1:]), dtype=acc)
+    return x.new_empty(x.shape), x.new_empty((4, *x.shape[1:]) if return_state else (0,), dtype=acc)
 
 
 @torch.library.register_fake("snnspx::srm_neuron_bwd")
-def _neuron_bwd_fake(grad_spikes, saved, tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv, variant):
-    _checks.check_devices("srm_neuron_bwd", grad_spikes=grad_spikes, saved=saved)
-    return grad_spikes.new_empty(grad_spikes.shape)
+def _neuron_bwd_fake(grad_spikes, x, state, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant, with_t):
+    _checks.check_devices("srm_neuron_bwd", grad_spikes=grad_spikes, x=x)
+    if state is not None:
+        _check_state(state, x)
+    return grad_spikes.new_empty(grad_spikes.shape), grad_spikes.new_empty(grad_spikes.shape if with_t else (0,))
 
 
 # srm_forward: the gradient reaches x through the spikes only, with the default clamps.
@@ -278,22 +302,22 @@ def _forward_backward(ctx, grad_spikes, _grad_du, _grad_dut):
     return (_BACKWARD(grad_spikes, spikes, du, dut, *ctx.args)[0],) + (None,) * 5
 
 
-# srm_neuron_fwd: keeps the compact [2, T, ...] factors only. The event-driven backward runs
-# within the call (docs/maths.md, "Carried state"): state_out is not differentiable and the
-# input state gets no gradient.
+# srm_neuron_fwd: keeps x and the start state only; the backward recomputes the rest. The
+# event-driven backward runs within the call (docs/maths.md, "Carried state"): state_out is
+# not differentiable and the input state gets no gradient.
 def _neuron_setup(ctx, inputs, output):
-    _, tau_m, tau_s, tau_grad, _, du_inv_clamp, max_dudt_inv, variant, _ = inputs
-    ctx.save_for_backward(output[1])
-    ctx.mark_non_differentiable(output[1], output[2])
+    x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant, state, _ = inputs
+    ctx.save_for_backward(x, state)
+    ctx.mark_non_differentiable(output[1])
     ctx.set_materialize_grads(False)
-    ctx.args = (tau_m, tau_s, tau_grad, du_inv_clamp, max_dudt_inv, variant)
+    ctx.args = (tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant)
 
 
-def _neuron_backward(ctx, grad_spikes, _grad_saved, _grad_state):
+def _neuron_backward(ctx, grad_spikes, _grad_state):
     if grad_spikes is None:
-        return (None,) * 9
-    (saved,) = ctx.saved_tensors
-    return (_NEURON_BWD(grad_spikes, saved, *ctx.args),) + (None,) * 8
+        return (None,) * 10
+    x, state = ctx.saved_tensors
+    return (_NEURON_BWD(grad_spikes, x, state, *ctx.args, False)[0],) + (None,) * 9
 
 
 _library.register_autograd("srm_forward", _forward_backward, _forward_setup)
@@ -384,26 +408,24 @@ def srm_backward(
         return _BACKWARD(grad_spikes, spikes, du, dut, *p.backward_args)
 
 
-def _srm_neuron_event(
-    x: torch.Tensor, params: SRMParams, backend: str | None, state: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`srm_neuron` in event mode for an :class:`SRMParams`: ``(spikes, state_out)`` from
-    `state` (None = zeros), checked as there (the entry point for a wrapper that chooses
-    between gradient modes)."""
-    return _neuron(x, params, backend, state, carried=True)
-
-
-def _neuron(x, p: SRMParams, backend, state, carried: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """srm_neuron_fwd's ``(spikes, state_out)`` with the checks; ``state_out`` is valid where
-    `carried` (which keeps CUDA tensors off the CUDA kernels, whose glue takes no state)."""
+def _srm_event_op(x, p: SRMParams, backend, state, carried: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """srm_neuron_fwd's ``(spikes, state_out)`` with the checks; ``state_out`` is the end state
+    where `carried` (which keeps CUDA tensors off the CUDA kernels, whose glue takes no
+    state), else an empty tensor. The entry point of the SRM layers' event mode."""
     _checks.check_tensor(x, "x")
     p.check_dtype(x.dtype)
     if state is not None:
         _check_state(state, x)
     b = resolve_neuron(backend, x.device, p, carried=carried)
     with kernels(b, x.device):
-        spikes, _, state_out = _NEURON_FWD(x, *p.neuron_args, state)
-    return spikes, state_out
+        return _NEURON_FWD(x, *p.neuron_args, state, carried)
+
+
+def _srm_event_grads(grad_spikes, x, state, p: SRMParams, backend, with_t: bool):
+    """srm_neuron_bwd's ``(grad_w, grad_t)`` for a forward of :func:`_srm_event_op` on `x` from
+    `state`, with its backend (the resolved one)."""
+    with kernels(backend, x.device):
+        return _NEURON_BWD(grad_spikes, x, state, *p.neuron_args, with_t)
 
 
 def srm_neuron(
@@ -423,9 +445,10 @@ def srm_neuron(
     backpropagation through time with a surrogate spike derivative, docs/maths.md §9), and
     ``tau_m``, ``tau_s`` and ``v_th`` may then be tensors (0-d or one value per channel,
     dim 2 of ``x``; differentiable), the returned state is differentiable and `state` gets a
-    gradient. What follows describes the event mode. Autograd keeps 8 bytes per float32
-    neuron-step for the backward (the two clamped spike-time factors at spike steps, a
-    marker elsewhere), not the 12 of ``(spikes, du, dut)``.
+    gradient. What follows describes the event mode. Autograd keeps `x` (and `state`) for the
+    backward, which recomputes the traces from them: no memory per neuron-step of its own
+    where `x` is kept anyway, 4 bytes per float32 neuron-step where `x` is an intermediate,
+    not the 12 of ``(spikes, du, dut)``.
 
     A sequence may be run in chunks (docs/maths.md, "Carried state"): pass each call's
     returned state to the next. The spikes equal those of one call over the whole
@@ -461,7 +484,7 @@ def srm_neuron(
             detach_reset=p.detach_reset, return_state=return_state, tau_grad=p.tau_grad, backend=backend,
         )
     _check_no_tensor_constants(tensors)
-    spikes, state_out = _neuron(x, p, backend, state, carried=state is not None or return_state)
+    spikes, state_out = _srm_event_op(x, p, backend, state, state is not None or return_state)
     return (spikes, state_out) if return_state else spikes
 
 

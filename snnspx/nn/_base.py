@@ -48,9 +48,8 @@ class SRMModule(nn.Module):
             (or :func:`snnspx.nn.reset_state` on a model) starts a new sequence. In surrogate mode the
             carried state is differentiable: gradients cross chunks until :meth:`detach_state`
             (truncated backpropagation through time: call :func:`snnspx.nn.detach_state` after each
-            ``backward``) or the reset. In event mode a chunk's end is a truncation point, and the
-            layers (``SRMConv2d``, ``SRMLinear``) carry a state only without autograd (streaming
-            inference). Call :meth:`reset_state` before changing the module's dtype or device.
+            ``backward``) or the reset. In event mode a chunk's end is a truncation point (the
+            event-driven gradient runs within each call). Call :meth:`reset_state` before changing the module's dtype or device.
         step_mode: ``"multi"`` (inputs ``[T, B, ...]``, the default) or ``"single"`` (one step
             ``[B, ...]`` per call; needs ``stateful=True``).
     """
