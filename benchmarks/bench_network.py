@@ -22,7 +22,9 @@ Adam step; and of inference under ``torch.no_grad``):
   with a Heaviside spike whose backward is an arctan surrogate (what a user would write;
   ``common.srm_eager``, also bench_vgg.py's baseline).
 
-Each is reported in ms and as a ratio to the floor measured in the same run.
+Each is reported in ms and as a ratio to the floor measured in the same run, with the memory
+autograd keeps for the backward of one training forward (each storage once, without the
+parameters and the input). Inference under ``torch.no_grad`` keeps nothing in any of them.
 """
 
 from __future__ import annotations
@@ -70,6 +72,23 @@ def build(kind: str, net: str) -> nn.Module:
     return model
 
 
+def saved_mib(model: nn.Module, x: torch.Tensor) -> float:
+    """MiB of the tensors autograd keeps for the backward of one forward, each storage once
+    (parameters and the input are excluded: every network keeps those)."""
+    skip = {t.untyped_storage().data_ptr() for t in (x, *model.parameters())}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in skip:
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(seen.values()) / 2**20
+
+
 def main() -> None:
     p = parser(__doc__.split("\n")[0])
     add_keep_freed_memory(p)
@@ -88,7 +107,8 @@ def main() -> None:
     kinds = {"floor": "no neuron (ReLU): the floor", "event": "snnspx event", "surrogate": "snnspx surrogate",
              "loop": "PyTorch SRM loop (surrogate)"}
     table = Table(f"Network training step and inference ({args.net}, input {list(shape)})",
-                  ["threads", "network", "train step (ms)", "x floor", "inference (ms)", "x floor"])
+                  ["threads", "network", "train step (ms)", "x floor", "inference (ms)", "x floor",
+                   "kept for backward (MiB)"])
     for threads in args.threads:
         torch.set_num_threads(threads)
         floor = None
@@ -110,7 +130,8 @@ def main() -> None:
 
             train_ms, infer_ms = time_ms(step, args.min_run_time), time_ms(infer, args.min_run_time)
             floor = floor or (train_ms, infer_ms)
-            table.add(threads, name, train_ms, f"{train_ms / floor[0]:.2f}x", infer_ms, f"{infer_ms / floor[1]:.2f}x")
+            table.add(threads, name, train_ms, f"{train_ms / floor[0]:.2f}x", infer_ms, f"{infer_ms / floor[1]:.2f}x",
+                      f"{saved_mib(model, spikes):.1f}")
     allocator = "glibc keeps freed memory (--keep-freed-memory)" if args.keep_freed_memory else "glibc defaults"
     table.emit(args.device, args.write, f"Allocator: {allocator}.")
 

@@ -763,16 +763,17 @@ def test_standardize_weight_edge_cases_agree_with_reference():
 
 
 # --------------------------------------------------------------------------- the input-gradient finish
-@pytest.mark.parametrize("backend", ["cpp", "torch"])
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_input_grad_finish_is_the_expression(backend, dtype, gen):
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.float16, torch.bfloat16])
+def test_input_grad_finish_is_the_expression(backend, device, dtype, gen):
     """spike_input_grad_ gives, in place, the bits of torch.where(s != 0, g * s * scale, 0)
     (or g * scale unmasked), for any layout; an infinite gradient at a silent input is 0,
     not NaN."""
-    F.srm_conv2d(torch.zeros(1, 1, 1, 3, 3), torch.zeros(1, 1, 3, 3), backend="cpp")  # loads the library
+    F.srm_conv2d(torch.zeros(1, 1, 1, 3, 3, device=device), torch.zeros(1, 1, 3, 3, device=device),
+                 backend="torch" if backend == "torch" else backend)  # loads the library
     op = torch.ops.snnspx.spike_input_grad_
-    s = (torch.rand((6, 5, 7), generator=gen) < 0.4).to(dtype) * randn(gen, (6, 5, 7), dtype, "cpu")
-    g = randn(gen, (6, 5, 7), dtype, "cpu") * 3
+    s = (torch.rand((6, 5, 7), generator=gen) < 0.4).to(dtype).to(device) * randn(gen, (6, 5, 7), dtype, device)
+    g = randn(gen, (6, 5, 7), dtype, device) * 3
     g[0, 0, :2] = float("inf")
     s[0, 0, 0] = 0
     for gt, st in ((g, s), (g.transpose(0, 2), s.transpose(0, 2))):
@@ -784,5 +785,6 @@ def test_input_grad_finish_is_the_expression(backend, dtype, gen):
             assert torch.equal(got, want), (mask, got, want)
             torch.library.opcheck(op.default, (gt.clone(), st, 0.85, mask))
     out = g.clone()
-    op(out, s, 0.85, True)
+    with snnspx._library.torch_kernels(backend == "torch"):
+        op(out, s, 0.85, True)
     assert out[0, 0, 0] == 0 and not out.isnan().any()

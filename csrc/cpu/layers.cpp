@@ -4,6 +4,7 @@
 // of the same PyTorch expression: the product rounded to the tensor's dtype, then the scale
 // (in the dtype's arithmetic type) applied and rounded again.
 #include <ATen/ATen.h>
+#include <ATen/ScalarOps.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -39,10 +40,13 @@ void spike_input_grad_cpu(at::Tensor& grad, const at::Tensor& s_in, double scale
   TORCH_CHECK(at::isFloatingType(grad.scalar_type()), "grad must be a floating-point tensor, got ", grad.scalar_type());
   if (!grad.is_contiguous() || !s_in.is_contiguous()) {
     // Any other layout: the same operations as separate in-place ops (the PyTorch kernel's).
+    // The scale as a wrapped number, as a Python float reaches mul: its kernels read it in the
+    // arithmetic type (float for float16), where mul_(double) would round it to the dtype first.
+    const at::Tensor s = at::native::wrapped_scalar_tensor(scale);
     if (mask) {
-      grad.mul_(s_in).mul_(scale).masked_fill_(s_in == 0, 0);
+      grad.mul_(s_in).mul_(s).masked_fill_(s_in == 0, 0);
     } else {
-      grad.mul_(scale);
+      grad.mul_(s);
     }
     return;
   }

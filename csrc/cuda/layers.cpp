@@ -1,6 +1,7 @@
 // CUDA registration of the SRM layers' input-gradient finish (spike_input_grad_); the kernel
 // is in layers.cu, the checks match ../cpu/layers.cpp's.
 #include <ATen/ATen.h>
+#include <ATen/ScalarOps.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -23,10 +24,13 @@ void spike_input_grad_cuda(at::Tensor& grad, const at::Tensor& s_in, double scal
   c10::cuda::CUDAGuard guard(grad.device());
   if (!grad.is_contiguous() || !s_in.is_contiguous()) {
     // Any other layout: the same operations as separate in-place ops (the PyTorch kernel's).
+    // The scale as a wrapped number, as a Python float reaches mul: its kernels read it in the
+    // arithmetic type (float for float16), where mul_(double) would round it to the dtype first.
+    const at::Tensor s = at::native::wrapped_scalar_tensor(scale);
     if (mask) {
-      grad.mul_(s_in).mul_(scale).masked_fill_(s_in == 0, 0);
+      grad.mul_(s_in).mul_(s).masked_fill_(s_in == 0, 0);
     } else {
-      grad.mul_(scale);
+      grad.mul_(s);
     }
     return;
   }
