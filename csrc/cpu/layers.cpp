@@ -4,11 +4,12 @@
 // of the same PyTorch expression: the product rounded to the tensor's dtype, then the scale
 // (in the dtype's arithmetic type) applied and rounded again.
 #include <ATen/ATen.h>
-#include <ATen/ScalarOps.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include "../layers_glue.h"
 
 namespace snnspx {
 namespace {
@@ -33,23 +34,8 @@ void finish_input_grad(scalar_t* g, const scalar_t* s, int64_t n, double scale_i
 }
 
 void spike_input_grad_cpu(at::Tensor& grad, const at::Tensor& s_in, double scale, bool mask) {
-  TORCH_CHECK(grad.sizes() == s_in.sizes(), "grad and s_in must have the same shape, got ", grad.sizes(), " and ",
-              s_in.sizes());
-  TORCH_CHECK_TYPE(grad.scalar_type() == s_in.scalar_type(), "grad and s_in must have the same dtype, got ",
-                   grad.scalar_type(), " and ", s_in.scalar_type());
-  TORCH_CHECK(at::isFloatingType(grad.scalar_type()), "grad must be a floating-point tensor, got ", grad.scalar_type());
-  if (!grad.is_contiguous() || !s_in.is_contiguous()) {
-    // Any other layout: the same operations as separate in-place ops (the PyTorch kernel's).
-    // The scale as a wrapped number, as a Python float reaches mul: its kernels read it in the
-    // arithmetic type (float for float16), where mul_(double) would round it to the dtype first.
-    const at::Tensor s = at::native::wrapped_scalar_tensor(scale);
-    if (mask) {
-      grad.mul_(s_in).mul_(s).masked_fill_(s_in == 0, 0);
-    } else {
-      grad.mul_(s);
-    }
-    return;
-  }
+  check_input_grad_args(grad, s_in);
+  if (input_grad_any_layout(grad, s_in, scale, mask)) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "spike_input_grad_cpu", [&] {
     finish_input_grad<scalar_t>(grad.data_ptr<scalar_t>(), s_in.data_ptr<scalar_t>(), grad.numel(), scale, mask);
   });
