@@ -59,8 +59,8 @@ silent for every image, and in most runs tried 1-7 were silent for good after th
 ``--compare`` trains the same architecture built from ``nn.Conv2d``/``nn.Linear`` and a
 plain leaky integrate-and-fire neuron written below (Heaviside spikes, arctan surrogate
 gradient, ordinary autograd through the time loop), with the same data, encoding, loss on
-counts (without the reversal: its gradient is an ordinary one), epochs and seeds, and prints
-both results side by side.
+counts (without the reversal: its gradient is an ordinary one), label smoothing, epochs and
+seeds, and prints both results side by side.
 """
 
 from __future__ import annotations
@@ -86,6 +86,11 @@ def parse_args(argv=None):
     p.add_argument("--T", type=int, default=16, help="time steps per image (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate, decayed to 0 (default %(default)s)")
+    p.add_argument("--label-smoothing", type=float, default=None,
+                   help="--loss ce: label smoothing (default 0)")
+    p.add_argument("--shift", type=int, default=None,
+                   help="augmentation: shift each training image by up to this many pixels along each axis, at"
+                        " random, zeros filling in (default 0)")
     p.add_argument("--encoding", choices=["direct", "poisson"], default="direct",
                    help="the image as a constant current (default) or as Poisson spikes")
     p.add_argument("--loss", choices=["ce", "count"], default="ce",
@@ -103,6 +108,9 @@ def parse_args(argv=None):
                    help="the SRM neurons' gradient: the original's event-driven one (default) or a surrogate")
     p.add_argument("--surrogate", default="atan", choices=["sigmoid", "atan", "fast_sigmoid", "triangle"],
                    help="--grad surrogate: the surrogate derivative (default %(default)s)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="--grad surrogate: the surrogate's parameter (default: the library's for that surrogate)")
+    p.add_argument("--detach-reset", action="store_true", help="--grad surrogate: no gradient through the reset")
     p.add_argument("--learn-tau", action="store_true", help="--grad surrogate: learn tau_m, tau_s per channel")
     p.add_argument("--learn-threshold", action="store_true", help="--grad surrogate: learn v_th per channel")
     p.add_argument("--compare", action="store_true", help="also train the surrogate-gradient LIF network")
@@ -133,7 +141,8 @@ def make_srm_net(args, channels: int = 16) -> nn.Sequential:
 
     neuron = dict(fire_if=args.fire_if, backend=args.backend, grad=args.grad)
     if args.grad == "surrogate":
-        neuron.update(surrogate=args.surrogate, learn_tau=args.learn_tau, learn_threshold=args.learn_threshold)
+        neuron.update(surrogate=args.surrogate, alpha=args.alpha, detach_reset=args.detach_reset,
+                      learn_tau=args.learn_tau, learn_threshold=args.learn_threshold)
     elif args.learn_tau or args.learn_threshold:
         raise ValueError("--learn-tau and --learn-threshold need --grad surrogate")
     layers = [
@@ -239,6 +248,17 @@ def predict(out: torch.Tensor) -> torch.Tensor:
     return (count * (T + 1) + (T - first)).argmax(1)
 
 
+def random_shift(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Images [B, 1, H, W], each moved by its own random offset in [-shift, shift] along each
+    axis; the pixels moved in are 0 (the digits' background)."""
+    B, _, H, W = x.shape
+    padded = F.pad(x, (shift, shift, shift, shift))
+    dy, dx = torch.randint(0, 2 * shift + 1, (2, B, 1), generator=gen)
+    rows = (dy + torch.arange(H))[:, :, None]                           # [B, H, 1]
+    cols = (dx + torch.arange(W))[:, None, :]                           # [B, 1, W]
+    return padded[torch.arange(B)[:, None, None], 0, rows, cols].unsqueeze(1)
+
+
 def run(kind: str, seed: int, args, device) -> float:
     """Trains one network ("srm" or "lif") with one seed; returns its final test accuracy."""
     import snnspx
@@ -271,7 +291,8 @@ def run(kind: str, seed: int, args, device) -> float:
                                                reverse=reverse)
     else:
         def loss_fn(out, labels):
-            return F.cross_entropy((snnspx.losses.reverse_grad(out) if reverse else out).sum(0), labels)
+            return F.cross_entropy((snnspx.losses.reverse_grad(out) if reverse else out).sum(0), labels,
+                                   label_smoothing=args.label_smoothing)
 
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=args.lr)
@@ -299,7 +320,10 @@ def run(kind: str, seed: int, args, device) -> float:
         for i in range(0, len(order), args.batch_size):
             idx = order[i:i + args.batch_size]
             labels = y_train[idx].to(device)
-            out = net(encode(x_train[idx]))                  # [T, B, 10] output spikes
+            images = x_train[idx]
+            if args.shift:
+                images = random_shift(images, args.shift, gen)
+            out = net(encode(images))                        # [T, B, 10] output spikes
             loss = loss_fn(out, labels)
             opt.zero_grad()
             loss.backward()
@@ -327,15 +351,26 @@ def summary(name: str, seeds: list[int], accs: list[float], seconds: float) -> s
             f"(min {min(accs):.4f}, max {max(accs):.4f}, std {std:.4f}; {seconds:.0f} s)")
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def resolve_defaults(args) -> None:
+    """The options left at None take their mode's default (see --help)."""
     if args.epochs is None:
         args.epochs = 3 if args.small else 20
+    if args.label_smoothing is None:
+        args.label_smoothing = 0.0
+    if args.shift is None:
+        args.shift = 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    resolve_defaults(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for, but PyTorch sees no CUDA device here")
     print(f"digits: T = {args.T}, {args.epochs} epoch(s), batch {args.batch_size}, lr {args.lr}, loss {args.loss}, "
-          f"encoding {args.encoding}, device {device}, backend {args.backend or 'default'}, "
+          + (f"label smoothing {args.label_smoothing}, " if args.label_smoothing and args.loss == "ce" else "")
+          + (f"shifts up to {args.shift} px, " if args.shift else "")
+          + f"encoding {args.encoding}, device {device}, backend {args.backend or 'default'}, "
           f"{torch.get_num_threads()} thread(s)")
     results = {}
     kinds = ["srm", "lif"] if args.compare else ["srm"]
