@@ -5,6 +5,7 @@
     python examples/train_digits.py --small          # CI size: a subset, 3 epochs, seconds
     python examples/train_digits.py --seeds 1 --epochs 30 --loss count
     python examples/train_digits.py --grad surrogate --learn-tau   # surrogate gradient, learned time constants
+    python examples/train_digits.py --grad surrogate --learn-tau --lr 3e-3 --label-smoothing 0  # event mode's recipe
 
 Data: ``sklearn.datasets.load_digits`` (1797 greyscale 8 x 8 images of the digits 0-9, shipped
 with scikit-learn: no download), split 80 / 20 into training and test sets, stratified, with
@@ -46,21 +47,30 @@ neuron; the original also trains these parameters slowly or not at all); ``weigh
 ``bn_weight`` learn (Adam, cosine learning-rate decay). With ``--grad surrogate`` the SRM
 layers train by backpropagation through time with a surrogate spike derivative: silent
 neurons get a gradient there, so ``bn_bias`` starts at 0 and learns, and the count loss
-takes no reversal.
+takes no reversal. Its recipe differs from the event mode's in two defaults, learning rate
+1e-2 (not 3e-3) and label smoothing 0.2 (not 0): with the event mode's, it fits the
+training set (training accuracy 0.999 within 20 epochs) and tests 1-2 % lower.
 
 Measured on the 2-core development CPU, two threads, defaults (20 epochs, seeds 0 1 2): test
 accuracy 0.967, 0.986, 0.969 (mean 0.974), 6.5 s per seed; ``--loss count`` 0.953, 0.972, 0.961
-(mean 0.962); ``--grad surrogate --learn-tau`` 0.972, 0.978, 0.986 (mean 0.979); ``--compare``'s
-LIF 0.975, 0.981, 0.978 (mean 0.978), 14 s per seed. With
+(mean 0.962); ``--compare``'s LIF 0.975, 0.981, 0.978 (mean 0.978), 14 s per seed. With
 zero-mean weight rows instead (``--bias-init 0``), rate_init left 1-2 of the 10 output neurons
 silent for every image, and in most runs tried 1-7 were silent for good after the first epoch
 (test accuracy 40-85 %).
 
+Measured on a 2-core AMD EPYC VM on 2026-12-07, ``--grad surrogate --learn-tau`` (seeds 0 1
+2): test accuracy 0.994, 0.994, 0.994 (mean 0.994) with two threads, 0.992, 0.992, 0.997
+(mean 0.994) with one (``OMP_NUM_THREADS=1``); with the event mode's learning rate and no
+smoothing, 0.972, 0.978, 0.986 (mean 0.979) and 0.972, 0.986, 0.989 (mean 0.982). The two
+surrogate defaults were chosen on seeds 3-8 (other splits), where they gave a mean of 0.991
+against 0.979 (one thread). They cost nothing: 8.5 s per seed with one thread on the idle VM,
+as before.
+
 ``--compare`` trains the same architecture built from ``nn.Conv2d``/``nn.Linear`` and a
 plain leaky integrate-and-fire neuron written below (Heaviside spikes, arctan surrogate
 gradient, ordinary autograd through the time loop), with the same data, encoding, loss on
-counts (without the reversal: its gradient is an ordinary one), epochs and seeds, and prints
-both results side by side.
+counts (without the reversal: its gradient is an ordinary one), learning rate, label
+smoothing, epochs and seeds, and prints both results side by side.
 """
 
 from __future__ import annotations
@@ -85,7 +95,13 @@ def parse_args(argv=None):
     p.add_argument("--small", action="store_true", help="CI size: 300 training / 100 test images, 3 epochs")
     p.add_argument("--T", type=int, default=16, help="time steps per image (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate, decayed to 0 (default %(default)s)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate, decayed to 0 (default 3e-3; 1e-2 with --grad surrogate)")
+    p.add_argument("--label-smoothing", type=float, default=None,
+                   help="--loss ce: label smoothing (default 0; 0.2 with --grad surrogate)")
+    p.add_argument("--shift", type=int, default=None,
+                   help="augmentation: shift each training image by up to this many pixels along each axis, at"
+                        " random, zeros filling in (default 0)")
     p.add_argument("--encoding", choices=["direct", "poisson"], default="direct",
                    help="the image as a constant current (default) or as Poisson spikes")
     p.add_argument("--loss", choices=["ce", "count"], default="ce",
@@ -103,6 +119,9 @@ def parse_args(argv=None):
                    help="the SRM neurons' gradient: the original's event-driven one (default) or a surrogate")
     p.add_argument("--surrogate", default="atan", choices=["sigmoid", "atan", "fast_sigmoid", "triangle"],
                    help="--grad surrogate: the surrogate derivative (default %(default)s)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="--grad surrogate: the surrogate's parameter (default: the library's for that surrogate)")
+    p.add_argument("--detach-reset", action="store_true", help="--grad surrogate: no gradient through the reset")
     p.add_argument("--learn-tau", action="store_true", help="--grad surrogate: learn tau_m, tau_s per channel")
     p.add_argument("--learn-threshold", action="store_true", help="--grad surrogate: learn v_th per channel")
     p.add_argument("--compare", action="store_true", help="also train the surrogate-gradient LIF network")
@@ -133,7 +152,8 @@ def make_srm_net(args, channels: int = 16) -> nn.Sequential:
 
     neuron = dict(fire_if=args.fire_if, backend=args.backend, grad=args.grad)
     if args.grad == "surrogate":
-        neuron.update(surrogate=args.surrogate, learn_tau=args.learn_tau, learn_threshold=args.learn_threshold)
+        neuron.update(surrogate=args.surrogate, alpha=args.alpha, detach_reset=args.detach_reset,
+                      learn_tau=args.learn_tau, learn_threshold=args.learn_threshold)
     elif args.learn_tau or args.learn_threshold:
         raise ValueError("--learn-tau and --learn-threshold need --grad surrogate")
     layers = [
@@ -239,6 +259,17 @@ def predict(out: torch.Tensor) -> torch.Tensor:
     return (count * (T + 1) + (T - first)).argmax(1)
 
 
+def random_shift(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Images [B, 1, H, W], each moved by its own random offset in [-shift, shift] along each
+    axis; the pixels moved in are 0 (the digits' background)."""
+    B, _, H, W = x.shape
+    padded = F.pad(x, (shift, shift, shift, shift))
+    dy, dx = torch.randint(0, 2 * shift + 1, (2, B, 1), generator=gen)
+    rows = (dy + torch.arange(H))[:, :, None]                           # [B, H, 1]
+    cols = (dx + torch.arange(W))[:, None, :]                           # [B, 1, W]
+    return padded[torch.arange(B)[:, None, None], 0, rows, cols].unsqueeze(1)
+
+
 def run(kind: str, seed: int, args, device) -> float:
     """Trains one network ("srm" or "lif") with one seed; returns its final test accuracy."""
     import snnspx
@@ -271,7 +302,8 @@ def run(kind: str, seed: int, args, device) -> float:
                                                reverse=reverse)
     else:
         def loss_fn(out, labels):
-            return F.cross_entropy((snnspx.losses.reverse_grad(out) if reverse else out).sum(0), labels)
+            return F.cross_entropy((snnspx.losses.reverse_grad(out) if reverse else out).sum(0), labels,
+                                   label_smoothing=args.label_smoothing)
 
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=args.lr)
@@ -299,7 +331,10 @@ def run(kind: str, seed: int, args, device) -> float:
         for i in range(0, len(order), args.batch_size):
             idx = order[i:i + args.batch_size]
             labels = y_train[idx].to(device)
-            out = net(encode(x_train[idx]))                  # [T, B, 10] output spikes
+            images = x_train[idx]
+            if args.shift:
+                images = random_shift(images, args.shift, gen)
+            out = net(encode(images))                        # [T, B, 10] output spikes
             loss = loss_fn(out, labels)
             opt.zero_grad()
             loss.backward()
@@ -327,15 +362,33 @@ def summary(name: str, seeds: list[int], accs: list[float], seconds: float) -> s
             f"(min {min(accs):.4f}, max {max(accs):.4f}, std {std:.4f}; {seconds:.0f} s)")
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def resolve_defaults(args) -> None:
+    """The options left at None take their mode's default (see --help)."""
     if args.epochs is None:
         args.epochs = 3 if args.small else 20
+    # The surrogate recipe, chosen on seeds 3-8 (splits other than the reported 0-2's): at
+    # lr 3e-3 it fits the training set (accuracy 0.999) and tests 1-2 % lower; a higher
+    # learning rate and label smoothing generalised better than shifts, dropout, more
+    # epochs, another surrogate or alpha.
+    surrogate = args.grad == "surrogate"
+    if args.lr is None:
+        args.lr = 1e-2 if surrogate else 3e-3
+    if args.label_smoothing is None:
+        args.label_smoothing = 0.2 if surrogate else 0.0
+    if args.shift is None:
+        args.shift = 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    resolve_defaults(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for, but PyTorch sees no CUDA device here")
     print(f"digits: T = {args.T}, {args.epochs} epoch(s), batch {args.batch_size}, lr {args.lr}, loss {args.loss}, "
-          f"encoding {args.encoding}, device {device}, backend {args.backend or 'default'}, "
+          + (f"label smoothing {args.label_smoothing}, " if args.label_smoothing and args.loss == "ce" else "")
+          + (f"shifts up to {args.shift} px, " if args.shift else "")
+          + f"encoding {args.encoding}, device {device}, backend {args.backend or 'default'}, "
           f"{torch.get_num_threads()} thread(s)")
     results = {}
     kinds = ["srm", "lif"] if args.compare else ["srm"]
