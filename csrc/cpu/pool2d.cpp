@@ -37,9 +37,10 @@ int64_t plane_grain(const Pool2dShape& s) {
 // KW > 0: the window width as a compile-time constant (the inner loops unroll and
 // vectorise); KW == 0: any width, read from kw. The half types are converted a row at a time
 // into `conv` first (a plain loop of conversions; inside the window loops they stay calls).
-// The counts add up in the accumulation type as selects of 1 and 0 (which vectorise beside
-// the sums; a conversion keeps (v != 0) exact: NaN counts, -0 does not): exact, as every
-// window has at most 2^24 pixels (checked), and stored as cnt_t (uint8 or int32).
+// The counts add up per pixel column over the window's kh rows in `nz` (contiguous selects of
+// 1 and 0 in the accumulation type, which vectorise; comparing the converted value keeps
+// (v != 0) exact: NaN counts, -0 does not), then per window once per row of windows: exact,
+// as every window has at most 2^24 pixels (checked), and stored as cnt_t (uint8 or int32).
 template <typename scalar_t, typename cnt_t, int KW>
 void forward_plane(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, cnt_t* __restrict__ count,
                    const Pool2dShape& s, at::opmath_type<scalar_t>* __restrict__ sum,
@@ -52,7 +53,7 @@ void forward_plane(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, cnt
   const acc_t one(1), zero(0);
   for (int64_t oh = 0; oh < s.OH; ++oh) {
     std::fill(sum, sum + s.OW, zero);
-    std::fill(nz, nz + s.OW, zero);
+    std::fill(nz, nz + used_w, zero);
     for (int64_t i = 0; i < s.kh; ++i) {
       const scalar_t* __restrict__ in = x + (oh * s.kh + i) * s.W;
       const acc_t* __restrict__ row;
@@ -63,46 +64,53 @@ void forward_plane(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, cnt
         row = in;
       }
       for (int64_t ow = 0; ow < s.OW; ++ow) {
-        acc_t a = sum[ow], n = nz[ow];
-        for (int64_t j = 0; j < kw; ++j) {
-          const acc_t v = row[ow * kw + j];
-          a += v;
-          n += v != zero ? one : zero;
-        }
+        acc_t a = sum[ow];
+        for (int64_t j = 0; j < kw; ++j) a += row[ow * kw + j];
         sum[ow] = a;
-        nz[ow] = n;
       }
+      for (int64_t w = 0; w < used_w; ++w) nz[w] += row[w] != zero ? one : zero;
     }
     scalar_t* __restrict__ out = y + oh * s.OW;
     cnt_t* __restrict__ cout = count + oh * s.OW;
     for (int64_t ow = 0; ow < s.OW; ++ow) {
+      acc_t n = zero;
+      for (int64_t j = 0; j < kw; ++j) n += nz[ow * kw + j];
       out[ow] = static_cast<scalar_t>(sum[ow] / div);
-      cout[ow] = static_cast<cnt_t>(nz[ow]);
+      cout[ow] = static_cast<cnt_t>(n);
     }
   }
 }
 
+// The backward's counts as its division loops read them, converted a row of windows at a time
+// from the stored uint8/int32: in the input type for float and double, so that those loops
+// vectorise (selects and divisions of one width); in int32 for the half types, whose
+// conversions keep the loops scalar anyway. Exact: a count is at most 2^24.
+template <typename scalar_t>
+using div_count_t = std::conditional_t<std::is_same_v<scalar_t, at::opmath_type<scalar_t>>, scalar_t, int32_t>;
+
 // g / n in the accumulation type, 0 where n = 0 (whatever g is, NaN included), rounded once.
-template <typename scalar_t, typename cnt_t>
-inline scalar_t spike_share(scalar_t g, cnt_t n) {
+template <typename scalar_t, typename c_t>
+inline scalar_t spike_share(scalar_t g, c_t n) {
   using acc_t = at::opmath_type<scalar_t>;
-  const acc_t q = static_cast<acc_t>(g) / static_cast<acc_t>(std::max(n, cnt_t(1)));
-  return static_cast<scalar_t>(n > cnt_t(0) ? q : acc_t(0));
+  const acc_t q = static_cast<acc_t>(g) / static_cast<acc_t>(std::max(n, c_t(1)));
+  return static_cast<scalar_t>(n > c_t(0) ? q : acc_t(0));
 }
 
 // 2 x 2 windows, the common case: one loop over a row of windows divides and writes the two
 // output rows.
 template <typename scalar_t, typename cnt_t>
 void backward_plane_2x2(const scalar_t* __restrict__ g, const cnt_t* __restrict__ count, scalar_t* __restrict__ gx,
-                        const Pool2dShape& s) {
+                        const Pool2dShape& s, div_count_t<scalar_t>* __restrict__ n) {
+  using c_t = div_count_t<scalar_t>;
   const int64_t used_w = s.OW * 2;
   for (int64_t oh = 0; oh < s.OH; ++oh) {
     scalar_t* __restrict__ o0 = gx + (2 * oh) * s.W;
     scalar_t* __restrict__ o1 = o0 + s.W;
     const scalar_t* __restrict__ grow = g + oh * s.OW;
     const cnt_t* __restrict__ crow = count + oh * s.OW;
+    for (int64_t ow = 0; ow < s.OW; ++ow) n[ow] = static_cast<c_t>(crow[ow]);
     for (int64_t ow = 0; ow < s.OW; ++ow) {
-      const scalar_t v = spike_share(grow[ow], crow[ow]);
+      const scalar_t v = spike_share(grow[ow], n[ow]);
       o0[2 * ow] = v;
       o0[2 * ow + 1] = v;
       o1[2 * ow] = v;
@@ -119,13 +127,15 @@ void backward_plane_2x2(const scalar_t* __restrict__ g, const cnt_t* __restrict_
 // KW == 0: any width, read from s.kw.
 template <typename scalar_t, typename cnt_t, int KW>
 void backward_plane(const scalar_t* __restrict__ g, const cnt_t* __restrict__ count, scalar_t* __restrict__ gx,
-                    const Pool2dShape& s, scalar_t* __restrict__ q) {
+                    const Pool2dShape& s, div_count_t<scalar_t>* __restrict__ n, scalar_t* __restrict__ q) {
+  using c_t = div_count_t<scalar_t>;
   const int64_t kw = KW > 0 ? KW : s.kw;
   const int64_t used_w = s.OW * kw;
   for (int64_t oh = 0; oh < s.OH; ++oh) {
     const scalar_t* __restrict__ grow = g + oh * s.OW;
     const cnt_t* __restrict__ crow = count + oh * s.OW;
-    for (int64_t ow = 0; ow < s.OW; ++ow) q[ow] = spike_share(grow[ow], crow[ow]);
+    for (int64_t ow = 0; ow < s.OW; ++ow) n[ow] = static_cast<c_t>(crow[ow]);
+    for (int64_t ow = 0; ow < s.OW; ++ow) q[ow] = spike_share(grow[ow], n[ow]);
     for (int64_t i = 0; i < s.kh; ++i) {
       scalar_t* __restrict__ out = gx + (oh * s.kh + i) * s.W;
       for (int64_t ow = 0; ow < s.OW; ++ow) {
@@ -142,7 +152,7 @@ template <typename scalar_t, typename cnt_t, int KW>
 void forward_planes(const scalar_t* x, scalar_t* y, cnt_t* count, const Pool2dShape& s) {
   using acc_t = at::opmath_type<scalar_t>;
   at::parallel_for(0, s.P, plane_grain(s), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> sum(static_cast<size_t>(s.OW)), nz(static_cast<size_t>(s.OW));
+    std::vector<acc_t> sum(static_cast<size_t>(s.OW)), nz(static_cast<size_t>(s.OW * s.kw));
     std::vector<acc_t> conv(std::is_same_v<scalar_t, acc_t> ? 0 : static_cast<size_t>(s.W));
     for (int64_t p = begin; p < end; ++p) {
       forward_plane<scalar_t, cnt_t, KW>(x + p * s.H * s.W, y + p * s.OH * s.OW, count + p * s.OH * s.OW, s,
@@ -154,15 +164,16 @@ void forward_planes(const scalar_t* x, scalar_t* y, cnt_t* count, const Pool2dSh
 template <typename scalar_t, typename cnt_t, int KW>
 void backward_planes(const scalar_t* g, const cnt_t* count, scalar_t* gx, const Pool2dShape& s) {
   at::parallel_for(0, s.P, plane_grain(s), [&](int64_t begin, int64_t end) {
+    std::vector<div_count_t<scalar_t>> n(static_cast<size_t>(s.OW));
     std::vector<scalar_t> q(static_cast<size_t>(s.OW));
     for (int64_t p = begin; p < end; ++p) {
       const scalar_t* gp = g + p * s.OH * s.OW;
       const cnt_t* cp = count + p * s.OH * s.OW;
       scalar_t* out = gx + p * s.H * s.W;
       if (KW == 2 && s.kh == 2) {
-        backward_plane_2x2(gp, cp, out, s);
+        backward_plane_2x2(gp, cp, out, s, n.data());
       } else {
-        backward_plane<scalar_t, cnt_t, KW>(gp, cp, out, s, q.data());
+        backward_plane<scalar_t, cnt_t, KW>(gp, cp, out, s, n.data(), q.data());
       }
     }
   });
