@@ -11,9 +11,10 @@ padding 1, input spikes at 20% density.
 
 SpikeAvgPool2d: the first pooling layer of the digits network of the issue, input spikes
 T,B,C,H,W = 8,16,32,26,26 at 20% density, kernel 2; on the CPU with 1 and 2 threads. Forward:
-``spike_avg_pool2d`` against ``F.avg_pool2d``; backward: the op ``spike_avg_pool2d_bwd`` against
-``aten.avg_pool2d_backward`` (``nn.AvgPool2d``'s backward, whose gradient rule differs but whose
-memory traffic is the same) and against the op's own PyTorch kernel (``backend="torch"``).
+``spike_avg_pool2d`` (which also counts each window's spikes) against ``F.avg_pool2d``; backward:
+the op ``spike_avg_pool2d_bwd``, from the forward's window counts, against
+``aten.avg_pool2d_backward`` (``nn.AvgPool2d``'s backward, whose gradient rule differs, and which
+reads no counts) and against the op's own PyTorch kernel (``backend="torch"``).
 
     python benchmarks/bench_layers.py [--device cpu|cuda] [--write] [--part all|conv|pool]
 """
@@ -89,9 +90,10 @@ def pool_table(args) -> None:
         fwd_base = run(lambda: TF.avg_pool2d(x4, 2))
         fwd = run(lambda: ops.spike_avg_pool2d(x, 2, 2))
         bwd_base = run(lambda: torch.ops.aten.avg_pool2d_backward(g4, x4, [2, 2], [2, 2], [0, 0], False, True, None))
-        bwd = run(lambda: ops.spike_avg_pool2d_bwd(g, x, 2, 2))
+        count = ops.spike_avg_pool2d(x, 2, 2)[1]  # what autograd keeps for the backward
+        bwd = run(lambda: ops.spike_avg_pool2d_bwd(g, count, 2, 2, H, W))
         with snnspx._library.torch_kernels():
-            bwd_torch = run(lambda: ops.spike_avg_pool2d_bwd(g, x, 2, 2))
+            bwd_torch = run(lambda: ops.spike_avg_pool2d_bwd(g, count, 2, 2, H, W))
         label = n if dev == "cpu" else "-"
         t.add("forward", label, "F.avg_pool2d", fwd_base, fwd, f"{fwd_base / fwd:.1f}x")
         t.add("backward", label, "nn.AvgPool2d's backward", bwd_base, bwd, f"{bwd_base / bwd:.1f}x")

@@ -248,7 +248,8 @@ class SpikeAvgPool2d(nn.Module):
 
     Forward: mean over non-overlapping ``kernel_size`` windows (stride = kernel, floor mode).
     Backward: each pixel of a window gets ``g / n``, ``n`` the window's non-zero inputs, 0
-    where ``n = 0`` (:func:`snnspx.functional.spike_avg_pool2d`).
+    where ``n = 0`` (:func:`snnspx.functional.spike_avg_pool2d`). Autograd keeps the window
+    counts only: 1 byte per window, a quarter byte per input for 2x2 windows.
 
     Args:
         kernel_size: int or pair, also the stride. Default 2.
