@@ -257,7 +257,7 @@ def main(argv=None) -> int:
 class _OpCounter(TorchDispatchMode):
     """Counts the snnspx op calls in its block (it runs every op as usual)."""
 
-    NAMES = ("srm_forward", "srm_backward", "srm_suppix_pool_fwd", "srm_suppix_pool_bwd")
+    NAMES = ("srm_neuron_fwd", "srm_neuron_bwd", "srm_suppix_pool_fwd", "srm_suppix_pool_bwd")
 
     def __init__(self):
         super().__init__()

@@ -55,7 +55,7 @@ def test_superpixel_demo_small(tmp_path):
     assert backend
     assert "gradient norms: conv1.weight" in text
     if backend.group(1) == "cpp":  # the C++ kernels served the neuron and fused ops
-        assert re.search(r"compiled kernels run: snnspx::srm_forward x[1-9].*snnspx::srm_suppix_pool_bwd x[1-9]", text)
+        assert re.search(r"compiled kernels run: snnspx::srm_neuron_fwd x[1-9].*snnspx::srm_suppix_pool_bwd x[1-9]", text)
 
 
 def test_superpixel_demo_rejects_a_missing_device(tmp_path):
