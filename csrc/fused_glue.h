@@ -52,33 +52,27 @@ inline FusedArgs prepare_fused(const at::Tensor& x, const at::Tensor& labels, in
   return a;
 }
 
-// The backward's view of the shapes: saved is [2, T, B, C, P], grad_y [T, B, C, K].
-inline FusedArgs prepare_fused_backward(const at::Tensor& grad_y, const at::Tensor& saved, const at::Tensor& labels,
+// The backward's view of the shapes: x [T, B, C, P], the forward's input (the backward
+// recomputes the neuron from it), grad_y [T, B, C, K] of x's dtype.
+inline FusedArgs prepare_fused_backward(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& labels,
                                         c10::string_view mode) {
   check_float_input(grad_y, "grad_y");
   TORCH_CHECK(grad_y.dim() == 4, "grad_y must be [T, B, C, K], got ", grad_y.sizes());
-  TORCH_CHECK(saved.dim() == 5, "saved must be [2, T, B, C, P], got ", saved.sizes());
-  return prepare_fused_sizes(saved.size(1), saved.size(2), saved.size(3), saved.size(4), grad_y.device(), labels,
-                             grad_y.size(3), mode);
+  FusedArgs a = prepare_fused(x, labels, grad_y.size(3), mode);
+  TORCH_CHECK_TYPE(grad_y.scalar_type() == x.scalar_type(), "grad_y must have the dtype of x (",
+                   dtype_name(x.scalar_type()), "), got ", dtype_name(grad_y.scalar_type()));
+  return a;
 }
 
 inline at::Tensor fused_output(const FusedArgs& a) {
   return at::empty({a.T, a.B, a.C, a.K}, a.x.options());
 }
 
-inline at::Tensor fused_saved(const FusedArgs& a) {
-  return at::empty({2, a.T, a.B, a.C, a.P}, a.x.options().dtype(srm_acc_type(a.x.scalar_type())));
-}
-
-inline void check_fused_backward(const at::Tensor& grad_y, const at::Tensor& saved, const at::Tensor& counts,
-                                 const at::Tensor& argmax, const FusedArgs& a) {
+// a from prepare_fused_backward.
+inline void check_fused_backward(const at::Tensor& grad_y, const at::Tensor& counts, const at::Tensor& argmax,
+                                 const FusedArgs& a) {
   TORCH_CHECK(grad_y.sizes() == at::IntArrayRef({a.T, a.B, a.C, a.K}), "grad_y must be [T, B, C, K] = [", a.T,
-              ", ", a.B, ", ", a.C, ", ", a.K, "], got ", grad_y.sizes());
-  TORCH_CHECK(saved.sizes() == at::IntArrayRef({2, a.T, a.B, a.C, a.P}), "saved must be [2, T, B, C, P], got ",
-              saved.sizes());
-  TORCH_CHECK(saved.scalar_type() == srm_acc_type(grad_y.scalar_type()), "saved must be ",
-              srm_acc_type(grad_y.scalar_type()), " for grad_y of dtype ", grad_y.scalar_type(), ", got ",
-              saved.scalar_type());
+              ", ", a.B, ", ", a.C, ", ", a.K, "] (the sizes of x and num_superpixels), got ", grad_y.sizes());
   TORCH_CHECK(counts.scalar_type() == at::kInt && counts.sizes() == at::IntArrayRef({a.layout.L, a.layout.Bl, a.K}),
               "counts must be int32 [L, Bl, K], got ", counts.scalar_type(), " ", counts.sizes());
   if (a.mode == PoolMode::Max) {
@@ -86,7 +80,7 @@ inline void check_fused_backward(const at::Tensor& grad_y, const at::Tensor& sav
                 "argmax must be int32 [T, B, C, K] for mode 'max', got ", argmax.scalar_type(), " ",
                 argmax.sizes());
   }
-  for (const auto* t : {&saved, &counts, &argmax}) {
+  for (const auto* t : {&a.x, &counts, &argmax}) {
     TORCH_CHECK(t->device() == grad_y.device(), "all tensors must be on grad_y's device ", grad_y.device());
   }
 }

@@ -214,7 +214,7 @@ def test_fused_threshold_tie(backend, device, mode, gen):
 @pytest.mark.parametrize("mode", MODES)
 def test_fused_no_superpixels_trains(backend, device, mode, gen):
     # Every label negative and K inferred: K = 0, an empty output, and a gradient that is
-    # exactly zero (the backward still walks every neuron's saved state).
+    # exactly zero (the backward still runs and walks back every neuron).
     x = (currents(gen, (5, 2, 3, 4, 4), device=device) * 3).requires_grad_()
     labels = torch.full((2, 4, 4), -1, dtype=torch.long, device=device)
     y = fused(x, labels, None, mode, backend)
@@ -408,9 +408,35 @@ def test_fused_opcheck(backend, device, gen):
         torch.library.opcheck(
             ops.srm_suppix_pool_fwd.default, (x.clone().requires_grad_(), labels, K, mode, *args, 4.0, 1e8, 0, False, "")
         )
-        y, saved, counts, argmax = ops.srm_suppix_pool_fwd.default(x, labels, K, mode, *args, 4.0, 1e8, 0, True, "")
+        y, counts, argmax = ops.srm_suppix_pool_fwd.default(x, labels, K, mode, *args, 4.0, 1e8, 0, True, "")
         g = torch.randn(y.shape, generator=gen).to(device, y.dtype)
-        torch.library.opcheck(ops.srm_suppix_pool_bwd.default, (g, saved, labels, counts, argmax, mode, 5.0, 3.0, 2.5, 0, ""))
+        torch.library.opcheck(ops.srm_suppix_pool_bwd.default, (g, x, labels, counts, argmax, mode, *args, 4.0, 1e8, 0, ""))
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+@pytest.mark.parametrize("mode", MODES)
+def test_fused_saved_state_is_x_only(backend, mode, gen):
+    """In training the fused op keeps its input x (the backward runs the neuron again from
+    it), the labels, the counts and, for max, the argmax: no [2, T, ...] factors, nothing per
+    neuron-step of its own, whichever kernel runs (one autograd formula)."""
+    T, B, C, H, W, K = 6, 2, 3, 8, 8, 5
+    x = currents(gen, (T, B, C, H, W)).requires_grad_()
+    labels = make_labels(gen, "batch", T, B, H, W, K)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = fused(x, labels, K, mode, backend)
+    big = [t for t in saved if t.numel() >= x.numel()]
+    assert len(big) == 1 and big[0].data_ptr() == x.data_ptr() and big[0].numel() == x.numel(), [
+        (tuple(t.shape), t.dtype) for t in saved]
+    rest = sum(t.numel() * t.element_size() for t in saved if t is not big[0])
+    assert rest < x.numel(), f"{rest} bytes besides x"  # per label map or superpixel, not per neuron-step
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
 @pytest.mark.parametrize("backend,device", COMPILED)

@@ -84,9 +84,9 @@ def test_fused_kernel_runs_and_writes_no_full_tensor(gen):
 
 @pytest.mark.parametrize("op", ["srm_suppix_pool", "srm_neuron", "srm_forward", "suppix_pool"])
 def test_backward_zero_fills_no_unused_output(op, gen):
-    """Autograd zero-fills the gradient of an unused output unless told not to. The saved
-    state (fused op, srm_neuron: [2, T, ...]), du and dut (srm_forward) and the pooling's aux
-    get none: no zeros are made, and the compiled backward allocates x's gradient and nothing
+    """Autograd zero-fills the gradient of an unused output unless told not to. The fused
+    op's counts and argmax, srm_neuron's end state, du and dut (srm_forward) and the pooling's
+    aux get none: no zeros are made, and the compiled backward allocates x's gradient and nothing
     else of size. (The torch backend's vectorised backward has temporaries and zeros of its
     own, so it is not measured.)"""
     backend = "cpp"

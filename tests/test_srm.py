@@ -632,6 +632,13 @@ def test_compiled_op_checks_its_arguments():
         ops.srm_suppix_pool(x, labels, 1, "sum", 5.0, 3.0, 2.5, nan, 0, True, "")
     with pytest.raises(ValueError, match="v_th must not be NaN"):
         ops.srm_suppix_pool_fwd(x, labels, 1, "sum", 5.0, 3.0, 2.5, nan, 4.0, 1e8, 0, True, "")
+    gy, counts, no_argmax = torch.randn(3, 1, 1, 1), torch.full((1, 1, 1), 2, dtype=torch.int32), torch.empty(0).int()
+    with pytest.raises(ValueError, match="v_th must not be NaN"):  # the backward runs the neuron again
+        ops.srm_suppix_pool_bwd(gy, x, labels, counts, no_argmax, "sum", 5.0, 3.0, 2.5, nan, 4.0, 1e8, 0, "")
+    with pytest.raises(TypeError, match="grad_y must have the dtype of x"):
+        ops.srm_suppix_pool_bwd(gy.double(), x, labels, counts, no_argmax, "sum", 5.0, 3.0, 2.5, 1.0, 4.0, 1e8, 0, "")
+    with pytest.raises(RuntimeError, match=r"grad_y must be \[T, B, C, K\]"):
+        ops.srm_suppix_pool_bwd(gy[:2], x, labels, counts, no_argmax, "sum", 5.0, 3.0, 2.5, 1.0, 4.0, 1e8, 0, "")
     with pytest.raises(RuntimeError, match="x must be a floating-point tensor"):
         ops.srm_forward(torch.ones(3, 2, dtype=torch.int32), 5.0, 3.0, 2.5, 1.0, 0)
     x = torch.randn(3, 2)

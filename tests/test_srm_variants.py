@@ -154,9 +154,10 @@ def test_opcheck_with_variants(gen):
     torch.library.opcheck(ops.srm_suppix_pool.default, (xf, labels, 3, "avg", *taus, 0.5, variant, True, ""))
     args = (labels, 3, "max", *taus, 0.5, 4.0, 1e8, variant)
     torch.library.opcheck(ops.srm_suppix_pool_fwd.default, (xf.clone().requires_grad_(), *args, False, ""))
-    y, saved, counts, argmax = ops.srm_suppix_pool_fwd.default(xf, *args, True, "")
+    y, counts, argmax = ops.srm_suppix_pool_fwd.default(xf, *args, True, "")
     gy = torch.randn(y.shape, generator=gen)
-    torch.library.opcheck(ops.srm_suppix_pool_bwd.default, (gy, saved, labels, counts, argmax, "max", *taus, variant, ""))
+    torch.library.opcheck(ops.srm_suppix_pool_bwd.default,
+                          (gy, xf, labels, counts, argmax, "max", *taus, 0.5, 4.0, 1e8, variant, ""))
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -168,6 +169,7 @@ def test_bad_variant_code_is_a_value_error(backend):
     x = torch.randn(3, 2)
     s, du, dut = F.srm_forward(x)
     xf, labels = torch.randn(3, 1, 1, 2), torch.zeros(1, 1, 2, dtype=torch.long)
+    gy, counts, no_argmax = torch.randn(3, 1, 1, 1), torch.full((1, 1, 1), 2, dtype=torch.int32), torch.empty(0)
     calls = [
         lambda v: ops.srm_forward(x, 5.0, 3.0, 2.5, 1.0, v),
         lambda v: ops.srm_backward(s, s, du, dut, 5.0, 3.0, 2.5, 4.0, 1.0, v),
@@ -175,6 +177,8 @@ def test_bad_variant_code_is_a_value_error(backend):
         lambda v: ops.srm_neuron_bwd(x, x, None, 5.0, 3.0, 2.5, 1.0, 4.0, 1.0, v, True),
         lambda v: ops.srm_suppix_pool(xf, labels, 1, "sum", 5.0, 3.0, 2.5, 1.0, v, True, ""),
         lambda v: ops.srm_suppix_pool_fwd(xf, labels, 1, "sum", 5.0, 3.0, 2.5, 1.0, 4.0, 1.0, v, True, ""),
+        lambda v: ops.srm_suppix_pool_bwd(gy, xf, labels, counts, no_argmax.int(), "sum", 5.0, 3.0, 2.5, 1.0, 4.0, 1.0,
+                                          v, ""),
     ]
     with snnspx._library.torch_kernels(backend == "torch"):
         for call in calls:

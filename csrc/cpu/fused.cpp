@@ -2,7 +2,8 @@
 // (b, c) plane: a task runs the SRM recurrence for blocks of the plane's pixels
 // and counts spikes per (step, superpixel) in task-private integer counters, so
 // the result does not depend on the thread count or schedule. No [T, B, C, H, W]
-// tensor is written unless the training variant saves the backward's state.
+// tensor is written, in training either: the backward runs the neuron again from x, per
+// block of a plane's pixels (srm_recompute.h), for the factors that it walks back through.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -14,6 +15,7 @@
 #include "../fused_glue.h"
 #include "../suppix_core.h"
 #include "labels.h"
+#include "srm_recompute.h"
 #include "strategy.h"
 
 namespace snnspx {
@@ -45,9 +47,11 @@ inline int32_t min_first(int32_t f, int32_t spike, int32_t p) {
 }
 
 // kVariants: srm_step's (false for variant 0, so its loop is the default neuron's alone).
-template <typename scalar_t, typename acc_t, typename label_t, bool kSave, bool kVariants>
-void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, acc_t du_inv_clamp, acc_t max_dudt_inv,
-                          const int32_t* counts, scalar_t* y, acc_t* saved, int32_t* argmax) {
+// argmax: the training forward's for "max" (the lowest spiking pixel per step and
+// superpixel, which its backward reads), else nullptr.
+template <typename scalar_t, typename acc_t, typename label_t, bool kVariants>
+void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, const int32_t* counts, scalar_t* y,
+                          int32_t* argmax) {
   const scalar_t* x = a.x.data_ptr<scalar_t>();
   const label_t* labels = a.labels.data_ptr<label_t>();
   const int64_t T = a.T, C = a.C, P = a.P, K = a.K, B = a.B;
@@ -55,9 +59,8 @@ void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, acc_t
   const int64_t KS = K + 1;       // one row of a histogram: K slots + the ignored slot
   const int64_t H = T * KS;       // one histogram copy
   const int64_t copies = kCopies * H <= kMaxScratch ? kCopies : 1;
-  // The first spiking pixel per (step, superpixel) is only needed to save the
-  // argmax for max's backward.
-  const bool track_max = kSave && a.mode == PoolMode::Max && argmax != nullptr;
+  // The first spiking pixel per (step, superpixel) is only needed for max's backward.
+  const bool track_max = a.mode == PoolMode::Max && argmax != nullptr;
   at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
     // Rewritten for every (b, c): on cache lines of their own (cpu::own_lines).
     const int64_t n_cnt = copies * H, n_first = track_max ? copies * H : 0;
@@ -65,7 +68,7 @@ void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, acc_t
     std::vector<int32_t> first_buf(track_max ? cpu::own_lines_size<int32_t>(n_first) : 0);
     int32_t* const cnt = cpu::own_lines(cnt_buf.data());
     int32_t* const first = track_max ? cpu::own_lines(first_buf.data()) : nullptr;
-    alignas(64) acc_t m[kBlock], sy[kBlock], g[kBlock], ul[kBlock], du[kBlock], dut[kBlock];
+    alignas(64) acc_t m[kBlock], sy[kBlock], g[kBlock], ul[kBlock];
     alignas(64) int32_t spk[kBlock], slot[kBlock];
     for (int64_t bc = begin; bc < end; ++bc) {
       const int64_t b = bc / C;
@@ -83,20 +86,10 @@ void fused_forward_kernel(const FusedArgs& a, const SRMParams<acc_t>& prm, acc_t
           const scalar_t* __restrict__ xt = x + base;
           for (int64_t i = 0; i < len; ++i) {
             SRMState<acc_t> st{m[i], sy[i], g[i], ul[i]};
-            acc_t d, dt;
+            acc_t d, dt;  // the traces: the backward recomputes them
             const bool s = srm_step<acc_t, kVariants>(st, static_cast<acc_t>(xt[i]), prm, d, dt);
             m[i] = st.m, sy[i] = st.s, g[i] = st.g, ul[i] = st.u_last;
             spk[i] = s ? 1 : 0;
-            du[i] = d, dut[i] = dt;  // read only when saving
-          }
-          if (kSave) {  // srm_neuron_fwd's compact state (see snnspx/functional/srm.py)
-            acc_t* __restrict__ s0 = saved + base;
-            acc_t* __restrict__ s1 = saved + T * N + base;
-            for (int64_t i = 0; i < len; ++i) {
-              const acc_t fw = inv_clamp(du[i], du_inv_clamp), ft = inv_clamp(dut[i], max_dudt_inv);
-              s0[i] = spk[i] ? fw : silent_mark<acc_t>();
-              s1[i] = spk[i] ? ft : acc_t(0);
-            }
           }
           int32_t* c_t = cnt + t * KS;
           int64_t i = 0;
@@ -163,21 +156,28 @@ void pooled_grad_tables(const FusedArgs& a, int64_t bc, const scalar_t* grad_y, 
   }
 }
 
-// Per step row, like srm.cpp's backward: a scalar pass gathers each pixel's
-// pooled gradient G were it to spike (read only at spikes), a vectorised pass
-// advances the neuron states (srm_grad_advance), a scalar pass gathers the
-// table entries and a vectorised pass writes grad_x (srm_grad_emit).
-template <typename scalar_t, typename acc_t, typename label_t>
-void fused_backward_kernel(const FusedArgs& a, const scalar_t* grad_y, const acc_t* saved, const int32_t* counts,
-                           const int32_t* argmax, const acc_t* tables, scalar_t* grad_x) {
+// Per block of a plane's pixels: the neuron's forward again from x and zeros
+// (cpu::recompute_factors, the forward's srm_step, so the same bits) into a scratch of the
+// factors, then the walk from T-1 down to 0. Per step row of it, like srm.cpp's backward: a
+// scalar pass gathers each pixel's pooled gradient G were it to spike (read only at
+// spikes), a vectorised pass advances the neuron states (srm_grad_advance), a scalar pass
+// gathers the table entries and a vectorised pass writes grad_x (srm_grad_emit).
+template <typename scalar_t, typename acc_t, typename label_t, bool kVariants>
+void fused_backward_kernel(const FusedArgs& a, const scalar_t* grad_y, const int32_t* counts, const int32_t* argmax,
+                           const acc_t* tables, const SRMParams<acc_t>& prm, acc_t du_inv_clamp, acc_t max_dudt_inv,
+                           scalar_t* grad_x) {
+  const scalar_t* x = a.x.data_ptr<scalar_t>();
   const label_t* labels = a.labels.data_ptr<label_t>();
   const int64_t T = a.T, C = a.C, P = a.P, K = a.K, B = a.B;
   const int64_t N = B * C * P;
   const acc_t* epsw = tables;
   const acc_t* epst = tables + T;
+  const int64_t lanes = cpu::recompute_lanes(T, kBlock);
   at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> scratch(static_cast<size_t>(2 * T * lanes));  // step t: fw at 2 t lanes, ft after it
+    alignas(64) acc_t m[kBlock], sy[kBlock], g[kBlock], ul[kBlock];
     alignas(64) acc_t aw[kBlock], at_[kBlock], G[kBlock], ew[kBlock], et[kBlock];
-    alignas(64) int32_t lag[kBlock], idx[kBlock], slot[kBlock];
+    alignas(64) int32_t lag[kBlock], idx[kBlock], slot[kBlock], spk[kBlock];
     const bool is_max = a.mode == PoolMode::Max;
     // Rewritten for every (b, c): on cache lines of their own (cpu::own_lines).
     std::vector<acc_t> gk_buf(cpu::own_lines_size<acc_t>(T * (K + 1)));
@@ -187,16 +187,19 @@ void fused_backward_kernel(const FusedArgs& a, const scalar_t* grad_y, const acc
     for (int64_t bc = begin; bc < end; ++bc) {
       const int64_t b = bc / C;
       pooled_grad_tables<scalar_t, acc_t>(a, bc, grad_y, counts, argmax, gk, am);
-      for (int64_t p0 = 0; p0 < P; p0 += kBlock) {
-        const int64_t len = std::min(kBlock, P - p0);
+      for (int64_t p0 = 0; p0 < P; p0 += lanes) {
+        const int64_t len = std::min(lanes, P - p0);
+        for (acc_t* row : {m, sy, g, ul}) std::fill(row, row + len, acc_t(0));
+        cpu::recompute_factors<scalar_t, acc_t, kVariants>(x + bc * P + p0, N, T, len, lanes, prm, du_inv_clamp,
+                                                           max_dudt_inv, m, sy, g, ul, spk, scratch.data());
         std::fill(aw, aw + len, acc_t(0));
         std::fill(at_, at_ + len, acc_t(0));
         std::fill(lag, lag + len, int32_t(-1));
         for (int64_t t = T - 1; t >= 0; --t) {
           if (t == T - 1 || a.layout.L > 1) label_slots(labels + a.layout.offset(t, b) + p0, len, K, slot);
           const int64_t base = t * N + bc * P + p0;
-          const acc_t* __restrict__ s0 = saved + base;
-          const acc_t* __restrict__ s1 = saved + T * N + base;
+          const acc_t* __restrict__ s0 = scratch.data() + 2 * t * lanes;  // fw <= 0 marks a spike
+          const acc_t* __restrict__ s1 = s0 + lanes;
           // G: the pooled gradient were the pixel to spike (srm_grad_advance reads
           // it only at spikes). Unconditional loads, so that no branch depends on a spike.
           const acc_t* gk_t = gk + t * (K + 1);
@@ -238,23 +241,21 @@ at::Tensor count_labels(const FusedArgs& a) {
   return counts;
 }
 
-template <bool kSave>
+// argmax: the training forward's for "max" (or an empty tensor), nullptr for inference.
 void run_forward(const FusedArgs& a, double tau_m, double tau_s, double tau_grad, double v_th, int64_t variant,
-                 double du_inv_clamp, double max_dudt_inv, const at::Tensor& counts, at::Tensor& y, at::Tensor* saved,
-                 at::Tensor* argmax) {
+                 const at::Tensor& counts, at::Tensor& y, at::Tensor* argmax) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(), "srm_suppix_pool_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto prm = make_srm_params<acc_t>(tau_m, tau_s, tau_grad, v_th, variant);
     AT_DISPATCH_INDEX_TYPES(a.labels.scalar_type(), "srm_suppix_pool_cpu_labels", [&] {
       const auto run = [&](auto kernel) {
-        kernel(a, prm, param_to_acc<acc_t>(du_inv_clamp), param_to_acc<acc_t>(max_dudt_inv), counts.data_ptr<int32_t>(),
-               y.data_ptr<scalar_t>(), saved ? saved->data_ptr<acc_t>() : nullptr,
+        kernel(a, prm, counts.data_ptr<int32_t>(), y.data_ptr<scalar_t>(),
                argmax && argmax->numel() ? argmax->data_ptr<int32_t>() : nullptr);
       };
       if (variant == 0) {
-        run(fused_forward_kernel<scalar_t, acc_t, index_t, kSave, false>);
+        run(fused_forward_kernel<scalar_t, acc_t, index_t, false>);
       } else {
-        run(fused_forward_kernel<scalar_t, acc_t, index_t, kSave, true>);
+        run(fused_forward_kernel<scalar_t, acc_t, index_t, true>);
       }
     });
   });
@@ -270,11 +271,11 @@ at::Tensor srm_suppix_pool_cpu(const at::Tensor& x, const at::Tensor& labels, in
   if (check_labels) check_suppix_label_range(a.labels, K);
   const at::Tensor counts = count_labels(a);
   at::Tensor y = fused_output(a);
-  run_forward<false>(a, tau_m, tau_s, tau_grad, v_th, variant, 0.0, 0.0, counts, y, nullptr, nullptr);
+  run_forward(a, tau_m, tau_s, tau_grad, v_th, variant, counts, y, nullptr);
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_cpu(
     const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode, double tau_m, double tau_s,
     double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv, int64_t variant, bool check_labels,
     c10::string_view strategy) {
@@ -286,24 +287,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_c
   if (check_labels) check_suppix_label_range(a.labels, K);
   const at::Tensor counts = count_labels(a);
   at::Tensor y = fused_output(a);
-  at::Tensor saved = fused_saved(a);
   at::Tensor argmax = a.mode == PoolMode::Max ? at::empty({a.T, a.B, a.C, a.K}, counts.options())
                                               : at::empty({0}, counts.options());
-  run_forward<true>(a, tau_m, tau_s, tau_grad, v_th, variant, du_inv_clamp, max_dudt_inv, counts, y, &saved, &argmax);
-  return {y, saved, counts, argmax};
+  run_forward(a, tau_m, tau_s, tau_grad, v_th, variant, counts, y, &argmax);
+  return {y, counts, argmax};
 }
 
-at::Tensor srm_suppix_pool_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& saved, const at::Tensor& labels,
+at::Tensor srm_suppix_pool_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& labels,
                                    const at::Tensor& counts, const at::Tensor& argmax, c10::string_view mode,
-                                   double tau_m, double tau_s, double tau_grad, int64_t variant,
-                                   c10::string_view strategy) {
+                                   double tau_m, double tau_s, double tau_grad, double v_th, double du_inv_clamp,
+                                   double max_dudt_inv, int64_t variant, c10::string_view strategy) {
   fused_strategy("srm_suppix_pool_bwd", strategy);
-  check_srm_taus(tau_m, tau_s, tau_grad);
+  check_srm_neuron_params(tau_m, tau_s, tau_grad, v_th);
+  check_backward_params(du_inv_clamp, max_dudt_inv);
   check_srm_variant(variant);
-  auto a = prepare_fused_backward(grad_y, saved, labels, mode);
-  check_fused_backward(grad_y, saved, counts, argmax, a);
+  auto a = prepare_fused_backward(grad_y, x, labels, mode);
+  check_fused_backward(grad_y, counts, argmax, a);
   const at::Tensor g = grad_y.contiguous();
-  const at::Tensor sv = saved.contiguous();
   const at::Tensor cn = counts.contiguous();
   const at::Tensor am = argmax.contiguous();
   at::Tensor grad_x = at::empty({a.T, a.B, a.C, a.P}, grad_y.options());
@@ -311,11 +311,19 @@ at::Tensor srm_suppix_pool_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& s
     using acc_t = at::opmath_type<scalar_t>;
     std::vector<acc_t> tables(static_cast<size_t>(2 * std::max<int64_t>(a.T, 1)));
     fill_srm_tables<acc_t>(tables.data(), a.T, tau_m, tau_s, tau_grad, variant_trace(variant));
+    const auto prm = make_srm_params<acc_t>(tau_m, tau_s, tau_grad, v_th, variant);
+    const acc_t lo_w = param_to_acc<acc_t>(du_inv_clamp), lo_t = param_to_acc<acc_t>(max_dudt_inv);
     AT_DISPATCH_INDEX_TYPES(a.labels.scalar_type(), "srm_suppix_pool_bwd_cpu_labels", [&] {
-      fused_backward_kernel<scalar_t, acc_t, index_t>(a, g.data_ptr<scalar_t>(), sv.data_ptr<acc_t>(),
-                                                      cn.data_ptr<int32_t>(),
-                                                      a.mode == PoolMode::Max ? am.data_ptr<int32_t>() : nullptr,
-                                                      tables.data(), grad_x.data_ptr<scalar_t>());
+      const auto run = [&](auto kernel) {
+        kernel(a, g.data_ptr<scalar_t>(), cn.data_ptr<int32_t>(),
+               a.mode == PoolMode::Max ? am.data_ptr<int32_t>() : nullptr, tables.data(), prm, lo_w, lo_t,
+               grad_x.data_ptr<scalar_t>());
+      };
+      if (variant == 0) {
+        run(fused_backward_kernel<scalar_t, acc_t, index_t, false>);
+      } else {
+        run(fused_backward_kernel<scalar_t, acc_t, index_t, true>);
+      }
     });
   });
   return grad_x;

@@ -13,6 +13,7 @@
 
 #include "../srm_core.h"
 #include "../srm_glue.h"
+#include "srm_recompute.h"
 
 namespace snnspx {
 namespace {
@@ -118,17 +119,9 @@ void srm_backward_kernel(const scalar_t* grad, const scalar_t* spikes, const acc
   });
 }
 
-// Neurons per block of srm_neuron_bwd's kernel: its scratch holds two factors per step and
-// neuron (2 * T * lanes values), kept to about 256 KiB of float so that it stays in L2.
-inline int64_t recompute_lanes(int64_t T) {
-  const int64_t lanes = (int64_t(32768) / std::max<int64_t>(T, 1)) & ~int64_t(15);
-  return std::clamp<int64_t>(lanes, 16, kBlock);
-}
-
 // srm_neuron_bwd's kernel. Per block of neurons: the forward again, from x and the state
-// it started from (the same srm_step, so the same bits), into a scratch of the backward's
-// factors (inv_clamp(du) and inv_clamp(dut) at spikes, silent_mark() and 0 elsewhere);
-// then the walk from T-1 down to 0 as srm_backward_kernel's, reading the scratch. Nothing
+// it started from (cpu::recompute_factors: the same srm_step, so the same bits), into a
+// scratch of the backward's factors; then the walk from T-1 down to 0 as srm_backward_kernel's, reading the scratch. Nothing
 // per neuron-step is kept between the forward and the backward but x itself.
 // grad_t == nullptr: not wanted.
 template <typename scalar_t, typename acc_t, bool kVariants>
@@ -137,7 +130,7 @@ void srm_neuron_backward_kernel(const scalar_t* grad, const scalar_t* x, const a
                                 acc_t du_inv_clamp, acc_t max_dudt_inv) {
   const acc_t* epsw = tables;
   const acc_t* epst = tables + T;
-  const int64_t lanes = recompute_lanes(T);
+  const int64_t lanes = cpu::recompute_lanes(T, kBlock);
   const int64_t grain = std::max<int64_t>(lanes, 32768 / std::max<int64_t>(T, 1));
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> scratch(static_cast<size_t>(2 * T * lanes));  // step t: fw at 2 t lanes, ft after it
@@ -154,25 +147,8 @@ void srm_neuron_backward_kernel(const scalar_t* grad, const scalar_t* x, const a
           std::fill(rows[k], rows[k] + len, acc_t(0));
         }
       }
-      for (int64_t t = 0; t < T; ++t) {
-        const scalar_t* __restrict__ xt = x + t * N + n0;
-        acc_t* __restrict__ fw = scratch.data() + 2 * t * lanes;
-        acc_t* __restrict__ ft = fw + lanes;
-        for (int64_t i = 0; i < len; ++i) {
-          SRMState<acc_t> st{m[i], sy[i], g[i], ul[i]};
-          acc_t d, dt;
-          spk[i] = srm_step<acc_t, kVariants>(st, static_cast<acc_t>(xt[i]), p, d, dt);
-          m[i] = st.m, sy[i] = st.s, g[i] = st.g, ul[i] = st.u_last;
-          fw[i] = d, ft[i] = dt;
-        }
-        // A second, branch-free pass turns (du, dut) into the factors: the divisions run
-        // unconditionally, so this loop vectorises.
-        for (int64_t i = 0; i < len; ++i) {
-          const acc_t f_w = inv_clamp(fw[i], du_inv_clamp), f_t = inv_clamp(ft[i], max_dudt_inv);
-          fw[i] = spk[i] ? f_w : silent_mark<acc_t>();
-          ft[i] = spk[i] ? f_t : acc_t(0);
-        }
-      }
+      cpu::recompute_factors<scalar_t, acc_t, kVariants>(x + n0, N, T, len, lanes, p, du_inv_clamp, max_dudt_inv, m,
+                                                         sy, g, ul, spk, scratch.data());
       std::fill(aw, aw + len, acc_t(0));
       std::fill(at, at + len, acc_t(0));
       std::fill(lag, lag + len, int32_t(-1));

@@ -51,19 +51,19 @@ cuda::FusedKernel forward_strategy(const char* op, const FusedArgs& a, bool trai
                           });
 }
 
-void forward_cuda(const FusedArgs& a, double tau_m, double tau_s, double tau_grad, double v_th, double du_inv_clamp,
-                  double max_dudt_inv, const at::Tensor& counts, at::Tensor& y, at::Tensor* saved,
-                  at::Tensor* argmax, cuda::FusedKernel kernel, cudaStream_t stream) {
+// argmax: the training forward's (written for "max"), nullptr for inference.
+void forward_cuda(const FusedArgs& a, double tau_m, double tau_s, double tau_grad, double v_th,
+                  const at::Tensor& counts, at::Tensor& y, at::Tensor* argmax, cuda::FusedKernel kernel,
+                  cudaStream_t stream) {
   const auto iopt = counts.options();
   at::Tensor scratch = at::empty({a.T * a.B * a.C * a.K}, iopt);
   const bool want_max = argmax != nullptr && a.mode == PoolMode::Max;
   at::Tensor scratch_first = want_max ? at::empty({a.T * a.B * a.C * a.K}, iopt) : at::Tensor();
   const bool ran = cuda::fused_forward(
       cuda::launch_dtype(a.x.scalar_type()), label_type(a.labels), a.x.data_ptr(), a.labels.data_ptr(),
-      counts.data_ptr<int32_t>(), y.data_ptr(), saved ? saved->data_ptr() : nullptr,
-      want_max ? argmax->data_ptr<int32_t>() : nullptr, scratch.data_ptr<int32_t>(),
-      want_max ? scratch_first.data_ptr<int32_t>() : nullptr, shape_of(a), tau_m, tau_s, tau_grad, v_th, du_inv_clamp,
-      max_dudt_inv, kernel, stream);
+      counts.data_ptr<int32_t>(), y.data_ptr(), want_max ? argmax->data_ptr<int32_t>() : nullptr,
+      scratch.data_ptr<int32_t>(), want_max ? scratch_first.data_ptr<int32_t>() : nullptr, shape_of(a), tau_m, tau_s,
+      tau_grad, v_th, kernel, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   TORCH_INTERNAL_ASSERT(ran, "the fused forward kernel ", static_cast<int>(kernel), " did not apply");
 }
@@ -81,12 +81,12 @@ at::Tensor srm_suppix_pool_cuda(const at::Tensor& x, const at::Tensor& labels, i
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor counts = counts_cuda(a, stream);
   at::Tensor y = fused_output(a);
-  forward_cuda(a, tau_m, tau_s, tau_grad, v_th, 0.0, 0.0, counts, y, nullptr, nullptr, kernel, stream);
+  forward_cuda(a, tau_m, tau_s, tau_grad, v_th, counts, y, nullptr, kernel, stream);
   check.verify();  // the kernels skipped labels >= K; now the verdict
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_cuda(
     const at::Tensor& x, const at::Tensor& labels, int64_t K, c10::string_view mode, double tau_m, double tau_s,
     double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv, int64_t variant, bool check_labels,
     c10::string_view strategy) {
@@ -101,39 +101,48 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> srm_suppix_pool_fwd_c
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor counts = counts_cuda(a, stream);
   at::Tensor y = fused_output(a);
-  at::Tensor saved = fused_saved(a);
   at::Tensor argmax = a.mode == PoolMode::Max ? at::empty({a.T, a.B, a.C, a.K}, counts.options())
                                               : at::empty({0}, counts.options());
-  forward_cuda(a, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, counts, y, &saved, &argmax, kernel,
-               stream);
+  forward_cuda(a, tau_m, tau_s, tau_grad, v_th, counts, y, &argmax, kernel, stream);
   check.verify();
-  return {y, saved, counts, argmax};
+  return {y, counts, argmax};
 }
 
-at::Tensor srm_suppix_pool_bwd_cuda(const at::Tensor& grad_y, const at::Tensor& saved, const at::Tensor& labels,
+// The neuron's forward again from x into a temporary [2, T, B, C, P] of the backward's
+// factors (srm_forward's packed form: the same steps as the fused forward, so the same
+// spikes), then the fused backward through them: between the forward and the backward,
+// nothing per neuron-step is kept but x.
+at::Tensor srm_suppix_pool_bwd_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& labels,
                                     const at::Tensor& counts, const at::Tensor& argmax, c10::string_view mode,
-                                    double tau_m, double tau_s, double tau_grad, int64_t variant,
-                                    c10::string_view strategy) {
+                                    double tau_m, double tau_s, double tau_grad, double v_th, double du_inv_clamp,
+                                    double max_dudt_inv, int64_t variant, c10::string_view strategy) {
   check_default_variant("srm_suppix_pool_bwd", variant);
   cuda::check_cuda_tensor(grad_y, "grad_y");
   c10::cuda::CUDAGuard guard(grad_y.device());
-  check_srm_taus(tau_m, tau_s, tau_grad);
-  auto a = prepare_fused_backward(grad_y, saved, labels, mode);
-  check_fused_backward(grad_y, saved, counts, argmax, a);
+  check_srm_neuron_params(tau_m, tau_s, tau_grad, v_th);
+  check_backward_params(du_inv_clamp, max_dudt_inv);
+  auto a = prepare_fused_backward(grad_y, x, labels, mode);
+  check_fused_backward(grad_y, counts, argmax, a);
   const auto s = shape_of(a);
   const auto kernel = resolve_strategy("srm_suppix_pool_bwd", strategy, cuda::kFusedBackwardStrategies,
                                        cuda::srm_suppix_pool_bwd_strategy(s),
                                        [&](cuda::FusedBackwardKernel k) { return cuda::fused_backward_rejects(k, s); });
   const at::Tensor g = grad_y.contiguous();
-  const at::Tensor sv = saved.contiguous();
   const at::Tensor cn = counts.contiguous();
   const at::Tensor am = argmax.contiguous();
   at::Tensor grad_x = at::empty({a.T, a.B, a.C, a.P}, grad_y.options());
-  const at::Tensor tables = cuda::srm_tables_cuda(sv, a.T, tau_m, tau_s, tau_grad);
-  cuda::fused_backward(cuda::launch_dtype(g.scalar_type()), label_type(a.labels), g.data_ptr(), sv.data_ptr(),
-                       a.labels.data_ptr(), cn.data_ptr<int32_t>(),
-                       a.mode == PoolMode::Max ? am.data_ptr<int32_t>() : nullptr, tables.data_ptr(),
-                       grad_x.data_ptr(), s, kernel, c10::cuda::getCurrentCUDAStream());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const auto dtype = cuda::launch_dtype(g.scalar_type());
+  const int64_t N = a.B * a.C * a.P;
+  const at::Tensor factors = at::empty({2, a.T, a.B, a.C, a.P}, a.x.options().dtype(srm_acc_type(a.x.scalar_type())));
+  auto* fp = static_cast<char*>(factors.data_ptr());
+  cuda::srm_forward(dtype, a.x.data_ptr(), nullptr, fp, fp + a.T * N * factors.element_size(), a.T, N, tau_m, tau_s,
+                    tau_grad, v_th, du_inv_clamp, max_dudt_inv, /*packed=*/true, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const at::Tensor tables = cuda::srm_tables_cuda(factors, a.T, tau_m, tau_s, tau_grad);
+  cuda::fused_backward(dtype, label_type(a.labels), g.data_ptr(), factors.data_ptr(), a.labels.data_ptr(),
+                       cn.data_ptr<int32_t>(), a.mode == PoolMode::Max ? am.data_ptr<int32_t>() : nullptr,
+                       tables.data_ptr(), grad_x.data_ptr(), s, kernel, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return grad_x;
 }

@@ -1,7 +1,7 @@
 // CUDA forward kernels of the fused SRM + superpixel pooling (docs/maths.md §6). Each
 // is a strategy of cuda/strategy.h; all count spikes per superpixel as integers, so they
-// give the same y bit for bit. Nothing of size [T, B, C, P] is written unless the
-// training variant saves the backward state.
+// give the same y bit for bit. Nothing of size [T, B, C, P] is written, in training
+// either: the backward recomputes the neuron from x (fused.cpp).
 //
 // "atomic": one thread per pixel-neuron walks all T steps (coalesced like the SRM
 // kernel). At each step the spiking lanes of a warp that share a superpixel are
@@ -45,11 +45,10 @@ inline void fill_no_pixel(int32_t* p, int64_t n, cudaStream_t stream) {
   if (n > 0) fill_no_pixel_kernel<<<blocks_for(n), kThreads, 0, stream>>>(p, n);
 }
 
-template <typename scalar_t, typename acc_t, typename label_t, bool kSave>
+template <typename scalar_t, typename acc_t, typename label_t>
 __global__ void __launch_bounds__(kThreads)
 fused_forward_kernel(const scalar_t* __restrict__ x, const label_t* __restrict__ labels, FusedShape s,
-                     SRMParams<acc_t> prm, acc_t du_inv_clamp, acc_t max_dudt_inv, acc_t* __restrict__ saved,
-                     int32_t* __restrict__ cnt, int32_t* __restrict__ first) {
+                     SRMParams<acc_t> prm, int32_t* __restrict__ cnt, int32_t* __restrict__ first) {
   const int64_t BC = s.B * s.C;
   const int64_t N = BC * s.P;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
@@ -84,11 +83,6 @@ fused_forward_kernel(const scalar_t* __restrict__ x, const label_t* __restrict__
       if (active) {
         acc_t d, dt;
         spike = srm_step<acc_t>(st, xs[j], prm, d, dt);
-        if (kSave) {
-          const int64_t k = t * N + n;
-          __stcs(saved + k, spike ? inv_clamp(d, du_inv_clamp) : silent_mark<acc_t>());
-          __stcs(saved + s.T * N + k, spike ? inv_clamp(dt, max_dudt_inv) : acc_t(0));
-        }
       }
       if (static_labels) {
         const unsigned spiking = __ballot_sync(0xffffffffu, spike && key0 >= 0);
@@ -152,11 +146,10 @@ __global__ void fused_finish_kernel(const int32_t* __restrict__ cnt, const int32
 // zeroed (kNoPixel-filled) and turns into y with fused_finish_kernel.
 // No warp-synchronous operations: threads may leave the pixel loop at any time;
 // the two __syncthreads are reached by every thread of the block.
-template <typename scalar_t, typename acc_t, typename label_t, bool kSave, bool kFirst>
+template <typename scalar_t, typename acc_t, typename label_t, bool kFirst>
 __global__ void __launch_bounds__(kThreads)
 fused_plane_kernel(const scalar_t* __restrict__ x, const label_t* __restrict__ labels,
-                   const int32_t* __restrict__ counts, FusedShape s, SRMParams<acc_t> prm, acc_t du_inv_clamp,
-                   acc_t max_dudt_inv, acc_t* __restrict__ saved, scalar_t* __restrict__ y,
+                   const int32_t* __restrict__ counts, FusedShape s, SRMParams<acc_t> prm, scalar_t* __restrict__ y,
                    int32_t* __restrict__ argmax, int32_t* __restrict__ g_cnt, int32_t* __restrict__ g_first,
                    int64_t split, int64_t chunk, bool direct) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -184,7 +177,6 @@ fused_plane_kernel(const scalar_t* __restrict__ x, const label_t* __restrict__ l
   for (int64_t p = start + threadIdx.x; p < end; p += kThreads) {
     // Running pointers (no per-step 64-bit index products, which cost registers).
     const scalar_t* xq = x + bc * s.P + p;
-    acc_t* sq = kSave ? saved + bc * s.P + p : nullptr;
     const label_t* lq = lab0 + p;
     int k0 = -1;  // the pixel's superpixel with one label map for all steps
     if (static_labels) {
@@ -205,10 +197,6 @@ fused_plane_kernel(const scalar_t* __restrict__ x, const label_t* __restrict__ l
         if (t0 + j >= s.T) break;
         acc_t d, dt;
         const bool spike = srm_step<acc_t>(st, xs[j], prm, d, dt);
-        if (kSave) {
-          __stcs(sq, spike ? inv_clamp(d, du_inv_clamp) : silent_mark<acc_t>());
-          __stcs(sq + s.T * N, spike ? inv_clamp(dt, max_dudt_inv) : acc_t(0));
-        }
         if (spike) {
           int k = k0;
           if (!static_labels) {
@@ -220,10 +208,7 @@ fused_plane_kernel(const scalar_t* __restrict__ x, const label_t* __restrict__ l
             if (kFirst) atomicMin(sh_first + row + k, static_cast<int32_t>(p));
           }
         }
-        if (t0 + j + 1 < s.T) {  // advance to step t + 1 only if it exists
-          if (kSave) sq += N;
-          lq += lab_step;
-        }
+        if (t0 + j + 1 < s.T) lq += lab_step;  // advance to step t + 1 only if it exists
         row += K;
       }
     }
@@ -349,10 +334,9 @@ inline void plane_split(const FusedShape& s, int64_t& split, int64_t& chunk) {
 // when the histograms do not fit kPlaneSharedBytes or the slices of planes exceed one
 // grid (see fused_forward_applies).
 template <typename scalar_t, typename label_t>
-bool forward_plane_typed(const void* x, const void* labels, const int32_t* counts, void* y, void* saved,
-                         int32_t* argmax, int32_t* scratch_count, int32_t* scratch_first, const FusedShape& s,
-                         double tau_m, double tau_s, double tau_grad, double v_th, double du_inv_clamp,
-                         double max_dudt_inv, cudaStream_t stream) {
+bool forward_plane_typed(const void* x, const void* labels, const int32_t* counts, void* y, int32_t* argmax,
+                         int32_t* scratch_count, int32_t* scratch_first, const FusedShape& s, double tau_m,
+                         double tau_s, double tau_grad, double v_th, cudaStream_t stream) {
   using acc_t = typename Acc<scalar_t>::type;
   const bool with_first = argmax != nullptr && scratch_first != nullptr;
   const int64_t TK = s.T * s.K;
@@ -360,13 +344,12 @@ bool forward_plane_typed(const void* x, const void* labels, const int32_t* count
   const int64_t smem = plane_shared_bytes(s, with_first);
   const int64_t BC = s.B * s.C;
   const int64_t out = TK * BC;
-  // Nothing to count and nothing to save (K == 0 still saves the SRM state).
-  if (s.T == 0 || BC == 0 || (out == 0 && saved == nullptr)) return true;
+  if (out == 0) return true;  // nothing to count
   int64_t split = 1, chunk = 0;
   plane_split(s, split, chunk);
   if (BC * split > int64_t(0x7fffffff)) return false;  // beyond one grid
   const bool direct = split == 1;
-  if (!direct && out > 0) {
+  if (!direct) {
     cudaMemsetAsync(scratch_count, 0, sizeof(int32_t) * out, stream);
     if (with_first) fill_no_pixel(scratch_first, out, stream);
   }
@@ -374,21 +357,16 @@ bool forward_plane_typed(const void* x, const void* labels, const int32_t* count
   const auto* xp = static_cast<const scalar_t*>(x);
   const auto* lp = static_cast<const label_t*>(labels);
   auto* yp = static_cast<scalar_t*>(y);
-  auto* sp = static_cast<acc_t*>(saved);
-  const acc_t c1 = param_to_acc<acc_t>(du_inv_clamp), c2 = param_to_acc<acc_t>(max_dudt_inv);
   const unsigned int blocks = static_cast<unsigned int>(BC * split);
   const size_t bytes = static_cast<size_t>(smem);
-  if (saved == nullptr) {
-    fused_plane_kernel<scalar_t, acc_t, label_t, false, false><<<blocks, kThreads, bytes, stream>>>(
-        xp, lp, counts, s, prm, c1, c2, nullptr, yp, nullptr, scratch_count, nullptr, split, chunk, direct);
-  } else if (!with_first) {
-    fused_plane_kernel<scalar_t, acc_t, label_t, true, false><<<blocks, kThreads, bytes, stream>>>(
-        xp, lp, counts, s, prm, c1, c2, sp, yp, nullptr, scratch_count, nullptr, split, chunk, direct);
+  if (!with_first) {
+    fused_plane_kernel<scalar_t, acc_t, label_t, false><<<blocks, kThreads, bytes, stream>>>(
+        xp, lp, counts, s, prm, yp, nullptr, scratch_count, nullptr, split, chunk, direct);
   } else {
-    fused_plane_kernel<scalar_t, acc_t, label_t, true, true><<<blocks, kThreads, bytes, stream>>>(
-        xp, lp, counts, s, prm, c1, c2, sp, yp, argmax, scratch_count, scratch_first, split, chunk, direct);
+    fused_plane_kernel<scalar_t, acc_t, label_t, true><<<blocks, kThreads, bytes, stream>>>(
+        xp, lp, counts, s, prm, yp, argmax, scratch_count, scratch_first, split, chunk, direct);
   }
-  if (!direct && out > 0) {
+  if (!direct) {
     fused_finish_kernel<scalar_t, acc_t><<<blocks_for(out), kThreads, 0, stream>>>(
         scratch_count, with_first ? scratch_first : nullptr, counts, yp, with_first ? argmax : nullptr, s);
   }
@@ -396,15 +374,14 @@ bool forward_plane_typed(const void* x, const void* labels, const int32_t* count
 }
 
 // The quad forward (see fused_quad_kernel), or false (nothing done) where it does not
-// apply: float64, training (saved), per-step label maps, P % 4 != 0, unaligned x or labels,
+// apply: float64, per-step label maps, P % 4 != 0, unaligned x or labels,
 // histograms beyond kPlaneSharedBytes, or where the plane kernel would split planes into
 // slices (fewer than 2 planes per SM and P > 256).
 template <typename scalar_t, typename label_t>
-bool forward_quad_typed(const void* x, const void* labels, const int32_t* counts, void* y, void* saved,
-                        const FusedShape& s, double tau_m, double tau_s, double tau_grad, double v_th,
+bool forward_quad_typed(const void* x, const void* labels, const int32_t* counts, void* y, const FusedShape& s, double tau_m, double tau_s, double tau_grad, double v_th,
                         cudaStream_t stream) {
   using acc_t = typename Acc<scalar_t>::type;
-  if (saved != nullptr || s.layout.L != 1 || s.P % 4 != 0 || !quad_aligned<scalar_t>(x) ||
+  if (s.layout.L != 1 || s.P % 4 != 0 || !quad_aligned<scalar_t>(x) ||
       !quad_aligned<label_t>(labels) || !plane_fits(s, false)) {
     return false;
   }
@@ -429,50 +406,39 @@ bool forward_quad_typed(const void* x, const void* labels, const int32_t* counts
 // The forward by `kernel`; false (nothing done) when it does not apply (see
 // fused_forward_applies).
 template <typename scalar_t, typename label_t>
-bool forward_typed(const void* x, const void* labels, const int32_t* counts, void* y, void* saved, int32_t* argmax,
+bool forward_typed(const void* x, const void* labels, const int32_t* counts, void* y, int32_t* argmax,
                    int32_t* scratch_count, int32_t* scratch_first, const FusedShape& s, double tau_m, double tau_s,
-                   double tau_grad, double v_th, double du_inv_clamp, double max_dudt_inv, FusedKernel kernel,
-                   cudaStream_t stream) {
+                   double tau_grad, double v_th, FusedKernel kernel, cudaStream_t stream) {
   if (kernel == FusedKernel::Quad) {
     return argmax == nullptr &&
-           forward_quad_typed<scalar_t, label_t>(x, labels, counts, y, saved, s, tau_m, tau_s, tau_grad, v_th, stream);
+           forward_quad_typed<scalar_t, label_t>(x, labels, counts, y, s, tau_m, tau_s, tau_grad, v_th, stream);
   }
   if (kernel == FusedKernel::Plane) {
-    return forward_plane_typed<scalar_t, label_t>(x, labels, counts, y, saved, argmax, scratch_count, scratch_first,
-                                                  s, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv,
-                                                  stream);
+    return forward_plane_typed<scalar_t, label_t>(x, labels, counts, y, argmax, scratch_count, scratch_first, s,
+                                                  tau_m, tau_s, tau_grad, v_th, stream);
   }
   using acc_t = typename Acc<scalar_t>::type;
   const int64_t out = s.T * s.B * s.C * s.K;
-  // With K == 0 (every label negative) there is nothing to pool, but training
-  // still needs the saved state: the backward reads it for every neuron.
-  if (out == 0 && saved == nullptr) return true;
-  if (out > 0) {
-    cudaMemsetAsync(scratch_count, 0, sizeof(int32_t) * out, stream);
-    if (scratch_first != nullptr) fill_no_pixel(scratch_first, out, stream);
-  }
+  // With K == 0 (every label negative) there is nothing to pool (and nothing is saved: the
+  // backward recomputes the neuron from x).
+  if (out == 0) return true;
+  cudaMemsetAsync(scratch_count, 0, sizeof(int32_t) * out, stream);
+  if (scratch_first != nullptr) fill_no_pixel(scratch_first, out, stream);
   const SRMParams<acc_t> prm = make_srm_params<acc_t>(tau_m, tau_s, tau_grad, v_th);
   const int64_t N = s.B * s.C * s.P;
   const auto* xp = static_cast<const scalar_t*>(x);
   const auto* lp = static_cast<const label_t*>(labels);
-  const acc_t c1 = param_to_acc<acc_t>(du_inv_clamp), c2 = param_to_acc<acc_t>(max_dudt_inv);
   if (N > 0) {
-    if (saved != nullptr) {
-      fused_forward_kernel<scalar_t, acc_t, label_t, true><<<blocks_for(N), kThreads, 0, stream>>>(
-          xp, lp, s, prm, c1, c2, static_cast<acc_t*>(saved), scratch_count, scratch_first);
-    } else {
-      fused_forward_kernel<scalar_t, acc_t, label_t, false><<<blocks_for(N), kThreads, 0, stream>>>(
-          xp, lp, s, prm, c1, c2, nullptr, scratch_count, scratch_first);
-    }
+    fused_forward_kernel<scalar_t, acc_t, label_t><<<blocks_for(N), kThreads, 0, stream>>>(xp, lp, s, prm,
+                                                                                          scratch_count, scratch_first);
   }
-  if (out == 0) return true;
   fused_finish_kernel<scalar_t, acc_t><<<blocks_for(out), kThreads, 0, stream>>>(
       scratch_count, scratch_first, counts, static_cast<scalar_t*>(y), argmax, s);
   return true;
 }
 
-// Whether `kernel` applies to a forward call (training: saved state and, for max, argmax
-// are written), the test fused_forward runs before launching it.
+// Whether `kernel` applies to a forward call (training: for max, argmax is written), the
+// test fused_forward runs before launching it.
 template <typename scalar_t, typename label_t>
 bool applies_typed(FusedKernel kernel, const void* x, const void* labels, const FusedShape& s, bool training) {
   const bool with_first = training && s.mode == PoolMode::Max;
@@ -500,14 +466,14 @@ bool fused_forward_applies(FusedKernel kernel, DType dtype, LabelType lt, const 
 }
 
 bool fused_forward(DType dtype, LabelType lt, const void* x, const void* labels, const int32_t* counts, void* y,
-                   void* saved, int32_t* argmax, int32_t* scratch_count, int32_t* scratch_first,
-                   const FusedShape& s, double tau_m, double tau_s, double tau_grad, double v_th,
-                   double du_inv_clamp, double max_dudt_inv, FusedKernel kernel, cudaStream_t stream) {
+                   int32_t* argmax, int32_t* scratch_count, int32_t* scratch_first, const FusedShape& s,
+                   double tau_m, double tau_s, double tau_grad, double v_th, FusedKernel kernel,
+                   cudaStream_t stream) {
   return with_scalar(dtype, [&](auto sc) {
     return with_label(lt == LabelType::Int64, [&](auto lb) {
       return forward_typed<typename decltype(sc)::type, typename decltype(lb)::type>(
-          x, labels, counts, y, saved, argmax, scratch_count, scratch_first, s, tau_m, tau_s, tau_grad, v_th,
-          du_inv_clamp, max_dudt_inv, kernel, stream);
+          x, labels, counts, y, argmax, scratch_count, scratch_first, s, tau_m, tau_s, tau_grad, v_th, kernel,
+          stream);
     });
   });
 }

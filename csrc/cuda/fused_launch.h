@@ -29,19 +29,20 @@ struct FusedShape {
 //           that the plane kernel would not split.
 enum class FusedKernel : int { Atomic = 0, Plane = 1, Quad = 2 };
 
-// Whether `kernel` can run this forward (training: the srm_suppix_pool_fwd form).
+// Whether `kernel` can run this forward (training: the srm_suppix_pool_fwd form, which
+// writes the argmax for "max").
 bool fused_forward_applies(FusedKernel kernel, DType dtype, LabelType lt, const void* x, const void* labels,
                            const FusedShape& s, bool training);
 
 // y [T, B, C, K] of `dtype` by `kernel`. counts: int32 [L, Bl, K] pixels per superpixel.
 // scratch_count: int32 [T, B, C, K] (scratch_first another for "max" when argmax !=
-// nullptr). saved: [2, T, B, C, P] accumulation type, or nullptr for inference. argmax:
-// int32 [T, B, C, K] or nullptr. False, having done nothing, where `kernel` does not
-// apply (fused_forward_applies).
+// nullptr). argmax: int32 [T, B, C, K] (training, "max") or nullptr. Nothing per
+// neuron-step is written: the backward recomputes the neuron from x. False, having done
+// nothing, where `kernel` does not apply (fused_forward_applies).
 bool fused_forward(DType dtype, LabelType lt, const void* x, const void* labels, const int32_t* counts, void* y,
-                   void* saved, int32_t* argmax, int32_t* scratch_count, int32_t* scratch_first,
-                   const FusedShape& s, double tau_m, double tau_s, double tau_grad, double v_th,
-                   double du_inv_clamp, double max_dudt_inv, FusedKernel kernel, cudaStream_t stream);
+                   int32_t* argmax, int32_t* scratch_count, int32_t* scratch_first, const FusedShape& s,
+                   double tau_m, double tau_s, double tau_grad, double v_th, FusedKernel kernel,
+                   cudaStream_t stream);
 
 // The backward kernels: one thread per neuron walks the steps backwards, 4 at a time.
 //   PerSpike: loads per spike what it needs (dut factor, dL/dy, argmax, count); any labels.
@@ -49,8 +50,9 @@ bool fused_forward(DType dtype, LabelType lt, const void* x, const void* labels,
 //             once, and each chunk's loads in one batch. Same values.
 enum class FusedBackwardKernel : int { PerSpike = 0, Batched = 1 };
 
-// grad_x [T, B, C, P] from grad_y [T, B, C, K]; tables: the SRM kernel tables (see
-// srm_backward in launch.h).
+// grad_x [T, B, C, P] from grad_y [T, B, C, K]; saved: [2, T, B, C, P] accumulation type,
+// the neuron's factors (srm_forward's packed form in launch.h, recomputed from x by the
+// glue); tables: the SRM kernel tables (see srm_backward in launch.h).
 void fused_backward(DType dtype, LabelType lt, const void* grad_y, const void* saved, const void* labels,
                     const int32_t* counts, const int32_t* argmax, const void* tables, void* grad_x,
                     const FusedShape& s, FusedBackwardKernel kernel, cudaStream_t stream);

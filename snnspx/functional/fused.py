@@ -8,12 +8,14 @@ Layouts as in :mod:`snnspx.functional.suppix` (``x`` ``[T, B, C, P]`` currents, 
   check_labels, strategy) -> y [T, B, C, K]``: inference; the compiled kernels write no
   ``[T, B, C, P]`` tensor. ``variant`` is :attr:`snnspx.SRMParams.variant` (CUDA: 0 only).
 * ``srm_suppix_pool_fwd(..., v_th, du_inv_clamp, max_dudt_inv, variant, check_labels, strategy)
-  -> (y, saved, counts, argmax)``: training; ``saved`` is ``[2, T, B, C, P]``: the backward's factors at spike steps (``clamp(-1/du)``, ``clamp(-1/dut)``), +1 and 0 elsewhere, ``counts``
-  int32 ``[L, LB, K]`` pixels per superpixel, ``argmax`` int32 ``[T, B, C, K]`` the lowest spiking
-  pixel (-1: none) for "max", empty otherwise.
-* ``srm_suppix_pool_bwd(grad_y, saved, labels, counts, argmax, mode, tau_m, tau_s, tau_grad, variant,
-  strategy) -> grad_x``:
-  §5's pooling backward composed with §3's ``grad_w``.
+  -> (y, counts, argmax)``: training; ``counts`` int32 ``[L, LB, K]`` pixels per superpixel,
+  ``argmax`` int32 ``[T, B, C, K]`` the lowest spiking pixel (-1: none) for "max", empty
+  otherwise. Like the inference form, no ``[T, B, C, P]`` tensor is written: autograd keeps
+  ``x`` itself (with labels, counts and argmax) and nothing per neuron-step of its own.
+* ``srm_suppix_pool_bwd(grad_y, x, labels, counts, argmax, mode, tau_m, tau_s, tau_grad, v_th,
+  du_inv_clamp, max_dudt_inv, variant, strategy) -> grad_x``: §5's pooling backward composed
+  with §3's ``grad_w``; it runs the neuron's forward again from ``x`` (the same steps, so the
+  same bits) for the factors of §3 before it walks back.
 
 The PyTorch kernels compose the unfused kernels (they write the spikes).
 """
@@ -25,7 +27,7 @@ import torch
 from .. import _checks, _library
 from .._backend import kernels
 from ..params import SRMParams
-from .srm import _packed_backward, _packed_factors, _params, resolve_neuron, srm_neuron
+from .srm import _neuron_bwd_kernel, _params, _run_forward, resolve_neuron, srm_neuron
 from .suppix import _counts_kernel, _pool_backward_kernel, _pool_kernel, check_strategy, suppix_pool
 
 __all__ = ["srm_suppix_pool"]
@@ -37,16 +39,14 @@ def _fwd_kernel(
 ):
     _checks.check_devices("srm_suppix_pool", x=x, labels=labels)
     check_strategy("srm_suppix_pool_fwd", strategy)
-    p = _params(tau_m, tau_s, tau_grad, variant)
-    spikes, fw, ft = _packed_factors(x, p, v_th, None, du_inv_clamp, max_dudt_inv)
-    saved = torch.stack([fw, ft])
+    spikes = _run_forward(x, _params(tau_m, tau_s, tau_grad, variant), v_th, None, False, traces=False)[0]
     if mode not in ("sum", "avg", "max"):
         raise RuntimeError(f"srm_suppix_pool: mode must be 'sum', 'avg' or 'max', got {mode!r}")
     y, aux = _pool_kernel(spikes, labels, K, mode, check_labels)
     counts = aux if mode != "max" else _counts_kernel(labels, K)
     # max: the lowest spiking pixel, -1 where none spiked (as the compiled kernels give it)
     argmax = torch.where(y > 0, aux, -1) if mode == "max" else aux.new_empty((0,))
-    return y, saved, counts, argmax
+    return y, counts, argmax
 
 
 def _inference_kernel(x, labels, K, mode, tau_m, tau_s, tau_grad, v_th, variant, check_labels, strategy):
@@ -56,12 +56,14 @@ def _inference_kernel(x, labels, K, mode, tau_m, tau_s, tau_grad, v_th, variant,
     return _fwd_kernel(x, labels, K, mode, tau_m, tau_s, tau_grad, v_th, *clamps, variant, check_labels, "")[0]
 
 
-def _bwd_kernel(grad_y, saved, labels, counts, argmax, mode, tau_m, tau_s, tau_grad, variant, strategy):
-    _checks.check_devices("srm_suppix_pool_bwd", grad_y=grad_y, saved=saved, labels=labels, counts=counts, argmax=argmax)
+def _bwd_kernel(
+    grad_y, x, labels, counts, argmax, mode, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant, strategy
+):
+    _checks.check_devices("srm_suppix_pool_bwd", grad_y=grad_y, x=x, labels=labels, counts=counts, argmax=argmax)
     check_strategy("srm_suppix_pool_bwd", strategy)
     grad_spikes = _pool_backward_kernel(grad_y, labels, argmax if mode == "max" else counts, mode)
-    # the clamps are already inside saved's factors
-    return _packed_backward(grad_spikes, saved[0], saved[1], tau_m, tau_s, tau_grad, variant, False)[0]
+    args = (tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant, False)
+    return _neuron_bwd_kernel(grad_spikes, x, None, *args)[0]
 
 
 # --------------------------------------------------------------------------- schemas, fakes, autograd
@@ -74,12 +76,13 @@ _library.define(
     "srm_suppix_pool_fwd(Tensor x, Tensor labels, int num_superpixels, str mode, float tau_m, float tau_s,"
     " float tau_grad, float v_th, float du_inv_clamp, float max_dudt_inv, int variant, bool check_labels,"
     " str strategy)"
-    " -> (Tensor, Tensor, Tensor, Tensor)",
+    " -> (Tensor, Tensor, Tensor)",
     _fwd_kernel,
 )
 _library.define(
-    "srm_suppix_pool_bwd(Tensor grad_y, Tensor saved, Tensor labels, Tensor counts, Tensor argmax, str mode,"
-    " float tau_m, float tau_s, float tau_grad, int variant, str strategy) -> Tensor",
+    "srm_suppix_pool_bwd(Tensor grad_y, Tensor x, Tensor labels, Tensor counts, Tensor argmax, str mode,"
+    " float tau_m, float tau_s, float tau_grad, float v_th, float du_inv_clamp, float max_dudt_inv, int variant,"
+    " str strategy) -> Tensor",
     _bwd_kernel,
 )
 _INFER = _library.op("srm_suppix_pool")
@@ -110,37 +113,40 @@ def _fwd_fake(
     strategy,
 ):
     _checks.check_devices("srm_suppix_pool_fwd", x=x, labels=labels)
-    T, B, C, P = x.shape
+    T, B, C, _ = x.shape
     K = num_superpixels
     y = x.new_empty((T, B, C, K))
-    saved = x.new_empty((2, T, B, C, P), dtype=_checks.acc_dtype(x.dtype))
     counts = labels.new_empty((labels.shape[0], labels.shape[1], K), dtype=torch.int32)
     argmax = labels.new_empty((T, B, C, K) if mode == "max" else (0,), dtype=torch.int32)
-    return y, saved, counts, argmax
+    return y, counts, argmax
 
 
 @torch.library.register_fake("snnspx::srm_suppix_pool_bwd")
-def _bwd_fake(grad_y, saved, labels, counts, argmax, mode, tau_m, tau_s, tau_grad, variant, strategy):
-    _checks.check_devices("srm_suppix_pool_bwd", grad_y=grad_y, saved=saved, labels=labels, counts=counts, argmax=argmax)
-    return grad_y.new_empty(saved.shape[1:])
+def _bwd_fake(
+    grad_y, x, labels, counts, argmax, mode, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant, strategy
+):
+    _checks.check_devices("srm_suppix_pool_bwd", grad_y=grad_y, x=x, labels=labels, counts=counts, argmax=argmax)
+    return grad_y.new_empty(x.shape)
 
 
+# Keeps the op's input x (no tensor of its own per neuron-step): the backward recomputes the
+# neuron's factors from it.
 def _setup(ctx, inputs, output):
-    _, labels, _, mode, tau_m, tau_s, tau_grad, _, _, _, variant, _, _ = inputs
-    _, saved, counts, argmax = output
-    ctx.save_for_backward(saved, labels, counts, argmax)
-    ctx.mark_non_differentiable(saved, counts, argmax)
-    # Without this, autograd would zero-fill a gradient of each unused output before
-    # calling _backward: a [2, T, B, C, H, W] buffer of zeros.
+    x, labels, _, mode, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant, _, _ = inputs
+    _, counts, argmax = output
+    ctx.save_for_backward(x, labels, counts, argmax)
+    ctx.mark_non_differentiable(counts, argmax)
+    # Without this, autograd would zero-fill the (integer) gradients of counts and argmax
+    # before calling _backward.
     ctx.set_materialize_grads(False)
-    ctx.args = (mode, tau_m, tau_s, tau_grad, variant)
+    ctx.args = (mode, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant)
 
 
 def _backward(ctx, grad_y, *_unused):
     if grad_y is None:
         return (None,) * 13
-    saved, labels, counts, argmax = ctx.saved_tensors
-    return (_BWD(grad_y, saved, labels, counts, argmax, *ctx.args, ""),) + (None,) * 12
+    x, labels, counts, argmax = ctx.saved_tensors
+    return (_BWD(grad_y, x, labels, counts, argmax, *ctx.args, ""),) + (None,) * 12
 
 
 _library.register_autograd("srm_suppix_pool_fwd", _backward, _setup)
@@ -171,8 +177,12 @@ def srm_suppix_pool(
     when no gradient is needed, provided `x` is contiguous in its ``[T, B, C, H, W]``
     order; any other `x` (e.g. the transposed ``[B, T, ...]`` input of
     ``SRMSupPixPool(batch_first=True)``) is first copied to a contiguous tensor. In training
-    they keep the SRM neuron's compact backward state (8 bytes per float32 neuron-step).
-    The ``"torch"`` backend runs the unfused PyTorch kernels and writes the spikes.
+    autograd keeps the op's `x` (with the labels, the per-superpixel counts and, for
+    ``"max"``, the argmax) and nothing per neuron-step of its own: the backward runs the
+    neuron again from `x`, the same steps and so the same bits. That is no new memory where
+    `x` is kept anyway; 4 bytes per float32 neuron-step where `x` is an intermediate (the
+    currents of a layer in front) or a contiguous copy. The ``"torch"`` backend runs the
+    unfused PyTorch kernels and writes the spikes.
 
     Gradient for `x`: docs/maths.md §5's pooling backward composed with §3's event-driven
     ``grad_w``. In float32 and float64 the C++ kernel gives the same bits as

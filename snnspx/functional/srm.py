@@ -203,29 +203,21 @@ def _neuron_fwd_kernel(x, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_i
     return spikes, state_out
 
 
-def _packed_factors(x, p: SRMParams, v_th, state, du_inv_clamp, max_dudt_inv):
-    """The forward's spikes, and the backward's factors at spikes (``(fw, ft)``, each
-    ``[T, ...]``; +1 and 0 at silent steps, so ``fw <= 0`` marks a spike), from `x` and `state`."""
-    spikes, du, dut, _ = _run_forward(x, p, v_th, state, False)
-    fw, ft = _factors(du, dut, du_inv_clamp, max_dudt_inv, du.dtype)
-    spk = spikes == 1
-    return spikes, torch.where(spk, fw, 1.0), torch.where(spk, ft, 0.0)
-
-
-def _packed_backward(grad_spikes, fw, ft, tau_m, tau_s, tau_grad, variant, with_t: bool):
-    """§3's walk over the factors of :func:`_packed_factors`: ``(grad_w, grad_t or None)``."""
-    return _grad_loop(grad_spikes, lambda t: (fw[t] <= 0, fw[t], ft[t]), tau_m, tau_s, tau_grad, variant, fw.dtype,
-                      with_t)
-
-
 def _neuron_bwd_kernel(grad_spikes, x, state, tau_m, tau_s, tau_grad, v_th, du_inv_clamp, max_dudt_inv, variant,
                        with_t):
+    """srm_neuron_bwd's PyTorch kernel (and the neuron half of the fused op's backward): the
+    forward again from `x` and `state`, then §3's walk over the factors at spikes (+1 and 0
+    at silent steps, so ``fw <= 0`` marks a spike)."""
     _checks.check_devices("srm_neuron_bwd", grad_spikes=grad_spikes, x=x)
     if state is not None:
         _check_state(state, x)
     p = _params(tau_m, tau_s, tau_grad, variant)
-    _, fw, ft = _packed_factors(x, p, v_th, state, du_inv_clamp, max_dudt_inv)
-    grad_w, grad_t = _packed_backward(grad_spikes, fw, ft, tau_m, tau_s, tau_grad, variant, with_t)
+    spikes, du, dut, _ = _run_forward(x, p, v_th, state, False)
+    fw, ft = _factors(du, dut, du_inv_clamp, max_dudt_inv, du.dtype)
+    spk = spikes == 1
+    fw, ft = torch.where(spk, fw, 1.0), torch.where(spk, ft, 0.0)
+    grad_w, grad_t = _grad_loop(grad_spikes, lambda t: (fw[t] <= 0, fw[t], ft[t]), tau_m, tau_s, tau_grad, variant,
+                                fw.dtype, with_t)
     return grad_w, grad_t if with_t else grad_w.new_empty((0,))
 
 
