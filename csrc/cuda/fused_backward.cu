@@ -12,7 +12,8 @@ namespace {
 constexpr int64_t kSharedTableSteps = 2048;
 
 // The backward: one thread per neuron walks t = T-1 .. 0. Each chunk of kAhead steps
-// loads its saved du factors first (they say which steps spiked), then, in one batch,
+// loads its du factors first (recomputed from x by the glue; they say which steps spiked),
+// then, in one batch,
 // what the spiking steps need: the dut factor and, with one label map for all steps
 // (kStatic: the label and its pixel count read once), dL/dy and the argmax of the
 // pixel's superpixel. A spike thus waits for one batch of loads per chunk instead of a
