@@ -157,12 +157,14 @@ struct SGAdjoint {
 //   dm^ = lm keep + c du,  ds^ = ls keep - c du,  dg^ = lg keep
 //   before the step: lm = dm^ a_m, ls = ds^ a_s, lg = dg^ a_g, lu = 0; dL/dx = lm + ls + lg
 //   dL/da_m += dm^ pm, dL/da_s += ds^ ps, dL/dc += du (m^ - s^), dL/dv_th -= dS sigma'
-template <Surrogate Kind, bool kDetach, bool kState, bool kParams, typename acc_t>
-SNNSPX_HD acc_t sg_backward_step(SGAdjoint<acc_t>& a, acc_t G, acc_t pm, acc_t ps, acc_t pg, acc_t u,
-                                 const SGConstants<acc_t>& k, acc_t a_g, bool fire_ge, SurrogateParams<acc_t> sp) {
+// sg_backward_step_given takes sg = surrogate_grad(u - v_th) computed by the caller (the CPU
+// kernel computes it in the loop that recomputes the forward, which keeps the surrogate's
+// long dependency chain out of the walk); sg_backward_step below computes it itself.
+template <bool kDetach, bool kState, bool kParams, typename acc_t>
+SNNSPX_HD acc_t sg_backward_step_given(SGAdjoint<acc_t>& a, acc_t G, acc_t pm, acc_t ps, acc_t pg, acc_t u, acc_t sg,
+                                       const SGConstants<acc_t>& k, acc_t a_g, bool fire_ge) {
   const bool spike = sg_fires(u, k.v_th, fire_ge);
   const acc_t mh = mul_rn(pm, k.a_m), sh = mul_rn(ps, k.a_s);
-  const acc_t sg = surrogate_grad<Kind, acc_t>(u - k.v_th, sp);
   acc_t dS = G;
   if constexpr (!kDetach) {  // the reset's factor (1 - S) differentiated
     acc_t r = mul_rn(a.lm, mh) + mul_rn(a.ls, sh);
@@ -189,6 +191,14 @@ SNNSPX_HD acc_t sg_backward_step(SGAdjoint<acc_t>& a, acc_t G, acc_t pm, acc_t p
     gx = gx + a.lg;
   }
   return gx;
+}
+
+// The step above with sigma' computed here.
+template <Surrogate Kind, bool kDetach, bool kState, bool kParams, typename acc_t>
+SNNSPX_HD acc_t sg_backward_step(SGAdjoint<acc_t>& a, acc_t G, acc_t pm, acc_t ps, acc_t pg, acc_t u,
+                                 const SGConstants<acc_t>& k, acc_t a_g, bool fire_ge, SurrogateParams<acc_t> sp) {
+  const acc_t sg = surrogate_grad<Kind, acc_t>(u - k.v_th, sp);
+  return sg_backward_step_given<kDetach, kState, kParams, acc_t>(a, G, pm, ps, pg, u, sg, k, a_g, fire_ge);
 }
 
 }  // namespace snnspx
