@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "../surrogate_core.h"
@@ -162,6 +163,31 @@ inline int64_t backward_block(int64_t T) {
   return std::max<int64_t>(8, std::min<int64_t>(kMaxBwdBlock, k / 8 * 8));
 }
 
+// z[i] = surrogate_grad(z[i]) for a row of a block, in loops of its own apart from the
+// forward's: the sigmoid's in two (the exponential, then the rest), each loop a shorter
+// dependency chain per value, which the out-of-order window overlaps across values better.
+template <Surrogate Kind, typename acc_t>
+SNNSPX_INLINE void surrogate_row(acc_t* __restrict__ z, int64_t len, SurrogateParams<acc_t> sp) {
+  if constexpr (Kind == Surrogate::Sigmoid && std::is_same_v<acc_t, float>) {
+    // The exponentials of the two halves of the row side by side (exp_nonpositive_lanes).
+    const int64_t h = len / 2;
+    float* __restrict__ z0 = z;
+    float* __restrict__ z1 = z + h;
+    for (int64_t i = 0; i < h; ++i) {
+      float y[2] = {sigmoid_grad_exponent(z0[i], sp), sigmoid_grad_exponent(z1[i], sp)};
+      exp_nonpositive_lanes<2>(y);
+      z0[i] = y[0], z1[i] = y[1];
+    }
+    if (len % 2) z[len - 1] = sigmoid_grad_exp(z[len - 1], sp);
+    for (int64_t i = 0; i < len; ++i) z[i] = sigmoid_grad_from_exp(z[i], sp);
+  } else if constexpr (Kind == Surrogate::Sigmoid) {
+    for (int64_t i = 0; i < len; ++i) z[i] = sigmoid_grad_exp(z[i], sp);
+    for (int64_t i = 0; i < len; ++i) z[i] = sigmoid_grad_from_exp(z[i], sp);
+  } else {
+    for (int64_t i = 0; i < len; ++i) z[i] = surrogate_grad<Kind, acc_t>(z[i], sp);
+  }
+}
+
 // The backward of one block of `len` (<= K) neurons from n0, with `buf` the task's buffers
 // for the forward's pm, ps, pg, u and sigma'(u - v_th) ([T][K] each). kState: some neuron
 // of the block has a gradient for its returned g or u_last; kParams: add up the constants'
@@ -194,9 +220,10 @@ SNNSPX_INLINE void sg_backward_block(const SGBackwardArgs<acc_t>& A, acc_t* buf,
       m[i] = mi, s[i] = si;
       if (kState) g[i] = gi;
       bpm[i] = pm, bps[i] = ps, bu[i] = u;
-      bsg[i] = surrogate_grad<Kind, acc_t>(u - vt[i], A.sp);
+      bsg[i] = u - vt[i];
       if (kState) bpg[i] = pg;
     }
+    surrogate_row<Kind>(bsg, len, A.sp);
   }
   // The walk back; m, s, g, ul now hold the adjoints lm, ls, lg, lu.
   alignas(64) acc_t dam[kMaxBwdBlock], das[kMaxBwdBlock], dc[kMaxBwdBlock], dv[kMaxBwdBlock];
