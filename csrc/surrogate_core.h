@@ -45,6 +45,35 @@ inline SurrogateParams<acc_t> make_surrogate_params(Surrogate kind, double alpha
   }
 }
 
+// exp_nonpositive of L independent values, each statement written for all L before the next:
+// a CPU loop vectorised over such groups keeps L dependency chains side by side in its
+// instruction stream, where the out-of-order window sees them together. Host only.
+template <int L>
+inline void exp_nonpositive_lanes(float* v) {
+  const float lo = -87.0f;
+  bool under[L];
+  float y[L], n[L], r[L], p[L], scale[L];
+  for (int l = 0; l < L; ++l) under[l] = v[l] < lo;
+  for (int l = 0; l < L; ++l) y[l] = under[l] ? lo : v[l];
+  // n = round(y / ln2): adding and subtracting 1.5 * 2^23 rounds to an integer (|y / ln2| < 2^22).
+  const float magic = 12582912.0f;
+  for (int l = 0; l < L; ++l) n[l] = (y[l] * 1.44269504088896341f + magic) - magic;
+  // r = y - n ln2 in two parts: n * ln2_hi is exact (ln2_hi has 8 trailing zero bits, |n| < 2^7).
+  for (int l = 0; l < L; ++l) r[l] = (y[l] - n[l] * 0.693359375f) - n[l] * -2.12194440e-4f;
+  for (int l = 0; l < L; ++l) p[l] = 1.9875691500e-4f;
+  for (int l = 0; l < L; ++l) p[l] = p[l] * r[l] + 1.3981999507e-3f;
+  for (int l = 0; l < L; ++l) p[l] = p[l] * r[l] + 8.3334519073e-3f;
+  for (int l = 0; l < L; ++l) p[l] = p[l] * r[l] + 4.1665795894e-2f;
+  for (int l = 0; l < L; ++l) p[l] = p[l] * r[l] + 1.6666665459e-1f;
+  for (int l = 0; l < L; ++l) p[l] = p[l] * r[l] + 5.0000001201e-1f;
+  for (int l = 0; l < L; ++l) p[l] = p[l] * r[l] * r[l] + r[l] + 1.0f;
+  for (int l = 0; l < L; ++l) {
+    const int32_t bits = (static_cast<int32_t>(n[l]) + 127) << 23;  // n in [-126, 0]: a normal power of 2
+    std::memcpy(&scale[l], &bits, sizeof(float));
+  }
+  for (int l = 0; l < L; ++l) v[l] = under[l] ? 0.0f : p[l] * scale[l];
+}
+
 // exp(y) for y <= 0 in straight-line float arithmetic (no call, no branch), so that a CPU
 // loop over neurons vectorises with any x86-64 target: 2^n by the exponent bits, e^r on
 // [-ln2/2, ln2/2] by Cody and Waite's reduction and a degree-7 polynomial (under 1 ulp from
@@ -53,25 +82,8 @@ SNNSPX_HD float exp_nonpositive(float y) {
 #if defined(__CUDA_ARCH__)
   return expf(y);
 #else
-  const float lo = -87.0f;
-  const bool under = y < lo;
-  y = under ? lo : y;
-  // n = round(y / ln2): adding and subtracting 1.5 * 2^23 rounds to an integer (|y / ln2| < 2^22).
-  const float magic = 12582912.0f;
-  const float n = (y * 1.44269504088896341f + magic) - magic;
-  // r = y - n ln2 in two parts: n * ln2_hi is exact (ln2_hi has 8 trailing zero bits, |n| < 2^7).
-  const float r = (y - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // n in [-126, 0]: a normal power of 2
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return under ? 0.0f : p * scale;
+  exp_nonpositive_lanes<1>(&y);
+  return y;
 #endif
 }
 
@@ -83,15 +95,32 @@ SNNSPX_HD double exp_nonpositive(double y) {
 #endif
 }
 
+// The sigmoid's sigma'(z) in two parts, e = exp(-k1 |z|) and then k1 e / (1 + e)^2, for CPU
+// loops that compute them apart (a shorter dependency chain per loop).
+template <typename acc_t>
+SNNSPX_HD acc_t sigmoid_grad_exponent(acc_t z, SurrogateParams<acc_t> p) {
+  const acc_t az = z < acc_t(0) ? -z : z;
+  return -(p.k1 * az);
+}
+
+template <typename acc_t>
+SNNSPX_HD acc_t sigmoid_grad_exp(acc_t z, SurrogateParams<acc_t> p) {
+  return exp_nonpositive(sigmoid_grad_exponent(z, p));
+}
+
+template <typename acc_t>
+SNNSPX_HD acc_t sigmoid_grad_from_exp(acc_t e, SurrogateParams<acc_t> p) {
+  const acc_t d = acc_t(1) + e;
+  return p.k1 * e / (d * d);
+}
+
 // sigma'(z) of surrogate Kind, z = u - v_th.
 template <Surrogate Kind, typename acc_t>
 SNNSPX_HD acc_t surrogate_grad(acc_t z, SurrogateParams<acc_t> p) {
   const acc_t one(1);
   const acc_t az = z < acc_t(0) ? -z : z;
   if constexpr (Kind == Surrogate::Sigmoid) {
-    const acc_t e = exp_nonpositive(-(p.k1 * az));
-    const acc_t d = one + e;
-    return p.k1 * e / (d * d);
+    return sigmoid_grad_from_exp(sigmoid_grad_exp(z, p), p);
   } else if constexpr (Kind == Surrogate::Atan) {
     const acc_t w = p.k2 * z;
     return p.k1 / (one + w * w);
@@ -157,12 +186,14 @@ struct SGAdjoint {
 //   dm^ = lm keep + c du,  ds^ = ls keep - c du,  dg^ = lg keep
 //   before the step: lm = dm^ a_m, ls = ds^ a_s, lg = dg^ a_g, lu = 0; dL/dx = lm + ls + lg
 //   dL/da_m += dm^ pm, dL/da_s += ds^ ps, dL/dc += du (m^ - s^), dL/dv_th -= dS sigma'
-template <Surrogate Kind, bool kDetach, bool kState, bool kParams, typename acc_t>
-SNNSPX_HD acc_t sg_backward_step(SGAdjoint<acc_t>& a, acc_t G, acc_t pm, acc_t ps, acc_t pg, acc_t u,
-                                 const SGConstants<acc_t>& k, acc_t a_g, bool fire_ge, SurrogateParams<acc_t> sp) {
+// sg_backward_step_given takes sg = surrogate_grad(u - v_th) computed by the caller (the CPU
+// kernel computes it in the loop that recomputes the forward, which keeps the surrogate's
+// long dependency chain out of the walk); sg_backward_step below computes it itself.
+template <bool kDetach, bool kState, bool kParams, typename acc_t>
+SNNSPX_HD acc_t sg_backward_step_given(SGAdjoint<acc_t>& a, acc_t G, acc_t pm, acc_t ps, acc_t pg, acc_t u, acc_t sg,
+                                       const SGConstants<acc_t>& k, acc_t a_g, bool fire_ge) {
   const bool spike = sg_fires(u, k.v_th, fire_ge);
   const acc_t mh = mul_rn(pm, k.a_m), sh = mul_rn(ps, k.a_s);
-  const acc_t sg = surrogate_grad<Kind, acc_t>(u - k.v_th, sp);
   acc_t dS = G;
   if constexpr (!kDetach) {  // the reset's factor (1 - S) differentiated
     acc_t r = mul_rn(a.lm, mh) + mul_rn(a.ls, sh);
@@ -189,6 +220,14 @@ SNNSPX_HD acc_t sg_backward_step(SGAdjoint<acc_t>& a, acc_t G, acc_t pm, acc_t p
     gx = gx + a.lg;
   }
   return gx;
+}
+
+// The step above with sigma' computed here.
+template <Surrogate Kind, bool kDetach, bool kState, bool kParams, typename acc_t>
+SNNSPX_HD acc_t sg_backward_step(SGAdjoint<acc_t>& a, acc_t G, acc_t pm, acc_t ps, acc_t pg, acc_t u,
+                                 const SGConstants<acc_t>& k, acc_t a_g, bool fire_ge, SurrogateParams<acc_t> sp) {
+  const acc_t sg = surrogate_grad<Kind, acc_t>(u - k.v_th, sp);
+  return sg_backward_step_given<kDetach, kState, kParams, acc_t>(a, G, pm, ps, pg, u, sg, k, a_g, fire_ge);
 }
 
 }  // namespace snnspx

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 
 #include <cmath>
 #include <string>
@@ -54,6 +55,38 @@ inline at::Tensor per_channel_double(const at::Tensor& t, int64_t Cc) {
   return d.dim() == 0 ? d.expand({Cc}) : d;
 }
 
+// The [4, Cc] constants of the header's comment, with tensor operations (any device).
+inline at::Tensor sg_constants(const at::Tensor& tau_m, const at::Tensor& tau_s, const at::Tensor& v_th, int64_t Cc,
+                               at::ScalarType acc) {
+  const at::Tensor tm = per_channel_double(tau_m, Cc), ts = per_channel_double(tau_s, Cc);
+  const at::Tensor one = at::ones_like(tm);
+  return at::stack({one - at::div(one, tm), one - at::div(one, ts), at::div(tm, tm - ts), per_channel_double(v_th, Cc)})
+      .to(acc)
+      .contiguous();
+}
+
+// The same for CPU tensors, in a loop: the same double expressions, each rounded once to
+// acc as .to(acc) rounds, so the same bits, without a dozen small tensor operations a call.
+inline at::Tensor sg_constants_host(const at::Tensor& tau_m, const at::Tensor& tau_s, const at::Tensor& v_th,
+                                    int64_t Cc, at::ScalarType acc) {
+  const at::Tensor tm = tau_m.to(at::kDouble).contiguous(), ts = tau_s.to(at::kDouble).contiguous();
+  const at::Tensor vt = v_th.to(at::kDouble).contiguous();
+  const double *pm = tm.data_ptr<double>(), *ps = ts.data_ptr<double>(), *pv = vt.data_ptr<double>();
+  const int64_t im = tm.dim() ? 1 : 0, is = ts.dim() ? 1 : 0, iv = vt.dim() ? 1 : 0;
+  at::Tensor out = at::empty({4, Cc}, tau_m.options().dtype(acc));
+  AT_DISPATCH_FLOATING_TYPES(acc, "sg_constants_host", [&] {
+    scalar_t* o = out.data_ptr<scalar_t>();
+    for (int64_t c = 0; c < Cc; ++c) {
+      const double m = pm[c * im], s = ps[c * is];
+      o[c] = static_cast<scalar_t>(1.0 - 1.0 / m);
+      o[Cc + c] = static_cast<scalar_t>(1.0 - 1.0 / s);
+      o[2 * Cc + c] = static_cast<scalar_t>(m / (m - s));
+      o[3 * Cc + c] = static_cast<scalar_t>(pv[c * iv]);
+    }
+  });
+  return out;
+}
+
 inline SGArgs prepare_sg(const at::Tensor& x, const at::Tensor& tau_m, const at::Tensor& tau_s,
                          const at::Tensor& v_th, const c10::optional<at::Tensor>& state, double tau_grad,
                          const std::string& surrogate, double alpha) {
@@ -86,12 +119,8 @@ inline SGArgs prepare_sg(const at::Tensor& x, const at::Tensor& tau_m, const at:
     TORCH_CHECK_VALUE(st.device() == x.device(), "state must be on x's device ", x.device(), ", got ", st.device());
     a.state = st.contiguous();
   }
-  const at::Tensor tm = per_channel_double(tau_m, a.Cc), ts = per_channel_double(tau_s, a.Cc);
-  const at::Tensor one = at::ones_like(tm);
-  a.consts = at::stack({one - at::div(one, tm), one - at::div(one, ts), at::div(tm, tm - ts),
-                        per_channel_double(v_th, a.Cc)})
-                 .to(a.acc)
-                 .contiguous();
+  a.consts = x.is_cpu() ? sg_constants_host(tau_m, tau_s, v_th, a.Cc, a.acc)
+                        : sg_constants(tau_m, tau_s, v_th, a.Cc, a.acc);
   a.a_g = 1.0 - 1.0 / tau_grad;
   return a;
 }

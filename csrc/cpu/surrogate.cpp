@@ -3,13 +3,15 @@
 // neurons through the steps, step-major, with the state in structure-of-arrays form so
 // that the loop over the neurons of a block vectorises; each neuron's constants are read
 // once per block. The backward recomputes a block's forward into a per-task buffer
-// (the sums before the decay and u, for every step), then walks back through it: no
-// allocation per step, and nothing but x and the input state kept from the forward.
+// (the sums before the decay, u and the surrogate derivative, for every step), then walks
+// back through it: no allocation per step, and nothing but x and the input state kept from
+// the forward.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "../surrogate_core.h"
@@ -34,6 +36,16 @@ constexpr int64_t kMaxBwdBlock = 256;
 #define SNNSPX_AVX2 __attribute__((target("avx2")))
 #endif
 #define SNNSPX_INLINE __attribute__((always_inline)) inline
+
+// Asks the cache for the `len` values from p, one request per 64-byte line. A block reads
+// one short row per step, each row N values from the last: the hardware prefetcher has to
+// learn every row anew, so the kernels ask for the next step's rows one step ahead.
+template <int kWrite, typename T>
+SNNSPX_INLINE void prefetch_row(const T* p, int64_t len) {
+  const char* c = reinterpret_cast<const char*>(p);
+  const int64_t bytes = len * static_cast<int64_t>(sizeof(T));
+  for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, kWrite, 3);
+}
 
 // The constants of neurons n0 .. n0 + len - 1; neuron n has channel (n / P) % Cc, followed
 // along the block without a division per neuron (a 64-bit division costs tens of cycles).
@@ -87,6 +99,7 @@ SNNSPX_INLINE void sg_forward_range(const SGForwardArgs<scalar_t, acc_t>& args, 
     for (int64_t t = 0; t < A.T; ++t) {
       const scalar_t* __restrict__ xt = A.x + t * N + n0;
       scalar_t* __restrict__ out = A.spikes + t * N + n0;
+      if (t + 1 < A.T) prefetch_row<0>(xt + N, len);
       for (int64_t i = 0; i < len; ++i) {
         acc_t mi = m[i], si = s[i], gi = g[i], ui = ul[i], pm, ps, pg, u;
         const bool sp = sg_forward_step<acc_t>(mi, si, gi, ui, static_cast<acc_t>(xt[i]),
@@ -142,16 +155,43 @@ struct SGBackwardArgs {
   SurrogateParams<acc_t> sp;
 };
 
-// Neurons per backward block: kMaxBwdBlock, fewer for long T so that a block's buffers (4
-// values per neuron and step) stay within about 256 KiB (float), a core's L2; at least 8.
+// Neurons per backward block: kMaxBwdBlock, fewer for long T so that a block's buffers (5
+// values per neuron and step, 4 of them used without a state gradient) stay within about
+// 256 KiB (float), a core's L2; at least 8.
 inline int64_t backward_block(int64_t T) {
-  const int64_t k = (int64_t(1) << 14) / std::max<int64_t>(T, 1);
+  const int64_t k = (int64_t(1) << 16) / (5 * std::max<int64_t>(T, 1));
   return std::max<int64_t>(8, std::min<int64_t>(kMaxBwdBlock, k / 8 * 8));
 }
 
+// z[i] = surrogate_grad(z[i]) for a row of a block, in loops of its own apart from the
+// forward's: the sigmoid's in two (the exponential, then the rest), each loop a shorter
+// dependency chain per value, which the out-of-order window overlaps across values better.
+template <Surrogate Kind, typename acc_t>
+SNNSPX_INLINE void surrogate_row(acc_t* __restrict__ z, int64_t len, SurrogateParams<acc_t> sp) {
+  if constexpr (Kind == Surrogate::Sigmoid && std::is_same_v<acc_t, float>) {
+    // The exponentials of the two halves of the row side by side (exp_nonpositive_lanes).
+    const int64_t h = len / 2;
+    float* __restrict__ z0 = z;
+    float* __restrict__ z1 = z + h;
+    for (int64_t i = 0; i < h; ++i) {
+      float y[2] = {sigmoid_grad_exponent(z0[i], sp), sigmoid_grad_exponent(z1[i], sp)};
+      exp_nonpositive_lanes<2>(y);
+      z0[i] = y[0], z1[i] = y[1];
+    }
+    if (len % 2) z[len - 1] = sigmoid_grad_exp(z[len - 1], sp);
+    for (int64_t i = 0; i < len; ++i) z[i] = sigmoid_grad_from_exp(z[i], sp);
+  } else if constexpr (Kind == Surrogate::Sigmoid) {
+    for (int64_t i = 0; i < len; ++i) z[i] = sigmoid_grad_exp(z[i], sp);
+    for (int64_t i = 0; i < len; ++i) z[i] = sigmoid_grad_from_exp(z[i], sp);
+  } else {
+    for (int64_t i = 0; i < len; ++i) z[i] = surrogate_grad<Kind, acc_t>(z[i], sp);
+  }
+}
+
 // The backward of one block of `len` (<= K) neurons from n0, with `buf` the task's buffers
-// for the forward's pm, ps, pg and u ([T][K] each). kState: some neuron of the block has a
-// gradient for its returned g or u_last; kParams: add up the constants' gradients.
+// for the forward's pm, ps, pg, u and sigma'(u - v_th) ([T][K] each). kState: some neuron
+// of the block has a gradient for its returned g or u_last; kParams: add up the constants'
+// gradients.
 // Instantiated for (kState, kParams) = (0, 0), (0, 1) and (1, 1) only.
 template <Surrogate Kind, bool kDetach, bool kState, bool kParams, typename acc_t>
 SNNSPX_INLINE void sg_backward_block(const SGBackwardArgs<acc_t>& A, acc_t* buf, int64_t K, int64_t n0,
@@ -167,6 +207,12 @@ SNNSPX_INLINE void sg_backward_block(const SGBackwardArgs<acc_t>& A, acc_t* buf,
     acc_t* __restrict__ bps = bpm + TK;
     acc_t* __restrict__ bpg = bps + TK;
     acc_t* __restrict__ bu = bpg + TK;
+    acc_t* __restrict__ bsg = bu + TK;
+    if (t + 1 < T) {
+      prefetch_row<0>(xt + N, len);
+    } else {  // the walk back starts at the last step's dL/dspikes
+      prefetch_row<0>(A.grad + t * N + n0, len);
+    }
     for (int64_t i = 0; i < len; ++i) {
       acc_t mi = m[i], si = s[i], gi = g[i], ui = ul[i], pm, ps, pg, u;
       sg_forward_step<acc_t>(mi, si, gi, ui, xt[i], SGConstants<acc_t>{am[i], as[i], cc[i], vt[i]}, A.a_g, A.fire_ge,
@@ -174,8 +220,10 @@ SNNSPX_INLINE void sg_backward_block(const SGBackwardArgs<acc_t>& A, acc_t* buf,
       m[i] = mi, s[i] = si;
       if (kState) g[i] = gi;
       bpm[i] = pm, bps[i] = ps, bu[i] = u;
+      bsg[i] = u - vt[i];
       if (kState) bpg[i] = pg;
     }
+    surrogate_row<Kind>(bsg, len, A.sp);
   }
   // The walk back; m, s, g, ul now hold the adjoints lm, ls, lg, lu.
   alignas(64) acc_t dam[kMaxBwdBlock], das[kMaxBwdBlock], dc[kMaxBwdBlock], dv[kMaxBwdBlock];
@@ -193,12 +241,14 @@ SNNSPX_INLINE void sg_backward_block(const SGBackwardArgs<acc_t>& A, acc_t* buf,
     const acc_t* __restrict__ bps = bpm + TK;
     const acc_t* __restrict__ bpg = bps + TK;
     const acc_t* __restrict__ bu = bpg + TK;
+    const acc_t* __restrict__ bsg = bu + TK;
+    if (t > 0) prefetch_row<0>(gt - N, len), prefetch_row<1>(gxt - N, len);
     for (int64_t i = 0; i < len; ++i) {
       SGAdjoint<acc_t> a{m[i], s[i], g[i], ul[i], acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
       if (kParams) a.d_am = dam[i], a.d_as = das[i], a.d_c = dc[i], a.d_vth = dv[i];
-      gxt[i] = sg_backward_step<Kind, kDetach, kState, kParams, acc_t>(
-          a, gt[i], bpm[i], bps[i], kState ? bpg[i] : acc_t(0), bu[i], SGConstants<acc_t>{am[i], as[i], cc[i], vt[i]},
-          A.a_g, A.fire_ge, A.sp);
+      gxt[i] = sg_backward_step_given<kDetach, kState, kParams, acc_t>(
+          a, gt[i], bpm[i], bps[i], kState ? bpg[i] : acc_t(0), bu[i], bsg[i],
+          SGConstants<acc_t>{am[i], as[i], cc[i], vt[i]}, A.a_g, A.fire_ge);
       m[i] = a.lm, s[i] = a.ls, g[i] = a.lg, ul[i] = a.lu;
       if (kParams) dam[i] = a.d_am, das[i] = a.d_as, dc[i] = a.d_c, dv[i] = a.d_vth;
     }
@@ -253,7 +303,7 @@ void sg_backward_blocks(const SGBackwardArgs<acc_t>& A) {
   const int64_t K = backward_block(A.T);
   const int64_t grain = std::max<int64_t>(K, 32768 / std::max<int64_t>(A.T, 1));
   at::parallel_for(0, A.N, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buf(static_cast<size_t>(4 * A.T * K));  // once per task
+    std::vector<acc_t> buf(static_cast<size_t>(5 * A.T * K));  // once per task
 #ifdef SNNSPX_CPU_X86
     if (cpu::has_avx2()) return sg_backward_range_avx2<Kind, kDetach>(A, buf.data(), K, begin, end);
 #endif

@@ -183,6 +183,8 @@ def check_rounding(rounding, name: str = "rounding") -> None:
 
 def is_real_number(v) -> bool:
     """A Python real number (bool excluded)."""
+    if type(v) is float or type(v) is int:  # the common cases, without the ABC check
+        return True
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 

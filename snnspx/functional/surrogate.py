@@ -267,6 +267,26 @@ _library.register_raising_autograd(
 
 
 # --------------------------------------------------------------------------- public wrapper
+# 0-d float64 tensors of the numbers given as constants, kept between calls: creating one
+# costs about as much as the op on a small input. Shared safely because nothing writes to them
+# (the ops and their autograd formula only read their constants). Keyed by the value with its
+# sign (0.0 == -0.0 as keys) and device; cleared when it holds many.
+_NUMBER_TENSORS: dict = {}
+
+
+def _number_tensor(v: float, device: torch.device) -> torch.Tensor:
+    if torch.compiler.is_compiling():  # a fresh tensor for the tracer, never a cached one
+        return torch.tensor(v, dtype=torch.float64, device=device)
+    key = (v, math.copysign(1.0, v), device)
+    t = _NUMBER_TENSORS.get(key)
+    if t is None:
+        if len(_NUMBER_TENSORS) >= 64:
+            _NUMBER_TENSORS.clear()
+        with torch.inference_mode(False):  # a normal tensor, which autograd may save, even if made in inference mode
+            t = _NUMBER_TENSORS[key] = torch.tensor(v, dtype=torch.float64, device=device)
+    return t
+
+
 def _constant_tensor(v, name: str, x: torch.Tensor) -> torch.Tensor:
     """A time constant or threshold as the op takes it: a 0-d float64 tensor for a number
     (its exact value), a given tensor checked for dtype, device and shape ([] or [C])."""
@@ -290,7 +310,7 @@ def _constant_tensor(v, name: str, x: torch.Tensor) -> torch.Tensor:
             )
         return v
     if _checks.is_real_number(v):
-        return torch.tensor(_checks.number_as_float(v), dtype=torch.float64, device=x.device)
+        return _number_tensor(_checks.number_as_float(v), x.device)
     raise TypeError(f"{name} must be a Python number or a tensor, got {type(v).__name__}")
 
 
