@@ -173,11 +173,17 @@ SNNSPX_HD acc_t inv_clamp(acc_t d, acc_t bound) {
   return clamp_nan(acc_t(-1) / d, -bound, acc_t(0));
 }
 
-// srm_neuron_fwd's compact saved state marks silent steps with this value in
-// place of the (never positive) du factor.
+// The event backwards' factors (recomputed from x) mark silent steps with this value in
+// place of the du factor, which is never positive (or NaN, for a NaN du: still a spike).
 template <typename acc_t>
 SNNSPX_HD acc_t silent_mark() {
   return acc_t(1);
+}
+
+// Whether a du factor (or the mark) belongs to a spike: anything but the positive mark.
+template <typename acc_t>
+SNNSPX_HD bool is_spike_factor(acc_t fw) {
+  return !(fw > acc_t(0));
 }
 
 // One backward step (docs/maths.md §3), walking t from T-1 down to 0, in two halves so

@@ -154,6 +154,21 @@ def test_gradient_within_chunk(backend, dtype, neuron, gen):
     assert xc.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_spike_with_nan_factor_keeps_its_gradient(backend):
+    """A spike whose du is NaN (a given state with a NaN u_last) is still a spike in the
+    backward: its gradient is NaN, as the reference's, not a silent 0."""
+    x = torch.tensor([[9.0, 9.0], [0.0, 0.0], [0.0, 0.0]], requires_grad=True)
+    state = torch.zeros(4, 2)
+    state[3, 0] = float("nan")
+    spikes = F.srm_neuron(x, state=state, backend=backend)
+    spikes.backward(torch.ones_like(spikes))
+    ref = R.srm_forward(x.detach(), state=state)
+    assert torch.equal(spikes.detach(), ref[0]) and ref[1][0, 0].isnan()
+    torch.testing.assert_close(x.grad, R.srm_backward(torch.ones_like(x), *ref)[0], equal_nan=True)
+    assert x.grad[0, 0].isnan()
+
+
 def test_chunk_end_truncates_the_gradient(gen):
     """The gradient of a chunk ignores the spikes of later chunks: the first chunk's x.grad
     is that of the first chunk run alone, and differs from the whole run's where a neuron's

@@ -478,3 +478,17 @@ def test_ops_check_their_arguments():
         fwd(x, one * 4, one * 2, one, torch.zeros(4, 2), 2.5, False, "atan", 1.0, False)
     with pytest.raises(ValueError, match="tau_m must be a 0-d tensor or one value per channel"):
         fwd(x, torch.ones(2), one * 2, one, None, 2.5, False, "atan", 1.0, False)
+
+
+def test_fake_tensor_trace_leaves_no_fake_constant_behind():
+    """Tracing under FakeTensorMode makes the number constants as fake tensors; none is kept
+    for later calls, which then run on real tensors as before."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x = torch.randn(5, 2, 3) + 0.5
+    want = F.srm_neuron(x, grad="surrogate", tau_m=7.5, backend="torch")
+    with FakeTensorMode() as mode:
+        F.srm_neuron(mode.from_tensor(x), grad="surrogate", tau_m=7.5, v_th=0.7, backend="torch")
+    assert torch.equal(F.srm_neuron(x, grad="surrogate", tau_m=7.5, backend="torch"), want)
+    assert torch.equal(F.srm_neuron(x, grad="surrogate", tau_m=7.5, v_th=0.7, backend="torch"),
+                       F.srm_neuron(x, grad="surrogate", tau_m=7.5, v_th=0.7, backend="cpp"))

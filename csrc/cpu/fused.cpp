@@ -198,7 +198,7 @@ void fused_backward_kernel(const FusedArgs& a, const scalar_t* grad_y, const int
         for (int64_t t = T - 1; t >= 0; --t) {
           if (t == T - 1 || a.layout.L > 1) label_slots(labels + a.layout.offset(t, b) + p0, len, K, slot);
           const int64_t base = t * N + bc * P + p0;
-          const acc_t* __restrict__ s0 = scratch.data() + 2 * t * lanes;  // fw <= 0 marks a spike
+          const acc_t* __restrict__ s0 = scratch.data() + 2 * t * lanes;  // is_spike_factor marks a spike
           const acc_t* __restrict__ s1 = s0 + lanes;
           // G: the pooled gradient were the pixel to spike (srm_grad_advance reads
           // it only at spikes). Unconditional loads, so that no branch depends on a spike.
@@ -211,7 +211,7 @@ void fused_backward_kernel(const FusedArgs& a, const scalar_t* grad_y, const int
           }
           for (int64_t i = 0; i < len; ++i) {
             SRMGradState<acc_t> st{aw[i], at_[i], lag[i]};
-            idx[i] = srm_grad_advance<acc_t>(st, s0[i] <= acc_t(0), G[i], s0[i], s1[i]);
+            idx[i] = srm_grad_advance<acc_t>(st, is_spike_factor(s0[i]), G[i], s0[i], s1[i]);
             aw[i] = st.aw, at_[i] = st.at, lag[i] = st.lag;
           }
           for (int64_t i = 0; i < len; ++i) ew[i] = epsw[idx[i]], et[i] = epst[idx[i]];

@@ -157,9 +157,9 @@ void srm_neuron_backward_kernel(const scalar_t* grad, const scalar_t* x, const a
         const acc_t* __restrict__ fw = scratch.data() + 2 * t * lanes;
         const acc_t* __restrict__ ft = fw + lanes;
         const scalar_t* __restrict__ gp = grad + base;
-        for (int64_t i = 0; i < len; ++i) {  // a spike is a factor <= 0; silent steps hold the mark
+        for (int64_t i = 0; i < len; ++i) {  // silent steps hold the mark (srm_core.h's is_spike_factor)
           SRMGradState<acc_t> st{aw[i], at[i], lag[i]};
-          idx[i] = srm_grad_advance<acc_t>(st, fw[i] <= acc_t(0), static_cast<acc_t>(gp[i]), fw[i], ft[i]);
+          idx[i] = srm_grad_advance<acc_t>(st, is_spike_factor(fw[i]), static_cast<acc_t>(gp[i]), fw[i], ft[i]);
           aw[i] = st.aw, at[i] = st.at, lag[i] = st.lag;
         }
         for (int64_t i = 0; i < len; ++i) ew[i] = epsw[idx[i]], et[i] = epst[idx[i]];

@@ -15,8 +15,8 @@ namespace cpu {
 
 // Neurons per block of a recomputing backward, at most `most` (the callers' stack arrays):
 // the scratch holds two factors per step and neuron (2 * T * lanes values), kept to about
-// 256 KiB of float so that it stays in L2 however long T is. A multiple of 16 (whole
-// vectors), and at least 16.
+// 256 KiB of float so that it stays in L2 up to T = 2048; beyond, 16 lanes (128 T bytes of
+// float scratch per task). A multiple of 16 (whole vectors), and at least 16.
 inline int64_t recompute_lanes(int64_t T, int64_t most) {
   const int64_t lanes = (int64_t(32768) / std::max<int64_t>(T, 1)) & ~int64_t(15);
   return std::clamp<int64_t>(lanes, 16, most);
@@ -26,7 +26,7 @@ inline int64_t recompute_lanes(int64_t T, int64_t most) {
 // x[t * stride + i], its state the rows m, sy, g, ul (set by the caller to the start state;
 // left at the end state). Step t's factors go to scratch[2 t lanes + i] (fw) and
 // scratch[(2 t + 1) lanes + i] (ft): inv_clamp(du) and inv_clamp(dut) at a spike,
-// silent_mark() and 0 at a silent step, so fw <= 0 marks a spike. spk: `len` int32 of room.
+// silent_mark() and 0 at a silent step (is_spike_factor tells them apart). spk: `len` int32 of room.
 template <typename scalar_t, typename acc_t, bool kVariants>
 void recompute_factors(const scalar_t* x, int64_t stride, int64_t T, int64_t len, int64_t lanes,
                        const SRMParams<acc_t>& p, acc_t du_inv_clamp, acc_t max_dudt_inv, acc_t* __restrict__ m,

@@ -67,7 +67,7 @@ fused_backward_kernel(const scalar_t* __restrict__ grad_y, const acc_t* __restri
         fts[j] = acc_t(0);
         gys[j] = acc_t(0);
         ams[j] = -1;
-        if (t0 - j >= 0 && lead[j] <= acc_t(0)) {  // lead = 1 for the steps before 0
+        if (t0 - j >= 0 && is_spike_factor(lead[j])) {  // lead = 1 for the steps before 0
           fts[j] = __ldcs(saved + s.T * N + (t0 - j) * N + n);
           if (k0 >= 0) {
             const int64_t yi = ((t0 - j) * BC + bc) * s.K + k0;
@@ -81,7 +81,7 @@ fused_backward_kernel(const scalar_t* __restrict__ grad_y, const acc_t* __restri
     for (int j = 0; j < kAhead; ++j) {
       const int64_t t = t0 - j;
       if (t < 0) break;
-      const bool spike = lead[j] <= acc_t(0);
+      const bool spike = is_spike_factor(lead[j]);
       acc_t G = acc_t(0), ft = acc_t(0);
       if (spike) {
         if (kStatic) {

@@ -96,7 +96,7 @@ srm_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restric
       bool s;
       acc_t fw = acc_t(0), ft = acc_t(0), G = acc_t(0);
       if (kPacked) {
-        s = lead[j] <= acc_t(0);
+        s = is_spike_factor(lead[j]);
         if (s) {
           fw = lead[j];
           ft = __ldcs(dut + k);

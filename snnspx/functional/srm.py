@@ -207,7 +207,7 @@ def _neuron_bwd_kernel(grad_spikes, x, state, tau_m, tau_s, tau_grad, v_th, du_i
                        with_t):
     """srm_neuron_bwd's PyTorch kernel (and the neuron half of the fused op's backward): the
     forward again from `x` and `state`, then §3's walk over the factors at spikes (+1 and 0
-    at silent steps, so ``fw <= 0`` marks a spike)."""
+    at silent steps, so anything but a positive ``fw`` marks a spike: a NaN factor too)."""
     _checks.check_devices("srm_neuron_bwd", grad_spikes=grad_spikes, x=x)
     if state is not None:
         _check_state(state, x)
@@ -216,7 +216,7 @@ def _neuron_bwd_kernel(grad_spikes, x, state, tau_m, tau_s, tau_grad, v_th, du_i
     fw, ft = _factors(du, dut, du_inv_clamp, max_dudt_inv, du.dtype)
     spk = spikes == 1
     fw, ft = torch.where(spk, fw, 1.0), torch.where(spk, ft, 0.0)
-    grad_w, grad_t = _grad_loop(grad_spikes, lambda t: (fw[t] <= 0, fw[t], ft[t]), tau_m, tau_s, tau_grad, variant,
+    grad_w, grad_t = _grad_loop(grad_spikes, lambda t: (~(fw[t] > 0), fw[t], ft[t]), tau_m, tau_s, tau_grad, variant,
                                 fw.dtype, with_t)
     return grad_w, grad_t if with_t else grad_w.new_empty((0,))
 

@@ -283,7 +283,9 @@ def _number_tensor(v: float, device: torch.device) -> torch.Tensor:
         if len(_NUMBER_TENSORS) >= 64:
             _NUMBER_TENSORS.clear()
         with torch.inference_mode(False):  # a normal tensor, which autograd may save, even if made in inference mode
-            t = _NUMBER_TENSORS[key] = torch.tensor(v, dtype=torch.float64, device=device)
+            t = torch.tensor(v, dtype=torch.float64, device=device)
+        if type(t) is torch.Tensor:  # not a tensor subclass that a mode made (FakeTensorMode, make_fx)
+            _NUMBER_TENSORS[key] = t
     return t
 
 

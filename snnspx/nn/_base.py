@@ -51,7 +51,10 @@ class SRMModule(nn.Module):
             ``backward``) or the reset. In event mode a chunk's end is a truncation point (the
             event-driven gradient runs within each call). Call :meth:`reset_state` before changing the module's dtype or device.
         step_mode: ``"multi"`` (inputs ``[T, B, ...]``, the default) or ``"single"`` (one step
-            ``[B, ...]`` per call; needs ``stateful=True``).
+            ``[B, ...]`` per call; needs ``stateful=True``). In event mode each call is a chunk,
+            so single steps train with the event-driven gradient cut to one step (an input
+            gets credit only for a spike at its own step): train single-step models with
+            ``grad="surrogate"``, whose gradient crosses the calls.
     """
 
     def __init__(self, params: SRMParams | None, neuron: dict, batch_first: bool, backend: str | None, *,
