@@ -32,7 +32,7 @@ only="${ONLY:-all}"
 case "$only" in
   all) tests="tests" ;;
   kernels) tests="tests/test_suppix_*.py tests/test_fused.py tests/test_fused_kernels.py" ;;
-  verify) tests="-m cuda tests/test_suppix_*.py tests/test_fused.py tests/test_fused_kernels.py tests/test_srm.py tests/test_srm_extremes.py tests/test_compile.py tests/test_layers.py tests/test_pool2d.py tests/test_surrogate.py tests/test_srm_state.py tests/test_srm_variants.py tests/test_neuron_modes.py tests/test_layer_options.py" ;;
+  verify) tests="-m cuda tests/test_suppix_*.py tests/test_fused.py tests/test_fused_kernels.py tests/test_srm.py tests/test_srm_extremes.py tests/test_compile.py tests/test_layers.py tests/test_layer_modules.py tests/test_pool2d.py tests/test_surrogate.py tests/test_srm_state.py tests/test_srm_variants.py tests/test_neuron_modes.py tests/test_layer_options.py" ;;
   *) echo "ONLY must be all, kernels or verify, got $only" >&2; exit 2 ;;
 esac
 sanitizer=""
