@@ -262,8 +262,9 @@ def srm_conv2d(
             the original's: silent inputs get exactly 0) or not (False).
         backend: the SRM neuron's backend (see :func:`snnspx.backends`).
         state, return_state: the neuron state to start from and whether to return the end
-            state too, as :func:`snnspx.functional.srm_neuron` (in event mode only without
-            autograd: streaming inference).
+            state too, as :func:`snnspx.functional.srm_neuron` (in event mode each call is a
+            truncation point: the gradients are those of the call run from `state`, which
+            gets none).
 
     With ``grad="surrogate"`` in `params` (or `**neuron`) the layer is plain autograd instead:
     the convolution's own backward, the neuron's surrogate backward (:func:`srm_neuron`), no
