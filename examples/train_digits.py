@@ -63,8 +63,8 @@ Measured on a 2-core AMD EPYC VM on 2026-12-07, ``--grad surrogate --learn-tau``
 (mean 0.994) with one (``OMP_NUM_THREADS=1``); with the event mode's learning rate and no
 smoothing, 0.972, 0.978, 0.986 (mean 0.979) and 0.972, 0.986, 0.989 (mean 0.982). The two
 surrogate defaults were chosen on seeds 3-8 (other splits), where they gave a mean of 0.991
-against 0.979 (one thread). They cost nothing: 8.5 s per seed with one thread on the idle VM,
-as before.
+against 0.979 (one thread). They cost no time: a seed takes 8.4 s with two threads and 14 s
+with one on the idle VM (seed 0, measured again with these defaults).
 
 ``--compare`` trains the same architecture built from ``nn.Conv2d``/``nn.Linear`` and a
 plain leaky integrate-and-fire neuron written below (Heaviside spikes, arctan surrogate
