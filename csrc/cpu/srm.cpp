@@ -20,6 +20,19 @@ namespace {
 
 constexpr int64_t kBlock = 256;
 
+// The carried state of neurons n0 .. n0 + len - 1 into the structure-of-arrays rows
+// (m, s, g, u_last): from state_in ([4, N]), or zeros where state_in is nullptr.
+template <typename acc_t>
+inline void load_state_rows(const acc_t* state_in, int64_t N, int64_t n0, int64_t len, acc_t* const rows[4]) {
+  for (int k = 0; k < 4; ++k) {
+    if (state_in != nullptr) {
+      std::copy(state_in + k * N + n0, state_in + k * N + n0 + len, rows[k]);
+    } else {
+      std::fill(rows[k], rows[k] + len, acc_t(0));
+    }
+  }
+}
+
 // kTraces=true: du/dut are srm_forward's public [T, N] outputs; false: only the spikes are
 // written (srm_neuron_fwd; its backward recomputes the traces from x).
 // kVariants: srm_step's (false for variant 0, so its loop is the default neuron's alone).
@@ -36,13 +49,7 @@ void srm_forward_kernel(const scalar_t* x, scalar_t* spikes, acc_t* du, acc_t* d
     acc_t* const rows[4] = {m, sy, g, ul};  // the order of the state's rows
     for (int64_t n0 = begin; n0 < end; n0 += kBlock) {
       const int64_t len = std::min(kBlock, end - n0);
-      for (int k = 0; k < 4; ++k) {
-        if (state_in != nullptr) {
-          std::copy(state_in + k * N + n0, state_in + k * N + n0 + len, rows[k]);
-        } else {
-          std::fill(rows[k], rows[k] + len, acc_t(0));
-        }
-      }
+      load_state_rows(state_in, N, n0, len, rows);
       for (int64_t t = 0; t < T; ++t) {
         const int64_t base = t * N + n0;
         const scalar_t* __restrict__ xt = x + base;
@@ -121,8 +128,9 @@ void srm_backward_kernel(const scalar_t* grad, const scalar_t* spikes, const acc
 
 // srm_neuron_bwd's kernel. Per block of neurons: the forward again, from x and the state
 // it started from (cpu::recompute_factors: the same srm_step, so the same bits), into a
-// scratch of the backward's factors; then the walk from T-1 down to 0 as srm_backward_kernel's, reading the scratch. Nothing
-// per neuron-step is kept between the forward and the backward but x itself.
+// scratch of the backward's factors; then the walk from T-1 down to 0 as
+// srm_backward_kernel's, reading the scratch. Nothing per neuron-step is kept between the
+// forward and the backward but x itself.
 // grad_t == nullptr: not wanted.
 template <typename scalar_t, typename acc_t, bool kVariants>
 void srm_neuron_backward_kernel(const scalar_t* grad, const scalar_t* x, const acc_t* state_in, scalar_t* grad_w,
@@ -140,13 +148,7 @@ void srm_neuron_backward_kernel(const scalar_t* grad, const scalar_t* x, const a
     acc_t* const rows[4] = {m, sy, g, ul};
     for (int64_t n0 = begin; n0 < end; n0 += lanes) {
       const int64_t len = std::min(lanes, end - n0);
-      for (int k = 0; k < 4; ++k) {
-        if (state_in != nullptr) {
-          std::copy(state_in + k * N + n0, state_in + k * N + n0 + len, rows[k]);
-        } else {
-          std::fill(rows[k], rows[k] + len, acc_t(0));
-        }
-      }
+      load_state_rows(state_in, N, n0, len, rows);
       cpu::recompute_factors<scalar_t, acc_t, kVariants>(x + n0, N, T, len, lanes, p, du_inv_clamp, max_dudt_inv, m,
                                                          sy, g, ul, spk, scratch.data());
       std::fill(aw, aw + len, acc_t(0));
